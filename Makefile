@@ -1,0 +1,67 @@
+# The only set-up a user needs. `make demo` and `make test` do everything from a fresh clone.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+IFACES := .ros_interfaces
+TORCH := torch==2.13.0
+DEPS_STAMP := $(VENV)/.deps-installed
+IFACES_STAMP := $(IFACES)/.built
+RUN := source env.sh &&
+# Every test and demo run keeps DDS on this machine, in a domain of its own.
+LOCAL_DDS := ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST ROS_LOCALHOST_ONLY=1
+
+.PHONY: setup system-tools test demo weights bench lint shell clean
+
+setup: system-tools $(DEPS_STAMP) $(IFACES_STAMP)
+
+# xmllint (Debian: libxml2-utils) runs the ament_xmllint test; cmake and a C compiler build
+# vision_msgs. Installed with apt when missing (as root, or through sudo).
+system-tools:
+	@missing=""; \
+	command -v xmllint >/dev/null || missing="$$missing libxml2-utils"; \
+	command -v cmake >/dev/null || missing="$$missing cmake"; \
+	command -v c++ >/dev/null || missing="$$missing g++"; \
+	if [ -n "$$missing" ]; then \
+	  sudo=""; [ "$$(id -u)" = 0 ] || sudo="sudo"; \
+	  echo "Installing Debian packages:$$missing"; \
+	  $$sudo apt-get install -y -q $$missing >/dev/null 2>&1 \
+	    || { $$sudo apt-get update -q >/dev/null && $$sudo apt-get install -y -q $$missing >/dev/null; } \
+	    || { echo "Could not install$$missing with apt-get; install them and rerun."; exit 1; }; \
+	fi
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --upgrade pip
+
+$(DEPS_STAMP): $(VENV)/bin/python requirements.txt setup.py
+	$(VENV)/bin/python -m pip install --quiet $(TORCH)
+	$(VENV)/bin/python -m pip install --quiet -r requirements.txt $(TORCH)
+	$(VENV)/bin/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $@
+
+$(IFACES_STAMP): $(DEPS_STAMP) $(wildcard interfaces/vision_msgs/msg/*.msg) \
+		interfaces/vision_msgs/CMakeLists.txt interfaces/vision_msgs/package.xml
+	tools/build_vision_msgs.sh $(VENV) $(abspath $(IFACES))
+	touch $@
+
+test: setup
+	$(RUN) $(LOCAL_DDS) python -m pytest test -ra
+
+demo: setup
+	$(RUN) $(LOCAL_DDS) python -m pytest test/test_ros_roundtrip.py -v
+
+weights: setup
+	$(RUN) python -m training.make_weights
+
+bench: setup
+	$(RUN) $(LOCAL_DDS) python -m bev_perception.tools.bench --out out/bench
+
+lint: setup
+	$(RUN) python -m pytest test/test_lint.py -q
+
+shell: setup
+	@echo "Entering a shell with the project environment (exit to leave)."
+	@bash --rcfile <(echo 'source ~/.bashrc 2>/dev/null; source env.sh; PS1="(bev) $$PS1"') -i
+
+clean:
+	rm -rf $(VENV) $(IFACES) build out .pytest_cache *.egg-info

@@ -1,0 +1,40 @@
+"""Tiny BEV backbone: (B, C_in, H, W) -> (B, C_out, ceil(H / s), ceil(W / s))."""
+
+from torch import nn
+import torch
+
+
+def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int,
+                 stride: int = 1) -> nn.Sequential:
+    """Return Conv2d (no bias, 'same' padding for odd kernels) + BatchNorm2d + ReLU."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride,
+                  padding=kernel_size // 2, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True))
+
+
+class TinyBEVBackbone(nn.Module):
+    """Stem 1x1, two 3x3 blocks, a strided 3x3 downsample and one more 3x3 block.
+
+    Args:
+        in_channels: canvas channels (the pillar net's ``out_channels``).
+        channels: width of the full-resolution blocks.
+        out_channels: width after the downsample (exposed as ``out_channels``).
+        stride: downsample factor (exposed as ``out_stride``).
+    """
+
+    def __init__(self, *, in_channels: int, channels: int, out_channels: int,
+                 stride: int) -> None:
+        super().__init__()
+        self.out_channels = out_channels
+        self.out_stride = stride
+        self.stem = conv_bn_relu(in_channels, channels, 1)
+        self.blocks = nn.Sequential(
+            conv_bn_relu(channels, channels, 3), conv_bn_relu(channels, channels, 3))
+        self.down = conv_bn_relu(channels, out_channels, 3, stride=stride)
+        self.out_block = conv_bn_relu(out_channels, out_channels, 3)
+
+    def forward(self, canvas: torch.Tensor) -> torch.Tensor:
+        """Map the canvas (B, C_in, H, W) to BEV features (B, C_out, h, w)."""
+        return self.out_block(self.down(self.blocks(self.stem(canvas))))

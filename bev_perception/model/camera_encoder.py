@@ -1,0 +1,68 @@
+"""Small ResNet-style camera encoder giving C3, C4, C5 (strides 8, 16, 32)."""
+
+from typing import Dict, Tuple
+
+import torch
+from torch import nn
+
+from bev_perception.model.bev_backbone import conv_bn_relu
+from bev_perception.model.config import CameraEncoderConfig
+
+#: Output levels and their strides relative to the input image.
+LEVEL_STRIDES: Dict[str, int] = {'c3': 8, 'c4': 16, 'c5': 32}
+
+
+class BasicBlock(nn.Module):
+    """Residual block: two 3x3 convs with BN, projection shortcut when the shape changes.
+
+    Args:
+        in_channels: input width.
+        out_channels: output width.
+        stride: stride of the first conv and of the shortcut.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.shortcut = nn.Identity()
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride, bias=False),
+                nn.BatchNorm2d(out_channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the block to (B, C_in, H, W) -> (B, C_out, ceil(H/s), ceil(W/s))."""
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return torch.relu(out + self.shortcut(x))
+
+
+class CameraEncoder(nn.Module):
+    """Stem (stride 2) and four residual stages (strides 4, 8, 16, 32).
+
+    Exposes ``out_channels`` and ``out_strides``: dicts keyed 'c3', 'c4', 'c5'.
+
+    Args:
+        config: widths of the stem and the four stages.
+    """
+
+    def __init__(self, *, config: CameraEncoderConfig) -> None:
+        super().__init__()
+        self.stem = conv_bn_relu(3, config.stem_channels, 3, stride=2)
+        widths: Tuple[int, ...] = (config.stem_channels,) + tuple(config.stage_channels)
+        self.stages = nn.ModuleList(
+            BasicBlock(widths[i], widths[i + 1], stride=2) for i in range(4))
+        self.out_channels: Dict[str, int] = {
+            'c3': widths[2], 'c4': widths[3], 'c5': widths[4]}
+        self.out_strides: Dict[str, int] = dict(LEVEL_STRIDES)
+
+    def forward(self, images: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Encode normalised images (B, 3, H, W) into {'c3', 'c4', 'c5'}: (B, C_l, H_l, W_l)."""
+        c2 = self.stages[0](self.stem(images))  # stride 4
+        c3 = self.stages[1](c2)  # stride 8
+        c4 = self.stages[2](c3)  # stride 16
+        c5 = self.stages[3](c4)  # stride 32
+        return {'c3': c3, 'c4': c4, 'c5': c5}

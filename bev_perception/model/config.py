@@ -1,0 +1,303 @@
+"""Typed, frozen configuration of the BEV fusion network.
+
+Every structural number of the model is written once here; modules are built from these values
+and from the output shapes of the modules before them. ``ModelConfig.to_dict()`` is JSON-safe and
+``ModelConfig.from_dict()`` restores it exactly (tuples stay tuples), so a config travels inside
+the deployable weights file.
+
+BEV grid convention (used by the voxelizer, the targets, the decoder and the fusion encoding):
+
+* The LiDAR canvas is a tensor (B, C, H, W). Row ``r`` runs along the model-frame y axis and
+  column ``c`` along the x axis: cell (r, c) covers
+  ``x in [x_min + c * s, x_min + (c + 1) * s)`` and ``y in [y_min + r * s, y_min + (r + 1) * s)``
+  with ``s = pillar_size_m``. Row 0 is the rightmost strip (most negative y), column 0 the
+  nearest strip (smallest x). Default: H = 248 rows, W = 216 columns.
+* The detection head works on the backbone output, ``backbone_stride`` times coarser:
+  ``head_hw = (ceil(H / stride), ceil(W / stride))`` with square cells of
+  ``head_cell_size_m = s * stride`` and the same origin (x_min, y_min).
+"""
+
+import dataclasses
+import math
+import typing
+from typing import Any, Dict, Tuple
+
+from bev_perception.a2d2_classes import SEMANTIC_CATEGORIES, SEMANTIC_PALETTE
+
+#: Camera input height and width must be multiples of the encoder's deepest stride.
+CAMERA_STRIDE_MULTIPLE = 32
+
+
+def _cells(range_m: Tuple[float, float], size_m: float, name: str) -> int:
+    """Return the number of cells of size ``size_m`` covering ``range_m`` (must divide evenly)."""
+    extent = (range_m[1] - range_m[0]) / size_m
+    cells = int(round(extent))
+    if cells < 1 or abs(extent - cells) > 1e-6 * max(1.0, extent):
+        raise ValueError(f'{name} {range_m} is not a whole number of {size_m} m cells')
+    return cells
+
+
+@dataclasses.dataclass(frozen=True)
+class GridConfig:
+    """Point range and pillar grid (metres, model frame); see the module docstring."""
+
+    x_range_m: Tuple[float, float] = (0.0, 69.12)
+    y_range_m: Tuple[float, float] = (-39.68, 39.68)
+    z_range_m: Tuple[float, float] = (-3.0, 2.0)
+    pillar_size_m: float = 0.32
+    max_points_per_pillar: int = 32
+    max_pillars: int = 16000  # per sample
+
+    def __post_init__(self) -> None:
+        for name in ('x_range_m', 'y_range_m', 'z_range_m'):
+            low, high = getattr(self, name)
+            if not low < high:
+                raise ValueError(f'GridConfig.{name} must be (low, high) with low < high')
+        if self.pillar_size_m <= 0:
+            raise ValueError('GridConfig.pillar_size_m must be positive')
+        if self.max_points_per_pillar < 1 or self.max_pillars < 1:
+            raise ValueError('GridConfig caps must be at least 1')
+        _cells(self.x_range_m, self.pillar_size_m, 'x_range_m')
+        _cells(self.y_range_m, self.pillar_size_m, 'y_range_m')
+
+    @property
+    def num_rows(self) -> int:
+        """Return H, the number of cells along y."""
+        return _cells(self.y_range_m, self.pillar_size_m, 'y_range_m')
+
+    @property
+    def num_cols(self) -> int:
+        """Return W, the number of cells along x."""
+        return _cells(self.x_range_m, self.pillar_size_m, 'x_range_m')
+
+    @property
+    def canvas_hw(self) -> Tuple[int, int]:
+        """Return (H, W) of the LiDAR BEV canvas."""
+        return (self.num_rows, self.num_cols)
+
+
+@dataclasses.dataclass(frozen=True)
+class PointConfig:
+    """Per-point input features; raw A2D2 reflectance times ``intensity_scale`` enters the net."""
+
+    features: Tuple[str, ...] = ('x', 'y', 'z', 'intensity')
+    intensity_scale: float = 1.0 / 255.0
+
+    def __post_init__(self) -> None:
+        if tuple(self.features[:3]) != ('x', 'y', 'z') or len(self.features) != 4:
+            raise ValueError("PointConfig.features must be ('x', 'y', 'z', <intensity name>)")
+
+
+@dataclasses.dataclass(frozen=True)
+class CameraConfig:
+    """Camera input: network image size (height, width) and RGB normalisation (0..1 scale)."""
+
+    input_hw: Tuple[int, int] = (256, 416)
+    mean: Tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: Tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+    def __post_init__(self) -> None:
+        if any(v <= 0 or v % CAMERA_STRIDE_MULTIPLE for v in self.input_hw):
+            raise ValueError(
+                f'CameraConfig.input_hw {self.input_hw} must be positive multiples of '
+                f'{CAMERA_STRIDE_MULTIPLE}')
+        if any(s <= 0 for s in self.std):
+            raise ValueError('CameraConfig.std must be positive')
+
+
+@dataclasses.dataclass(frozen=True)
+class LidarEncoderConfig:
+    """Widths of the pillar feature net and the tiny BEV backbone."""
+
+    pfn_channels: int = 64  # PFN output = BEV canvas channels
+    backbone_channels: int = 64  # full-resolution blocks
+    backbone_out_channels: int = 128  # after the downsample
+    backbone_stride: int = 2  # downsample factor, BEV canvas -> head grid
+
+
+@dataclasses.dataclass(frozen=True)
+class CameraEncoderConfig:
+    """Widths of the ResNet-style camera encoder (stem at stride 2, stages at 4, 8, 16, 32)."""
+
+    stem_channels: int = 32
+    stage_channels: Tuple[int, int, int, int] = (48, 64, 128, 192)  # C2, C3, C4, C5
+
+
+@dataclasses.dataclass(frozen=True)
+class FusionConfig:
+    """FuTr cross-attention block: BEV queries attend to camera tokens."""
+
+    camera_levels: Tuple[str, ...] = ('c4', 'c5')
+    num_heads: int = 4
+    ffn_ratio: int = 2
+    gate_init: float = 0.1  # initial value of the residual gates (LayerScale)
+    bev_wavelengths_m: Tuple[float, float] = (1.0, 200.0)  # sinusoid range for metric x, y
+    camera_wavelengths: Tuple[float, float] = (0.02, 4.0)  # for normalised u, v in [0, 1]
+
+    def __post_init__(self) -> None:
+        if not self.camera_levels or any(
+                level not in ('c3', 'c4', 'c5') for level in self.camera_levels):
+            raise ValueError("FusionConfig.camera_levels must be a subset of ('c3', 'c4', 'c5')")
+
+
+@dataclasses.dataclass(frozen=True)
+class NMSConfig:
+    """Non-maximum suppression among same-class detections.
+
+    ``kind``: 'distance' (BEV centre distance below the class radius), 'rotated' (rotated BEV
+    IoU above ``iou_threshold``) or 'none'.
+    """
+
+    kind: str = 'distance'
+    radius_m: Tuple[float, ...] = (2.0, 3.0, 0.5, 1.0)  # one per detection class
+    iou_threshold: float = 0.2
+
+    def __post_init__(self) -> None:
+        if self.kind not in ('distance', 'rotated', 'none'):
+            raise ValueError(f"NMSConfig.kind {self.kind!r} not in 'distance', 'rotated', 'none'")
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadConfig:
+    """Detection and semantic heads, and decoding defaults."""
+
+    shared_channels: int = 64  # shared 3x3 conv of the detection head
+    tower_channels: int = 64  # hidden width of each per-target tower
+    heatmap_bias_init: float = -2.19  # log(0.1 / 0.9): initial heatmap probability 0.1
+    semantic_channels: int = 64  # FPN width of the semantic head
+    max_objects: int = 100  # decode top-K candidates and target capacity per frame
+    score_threshold: float = 0.3  # default per-class score threshold
+    nms: NMSConfig = dataclasses.field(default_factory=NMSConfig)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Complete description of a BEVFusionNet; stored in the weights metadata."""
+
+    grid: GridConfig = dataclasses.field(default_factory=GridConfig)
+    point: PointConfig = dataclasses.field(default_factory=PointConfig)
+    camera: CameraConfig = dataclasses.field(default_factory=CameraConfig)
+    lidar_encoder: LidarEncoderConfig = dataclasses.field(default_factory=LidarEncoderConfig)
+    camera_encoder: CameraEncoderConfig = dataclasses.field(default_factory=CameraEncoderConfig)
+    fusion: FusionConfig = dataclasses.field(default_factory=FusionConfig)
+    head: HeadConfig = dataclasses.field(default_factory=HeadConfig)
+    detection_classes: Tuple[str, ...] = ('car', 'truck', 'pedestrian', 'cyclist')
+    semantic_classes: Tuple[str, ...] = SEMANTIC_CATEGORIES
+    semantic_palette: Tuple[Tuple[int, int, int], ...] = SEMANTIC_PALETTE
+
+    def __post_init__(self) -> None:
+        if not self.detection_classes:
+            raise ValueError('ModelConfig.detection_classes must not be empty')
+        if len(self.head.nms.radius_m) != len(self.detection_classes):
+            raise ValueError(
+                f'NMSConfig.radius_m has {len(self.head.nms.radius_m)} values for '
+                f'{len(self.detection_classes)} detection classes')
+        if len(self.semantic_palette) != len(self.semantic_classes):
+            raise ValueError('semantic_palette needs one colour per semantic class')
+        if self.lidar_encoder.backbone_stride < 1:
+            raise ValueError('LidarEncoderConfig.backbone_stride must be at least 1')
+        if self.lidar_encoder.backbone_out_channels % self.fusion.num_heads:
+            raise ValueError('backbone_out_channels must be divisible by fusion.num_heads')
+
+    @property
+    def num_detection_classes(self) -> int:
+        """Return the number of detection classes (heatmap channels)."""
+        return len(self.detection_classes)
+
+    @property
+    def num_semantic_classes(self) -> int:
+        """Return the number of semantic classes (semantic logit channels)."""
+        return len(self.semantic_classes)
+
+    @property
+    def head_hw(self) -> Tuple[int, int]:
+        """Return (h, w) of the detection head grid (backbone output)."""
+        stride = self.lidar_encoder.backbone_stride
+        rows, cols = self.grid.canvas_hw
+        return (math.ceil(rows / stride), math.ceil(cols / stride))
+
+    @property
+    def head_cell_size_m(self) -> float:
+        """Return the edge of one detection-head cell in metres."""
+        return self.grid.pillar_size_m * self.lidar_encoder.backbone_stride
+
+    def to_dict(self) -> Dict[str, Any]:
+        """Return a JSON-safe nested dict (tuples become lists)."""
+        return _to_jsonable(self)
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> 'ModelConfig':
+        """Build a config from ``to_dict()`` output; missing keys take defaults, unknown fail."""
+        return _from_jsonable(cls, data, 'ModelConfig')
+
+    @classmethod
+    def lite(cls) -> 'ModelConfig':
+        """Return the default grid and classes with narrower widths, for CPU-only machines."""
+        return cls(
+            camera=CameraConfig(input_hw=(192, 320)),
+            lidar_encoder=LidarEncoderConfig(
+                pfn_channels=32, backbone_channels=32, backbone_out_channels=64),
+            camera_encoder=CameraEncoderConfig(stem_channels=16, stage_channels=(24, 32, 64, 96)),
+            fusion=FusionConfig(num_heads=2),
+            head=HeadConfig(shared_channels=32, tower_channels=32, semantic_channels=32))
+
+    @classmethod
+    def tiny(cls) -> 'ModelConfig':
+        """Return a minimal model on a small odd-sized grid, for unit tests and smoke runs."""
+        return cls(
+            grid=GridConfig(
+                x_range_m=(0.0, 9.92), y_range_m=(-4.16, 4.48), z_range_m=(-3.0, 2.0),
+                max_points_per_pillar=8, max_pillars=400),
+            camera=CameraConfig(input_hw=(64, 96)),
+            lidar_encoder=LidarEncoderConfig(
+                pfn_channels=8, backbone_channels=8, backbone_out_channels=16),
+            camera_encoder=CameraEncoderConfig(stem_channels=8, stage_channels=(8, 8, 16, 16)),
+            fusion=FusionConfig(num_heads=2),
+            head=HeadConfig(
+                shared_channels=8, tower_channels=8, semantic_channels=8, max_objects=20))
+
+
+def _to_jsonable(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return {f.name: _to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, (tuple, list)):
+        return [_to_jsonable(v) for v in value]
+    return value
+
+
+def _from_jsonable(cls: type, data: Any, where: str) -> Any:
+    """Rebuild dataclass ``cls`` from nested dicts/lists, restoring tuples by type hints."""
+    if not isinstance(data, dict):
+        raise ValueError(f'{where}: expected an object, got {type(data).__name__}')
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f'{where}: unknown keys {unknown}')
+    kwargs = {name: _convert(hints[name], value, f'{where}.{name}')
+              for name, value in data.items()}
+    return cls(**kwargs)
+
+
+def _convert(hint: Any, value: Any, where: str) -> Any:
+    if dataclasses.is_dataclass(hint):
+        return _from_jsonable(hint, value, where)
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f'{where}: expected a list, got {type(value).__name__}')
+        args = typing.get_args(hint)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(args[0], v, where) for v in value)
+        if len(args) != len(value):
+            raise ValueError(f'{where}: expected {len(args)} values, got {len(value)}')
+        return tuple(_convert(a, v, where) for a, v in zip(args, value))
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f'{where}: expected a number, got {value!r}')
+        return float(value)
+    if hint in (int, str):
+        if isinstance(value, bool) or not isinstance(value, hint):
+            raise ValueError(f'{where}: expected {hint.__name__}, got {value!r}')
+        return value
+    return value

@@ -1,0 +1,46 @@
+"""Shared pytest set-up: every ROS test stays on this machine, in a DDS domain of its own.
+
+The variables are set at import time, before any test module imports rclpy, and are inherited
+by every subprocess a test starts (nodes, peers). `BEV_TEST_ROS_DOMAIN_ID` overrides the domain.
+"""
+
+import os
+
+import pytest
+
+
+def _domain_id_for_this_run() -> int:
+    """Return a DDS domain id unique enough per test run (1..100, valid with default ports)."""
+    override = os.environ.get('BEV_TEST_ROS_DOMAIN_ID')
+    return int(override) if override else 1 + os.getpid() % 100
+
+
+LOCAL_DDS_ENV = {
+    'ROS_AUTOMATIC_DISCOVERY_RANGE': 'LOCALHOST',
+    'ROS_LOCALHOST_ONLY': '1',
+    'ROS_DOMAIN_ID': str(_domain_id_for_this_run()),
+}
+os.environ.update(LOCAL_DDS_ENV)
+
+
+@pytest.fixture(scope='session')
+def ros_env():
+    """Return the environment for ROS subprocesses: loopback-only DDS, this run's domain."""
+    env = dict(os.environ)
+    env.update(LOCAL_DDS_ENV)
+    env['PYTHONUNBUFFERED'] = '1'
+    return env
+
+
+@pytest.fixture
+def rclpy_context():
+    """Yield an initialised rclpy context of its own; shut down afterwards."""
+    import rclpy
+    from rclpy.context import Context
+
+    context = Context()
+    rclpy.init(context=context)
+    try:
+        yield context
+    finally:
+        context.try_shutdown()
