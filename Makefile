@@ -1,5 +1,6 @@
 # The only set-up a user needs. `make demo` and `make test` do everything from a fresh clone.
 SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
 PYTHON ?= python3
 VENV := .venv
 IFACES := .ros_interfaces
@@ -7,6 +8,9 @@ TORCH := torch==2.13.0
 DEPS_STAMP := $(VENV)/.deps-installed
 IFACES_STAMP := $(IFACES)/.built
 RUN := source env.sh &&
+# pip here warns about each missing local index folder; keep its real messages only.
+PIP := $(VENV)/bin/python -m pip install --quiet
+QUIET_PIP := 2>&1 | { grep -v 'is ignored: it is neither a file nor a directory' || true; }
 # Every test and demo run keeps DDS on this machine, in a domain of its own.
 LOCAL_DDS := ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST ROS_LOCALHOST_ONLY=1
 
@@ -34,9 +38,9 @@ $(VENV)/bin/python:
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
 
 $(DEPS_STAMP): $(VENV)/bin/python requirements.txt setup.py
-	$(VENV)/bin/python -m pip install --quiet $(TORCH)
-	$(VENV)/bin/python -m pip install --quiet -r requirements.txt $(TORCH)
-	$(VENV)/bin/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(PIP) $(TORCH) $(QUIET_PIP)
+	$(PIP) -r requirements.txt $(TORCH) $(QUIET_PIP)
+	$(PIP) --no-deps --no-build-isolation -e . $(QUIET_PIP)
 	touch $@
 
 $(IFACES_STAMP): $(DEPS_STAMP) $(wildcard interfaces/vision_msgs/msg/*.msg) \
@@ -53,7 +57,14 @@ demo: setup
 weights: setup
 	$(RUN) python -m training.make_weights
 
-bench: setup
+BENCH_STAMP := $(VENV)/.bench-installed
+
+# spconv (CPU wheel) is only needed for the side-by-side voxelizer benchmark.
+$(BENCH_STAMP): $(DEPS_STAMP)
+	$(PIP) spconv $(TORCH) $(QUIET_PIP)
+	touch $@
+
+bench: setup $(BENCH_STAMP)
 	$(RUN) $(LOCAL_DDS) python -m bev_perception.tools.bench --out out/bench
 
 lint: setup

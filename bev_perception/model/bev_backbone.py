@@ -1,7 +1,7 @@
 """Tiny BEV backbone: (B, C_in, H, W) -> (B, C_out, ceil(H / s), ceil(W / s))."""
 
-from torch import nn
 import torch
+from torch import nn
 
 
 def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int,

@@ -2,11 +2,10 @@
 
 from typing import Dict, Tuple
 
-import torch
-from torch import nn
-
 from bev_perception.model.bev_backbone import conv_bn_relu
 from bev_perception.model.config import CameraEncoderConfig
+import torch
+from torch import nn
 
 #: Output levels and their strides relative to the input image.
 LEVEL_STRIDES: Dict[str, int] = {'c3': 8, 'c4': 16, 'c5': 32}

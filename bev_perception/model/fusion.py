@@ -10,11 +10,10 @@ valid image skip the block: their BEV features come out exactly as they went in.
 import math
 from typing import Dict, Tuple
 
+from bev_perception.model.config import FusionConfig
 import torch
 from torch import nn
 import torch.nn.functional as F
-
-from bev_perception.model.config import FusionConfig
 
 
 def sinusoidal_encoding_2d(coords: torch.Tensor, dim: int,

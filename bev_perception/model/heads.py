@@ -2,11 +2,10 @@
 
 from typing import Dict, NamedTuple, Tuple
 
+from bev_perception.model.bev_backbone import conv_bn_relu
 import torch
 from torch import nn
 import torch.nn.functional as F
-
-from bev_perception.model.bev_backbone import conv_bn_relu
 
 #: Regression maps of the detection head and their channels.
 REGRESSION_CHANNELS: Dict[str, int] = {'offset': 2, 'z': 1, 'log_size': 3, 'yaw': 2}

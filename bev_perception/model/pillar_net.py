@@ -7,12 +7,11 @@ the statistics and the result does not depend on point order) gives the pillar f
 written into a zero canvas (B, C, H, W).
 """
 
+from bev_perception.model.config import GridConfig, PointConfig
+from bev_perception.model.voxelizer import Pillars
 import torch
 from torch import nn
 import torch.nn.functional as F
-
-from bev_perception.model.config import GridConfig, PointConfig
-from bev_perception.model.voxelizer import Pillars
 
 #: Decorations added to the raw point features: mean offsets (3) and centre offsets (2).
 NUM_DECORATIONS = 5
@@ -42,9 +41,13 @@ class PillarFeatureNet(nn.Module):
         points = pillars.points
         xyz = points[:, :3]  # (M, 3)
         extra = points[:, 3:] * self.intensity_scale  # (M, 1)
-        num_pillars = pillars.coords.shape[0]
-        sums = xyz.new_zeros(num_pillars, 3).index_add_(0, pillars.point_pillar, xyz)
-        means = sums / pillars.num_points[:, None].to(xyz.dtype)  # (P, 3)
+        # Points are grouped by pillar: segment sums from a float64 prefix sum are exact enough
+        # and, unlike atomic scatter-adds, identical run to run on every device.
+        prefix = torch.cat([xyz.new_zeros(1, 3, dtype=torch.float64),
+                            torch.cumsum(xyz.to(torch.float64), 0)])  # (M + 1, 3)
+        ends = torch.cumsum(pillars.num_points, 0)  # (P,)
+        sums = prefix[ends] - prefix[ends - pillars.num_points]  # (P, 3)
+        means = (sums / pillars.num_points[:, None]).to(xyz.dtype)  # (P, 3)
         coords = pillars.coords[pillars.point_pillar]  # (M, 3) sample, row, col
         centre_x = grid.x_range_m[0] + (coords[:, 2].to(xyz.dtype) + 0.5) * grid.pillar_size_m
         centre_y = grid.y_range_m[0] + (coords[:, 1].to(xyz.dtype) + 0.5) * grid.pillar_size_m
@@ -67,7 +70,8 @@ class PillarFeatureNet(nn.Module):
         index = pillars.point_pillar[:, None].expand_as(features)  # (M, C)
         pillar_features = features.new_zeros(num_pillars, self.out_channels).scatter_reduce(
             0, index, features, reduce='amax', include_self=True)  # (P, C); features >= 0
-        flat_cell = (pillars.coords[:, 0] * rows + pillars.coords[:, 1]) * cols + pillars.coords[:, 2]
+        sample, row, col = pillars.coords.unbind(1)
+        flat_cell = (sample * rows + row) * cols + col  # (P,)
         canvas = pillar_features.new_zeros(pillars.batch_size * rows * cols, self.out_channels)
         canvas = canvas.index_copy(0, flat_cell, pillar_features)  # (B*H*W, C)
         canvas = canvas.view(pillars.batch_size, rows, cols, self.out_channels)  # (B, H, W, C)

@@ -10,10 +10,9 @@ result does not depend on the order of the points, and the subsample is spread e
 
 from typing import Dict, List, NamedTuple, Sequence, Tuple
 
+from bev_perception.model.config import GridConfig
 import torch
 from torch import nn
-
-from bev_perception.model.config import GridConfig
 
 _MASK32 = 0xFFFFFFFF
 
@@ -75,13 +74,18 @@ def _rank_in_segments(segment_sizes: torch.Tensor, total: int) -> torch.Tensor:
 class Voxelizer(nn.Module):
     """Group points into pillars on the BEV grid.
 
+    A point is kept when all its values are finite and x_min <= x < x_max (same for y, z); its
+    cell is floor((x - x_min) / pillar_size_m), clamped into the grid against rounding.
+
     Args:
         grid: pillar grid and caps.
+        num_features: values per point (x, y, z, then the other features).
     """
 
-    def __init__(self, *, grid: GridConfig) -> None:
+    def __init__(self, *, grid: GridConfig, num_features: int = 4) -> None:
         super().__init__()
         self.grid = grid
+        self.num_features = num_features
 
     def forward(self, points: Sequence[torch.Tensor]) -> Tuple[Pillars, VoxelizerCounts]:
         """Voxelize a batch.
@@ -98,7 +102,7 @@ class Voxelizer(nn.Module):
         if batch_size == 0:
             raise ValueError('Voxelizer needs at least one sample')
         device = points[0].device
-        num_features = points[0].shape[1] if points[0].dim() == 2 else 4
+        num_features = self.num_features
         for sample in points:
             if sample.dim() != 2 or sample.shape[1] != num_features:
                 raise ValueError(f'points must be (N, {num_features}), got {tuple(sample.shape)}')
@@ -110,11 +114,14 @@ class Voxelizer(nn.Module):
         rows, cols = grid.canvas_hw
         finite = torch.isfinite(all_points).all(dim=1)
         safe = torch.where(finite[:, None], all_points, torch.zeros_like(all_points))
-        col = torch.floor((safe[:, 0] - grid.x_range_m[0]) / grid.pillar_size_m).to(torch.int64)
-        row = torch.floor((safe[:, 1] - grid.y_range_m[0]) / grid.pillar_size_m).to(torch.int64)
-        z = safe[:, 2]
-        in_range = (finite & (col >= 0) & (col < cols) & (row >= 0) & (row < rows)
+        x, y, z = safe[:, 0], safe[:, 1], safe[:, 2]
+        in_range = (finite & (x >= grid.x_range_m[0]) & (x < grid.x_range_m[1])
+                    & (y >= grid.y_range_m[0]) & (y < grid.y_range_m[1])
                     & (z >= grid.z_range_m[0]) & (z < grid.z_range_m[1]))
+        col = torch.floor((x - grid.x_range_m[0]) / grid.pillar_size_m).to(torch.int64)
+        row = torch.floor((y - grid.y_range_m[0]) / grid.pillar_size_m).to(torch.int64)
+        col = col.clamp_(0, cols - 1)
+        row = row.clamp_(0, rows - 1)
         non_finite = torch.bincount(sample_of_point[~finite], minlength=batch_size)
         out_of_range = torch.bincount(sample_of_point[finite & ~in_range], minlength=batch_size)
 
@@ -130,7 +137,7 @@ class Voxelizer(nn.Module):
 
         pillar_cell, pillar_of_point, pillar_sizes = torch.unique_consecutive(
             cell, return_inverse=True, return_counts=True)
-        point_rank = _rank_in_segments(pillar_sizes, cell.numel())  # (K,) position inside its pillar
+        point_rank = _rank_in_segments(pillar_sizes, cell.numel())  # (K,) rank in its pillar
         under_point_cap = point_rank < grid.max_points_per_pillar
         points_capped = torch.bincount(kept_sample[~under_point_cap], minlength=batch_size)
 

@@ -1,0 +1,169 @@
+"""BEVFusionNet: wires voxelizer -> PFN -> BEV backbone -> fusion -> heads; image preprocessing."""
+
+import contextlib
+from typing import Callable, ContextManager, NamedTuple, Optional, Sequence, Union
+
+from bev_perception.model.bev_backbone import TinyBEVBackbone
+from bev_perception.model.camera_encoder import CameraEncoder
+from bev_perception.model.config import ModelConfig
+from bev_perception.model.fusion import FuTrFusion
+from bev_perception.model.heads import CenterPointHead, SemanticFPNHead
+from bev_perception.model.pillar_net import PillarFeatureNet
+from bev_perception.model.voxelizer import Voxelizer, VoxelizerCounts
+import numpy as np
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+#: Names of the stages a ``stage_timer`` sees, in order.
+STAGES = ('voxelize', 'pillar_net', 'backbone', 'camera_encoder', 'fusion', 'detection_head',
+          'semantic_head')
+
+StageTimer = Callable[[str], ContextManager]
+
+
+class NetworkOutput(NamedTuple):
+    """Everything the network predicts for a batch of B samples."""
+
+    heatmap: torch.Tensor  # (B, n_cls, h, w) logits, (h, w) = config.head_hw
+    offset: torch.Tensor  # (B, 2, h, w) sub-cell centre offset (x, y) in cells
+    z: torch.Tensor  # (B, 1, h, w) centre z, metres
+    log_size: torch.Tensor  # (B, 3, h, w) log length, width, height (metres)
+    yaw: torch.Tensor  # (B, 2, h, w) sin, cos of yaw
+    semantic: Optional[torch.Tensor]  # (B, n_sem, Hc, Wc) logits; None without images
+    camera_valid: torch.Tensor  # (B,) bool, samples that used their image
+    counts: VoxelizerCounts  # per-sample dropped / capped points and pillars
+
+
+def _no_timer(stage: str) -> ContextManager:
+    return contextlib.nullcontext()
+
+
+def preprocess_image(rgb: Union[np.ndarray, torch.Tensor], config: ModelConfig,
+                     device: Optional[Union[str, torch.device]] = None) -> torch.Tensor:
+    """Resize an RGB uint8 image to the network input and normalise it.
+
+    Args:
+        rgb: (H, W, 3) uint8 RGB image (numpy or tensor), any size.
+        config: model config (``camera.input_hw``, ``mean``, ``std`` on a 0..1 scale).
+        device: where to do the work (default: the tensor's device, CPU for numpy).
+
+    Returns:
+        (3, Hc, Wc) float32, bilinear resize (antialiased when shrinking), then
+        (value / 255 - mean) / std.
+    """
+    image = torch.as_tensor(rgb)
+    if device is not None:
+        image = image.to(device)
+    if image.dim() != 3 or image.shape[2] != 3:
+        raise ValueError(f'image must be (H, W, 3) RGB, got {tuple(image.shape)}')
+    if image.dtype != torch.uint8:
+        raise ValueError(f'image must be uint8, got {image.dtype}')
+    height, width = config.camera.input_hw
+    chw = image.permute(2, 0, 1)[None].to(torch.float32)  # (1, 3, H, W)
+    if tuple(chw.shape[-2:]) != (height, width):
+        shrinking = chw.shape[-2] > height or chw.shape[-1] > width
+        chw = F.interpolate(chw, size=(height, width), mode='bilinear', align_corners=False,
+                            antialias=shrinking)
+    mean = torch.tensor(config.camera.mean, device=chw.device).view(1, 3, 1, 1) * 255.0
+    std = torch.tensor(config.camera.std, device=chw.device).view(1, 3, 1, 1) * 255.0
+    return ((chw - mean) / std)[0]  # (3, Hc, Wc)
+
+
+class BEVFusionNet(nn.Module):
+    """LiDAR-camera BEV network with a CenterPoint detection head and an FPN semantic head.
+
+    Args:
+        config: the model config; every module is built from it and from the declared output
+            shapes of the module before it.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.voxelizer = Voxelizer(grid=config.grid, num_features=len(config.point.features))
+        self.pillar_net = PillarFeatureNet(
+            grid=config.grid, point=config.point, out_channels=config.lidar_encoder.pfn_channels)
+        self.backbone = TinyBEVBackbone(
+            in_channels=self.pillar_net.out_channels,
+            channels=config.lidar_encoder.backbone_channels,
+            out_channels=config.lidar_encoder.backbone_out_channels,
+            stride=config.lidar_encoder.backbone_stride)
+        self.camera_encoder = CameraEncoder(config=config.camera_encoder)
+        self.fusion = FuTrFusion(
+            bev_channels=self.backbone.out_channels,
+            camera_channels=self.camera_encoder.out_channels, config=config.fusion,
+            head_hw=config.head_hw, origin_m=(config.grid.x_range_m[0], config.grid.y_range_m[0]),
+            cell_size_m=config.head_cell_size_m)
+        self.detection_head = CenterPointHead(
+            in_channels=self.fusion.out_channels, shared_channels=config.head.shared_channels,
+            tower_channels=config.head.tower_channels,
+            num_classes=config.num_detection_classes,
+            heatmap_bias_init=config.head.heatmap_bias_init)
+        self.semantic_head = SemanticFPNHead(
+            in_channels=self.camera_encoder.out_channels,
+            in_strides=self.camera_encoder.out_strides,
+            channels=config.head.semantic_channels, num_classes=config.num_semantic_classes)
+
+    def forward(self, points: Sequence[torch.Tensor], images: Optional[torch.Tensor] = None,
+                camera_valid: Optional[torch.Tensor] = None,
+                stage_timer: Optional[StageTimer] = None) -> NetworkOutput:
+        """Run the network on a batch.
+
+        Args:
+            points: B tensors (N_i, 4) float32: x, y, z (metres, model frame), raw intensity.
+            images: (B, 3, Hc, Wc) from ``preprocess_image``, or None (all LiDAR-only).
+            camera_valid: (B,) bool, False where a sample has no image; None = all True when
+                images are given.
+            stage_timer: optional ``stage_timer(name)`` context manager wrapped around each
+                stage (names in ``STAGES``), e.g. for per-stage timings.
+
+        Returns:
+            The dense predictions, the camera-valid mask and the voxelizer's counts.
+        """
+        timer = _no_timer if stage_timer is None else stage_timer
+        batch = len(points)
+        device = points[0].device if batch else torch.device('cpu')
+        with timer('voxelize'):
+            pillars, counts = self.voxelizer(points)
+        with timer('pillar_net'):
+            canvas = self.pillar_net(pillars)  # (B, C, H, W)
+        with timer('backbone'):
+            bev = self.backbone(canvas)  # (B, C', h, w)
+        valid = self._camera_valid(images, camera_valid, batch, device)
+        semantic = None
+        if images is not None:
+            valid_index = torch.nonzero(valid).squeeze(1)
+            semantic = bev.new_zeros(
+                batch, self.config.num_semantic_classes, images.shape[2], images.shape[3])
+            if valid_index.numel() > 0:
+                with timer('camera_encoder'):
+                    features = self.camera_encoder(images.index_select(0, valid_index))
+                with timer('fusion'):
+                    bev = self.fusion(bev, features, valid)
+                with timer('semantic_head'):
+                    valid_logits = self.semantic_head(features, tuple(images.shape[2:]))
+                    if valid_index.numel() == batch:
+                        semantic = valid_logits
+                    else:
+                        semantic = semantic.to(valid_logits.dtype).index_copy(
+                            0, valid_index, valid_logits)
+        with timer('detection_head'):
+            maps = self.detection_head(bev)
+        return NetworkOutput(
+            heatmap=maps.heatmap, offset=maps.offset, z=maps.z, log_size=maps.log_size,
+            yaw=maps.yaw, semantic=semantic, camera_valid=valid, counts=counts)
+
+    @staticmethod
+    def _camera_valid(images: Optional[torch.Tensor], camera_valid: Optional[torch.Tensor],
+                      batch: int, device: torch.device) -> torch.Tensor:
+        if images is None:
+            return torch.zeros(batch, dtype=torch.bool, device=device)
+        if images.dim() != 4 or images.shape[0] != batch or images.shape[1] != 3:
+            raise ValueError(f'images must be ({batch}, 3, H, W), got {tuple(images.shape)}')
+        if camera_valid is None:
+            return torch.ones(batch, dtype=torch.bool, device=device)
+        camera_valid = camera_valid.to(device=device, dtype=torch.bool).reshape(-1)
+        if camera_valid.numel() != batch:
+            raise ValueError(f'camera_valid has {camera_valid.numel()} entries for {batch}')
+        return camera_valid

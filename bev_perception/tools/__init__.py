@@ -1,0 +1,1 @@
+"""Command-line tools around the perception node (demo, bag evaluation, benchmark)."""

@@ -1,0 +1,542 @@
+"""The perception node over real DDS: started through its console script, fed synthetic frames.
+
+One node process (module scope) runs with the shipped params file, random tiny weights and the
+launch file's remappings; the tests publish clouds and images made from a small synthetic A2D2
+scene and check every output, then malformed input, parameter validation and clean shutdown.
+The pure helpers of the node (extrinsic maths, resizing, weights lookup) are tested in-process.
+"""
+
+import collections
+import math
+import os
+import shutil
+import signal
+import subprocess
+import time
+
+from bev_perception.conversions import array_to_pointcloud2, quaternion_to_yaw, rgb_to_image
+from bev_perception.node import (_resize_ids, Extrinsic, FrameSettings, resolve_weights_path,
+                                 rotation_from_rpy, rotation_to_quaternion, StartupError)
+from bev_perception.node_params import NodeSettings
+import numpy as np
+import pytest
+from ros_testing import wait_until
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PARAMS_FILE = os.path.join(ROOT, 'config', 'perception.yaml')
+NODE = '/perception_node'
+CLOUD_TOPIC = '/test_sensors/points'
+IMAGE_TOPIC = '/test_sensors/image'
+CLOUD_FRAME = 'cam_front_center'
+IMAGE_FRAME = 'cam_front_center_optical'
+SCORE_THRESHOLD = 0.02  # random weights score about 0.1: detections appear
+MAX_POINTS = 20000
+SimpleFrame = collections.namedtuple('SimpleFrame', 'points image')
+
+
+# ------------------------------------------------------------------------------ pure helpers
+
+def test_rotation_quaternion_round_trip_for_every_branch():
+    rng = np.random.default_rng(3)
+    angles = np.concatenate([rng.uniform(-3.1, 3.1, (50, 3)),
+                             [[0, 0, math.pi], [math.pi, 0, 0], [0, math.pi, 0]]])
+    for roll, pitch, yaw in angles:
+        rotation = rotation_from_rpy(roll, pitch, yaw)
+        x, y, z, w = rotation_to_quaternion(rotation)
+        rebuilt = np.array([
+            [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+            [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+            [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
+        np.testing.assert_allclose(rebuilt, rotation, atol=1e-9)
+        assert w >= 0
+
+
+def test_extrinsic_maps_boxes_back_into_the_cloud_frame():
+    settings = NodeSettings.from_values({'extrinsic_translation_m': [1.5, -0.5, 0.25],
+                                         'extrinsic_rpy_rad': [0.0, 0.0, 0.4]})
+    extrinsic = Extrinsic.from_settings(settings)
+    boxes_cloud = np.array([[10.0, 2.0, -1.0, 4.5, 1.8, 1.5, 3.0],
+                            [5.0, -3.0, -0.5, 0.6, 0.6, 1.7, -0.2]], dtype=np.float32)
+    # The same boxes in the model frame: centre through the extrinsic, yaw + 0.4.
+    boxes_model = boxes_cloud.copy()
+    boxes_model[:, :3] = extrinsic.points_to_model(boxes_cloud[:, :3].copy())
+    boxes_model[:, 6] += 0.4
+    back, quaternions = extrinsic.boxes_to_cloud(boxes_model)
+    assert quaternions is None
+    np.testing.assert_allclose(back[:, :6], boxes_cloud[:, :6], atol=1e-5)
+    wrapped = np.angle(np.exp(1j * (back[:, 6] - boxes_cloud[:, 6])))
+    np.testing.assert_allclose(wrapped, 0.0, atol=1e-6)
+    assert back[0, 6] == pytest.approx(3.0, abs=1e-6) and -math.pi < back[1, 6] <= math.pi
+
+
+def test_tilted_extrinsic_returns_full_box_orientations():
+    settings = NodeSettings.from_values({'extrinsic_rpy_rad': [0.0, 0.1, 0.0]})
+    extrinsic = Extrinsic.from_settings(settings)
+    boxes, quaternions = extrinsic.boxes_to_cloud(
+        np.array([[10.0, 0.0, 0.0, 4.0, 2.0, 1.5, 0.5]], dtype=np.float32))
+    expected = rotation_to_quaternion(extrinsic.rotation.T @ rotation_from_rpy(0.0, 0.0, 0.5))
+    np.testing.assert_allclose(quaternions[0], expected, atol=1e-6)
+    assert boxes[0, 6] == pytest.approx(float(quaternion_to_yaw(quaternions[0])), abs=1e-6)
+    np.testing.assert_allclose(boxes[0, :3], extrinsic.rotation.T @ [10.0, 0.0, 0.0],
+                               atol=1e-5)
+
+
+def test_identity_extrinsic_leaves_points_alone():
+    extrinsic = Extrinsic.from_settings(NodeSettings.defaults())
+    points = np.arange(12, dtype=np.float32).reshape(3, 4)
+    assert extrinsic.is_identity
+    np.testing.assert_array_equal(extrinsic.points_to_model(points.copy()), points)
+
+
+def test_frame_settings_follow_the_weights_unless_overridden():
+    from bev_perception.model.config import ModelConfig
+
+    config = ModelConfig.tiny()
+    defaults = FrameSettings.build(NodeSettings.defaults(), config)
+    assert defaults.nms == config.head.nms
+    assert defaults.max_detections == config.head.max_objects
+    assert defaults.intensity_gain == 1.0
+    assert defaults.score_thresholds == (0.3,) * 4
+    custom = FrameSettings.build(NodeSettings.from_values({
+        'nms_kind': 'rotated', 'nms_radius_scale': 2.0, 'nms_iou_threshold': 0.5,
+        'intensity_scale': 1.0, 'max_detections': 7}), config)
+    assert custom.nms.kind == 'rotated' and custom.nms.iou_threshold == 0.5
+    assert custom.nms.radius_m == tuple(2.0 * r for r in config.head.nms.radius_m)
+    assert custom.intensity_gain == pytest.approx(255.0)  # 0..1 driver -> raw 0..255 units
+    assert custom.max_detections == 7
+
+
+def test_resize_ids_is_nearest_neighbour():
+    ids = np.array([[0, 1], [2, 3]], dtype=np.uint8)
+    np.testing.assert_array_equal(_resize_ids(ids, (4, 4)), np.repeat(np.repeat(ids, 2, 0), 2, 1))
+    assert _resize_ids(ids, (0, 0)) is ids
+    assert _resize_ids(ids, (1, 3)).tolist() == [[2, 3, 3]]  # pixel centres: row 1
+
+
+def test_weights_lookup_errors_name_the_file(tmp_path):
+    with pytest.raises(StartupError, match='does not exist'):
+        resolve_weights_path(str(tmp_path / 'missing.safetensors'))
+    present = tmp_path / 'w.safetensors'
+    present.write_bytes(b'x')
+    assert resolve_weights_path(str(present)) == str(present)
+
+
+# ------------------------------------------------------------------------------ node process
+
+@pytest.fixture(scope='module')
+def tiny_weights(tmp_path_factory):
+    """Write random weights of the tiny model config; return (path, config)."""
+    import torch
+
+    from bev_perception.model.config import ModelConfig
+    from bev_perception.model.network import BEVFusionNet
+    from bev_perception.weights import save_weights
+
+    torch.manual_seed(0)
+    config = ModelConfig.tiny()
+    path = tmp_path_factory.mktemp('weights') / 'tiny_random.safetensors'
+    save_weights(path, BEVFusionNet(config).eval(), config,
+                 provenance={'dataset': 'none (random weights for tests)'})
+    return str(path), config
+
+
+@pytest.fixture(scope='module')
+def scene_frames(tmp_path_factory):
+    """Generate two small synthetic A2D2 frames; return the loaded Frame objects."""
+    from training.a2d2 import A2D2Dataset, DEFAULT_CLASS_MAP, DEFAULT_CLASSES
+    from training.synthetic import generate
+
+    root = tmp_path_factory.mktemp('synthetic')
+    generate(str(root), scenes=1, frames=2, seed=911, image_size=(200, 126))
+    dataset = A2D2Dataset(str(root), class_map=DEFAULT_CLASS_MAP, classes=DEFAULT_CLASSES)
+    frames = [dataset[index] for index in range(len(dataset))]
+    shutil.rmtree(root)
+    return frames
+
+
+def node_command(weights_path, *extra):
+    """Return the command line starting the node as the launch file would, plus extras."""
+    executable = shutil.which('perception_node')
+    assert executable, 'perception_node console script not installed (run make setup)'
+    return [executable, '--ros-args', '--params-file', PARAMS_FILE,
+            '-p', f'weights_path:={weights_path}', '-p', 'device:=cpu',
+            '-r', f'~/input/pointcloud:={CLOUD_TOPIC}', '-r', f'~/input/image:={IMAGE_TOPIC}',
+            *extra]
+
+
+@pytest.fixture(scope='module')
+def node_process(tiny_weights, ros_env, tmp_path_factory):
+    log_path = tmp_path_factory.mktemp('node_log') / 'node.log'
+    with open(log_path, 'w') as log:
+        process = subprocess.Popen(
+            node_command(tiny_weights[0], '-p', f'score_thresholds:=[{SCORE_THRESHOLD}]',
+                         '-p', f'max_points:={MAX_POINTS}', '-p', 'diagnostics_period_s:=0.2'),
+            env=ros_env, stdout=log, stderr=subprocess.STDOUT)
+    process.log_path = log_path
+    yield process
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+class Peer:
+    """A test-side node: publishers to the node's inputs, subscriptions to all its outputs."""
+
+    def __init__(self):
+        import rclpy
+        from rclpy.context import Context
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.qos import DurabilityPolicy, qos_profile_sensor_data, QoSProfile
+        from diagnostic_msgs.msg import DiagnosticArray
+        from sensor_msgs.msg import Image, PointCloud2
+        from std_msgs.msg import Float64
+        from vision_msgs.msg import Detection3DArray, LabelInfo
+        from visualization_msgs.msg import MarkerArray
+
+        self.context = Context()
+        rclpy.init(context=self.context)
+        self.node = rclpy.create_node('node_test_peer', context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self.cloud_pub = self.node.create_publisher(
+            PointCloud2, CLOUD_TOPIC, qos_profile_sensor_data)
+        self.image_pub = self.node.create_publisher(Image, IMAGE_TOPIC, qos_profile_sensor_data)
+        self.received = {}
+        latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        topics = {
+            'detections': (Detection3DArray, f'{NODE}/output/detections', 10),
+            'semantic': (Image, f'{NODE}/output/semantic', 10),
+            'semantic_color': (Image, f'{NODE}/output/semantic_color', 10),
+            'markers': (MarkerArray, f'{NODE}/output/markers', 10),
+            'label_info': (LabelInfo, f'{NODE}/output/label_info', latched),
+            'diagnostics': (DiagnosticArray, '/diagnostics', 10),
+            'timings': (DiagnosticArray, f'{NODE}/debug/timings', 10),
+            'latency': (Float64, f'{NODE}/debug/end_to_end_latency_ms', 10),
+        }
+        self.subscriptions = [
+            self.node.create_subscription(kind, topic, self._keeper(name), qos)
+            for name, (kind, topic, qos) in topics.items()]
+
+    def _keeper(self, name):
+        return lambda msg: self.received.setdefault(name, []).append(msg)
+
+    def spin_until(self, predicate, timeout_s):
+        def spun():
+            self.executor.spin_once(timeout_sec=0.02)
+            return predicate()
+        return wait_until(spun, timeout_s, poll_s=0.0)
+
+    def messages(self, name):
+        return self.received.get(name, [])
+
+    def detections_with_stamp(self, stamp):
+        return [msg for msg in self.messages('detections') if msg.header.stamp == stamp]
+
+    def latest_counters(self):
+        for array in reversed(self.messages('diagnostics')):
+            for status in array.status:
+                if status.name.startswith('perception_node'):
+                    return status, {kv.key: kv.value for kv in status.values}
+        return None, {}
+
+    def close(self):
+        self.executor.shutdown()
+        self.node.destroy_node()
+        self.context.try_shutdown()
+
+
+@pytest.fixture(scope='module')
+def peer(node_process):
+    peer = Peer()
+    connected = peer.spin_until(
+        lambda: peer.cloud_pub.get_subscription_count() > 0
+        and peer.image_pub.get_subscription_count() > 0, timeout_s=60.0)
+    if not connected:
+        with open(node_process.log_path) as log:
+            pytest.fail('the node did not subscribe within 60 s; its log:\n' + log.read())
+    yield peer
+    peer.close()
+
+
+def headers(stamp_us, offset_us=0):
+    from builtin_interfaces.msg import Time
+    from std_msgs.msg import Header
+
+    total_us = stamp_us + offset_us
+    stamp = Time(sec=total_us // 10**6, nanosec=(total_us % 10**6) * 1000)
+    return Header(stamp=stamp, frame_id=CLOUD_FRAME), stamp
+
+
+def publish_frame(peer, frame, stamp_us, with_image=True):
+    """Publish one synthetic frame (image 50 ms after the cloud); return the cloud header."""
+    cloud_header, _ = headers(stamp_us)
+    image_header, _ = headers(stamp_us, 50000)
+    image_header.frame_id = IMAGE_FRAME
+    peer.cloud_pub.publish(array_to_pointcloud2(frame.points, cloud_header))
+    if with_image:
+        peer.image_pub.publish(rgb_to_image(frame.image, image_header))
+    return cloud_header, image_header
+
+
+def publish_until_processed(peer, frame, stamp_us, with_image=True, attempts=3):
+    """Publish a frame until its detections arrive (best effort may lose one)."""
+    for _ in range(attempts):
+        cloud_header, image_header = publish_frame(peer, frame, stamp_us, with_image)
+        if peer.spin_until(lambda: peer.detections_with_stamp(cloud_header.stamp), 15.0):
+            return cloud_header, image_header
+    pytest.fail(f'no detections for the cloud stamped {cloud_header.stamp}')
+
+
+def test_synced_frames_produce_every_output(peer, scene_frames, tiny_weights):
+    from bev_perception.a2d2_classes import SEMANTIC_PALETTE
+
+    config = tiny_weights[1]
+    frame = scene_frames[0]
+    base_us = frame.lidar_timestamp_us
+    cloud_header, image_header = publish_until_processed(peer, frame, base_us)
+    second = scene_frames[1]
+    cloud_header, image_header = publish_until_processed(
+        peer, second, second.lidar_timestamp_us)
+
+    (detections,) = peer.detections_with_stamp(cloud_header.stamp)
+    assert detections.header.frame_id == CLOUD_FRAME
+    assert 0 < len(detections.detections) <= config.head.max_objects
+    for detection in detections.detections:
+        assert detection.header == cloud_header
+        hypothesis = detection.results[0].hypothesis
+        assert hypothesis.class_id in config.detection_classes
+        assert SCORE_THRESHOLD <= hypothesis.score <= 1.0
+        assert min(detection.bbox.size.x, detection.bbox.size.y, detection.bbox.size.z) > 0
+
+    height, width = second.image.shape[:2]
+    assert peer.spin_until(lambda: any(
+        msg.header == image_header for msg in peer.messages('semantic_color')), 10.0)
+    semantic = [msg for msg in peer.messages('semantic') if msg.header == image_header][-1]
+    assert (semantic.encoding, semantic.height, semantic.width) == ('mono8', height, width)
+    ids = np.frombuffer(bytes(semantic.data), np.uint8)
+    assert ids.size == height * width and ids.max() < len(config.semantic_classes)
+    colour = [msg for msg in peer.messages('semantic_color') if msg.header == image_header][-1]
+    assert (colour.encoding, colour.height, colour.width) == ('rgb8', height, width)
+    pixels = np.frombuffer(bytes(colour.data), np.uint8).reshape(height, width, 3)
+    np.testing.assert_array_equal(pixels, np.asarray(SEMANTIC_PALETTE, np.uint8)[
+        ids.reshape(height, width)])
+
+    markers = [msg for msg in peer.messages('markers')
+               if msg.markers and msg.markers[0].header == cloud_header][-1]
+    added = [marker for marker in markers.markers if marker.action == marker.ADD]
+    assert len(added) == 2 * len(detections.detections)
+
+    assert peer.spin_until(lambda: peer.messages('label_info'), 10.0)
+    label_info = peer.messages('label_info')[0]
+    assert [c.class_name for c in label_info.class_map] == list(config.detection_classes)
+    assert label_info.threshold == pytest.approx(SCORE_THRESHOLD)
+
+    timing = [msg for msg in peer.messages('timings') if msg.header == cloud_header][-1]
+    values = {kv.key: kv.value for kv in timing.status[0].values}
+    for key in ('convert_ms', 'voxelize_ms', 'backbone_ms', 'fusion_ms', 'decode_ms',
+                'publish_ms', 'end_to_end_ms'):
+        assert float(values[key]) >= 0.0, key
+    assert values['lidar_only'] == 'false' and values['image_offset_ms'] == '50.000'
+    assert int(values['num_points']) == len(second.points)
+    assert peer.messages('latency')
+
+    assert peer.spin_until(lambda: int(peer.latest_counters()[1].get('frames_out', 0)) >= 2,
+                           10.0)
+    status, counters = peer.latest_counters()
+    assert int(counters['fused_frames']) >= 2
+    assert counters['device'] == 'cpu'
+
+
+def test_missing_camera_runs_lidar_only(peer, scene_frames):
+    frame = scene_frames[0]
+    stamp_us = frame.lidar_timestamp_us + 10 * 10**6
+    cloud_header, _ = publish_until_processed(peer, frame, stamp_us, with_image=False)
+    timing = [msg for msg in peer.messages('timings') if msg.header == cloud_header][-1]
+    assert {kv.key: kv.value for kv in timing.status[0].values}['lidar_only'] == 'true'
+    assert not [msg for msg in peer.messages('semantic') if msg.header.stamp == cloud_header.stamp]
+
+
+def malformed_messages(frame, stamp_us):
+    """Return (topic kind, message, counter it should raise) for a burst of bad input."""
+    from sensor_msgs.msg import PointField
+
+    cloud_header, _ = headers(stamp_us)
+    image_header, _ = headers(stamp_us, 50000)
+    good_cloud = array_to_pointcloud2(frame.points, cloud_header)
+    good_image = rgb_to_image(frame.image, image_header)
+
+    no_intensity = array_to_pointcloud2(frame.points[:, :3], cloud_header, fields=('x', 'y', 'z'))
+    truncated_cloud = array_to_pointcloud2(frame.points, cloud_header)
+    truncated_cloud.data = truncated_cloud.data[:-7]
+    bad_step = array_to_pointcloud2(frame.points, cloud_header)
+    bad_step.row_step = 3
+    no_fields = array_to_pointcloud2(frame.points, cloud_header)
+    no_fields.fields = []
+    unknown_type = array_to_pointcloud2(frame.points, cloud_header)
+    unknown_type.fields = [PointField(name=f.name, offset=f.offset, datatype=99, count=1)
+                           for f in unknown_type.fields]
+
+    yuv = rgb_to_image(frame.image, image_header)
+    yuv.encoding = 'yuv422'
+    no_encoding = rgb_to_image(frame.image, image_header)
+    no_encoding.encoding = ''
+    truncated_image = rgb_to_image(frame.image, image_header)
+    truncated_image.data = truncated_image.data[:100]
+    narrow_step = rgb_to_image(frame.image, image_header)
+    narrow_step.step = 5
+    return good_cloud, good_image, [
+        ('cloud', no_intensity, 'bad_clouds'), ('cloud', truncated_cloud, 'bad_clouds'),
+        ('cloud', bad_step, 'bad_clouds'), ('cloud', no_fields, 'bad_clouds'),
+        ('cloud', unknown_type, 'bad_clouds'), ('image', yuv, 'bad_images'),
+        ('image', no_encoding, 'bad_images'), ('image', truncated_image, 'bad_images'),
+        ('image', narrow_step, 'bad_images'),
+    ]
+
+
+def test_malformed_input_is_counted_and_the_node_keeps_publishing(
+        peer, scene_frames, node_process):
+    frame = scene_frames[1]
+    base_us = frame.lidar_timestamp_us + 20 * 10**6
+    _, before = peer.latest_counters()
+    good_cloud, good_image, burst = malformed_messages(frame, base_us)
+    for kind, msg, _ in burst * 2:
+        (peer.cloud_pub if kind == 'cloud' else peer.image_pub).publish(msg)
+    peer.spin_until(lambda: False, 0.5)
+
+    # NaN-only and empty clouds, then a time jump back, each processed (empty detections).
+    nan_points = np.full((500, 4), np.nan, dtype=np.float32)
+    empty_points = np.zeros((0, 4), dtype=np.float32)
+    special = [nan_points, empty_points]
+    for index, points in enumerate(special):
+        stamp_us = base_us + (index + 1) * 100000
+        cloud_header, _ = headers(stamp_us)
+        for _ in range(3):
+            peer.cloud_pub.publish(array_to_pointcloud2(points, cloud_header))
+            if peer.spin_until(lambda: peer.detections_with_stamp(cloud_header.stamp), 10.0):
+                break
+        (result,) = peer.detections_with_stamp(cloud_header.stamp)[:1]
+        assert result.detections == []
+    huge = np.concatenate([frame.points] * (MAX_POINTS // len(frame.points) + 2))
+    publish_until_processed(peer, SimpleFrame(huge, frame.image), base_us + 300000)
+    publish_until_processed(peer, frame, base_us - 3600 * 10**6)  # one hour back in time
+    cloud_header, _ = publish_until_processed(peer, frame, base_us - 3600 * 10**6 + 100000)
+
+    assert node_process.poll() is None
+    expected_bad = {name: sum(1 for _, _, counter in burst if counter == name) * 2
+                    for name in ('bad_clouds', 'bad_images')}
+
+    def counted():
+        _, counters = peer.latest_counters()
+        if not counters:
+            return False
+        grew = {name: int(counters[name]) - int(before.get(name, 0)) for name in counters
+                if counters[name].isdigit()}
+        return (grew['bad_clouds'] >= expected_bad['bad_clouds'] - 2
+                and grew['bad_images'] >= expected_bad['bad_images'] - 2
+                and grew['empty_clouds'] >= 2 and grew['non_finite_points'] >= 500
+                and grew['time_jumps'] >= 1 and grew['points_capped'] > 0)
+    assert peer.spin_until(counted, 10.0), peer.latest_counters()
+    status, counters = peer.latest_counters()
+    assert 'ignoring' in counters['last_error'] or counters['last_error'] == ''
+    # Still fused after the burst: good images were paired again.
+    timing = [msg for msg in peer.messages('timings') if msg.header == cloud_header][-1]
+    assert {kv.key: kv.value for kv in timing.status[0].values}['lidar_only'] == 'false'
+
+
+def test_diagnostics_warn_on_bad_input(peer, scene_frames):
+    from diagnostic_msgs.msg import DiagnosticStatus
+
+    frame = scene_frames[0]
+    cloud_header, _ = headers(frame.lidar_timestamp_us + 30 * 10**6)
+    bad = array_to_pointcloud2(frame.points[:, :3], cloud_header, fields=('x', 'y', 'z'))
+    peer.received['diagnostics'] = []
+    peer.cloud_pub.publish(bad)
+
+    def warned():
+        status, _ = peer.latest_counters()
+        return status is not None and status.level == DiagnosticStatus.WARN and (
+            'malformed clouds' in status.message)
+    for _ in range(3):
+        if peer.spin_until(warned, 3.0):
+            break
+        peer.cloud_pub.publish(bad)
+    assert warned(), peer.latest_counters()
+
+
+def set_parameters(peer, **values):
+    from rcl_interfaces.srv import SetParameters
+    from rclpy.parameter import Parameter
+
+    client = peer.node.create_client(SetParameters, f'{NODE}/set_parameters')
+    try:
+        assert client.wait_for_service(timeout_sec=10.0)
+        request = SetParameters.Request(parameters=[
+            Parameter(name, value=value).to_parameter_msg() for name, value in values.items()])
+        future = client.call_async(request)
+        assert peer.spin_until(future.done, 10.0)
+        return future.result().results
+    finally:
+        peer.node.destroy_client(client)
+
+
+def test_runtime_parameters_are_validated(peer):
+    (wrong_count,) = set_parameters(peer, score_thresholds=[0.1, 0.2])
+    assert not wrong_count.successful
+    assert 'needs 1 or 4 (one per class)' in wrong_count.reason
+    (read_only,) = set_parameters(peer, device='cuda')
+    assert not read_only.successful and 'read-only' in read_only.reason
+    (out_of_range,) = set_parameters(peer, max_image_age_s=-1.0)
+    assert not out_of_range.successful
+    (accepted,) = set_parameters(peer, score_thresholds=[0.02, 0.03, 0.04, 0.05])
+    assert accepted.successful
+    # A new threshold republishes the latched LabelInfo.
+    assert peer.spin_until(lambda: any(
+        msg.threshold == pytest.approx(0.02) and len(msg.class_map) == 4
+        for msg in peer.messages('label_info')[1:]), 10.0)
+
+
+def test_sigterm_stops_the_node_cleanly(node_process, peer):
+    node_process.send_signal(signal.SIGTERM)
+    assert node_process.wait(timeout=30) == 0
+    with open(node_process.log_path) as log:
+        text = log.read()
+    assert 'ready: device cpu' in text
+    assert 'Traceback' not in text, text
+
+
+# ------------------------------------------------------------------------------ start-up errors
+
+def test_start_up_errors_are_clear(tiny_weights, ros_env, tmp_path):
+    corrupt = tmp_path / 'corrupt.safetensors'
+    corrupt.write_bytes(b'not a safetensors file at all')
+    cases = {
+        'contradiction': (node_command(tiny_weights[0], '-p', 'score_thresholds:=[0.1, 0.2]'),
+                          ['parameters contradict the weights', 'score_thresholds has 2 values',
+                           'car, truck, pedestrian, cyclist']),
+        'corrupt': (node_command(str(corrupt)), ['cannot load weights', str(corrupt)]),
+        'range': (node_command(tiny_weights[0], '-p', 'max_image_age_s:=50.0'),
+                  ['max_image_age_s']),
+    }
+    try:
+        import message_filters  # noqa: F401
+    except ImportError:
+        cases['approximate'] = (node_command(tiny_weights[0], '-p', 'sync_policy:=approximate'),
+                                ['message_filters', "sync_policy 'lidar_triggered'"])
+    processes = {name: subprocess.Popen(command, env=ros_env, stdout=subprocess.PIPE,
+                                        stderr=subprocess.STDOUT, text=True)
+                 for name, (command, _) in cases.items()}
+    started = time.monotonic()
+    for name, process in processes.items():
+        try:
+            output, _ = process.communicate(timeout=max(5.0, 90.0 - (time.monotonic() - started)))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            pytest.fail(f'{name}: the node did not stop on a start-up error')
+        assert process.returncode == 1, f'{name}: {output}'
+        assert 'cannot start' in output and 'Traceback' not in output, f'{name}: {output}'
+        for expected in cases[name][1]:
+            assert expected in output, f'{name}: {expected!r} not in {output}'

@@ -1,0 +1,161 @@
+"""Training targets (Gaussian heatmaps, regression slots) and the multi-task loss."""
+
+import math
+
+from bev_perception.model.config import HeadConfig, ModelConfig
+from bev_perception.model.decode import regression_to_boxes
+from bev_perception.model.network import NetworkOutput
+from bev_perception.model.voxelizer import VoxelizerCounts
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from training.losses import (
+    heatmap_focal_loss, LossWeights, multitask_loss, regression_loss, semantic_loss)
+from training.targets import build_targets, collate_targets, gaussian_radius, TargetConfig
+
+CONFIG = ModelConfig.tiny()  # head grid 14 x 16 cells of 0.64 m, origin (0, -4.16)
+BOXES = np.array([[2.0, -2.0, -1.0, 4.0, 1.8, 1.5, 0.3],
+                  [7.0, 2.0, -0.8, 0.6, 0.6, 1.7, -3.0]], dtype=np.float32)
+LABELS = np.array([0, 2])
+
+
+def test_gaussian_radius_matches_the_cornernet_formula():
+    radius = gaussian_radius(torch.tensor([10.0]), torch.tensor([10.0]), 0.1)
+    assert float(radius) == pytest.approx(4.3246, abs=1e-3)
+    small, large = gaussian_radius(torch.tensor([1.0, 8.0]), torch.tensor([1.0, 3.0]), 0.1)
+    assert 0 < small < large
+
+
+def test_heatmap_peaks_at_centres_with_minimum_radius():
+    targets = build_targets(BOXES, LABELS, CONFIG)
+    assert targets.heatmap.shape == (4, 14, 16)
+    cols = CONFIG.head_hw[1]
+    for slot, label in enumerate(LABELS):
+        cell = int(targets.cell_index[slot])
+        row, col = divmod(cell, cols)
+        assert float(targets.heatmap[label, row, col]) == 1.0
+        assert float(targets.heatmap[label].max()) == 1.0
+    assert targets.heatmap[1].sum() == 0 and targets.heatmap[3].sum() == 0
+    # The 0.6 m pedestrian gets the minimum radius 2: non-zero 2 cells away, zero at 3.
+    row, col = divmod(int(targets.cell_index[1]), cols)
+    sigma = (2 * 2 + 1) / 6
+    expected = math.exp(-4 / (2 * sigma ** 2))
+    assert float(targets.heatmap[2, row, col - 2]) == pytest.approx(expected)
+    assert float(targets.heatmap[2, row, col - 3]) == 0.0
+    assert int((targets.heatmap == 1.0).sum()) == 2
+
+
+def test_regression_slots_decode_back_to_the_boxes():
+    targets = build_targets(torch.from_numpy(BOXES), torch.from_numpy(LABELS), CONFIG)
+    assert targets.mask.tolist()[:3] == [True, True, False]
+    assert targets.mask.shape == (CONFIG.head.max_objects,)
+    assert targets.labels[:2].tolist() == [0, 2]
+    decoded = regression_to_boxes(targets.cell_index[:2], targets.offset[:2], targets.z[:2],
+                                  targets.log_size[:2], targets.yaw[:2], CONFIG)
+    torch.testing.assert_close(decoded, torch.from_numpy(BOXES), atol=1e-5, rtol=0)
+
+
+def test_unusable_boxes_are_skipped_and_slots_are_capped():
+    boxes = np.concatenate([BOXES, [[-5.0, 0, 0, 1, 1, 1, 0], [3.0, 0, 0, 0, 1, 1, 0],
+                                    [3.0, 0, 0, 1, 1, 1, 0]]]).astype(np.float32)
+    labels = np.array([0, 2, 1, 1, 7])  # off-grid, zero length, unknown class
+    targets = build_targets(boxes, labels, CONFIG)
+    assert int(targets.mask.sum()) == 2 and targets.heatmap[1].sum() == 0
+    config = ModelConfig.tiny()
+    config = ModelConfig(grid=config.grid, camera=config.camera,
+                         lidar_encoder=config.lidar_encoder,
+                         camera_encoder=config.camera_encoder, fusion=config.fusion,
+                         head=HeadConfig(max_objects=1))
+    capped = build_targets(BOXES, LABELS, config)
+    assert capped.mask.tolist() == [True]
+    assert int((capped.heatmap == 1.0).sum()) == 2  # both still drawn
+    empty = build_targets(np.zeros((0, 7)), np.zeros(0), CONFIG, TargetConfig())
+    assert empty.heatmap.sum() == 0 and not empty.mask.any()
+
+
+def test_collate_adds_a_batch_dimension():
+    batch = collate_targets([build_targets(BOXES, LABELS, CONFIG),
+                             build_targets(BOXES[:1], LABELS[:1], CONFIG)])
+    assert batch.heatmap.shape == (2, 4, 14, 16)
+    assert batch.offset.shape == (2, CONFIG.head.max_objects, 2)
+    assert batch.mask.sum(1).tolist() == [2, 1]
+
+
+def _output_from_targets(targets, semantic=None, camera_valid=None):
+    """Return a NetworkOutput that predicts the targets' regression exactly."""
+    batch = targets.heatmap.shape[0]
+    rows, cols = CONFIG.head_hw
+    maps = {}
+    for name, channels in (('offset', 2), ('z', 1), ('log_size', 3), ('yaw', 2)):
+        flat = torch.zeros(batch, channels, rows * cols)
+        for b in range(batch):
+            slots = targets.mask[b]
+            flat[b][:, targets.cell_index[b][slots]] = getattr(targets, name)[b][slots].T
+        maps[name] = flat.view(batch, channels, rows, cols).requires_grad_()
+    zeros = torch.zeros(batch, dtype=torch.int64)
+    return NetworkOutput(
+        heatmap=torch.zeros_like(targets.heatmap, requires_grad=True), semantic=semantic,
+        camera_valid=torch.ones(batch, dtype=torch.bool) if camera_valid is None
+        else camera_valid, counts=VoxelizerCounts(zeros, zeros, zeros, zeros), **maps)
+
+
+def test_regression_loss_is_zero_for_exact_predictions_and_grows_with_error():
+    targets = collate_targets([build_targets(BOXES, LABELS, CONFIG)])
+    output = _output_from_targets(targets)
+    exact = regression_loss(output, targets, LossWeights())
+    assert float(exact.detach()) == pytest.approx(0, abs=1e-6)
+    shifted = output._replace(z=output.z + 0.5)
+    # Mean over the 2 objects of |0.5| on the z channel.
+    assert float(regression_loss(shifted, targets, LossWeights()).detach()) == pytest.approx(0.5)
+    doubled = regression_loss(shifted, targets, LossWeights(z=2.0))
+    assert float(doubled.detach()) == pytest.approx(1.0)
+
+
+def test_focal_loss_rewards_confident_correct_heatmaps():
+    targets = collate_targets([build_targets(BOXES, LABELS, CONFIG)]).heatmap
+    good = torch.where(targets >= 1, torch.full_like(targets, 8.0), torch.full_like(targets, -8.0))
+    bad = -good
+    uniform = torch.full_like(targets, -2.19)
+    losses = [float(heatmap_focal_loss(x, targets)) for x in (good, uniform, bad)]
+    assert losses[0] < 1e-3 < losses[1] < losses[2]
+    assert math.isfinite(float(heatmap_focal_loss(torch.full_like(targets, 100.0), targets)))
+    assert float(heatmap_focal_loss(torch.zeros(1, 4, 3, 3), torch.zeros(1, 4, 3, 3))) > 0
+
+
+def test_semantic_loss_ignores_255_and_camera_invalid_samples():
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 5, 4, 6, generator=generator)
+    labels = torch.randint(0, 5, (2, 4, 6), generator=generator).to(torch.uint8)
+    labels[0, 0] = 255
+    valid = torch.tensor([True, False])
+    loss = semantic_loss(logits, labels, valid)
+    expected = F.cross_entropy(logits[:1], labels[:1].long(), ignore_index=255)
+    torch.testing.assert_close(loss, expected)
+    other = labels.clone()
+    other[1] = (other[1] + 1) % 5
+    torch.testing.assert_close(semantic_loss(logits, other, valid), loss)
+    assert float(semantic_loss(logits, labels, torch.zeros(2, dtype=torch.bool))) == 0.0
+    assert float(semantic_loss(None, labels, valid)) == 0.0
+    with pytest.raises(ValueError, match='resize'):
+        semantic_loss(logits, labels[:, :2], valid)
+
+
+def test_multitask_loss_weights_and_breakdown():
+    targets = collate_targets([build_targets(BOXES, LABELS, CONFIG)] * 2)
+    semantic = torch.randn(2, 5, 4, 6, requires_grad=True)
+    labels = torch.randint(0, 5, (2, 4, 6))
+    output = _output_from_targets(targets, semantic, torch.tensor([True, True]))
+    z_leaf = output.z
+    output = output._replace(z=z_leaf + 0.5)
+    parts = multitask_loss(output, targets, labels)
+    weights = LossWeights(heatmap=2.0, regression=3.0, semantic=0.5)
+    weighted = multitask_loss(output, targets, labels, weights)
+    torch.testing.assert_close(
+        weighted.total, 2.0 * parts.heatmap + 3.0 * parts.regression + 0.5 * parts.semantic)
+    torch.testing.assert_close(
+        parts.total, parts.heatmap + 0.25 * parts.regression + parts.semantic)
+    weighted.total.backward()
+    assert semantic.grad.abs().sum() > 0 and z_leaf.grad.abs().sum() > 0
+    no_camera = multitask_loss(output._replace(semantic=None), targets, None)
+    assert float(no_camera.semantic.detach()) == 0.0

@@ -1,0 +1,153 @@
+"""Training augmentation that keeps LiDAR, boxes, camera image and semantic labels consistent.
+
+The camera image is fixed to the LiDAR by the calibration, so only transforms that act on both
+(or that cannot break their agreement) are used:
+
+* **Horizontal flip** (``flip_prob``): LiDAR ``y -> -y``, box ``y -> -y`` and ``yaw -> -yaw``,
+  image and semantic label mirrored left-right. This is exact for the BEV and exact for the image
+  when the principal point sits at the image centre. A2D2's front-center camera has
+  cx = 965.43 px for a 1920 px wide image (centre 959.5 px), so a mirrored point lands about
+  6 px (0.3 % of the width) away from where the real camera would see it; the lens distortion is
+  radial about the principal point and shifts by the same amount. We accept that approximation:
+  the fusion block relates BEV cells and camera tokens through learned attention, and the shift
+  is well below one camera token (16 or 32 px at the network input). A flipped frame also turns
+  right-hand traffic into left-hand traffic, which is harmless for detection and segmentation.
+* **Point dropout / jitter / intensity scale**: drop a random fraction of the points, add a small
+  Gaussian to x, y, z (a few centimetres, below the sensor's own range noise) and scale the raw
+  reflectance; none of these moves anything the image sees.
+* **Photometric jitter** of the image (brightness, contrast, saturation): geometry unchanged.
+* **Camera dropout** (``camera_dropout_prob``): the sample is marked camera-invalid, so the
+  network runs it LiDAR-only and the semantic loss skips it.
+
+Not used, because they would break the camera-LiDAR agreement with a fixed image: global yaw
+rotation, global scaling, translation, and copy-paste of objects.
+
+All randomness comes from the ``numpy.random.Generator`` passed in, so a sample's augmentation
+is a pure function of (seed, epoch, index).
+"""
+
+import dataclasses
+import math
+from typing import Optional, Tuple
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+    """Probabilities and magnitudes of the training augmentation (see the module docstring)."""
+
+    flip_prob: float = 0.5
+    camera_dropout_prob: float = 0.2
+    point_dropout_max: float = 0.2  # drop a uniform random fraction in [0, max] of the points
+    point_jitter_m: float = 0.01  # std of the Gaussian added to x, y, z, metres
+    intensity_scale_range: Tuple[float, float] = (0.9, 1.1)
+    brightness: float = 0.2  # multiply by a factor in [1 - b, 1 + b]
+    contrast: float = 0.2  # blend with the mean grey level, factor in [1 - c, 1 + c]
+    saturation: float = 0.2  # blend with the grey image, factor in [1 - s, 1 + s]
+
+    def __post_init__(self) -> None:
+        for name in ('flip_prob', 'camera_dropout_prob', 'point_dropout_max'):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f'AugmentConfig.{name} must be in [0, 1], got {value}')
+        for name in ('point_jitter_m', 'brightness', 'contrast', 'saturation'):
+            if getattr(self, name) < 0:
+                raise ValueError(f'AugmentConfig.{name} must be >= 0')
+        low, high = self.intensity_scale_range
+        if not 0 < low <= high:
+            raise ValueError('AugmentConfig.intensity_scale_range must be 0 < low <= high')
+
+    @classmethod
+    def none(cls) -> 'AugmentConfig':
+        """Return a config that changes nothing (evaluation, tests)."""
+        return cls(flip_prob=0.0, camera_dropout_prob=0.0, point_dropout_max=0.0,
+                   point_jitter_m=0.0, intensity_scale_range=(1.0, 1.0), brightness=0.0,
+                   contrast=0.0, saturation=0.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Sample:
+    """One frame as numpy arrays, in the model frame.
+
+    Attributes:
+        points: (N, 4) float32 x, y, z (metres), raw reflectance.
+        boxes: (K, 7) float32 x, y, z, length, width, height, yaw (radians, (-pi, pi]).
+        labels: (K,) int64 detection class ids.
+        image: (H, W, 3) uint8 RGB or None.
+        semantic: (H, W) uint8 category ids (255 = ignore) or None.
+        camera_valid: whether the network may use the image.
+    """
+
+    points: np.ndarray
+    boxes: np.ndarray
+    labels: np.ndarray
+    image: Optional[np.ndarray]
+    semantic: Optional[np.ndarray]
+    camera_valid: bool
+
+
+def wrap_yaw(yaw: np.ndarray) -> np.ndarray:
+    """Map angles (radians) into (-pi, pi]."""
+    wrapped = np.remainder(yaw + math.pi, 2.0 * math.pi) - math.pi  # [-pi, pi)
+    return np.where(wrapped <= -math.pi, wrapped + 2.0 * math.pi, wrapped).astype(yaw.dtype)
+
+
+def flip_left_right(sample: Sample) -> Sample:
+    """Mirror a sample about the model-frame x-z plane (y -> -y), image and label left-right."""
+    points = sample.points.copy()
+    points[:, 1] = -points[:, 1]
+    boxes = sample.boxes.copy()
+    boxes[:, 1] = -boxes[:, 1]
+    boxes[:, 6] = wrap_yaw(-boxes[:, 6])
+    image = None if sample.image is None else np.ascontiguousarray(sample.image[:, ::-1])
+    semantic = (None if sample.semantic is None
+                else np.ascontiguousarray(sample.semantic[:, ::-1]))
+    return dataclasses.replace(sample, points=points, boxes=boxes, image=image,
+                               semantic=semantic)
+
+
+def jitter_points(points: np.ndarray, config: AugmentConfig,
+                  rng: np.random.Generator) -> np.ndarray:
+    """Drop a random fraction of points, jitter x, y, z and scale the reflectance."""
+    keep_prob = 1.0 - rng.uniform(0.0, config.point_dropout_max)
+    keep = rng.random(len(points)) < keep_prob
+    points = points[keep].copy()
+    if config.point_jitter_m > 0:
+        noise = rng.normal(0.0, config.point_jitter_m, size=(len(points), 3))
+        points[:, :3] += noise.astype(np.float32)
+    low, high = config.intensity_scale_range
+    points[:, 3] *= np.float32(rng.uniform(low, high))
+    return points
+
+
+def jitter_photometric(image: np.ndarray, config: AugmentConfig,
+                       rng: np.random.Generator) -> np.ndarray:
+    """Randomly change brightness, contrast and saturation of an (H, W, 3) uint8 image."""
+    brightness = rng.uniform(1.0 - config.brightness, 1.0 + config.brightness)
+    contrast = rng.uniform(1.0 - config.contrast, 1.0 + config.contrast)
+    saturation = rng.uniform(1.0 - config.saturation, 1.0 + config.saturation)
+    rgb = image.astype(np.float32) * brightness
+    grey = rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)  # (H, W)
+    rgb = grey[..., None] + (rgb - grey[..., None]) * saturation
+    rgb = grey.mean() + (rgb - grey.mean()) * contrast
+    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+
+
+def augment_sample(sample: Sample, config: AugmentConfig, rng: np.random.Generator) -> Sample:
+    """Apply the consistent augmentations of ``config`` to one sample (see the module docstring).
+
+    The random draws happen in a fixed order regardless of which steps are enabled, so changing
+    one probability does not reshuffle the others.
+    """
+    do_flip = rng.random() < config.flip_prob
+    drop_camera = rng.random() < config.camera_dropout_prob
+    point_rng, image_rng = rng.spawn(2)
+    if do_flip:
+        sample = flip_left_right(sample)
+    image = sample.image
+    if image is not None and not drop_camera:
+        image = jitter_photometric(image, config, image_rng)
+    return dataclasses.replace(
+        sample, points=jitter_points(sample.points, config, point_rng), image=image,
+        camera_valid=sample.camera_valid and not drop_camera)

@@ -1,0 +1,118 @@
+"""Multi-task loss: heatmap focal loss, L1 regression at object centres, semantic cross-entropy."""
+
+import dataclasses
+from typing import NamedTuple, Optional
+
+from bev_perception.a2d2_classes import IGNORE_INDEX
+from bev_perception.model.network import NetworkOutput
+import torch
+import torch.nn.functional as F
+from training.targets import Targets
+
+
+@dataclasses.dataclass(frozen=True)
+class LossWeights:
+    """Task weights of the total loss and per-target weights inside the regression loss."""
+
+    heatmap: float = 1.0
+    regression: float = 0.25  # CenterPoint's weight of the box regression
+    semantic: float = 1.0
+    offset: float = 1.0
+    z: float = 1.0
+    log_size: float = 1.0
+    yaw: float = 1.0
+
+
+class LossBreakdown(NamedTuple):
+    """Weighted total and the unweighted task losses (0-dim tensors)."""
+
+    total: torch.Tensor
+    heatmap: torch.Tensor
+    regression: torch.Tensor
+    semantic: torch.Tensor
+
+
+def heatmap_focal_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float = 2.0,
+                       beta: float = 4.0) -> torch.Tensor:
+    """Return the CenterNet penalty-reduced focal loss, summed and divided by the positives.
+
+    Args:
+        logits: (B, n_cls, h, w) heatmap logits.
+        target: (B, n_cls, h, w) Gaussian heatmap in [0, 1]; cells equal to 1 are positives.
+        alpha: focusing exponent.
+        beta: exponent of the penalty reduction around positives.
+    """
+    logits = logits.float()
+    positive = target >= 1.0
+    probability = torch.sigmoid(logits)
+    log_p = F.logsigmoid(logits)
+    log_not_p = F.logsigmoid(-logits)
+    positive_loss = torch.where(positive, (1 - probability) ** alpha * log_p,
+                                torch.zeros_like(logits))
+    negative_loss = torch.where(positive, torch.zeros_like(logits),
+                                (1 - target) ** beta * probability ** alpha * log_not_p)
+    num_positive = positive.sum().clamp_min(1).to(logits.dtype)
+    return -(positive_loss.sum() + negative_loss.sum()) / num_positive
+
+
+def gather_at_cells(maps: torch.Tensor, cell_index: torch.Tensor) -> torch.Tensor:
+    """Return the values of maps (B, C, h, w) at flat cells (B, M) as (B, M, C)."""
+    batch, channels = maps.shape[:2]
+    flat = maps.reshape(batch, channels, -1)  # (B, C, h*w)
+    index = cell_index[:, None, :].expand(batch, channels, cell_index.shape[1])
+    return torch.gather(flat, 2, index).transpose(1, 2)  # (B, M, C)
+
+
+def regression_loss(output: NetworkOutput, targets: Targets,
+                    weights: LossWeights) -> torch.Tensor:
+    """Return the weighted L1 over offset, z, log-size and yaw, averaged over objects."""
+    mask = targets.mask.to(torch.float32)  # (B, M)
+    num_objects = mask.sum().clamp_min(1)
+    total = output.offset.new_zeros(()).float()
+    for name in ('offset', 'z', 'log_size', 'yaw'):
+        prediction = gather_at_cells(getattr(output, name).float(), targets.cell_index)
+        error = (prediction - getattr(targets, name)).abs().sum(2)  # (B, M)
+        total = total + getattr(weights, name) * (error * mask).sum() / num_objects
+    return total
+
+
+def semantic_loss(logits: Optional[torch.Tensor], labels: Optional[torch.Tensor],
+                  camera_valid: torch.Tensor) -> torch.Tensor:
+    """Return the pixel-mean cross-entropy over labelled pixels of camera-valid samples.
+
+    Args:
+        logits: (B, n_sem, Hc, Wc) or None.
+        labels: (B, Hc, Wc) class ids, IGNORE_INDEX (255) where unlabelled, or None.
+        camera_valid: (B,) bool; samples without a valid image contribute nothing.
+    """
+    if logits is None or labels is None:
+        zero = camera_valid.new_zeros((), dtype=torch.float32)
+        return zero if logits is None else logits.sum() * 0.0
+    if tuple(labels.shape) != (logits.shape[0],) + tuple(logits.shape[2:]):
+        raise ValueError(f'semantic labels {tuple(labels.shape)} do not match logits '
+                         f'{tuple(logits.shape)} (resize labels to the camera input size)')
+    labels = labels.to(device=logits.device, dtype=torch.int64)
+    ignored = torch.full_like(labels, IGNORE_INDEX)
+    labels = torch.where(camera_valid[:, None, None], labels, ignored)
+    labelled = (labels != IGNORE_INDEX).sum()
+    summed = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX, reduction='sum')
+    return summed / labelled.clamp_min(1).to(summed.dtype)
+
+
+def multitask_loss(output: NetworkOutput, targets: Targets,
+                   semantic_labels: Optional[torch.Tensor],
+                   weights: LossWeights = LossWeights()) -> LossBreakdown:
+    """Return the weighted multi-task loss and its parts.
+
+    Args:
+        output: the network output for a batch of B samples.
+        targets: collated targets (see ``training.targets.collate_targets``) on output's device.
+        semantic_labels: (B, Hc, Wc) uint8/long ids with 255 = ignore, or None.
+        weights: task and regression weights.
+    """
+    heatmap = heatmap_focal_loss(output.heatmap, targets.heatmap)
+    regression = regression_loss(output, targets, weights)
+    semantic = semantic_loss(output.semantic, semantic_labels, output.camera_valid)
+    total = (weights.heatmap * heatmap + weights.regression * regression
+             + weights.semantic * semantic)
+    return LossBreakdown(total=total, heatmap=heatmap, regression=regression, semantic=semantic)

@@ -1,0 +1,146 @@
+"""CenterPoint training targets: Gaussian class heatmaps and regression targets at box centres.
+
+Uses the network's own box encoding (``bev_perception.model.decode.boxes_to_regression``), so
+targets and decoding are exact inverses of each other.
+"""
+
+import dataclasses
+from typing import NamedTuple, Sequence, Union
+
+from bev_perception.model.config import ModelConfig
+from bev_perception.model.decode import boxes_to_regression
+import numpy as np
+import torch
+
+ArrayLike = Union[np.ndarray, torch.Tensor]
+
+
+@dataclasses.dataclass(frozen=True)
+class TargetConfig:
+    """Heatmap Gaussian settings (CenterPoint defaults)."""
+
+    gaussian_min_overlap: float = 0.1
+    gaussian_min_radius: int = 2  # head cells
+
+
+class Targets(NamedTuple):
+    """Targets of one sample (shapes below) or a batch (a leading B on every field)."""
+
+    heatmap: torch.Tensor  # (n_cls, h, w) float32 in [0, 1], 1 at object centre cells
+    cell_index: torch.Tensor  # (M,) int64 row * w + col of each object, M = head.max_objects
+    offset: torch.Tensor  # (M, 2) float32 sub-cell offset (x, y) in cells
+    z: torch.Tensor  # (M, 1) float32 metres
+    log_size: torch.Tensor  # (M, 3) float32 log metres
+    yaw: torch.Tensor  # (M, 2) float32 sin, cos
+    labels: torch.Tensor  # (M,) int64 detection class
+    mask: torch.Tensor  # (M,) bool slot holds an object
+
+
+def gaussian_radius(length_cells: torch.Tensor, width_cells: torch.Tensor,
+                    min_overlap: float) -> torch.Tensor:
+    """Return the CornerNet/CenterPoint Gaussian radius (cells) for box footprints (K,).
+
+    The largest corner displacement keeping IoU >= min_overlap, minimum of the three cases.
+    """
+    height, width = length_cells, width_cells
+    b1 = height + width
+    c1 = width * height * (1 - min_overlap) / (1 + min_overlap)
+    r1 = (b1 + torch.sqrt(b1 ** 2 - 4 * c1)) / 2
+    b2 = 2 * (height + width)
+    c2 = (1 - min_overlap) * width * height
+    r2 = (b2 + torch.sqrt(b2 ** 2 - 16 * c2)) / 2
+    a3 = 4 * min_overlap
+    b3 = -2 * min_overlap * (height + width)
+    c3 = (min_overlap - 1) * width * height
+    r3 = (b3 + torch.sqrt(b3 ** 2 - 4 * a3 * c3)) / 2
+    return torch.minimum(torch.minimum(r1, r2), r3)
+
+
+def draw_heatmap(centres: torch.Tensor, radii: torch.Tensor, labels: torch.Tensor,
+                 num_classes: int, head_hw: Sequence[int]) -> torch.Tensor:
+    """Draw one Gaussian per object, max-merged per class.
+
+    Args:
+        centres: (K, 2) int64 (col, row) centre cells.
+        radii: (K,) int64 radius in cells; sigma = (2 r + 1) / 6, window |d| <= r.
+        labels: (K,) int64 class of each object.
+        num_classes: heatmap channels.
+        head_hw: (h, w).
+
+    Returns:
+        (num_classes, h, w) float32.
+    """
+    rows, cols = head_hw
+    heatmap = torch.zeros(num_classes, rows * cols)
+    if centres.shape[0] == 0:
+        return heatmap.view(num_classes, rows, cols)
+    dx = torch.arange(cols)[None, None, :] - centres[:, 0, None, None]  # (K, 1, w)
+    dy = torch.arange(rows)[None, :, None] - centres[:, 1, None, None]  # (K, h, 1)
+    radius = radii[:, None, None]
+    sigma = (2 * radius + 1).to(torch.float32) / 6
+    gaussian = torch.exp(-(dx ** 2 + dy ** 2).to(torch.float32) / (2 * sigma ** 2))  # (K, h, w)
+    window = (dx.abs() <= radius) & (dy.abs() <= radius)
+    gaussian = torch.where(window & (gaussian >= torch.finfo(torch.float32).eps), gaussian,
+                           torch.zeros_like(gaussian))
+    flat = gaussian.reshape(centres.shape[0], rows * cols)  # (K, h*w)
+    heatmap.scatter_reduce_(0, labels[:, None].expand_as(flat), flat, reduce='amax')
+    return heatmap.view(num_classes, rows, cols)
+
+
+def build_targets(boxes: ArrayLike, labels: ArrayLike, config: ModelConfig,
+                  target_config: TargetConfig = TargetConfig()) -> Targets:
+    """Build the targets of one sample.
+
+    Args:
+        boxes: (K, 7) boxes in the model frame (x, y, z, length, width, height, yaw).
+        labels: (K,) detection class ids; ids outside [0, n_cls) are ignored.
+        config: model config (head grid, classes, ``head.max_objects``).
+        target_config: Gaussian settings.
+
+    Returns:
+        Targets on the CPU. Boxes whose centre is off the head grid, with non-finite values or
+        non-positive sizes are skipped; all others are drawn in the heatmap, and the first
+        ``max_objects`` of them (input order) get regression slots.
+    """
+    boxes = torch.as_tensor(np.asarray(boxes) if not torch.is_tensor(boxes) else boxes)
+    boxes = boxes.detach().to('cpu', torch.float32).reshape(-1, 7)
+    labels = torch.as_tensor(np.asarray(labels) if not torch.is_tensor(labels) else labels)
+    labels = labels.detach().to('cpu', torch.int64).reshape(-1)
+    if labels.shape[0] != boxes.shape[0]:
+        raise ValueError(f'{boxes.shape[0]} boxes but {labels.shape[0]} labels')
+    num_classes = config.num_detection_classes
+    encoding = boxes_to_regression(boxes, config)
+    usable = (encoding.inside & torch.isfinite(boxes).all(1) & (boxes[:, 3:6] > 0).all(1)
+              & (labels >= 0) & (labels < num_classes))
+    index = torch.nonzero(usable).squeeze(1)
+    cols = config.head_hw[1]
+    centres = torch.stack([encoding.cell_index[index] % cols, encoding.cell_index[index] // cols],
+                          1)  # (K, 2) col, row
+    cell = config.head_cell_size_m
+    radius = gaussian_radius(boxes[index, 3].double() / cell, boxes[index, 4].double() / cell,
+                             target_config.gaussian_min_overlap)
+    radius = torch.clamp(radius.floor().to(torch.int64), min=target_config.gaussian_min_radius)
+    heatmap = draw_heatmap(centres, radius, labels[index], num_classes, config.head_hw)
+
+    slots = config.head.max_objects
+    chosen = index[:slots]
+    count = chosen.numel()
+
+    def padded(values: torch.Tensor) -> torch.Tensor:
+        out = values.new_zeros((slots,) + tuple(values.shape[1:]))
+        out[:count] = values[chosen]
+        return out
+
+    mask = torch.zeros(slots, dtype=torch.bool)
+    mask[:count] = True
+    return Targets(
+        heatmap=heatmap, cell_index=padded(encoding.cell_index), offset=padded(encoding.offset),
+        z=padded(encoding.z), log_size=padded(encoding.log_size), yaw=padded(encoding.yaw),
+        labels=padded(labels), mask=mask)
+
+
+def collate_targets(samples: Sequence[Targets]) -> Targets:
+    """Stack per-sample targets into a batch (leading B on every field)."""
+    if not samples:
+        raise ValueError('collate_targets needs at least one sample')
+    return Targets(*(torch.stack(list(field), 0) for field in zip(*samples)))

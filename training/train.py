@@ -1,0 +1,659 @@
+"""Multi-task training of BEVFusionNet on A2D2-format data (single process, or DDP via torchrun).
+
+Usage::
+
+    python -m training.train --config training/configs/synthetic.yaml [--out DIR]
+        [--resume CKPT|last] [--override optim.lr=0.001 --override model.name=lite ...]
+    torchrun --nproc_per_node 4 -m training.train --config training/configs/a2d2.yaml
+
+The YAML file is read into the typed ``TrainConfig`` (every key checked, unknown keys fail).
+``--override key.path=value`` sets one value (parsed as YAML) before the check.
+
+What happens: AdamW (no weight decay on biases and norm weights), linear warm-up then cosine
+decay per step, gradient clipping, AMP (float16 autocast + GradScaler) on CUDA only, consistent
+augmentation and camera dropout (``training.augment``), a tqdm bar and TensorBoard scalars on
+rank 0, and after every epoch a checkpoint written atomically (temporary file + ``os.replace``)
+holding model, optimiser, scheduler, scaler, epoch, step and the python / numpy / torch / CUDA
+random states as plain types and tensors, so ``torch.load(..., weights_only=True)`` reads it.
+``--resume`` restores all of it and continues exactly where the run stopped: data order and
+augmentation are functions of (seed, epoch, index), so an interrupted run resumed at an epoch
+boundary equals an uninterrupted one (bit for bit in deterministic mode on the same machine).
+
+Under ``torchrun`` (``WORLD_SIZE`` > 1) it initialises ``torch.distributed`` from env://
+(NCCL on CUDA, else gloo), wraps the model in DDP and shards the data with a DistributedSampler
+(``set_epoch`` every epoch); ``optim.batch_size`` is per process. Only rank 0 logs and writes.
+"""
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import os
+import random
+import shlex
+import sys
+import time
+import typing
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+from bev_perception.model.config import ModelConfig
+from bev_perception.model.network import BEVFusionNet
+import numpy as np
+import torch
+from torch import distributed
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+import tqdm
+from training.a2d2 import A2D2Dataset, DEFAULT_CLASS_MAP, DEFAULT_VAL_SCENES
+from training.augment import AugmentConfig
+from training.data import Batch, collate_examples, FrameCache, PreparedFrames, TrainingDataset
+from training.losses import LossBreakdown, LossWeights, multitask_loss
+from training.targets import TargetConfig
+import yaml
+
+LOGGER = logging.getLogger(__name__)
+
+#: Identifies training checkpoints (deployable weights are safetensors, see training.export).
+CHECKPOINT_FORMAT = 'bev_perception.train_checkpoint'
+CHECKPOINT_VERSION = 1
+
+#: Model presets selectable by name in the config.
+MODEL_PRESETS = {'default': ModelConfig, 'lite': ModelConfig.lite, 'tiny': ModelConfig.tiny}
+
+
+# ----------------------------------------------------------------------------- configuration
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Where the frames come from and how box classes map to the detection classes."""
+
+    root: str = 'data/synthetic/train'
+    scenes: Optional[Tuple[str, ...]] = None  # None: every scene folder under root
+    split: Optional[str] = None  # None (all scenes), 'train' or 'val' (see val_scenes)
+    val_scenes: Union[int, Tuple[str, ...]] = DEFAULT_VAL_SCENES  # names, or the last n
+    class_map: Optional[Dict[str, Optional[str]]] = None  # None: training.a2d2's default
+    load_semantic: bool = True
+    cache_dir: Optional[str] = None  # prepared-frame cache (None: prepare on the fly)
+
+    def resolved_class_map(self) -> Dict[str, Optional[str]]:
+        """Return the class map, defaulting to the reader's A2D2 grouping."""
+        return dict(DEFAULT_CLASS_MAP if self.class_map is None else self.class_map)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSection:
+    """Model preset ('default', 'lite', 'tiny') and nested overrides of its config dict."""
+
+    name: str = 'default'
+    overrides: Dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def build(self) -> ModelConfig:
+        """Return the preset's ModelConfig with the overrides merged in."""
+        if self.name not in MODEL_PRESETS:
+            raise ValueError(f'model.name {self.name!r} not in {sorted(MODEL_PRESETS)}')
+        merged = _deep_merge(MODEL_PRESETS[self.name]().to_dict(), self.overrides, 'model')
+        return ModelConfig.from_dict(merged)
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    """Optimiser and schedule (steps are optimiser steps)."""
+
+    epochs: int = 20
+    batch_size: int = 4  # per process
+    lr: float = 2e-3  # peak learning rate
+    weight_decay: float = 0.01
+    betas: Tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = 100  # linear warm-up from warmup_start_ratio * lr
+    warmup_start_ratio: float = 0.01
+    min_lr_ratio: float = 0.01  # cosine decays to min_lr_ratio * lr at the last step
+    grad_clip_norm: float = 10.0  # 0 disables clipping
+    amp: bool = True  # float16 autocast + GradScaler, on CUDA only
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError('optim.epochs and optim.batch_size must be at least 1')
+        if self.lr <= 0 or self.warmup_steps < 0:
+            raise ValueError('optim.lr must be positive and optim.warmup_steps >= 0')
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything one training run needs (one YAML file)."""
+
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    model: ModelSection = dataclasses.field(default_factory=ModelSection)
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
+    loss: LossWeights = dataclasses.field(default_factory=LossWeights)
+    target: TargetConfig = dataclasses.field(default_factory=TargetConfig)
+    seed: int = 0
+    deterministic: bool = False  # torch.use_deterministic_algorithms, no cudnn autotune
+    workers: int = 2  # DataLoader worker processes per rank
+    device: str = 'auto'  # 'auto' (CUDA when available), 'cpu', 'cuda'
+    output_dir: str = 'out/train'  # checkpoints and TensorBoard logs (--out overrides)
+    log_every_steps: int = 10  # TensorBoard scalar period
+    keep_checkpoints: int = 3  # per-epoch files kept besides last.pt (0: keep all)
+
+    def to_dict(self) -> Dict[str, Any]:
+        """Return a JSON/YAML-safe nested dict."""
+        return _to_plain(self)
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> 'TrainConfig':
+        """Build and check a config from nested dicts (unknown keys fail)."""
+        return _build(cls, data, 'config')
+
+
+def _to_plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return {f.name: _to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, (tuple, list)):
+        return [_to_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _to_plain(v) for k, v in value.items()}
+    return value
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    """Build dataclass ``cls`` from a dict, converting values by the field type hints."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ValueError(f'{where}: expected a mapping, got {type(data).__name__}')
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ValueError(f'{where}: unknown keys {unknown} (known: {names})')
+    return cls(**{name: _convert(hints[name], value, f'{where}.{name}')
+                  for name, value in data.items()})
+
+
+def _convert(hint: Any, value: Any, where: str) -> Any:
+    """Convert a YAML value to the type ``hint`` or raise ValueError naming ``where``."""
+    if hint is Any:
+        return value
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, where)
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin is Union:
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return _convert(option, value, where)
+            except ValueError as error:
+                errors.append(str(error))
+        raise ValueError(' / '.join(errors))
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f'{where}: expected a list, got {value!r}')
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(args[0], v, where) for v in value)
+        if len(args) != len(value):
+            raise ValueError(f'{where}: expected {len(args)} values, got {len(value)}')
+        return tuple(_convert(a, v, where) for a, v in zip(args, value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f'{where}: expected a mapping, got {value!r}')
+        return {_convert(args[0], k, where): _convert(args[1], v, f'{where}.{k}')
+                for k, v in value.items()}
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f'{where}: expected a number, got {value!r}')
+        return float(value)
+    if hint is type(None):
+        if value is not None:
+            raise ValueError(f'{where}: expected null, got {value!r}')
+        return None
+    if hint in (int, str, bool):
+        if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+            raise ValueError(f'{where}: expected {hint.__name__}, got {value!r}')
+        return value
+    raise ValueError(f'{where}: unsupported type {hint}')
+
+
+def _deep_merge(base: Dict[str, Any], overrides: Dict[str, Any], where: str) -> Dict[str, Any]:
+    """Return ``base`` with ``overrides`` merged in recursively (keys must exist in base)."""
+    merged = dict(base)
+    for key, value in overrides.items():
+        if key not in merged:
+            raise ValueError(f'{where}.overrides: unknown key {key!r}')
+        if isinstance(value, dict) and isinstance(merged[key], dict):
+            merged[key] = _deep_merge(merged[key], value, f'{where}.{key}')
+        else:
+            merged[key] = value
+    return merged
+
+
+def apply_override(raw: Dict[str, Any], assignment: str) -> None:
+    """Set ``a.b.c=value`` (value parsed as YAML) in the nested dict ``raw``, in place."""
+    if '=' not in assignment:
+        raise ValueError(f'--override {assignment!r}: expected key.path=value')
+    path, text = assignment.split('=', 1)
+    keys = path.strip().split('.')
+    node = raw
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ValueError(f'--override {assignment!r}: {key!r} is not a mapping')
+    node[keys[-1]] = yaml.safe_load(text)
+
+
+def load_config(path: Optional[str], overrides: Tuple[str, ...] = ()) -> TrainConfig:
+    """Read a YAML config (or the defaults when ``path`` is None) and apply overrides."""
+    raw: Dict[str, Any] = {}
+    if path is not None:
+        with open(path, encoding='utf-8') as stream:
+            raw = yaml.safe_load(stream) or {}
+    for assignment in overrides:
+        apply_override(raw, assignment)
+    return TrainConfig.from_dict(raw)
+
+
+# ----------------------------------------------------------------------------- schedule
+
+
+class WarmupCosine:
+    """Learning-rate factor per step: linear warm-up, then cosine decay to ``min_ratio``.
+
+    A callable object with plain-number state, so ``LambdaLR.state_dict`` stores it.
+    """
+
+    def __init__(self, warmup_steps: int, total_steps: int, start_ratio: float,
+                 min_ratio: float) -> None:
+        self.warmup_steps = int(warmup_steps)
+        self.total_steps = max(int(total_steps), 1)
+        self.start_ratio = float(start_ratio)
+        self.min_ratio = float(min_ratio)
+
+    def __call__(self, step: int) -> float:
+        """Return the factor applied to the peak learning rate at optimiser step ``step``."""
+        if step < self.warmup_steps:
+            return self.start_ratio + (1.0 - self.start_ratio) * step / self.warmup_steps
+        decay_steps = max(self.total_steps - self.warmup_steps, 1)
+        progress = min((step - self.warmup_steps) / decay_steps, 1.0)
+        return self.min_ratio + (1.0 - self.min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+# ----------------------------------------------------------------------------- distributed
+
+
+@dataclasses.dataclass(frozen=True)
+class ProcessGroup:
+    """This process's place in the (possibly single-process) run."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        """Return whether this process logs and writes files."""
+        return self.rank == 0
+
+
+def init_process_group(device_name: str) -> ProcessGroup:
+    """Join the torchrun process group when WORLD_SIZE > 1 and pick this process's device."""
+    world_size = int(os.environ.get('WORLD_SIZE', '1'))
+    rank = int(os.environ.get('RANK', '0'))
+    local_rank = int(os.environ.get('LOCAL_RANK', '0'))
+    use_cuda = torch.cuda.is_available() if device_name == 'auto' else device_name == 'cuda'
+    if use_cuda and not torch.cuda.is_available():
+        raise RuntimeError("config.device is 'cuda' but CUDA is not available")
+    if device_name not in ('auto', 'cpu', 'cuda'):
+        raise ValueError(f"config.device must be 'auto', 'cpu' or 'cuda', not {device_name!r}")
+    device = torch.device('cuda', local_rank) if use_cuda else torch.device('cpu')
+    if use_cuda:
+        torch.cuda.set_device(device)
+    if world_size > 1 and not distributed.is_initialized():
+        distributed.init_process_group(backend='nccl' if use_cuda else 'gloo',
+                                       init_method='env://')
+    return ProcessGroup(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def rng_state() -> Dict[str, Any]:
+    """Return the python, numpy, torch and CUDA random states as plain types and tensors."""
+    version, python_state, gauss = random.getstate()
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    return {
+        'python': [version, list(python_state), gauss],
+        'numpy': [kind, torch.from_numpy(keys.astype(np.int64)), int(position), int(has_gauss),
+                  float(cached)],
+        'torch': torch.get_rng_state(),
+        'cuda': torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: Dict[str, Any]) -> None:
+    """Restore random states saved by ``rng_state``."""
+    version, python_state, gauss = state['python']
+    random.setstate((version, tuple(python_state), gauss))
+    kind, keys, position, has_gauss, cached = state['numpy']
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached))
+    torch.set_rng_state(state['torch'])
+    if state['cuda'] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state['cuda'])
+
+
+def save_checkpoint(path: str, state: Dict[str, Any]) -> None:
+    """Write ``state`` to ``path`` atomically (temporary file in the same folder + replace)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    temporary = f'{path}.tmp{os.getpid()}'
+    torch.save(state, temporary)
+    os.replace(temporary, path)
+
+
+def load_checkpoint(path: str, map_location: Union[str, torch.device] = 'cpu'
+                    ) -> Dict[str, Any]:
+    """Read a training checkpoint with ``weights_only=True`` (no arbitrary unpickling)."""
+    state = torch.load(path, map_location=map_location, weights_only=True)
+    if not isinstance(state, dict) or state.get('format') != CHECKPOINT_FORMAT:
+        raise ValueError(f'{path}: not a bev_perception training checkpoint')
+    if state.get('version', 0) > CHECKPOINT_VERSION:
+        raise ValueError(f'{path}: checkpoint version {state["version"]} is newer than '
+                         f'{CHECKPOINT_VERSION}')
+    return state
+
+
+def model_from_checkpoint(state: Dict[str, Any]) -> Tuple[BEVFusionNet, ModelConfig]:
+    """Return the network (eval mode, CPU) and its config from a loaded checkpoint."""
+    config = ModelConfig.from_dict(state['model_config'])
+    model = BEVFusionNet(config)
+    model.load_state_dict(state['model'])
+    return model.eval(), config
+
+
+def _prune_checkpoints(folder: str, keep: int) -> None:
+    if keep <= 0:
+        return
+    epochs = sorted(name for name in os.listdir(folder)
+                    if name.startswith('epoch_') and name.endswith('.pt'))
+    for name in epochs[:-keep]:
+        os.remove(os.path.join(folder, name))
+
+
+# ----------------------------------------------------------------------------- training
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainResult:
+    """Outcome of ``train``."""
+
+    checkpoint: str  # last.pt of the run
+    epochs_done: int
+    steps: int
+    train_seconds: float  # optimisation wall time summed over resumed runs
+    history: List[Dict[str, float]]  # per epoch: mean losses, lr, seconds
+
+
+def build_train_frames(config: TrainConfig, model_config: ModelConfig,
+                       process: ProcessGroup):
+    """Return the frame source (cache or on-the-fly) for the training split."""
+    dataset = A2D2Dataset(
+        config.data.root, scenes=config.data.scenes, split=config.data.split,
+        class_map=config.data.resolved_class_map(), classes=model_config.detection_classes,
+        load_image=True, load_semantic=config.data.load_semantic,
+        val_scenes=config.data.val_scenes)
+    if config.data.cache_dir is None:
+        return PreparedFrames(dataset, model_config)
+    if process.is_main:
+        FrameCache.build(dataset, model_config, config.data.cache_dir)
+    if process.world_size > 1:
+        distributed.barrier()
+    return FrameCache.build(dataset, model_config, config.data.cache_dir, show_progress=False)
+
+
+def _parameter_groups(model: torch.nn.Module, weight_decay: float) -> List[Dict[str, Any]]:
+    decay, no_decay = [], []
+    for parameter in model.parameters():
+        (no_decay if parameter.ndim <= 1 else decay).append(parameter)
+    return [{'params': decay, 'weight_decay': weight_decay},
+            {'params': no_decay, 'weight_decay': 0.0}]
+
+
+def _configure_determinism(config: TrainConfig) -> None:
+    random.seed(config.seed)
+    np.random.seed(config.seed)
+    torch.manual_seed(config.seed)
+    if config.deterministic:
+        os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.backends.cudnn.benchmark = True
+
+
+def _reduce_mean(values: torch.Tensor, process: ProcessGroup) -> torch.Tensor:
+    if process.world_size > 1:
+        reduced = values.to(process.device)
+        distributed.all_reduce(reduced)
+        values = reduced.cpu() / process.world_size
+    return values
+
+
+def train(config: TrainConfig, output_dir: Optional[str] = None, resume: Optional[str] = None,
+          stop_after_epoch: Optional[int] = None, save_rank_states: bool = False,
+          command: Optional[str] = None, show_progress: bool = True) -> TrainResult:
+    """Train (or resume) a model as described by ``config``; see the module docstring.
+
+    Args:
+        config: the run's configuration.
+        output_dir: where checkpoints and TensorBoard logs go (default ``config.output_dir``).
+        resume: a checkpoint to continue from, or 'last' for ``<output_dir>/checkpoints/last.pt``.
+        stop_after_epoch: stop once this many epochs are complete (simulates an interruption;
+            the schedule still spans ``optim.epochs``).
+        save_rank_states: every rank writes its final model state to
+            ``<output_dir>/rank<r>_final.pt`` (to check that DDP kept the ranks identical).
+        command: the command line recorded in the checkpoint.
+        show_progress: show the tqdm bar on rank 0.
+
+    Returns:
+        Where the last checkpoint is and what was done.
+    """
+    output_dir = output_dir or config.output_dir
+    checkpoint_dir = os.path.join(output_dir, 'checkpoints')
+    process = init_process_group(config.device)
+    _configure_determinism(config)
+    model_config = config.model.build()
+    frames = build_train_frames(config, model_config, process)
+    dataset = TrainingDataset(frames, model_config, config.augment, config.seed, config.target)
+    sampler = DistributedSampler(dataset, num_replicas=process.world_size, rank=process.rank,
+                                 shuffle=True, seed=config.seed, drop_last=False)
+    loader = DataLoader(dataset, batch_size=config.optim.batch_size, sampler=sampler,
+                        num_workers=config.workers, collate_fn=collate_examples,
+                        pin_memory=process.device.type == 'cuda', drop_last=False,
+                        persistent_workers=False)
+    steps_per_epoch = len(loader)
+    total_steps = steps_per_epoch * config.optim.epochs
+
+    model = BEVFusionNet(model_config).to(process.device)
+    optimizer = torch.optim.AdamW(_parameter_groups(model, config.optim.weight_decay),
+                                  lr=config.optim.lr, betas=config.optim.betas)
+    schedule = WarmupCosine(config.optim.warmup_steps, total_steps,
+                            config.optim.warmup_start_ratio, config.optim.min_lr_ratio)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    use_amp = config.optim.amp and process.device.type == 'cuda'
+    if config.optim.amp and not use_amp and process.is_main:
+        LOGGER.info('optim.amp: mixed precision needs CUDA; training in float32 on %s',
+                    process.device)
+    scaler = torch.amp.GradScaler('cuda', enabled=use_amp)
+
+    start_epoch, step, train_seconds = 0, 0, 0.0
+    history: List[Dict[str, float]] = []
+    if resume is not None:
+        path = os.path.join(checkpoint_dir, 'last.pt') if resume == 'last' else resume
+        state = load_checkpoint(path, map_location='cpu')
+        if ModelConfig.from_dict(state['model_config']) != model_config:
+            raise ValueError(f'{path}: the checkpoint was trained with another model config')
+        if state['train_config'] != config.to_dict() and process.is_main:
+            LOGGER.warning('%s: resuming with a config that differs from the checkpoint\'s', path)
+        model.load_state_dict(state['model'])
+        optimizer.load_state_dict(state['optimizer'])
+        scheduler.load_state_dict(state['scheduler'])
+        scaler.load_state_dict(state['scaler'])
+        start_epoch, step = int(state['epoch']), int(state['step'])
+        train_seconds = float(state['train_seconds'])
+        history = list(state['history'])
+        set_rng_state(state['rng'])
+        if process.is_main:
+            LOGGER.info('resumed from %s at epoch %d, step %d', path, start_epoch, step)
+
+    network: torch.nn.Module = model
+    if process.world_size > 1:
+        network = DistributedDataParallel(
+            model, device_ids=[process.device.index] if process.device.type == 'cuda' else None,
+            find_unused_parameters=True)  # camera branch idles when a batch has no image
+    writer = None
+    if process.is_main:
+        from torch.utils.tensorboard import SummaryWriter
+        writer = SummaryWriter(os.path.join(output_dir, 'tensorboard'), purge_step=step)
+    last_path = os.path.join(checkpoint_dir, 'last.pt')
+    epochs_done = start_epoch
+    for epoch in range(start_epoch, config.optim.epochs):
+        if stop_after_epoch is not None and epoch >= stop_after_epoch:
+            break
+        sampler.set_epoch(epoch)
+        dataset.set_epoch(epoch)
+        network.train()
+        epoch_start = time.perf_counter()
+        sums = torch.zeros(4, dtype=torch.float64)
+        bar = tqdm.tqdm(loader, desc=f'epoch {epoch + 1}/{config.optim.epochs}', unit='step',
+                        disable=not (process.is_main and show_progress), dynamic_ncols=True)
+        for batch in bar:
+            batch = batch.to(process.device)
+            losses, grad_norm = _train_step(network, optimizer, scaler, batch, config, use_amp)
+            scheduler.step()
+            step += 1
+            values = torch.stack([t.detach().double().cpu() for t in losses])
+            sums += values
+            if process.is_main:
+                bar.set_postfix(loss=f'{values[0]:.3f}', hm=f'{values[1]:.3f}',
+                                sem=f'{values[3]:.3f}')
+                if writer is not None and step % config.log_every_steps == 0:
+                    for name, value in zip(LossBreakdown._fields, values.tolist()):
+                        writer.add_scalar(f'loss/{name}', value, step)
+                    writer.add_scalar('optim/lr', optimizer.param_groups[0]['lr'], step)
+                    writer.add_scalar('optim/grad_norm', grad_norm, step)
+        epoch_seconds = time.perf_counter() - epoch_start
+        train_seconds += epoch_seconds
+        means = _reduce_mean(sums / max(len(loader), 1), process)
+        record = dict(zip(LossBreakdown._fields, means.tolist()))
+        record.update(epoch=epoch + 1, lr=optimizer.param_groups[0]['lr'], seconds=epoch_seconds)
+        history.append(record)
+        if process.is_main:
+            LOGGER.info('epoch %d: %s', epoch + 1, json.dumps(record))
+            if writer is not None:
+                for name in LossBreakdown._fields:
+                    writer.add_scalar(f'epoch/{name}', record[name], epoch + 1)
+            state = {
+                'format': CHECKPOINT_FORMAT, 'version': CHECKPOINT_VERSION,
+                'epoch': epoch + 1, 'step': step, 'model': model.state_dict(),
+                'optimizer': optimizer.state_dict(), 'scheduler': scheduler.state_dict(),
+                'scaler': scaler.state_dict(), 'rng': rng_state(),
+                'train_config': config.to_dict(), 'model_config': model_config.to_dict(),
+                'train_seconds': train_seconds, 'history': history,
+                'command': command or '', 'world_size': process.world_size,
+            }
+            epoch_path = os.path.join(checkpoint_dir, f'epoch_{epoch + 1:03d}.pt')
+            save_checkpoint(epoch_path, state)
+            save_checkpoint(last_path, state)
+            _prune_checkpoints(checkpoint_dir, config.keep_checkpoints)
+        epochs_done = epoch + 1
+    if writer is not None:
+        writer.close()
+    if save_rank_states:
+        save_checkpoint(os.path.join(output_dir, f'rank{process.rank}_final.pt'),
+                        {k: v.detach().cpu() for k, v in model.state_dict().items()})
+    if process.world_size > 1:
+        distributed.barrier()
+        distributed.destroy_process_group()
+    return TrainResult(checkpoint=last_path, epochs_done=epochs_done, steps=step,
+                       train_seconds=train_seconds, history=history)
+
+
+def _train_step(network: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                scaler: torch.amp.GradScaler, batch: Batch, config: TrainConfig,
+                use_amp: bool) -> Tuple[LossBreakdown, float]:
+    """Run forward, loss, backward, clipping and the optimiser step on one batch."""
+    autocast = (torch.autocast('cuda', dtype=torch.float16) if use_amp
+                else contextlib.nullcontext())
+    with autocast:
+        output = network(batch.points, batch.images, batch.camera_valid)
+    losses = multitask_loss(output, batch.targets, batch.semantic, config.loss)
+    if not torch.isfinite(losses.total):
+        raise FloatingPointError(
+            f'non-finite loss {losses} on frames {batch.names}; lower optim.lr or check data')
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(losses.total).backward()
+    scaler.unscale_(optimizer)
+    parameters = [p for group in optimizer.param_groups for p in group['params']]
+    if config.optim.grad_clip_norm > 0:
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(parameters,
+                                                         config.optim.grad_clip_norm))
+    else:
+        grads = [p.grad.norm() for p in parameters if p.grad is not None]
+        grad_norm = float(torch.stack(grads).norm()) if grads else 0.0
+    scaler.step(optimizer)
+    scaler.update()
+    return losses, grad_norm
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the command-line parser."""
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--config', help='YAML training config (training/configs/*.yaml)')
+    parser.add_argument('--resume', help="checkpoint to continue from, or 'last'")
+    parser.add_argument('--out', help='output folder (default: output_dir of the config)')
+    parser.add_argument('--override', action='append', default=[], metavar='KEY=VALUE',
+                        help='set a config value, e.g. optim.lr=0.001 (repeatable)')
+    parser.add_argument('--stop-after-epoch', type=int,
+                        help='stop once this many epochs are done (simulated interruption)')
+    parser.add_argument('--save-rank-states', action='store_true',
+                        help='every rank writes its final model state (DDP consistency checks)')
+    parser.add_argument('--no-progress', action='store_true', help='hide the progress bar')
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Command-line entry point; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(message)s')
+    if args.config is None and args.resume is None:
+        raise SystemExit('--config is required (or --resume with a checkpoint)')
+    if args.config is None:
+        path = args.resume
+        saved = load_checkpoint(path)['train_config']
+        for assignment in args.override:
+            apply_override(saved, assignment)
+        config = TrainConfig.from_dict(saved)
+    else:
+        config = load_config(args.config, tuple(args.override))
+    command = ' '.join(shlex.quote(a) for a in [sys.executable, '-m', 'training.train']
+                       + list(sys.argv[1:] if argv is None else argv))
+    result = train(config, output_dir=args.out, resume=args.resume,
+                   stop_after_epoch=args.stop_after_epoch,
+                   save_rank_states=args.save_rank_states, command=command,
+                   show_progress=not args.no_progress)
+    if int(os.environ.get('RANK', '0')) == 0:
+        print(json.dumps({'checkpoint': result.checkpoint, 'epochs': result.epochs_done,
+                          'steps': result.steps, 'train_seconds': round(result.train_seconds, 1),
+                          'last_epoch': result.history[-1] if result.history else None}))
+    return 0
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())
