@@ -146,6 +146,8 @@ def make_typestore(ament_prefix_path: Optional[str] = None) -> Typestore:
 
 def _register_bag_definition(typestore: Typestore, msgtype: str, msgdef) -> None:
     """Register the types of a bag connection's embedded definition that the store lacks."""
+    if not msgdef.data.strip():
+        return  # recorded without a definition: the type stays unknown
     if msgdef.format == MessageDefinitionFormat.MSG:
         types = get_types_from_msg(msgdef.data, msgtype)
     elif msgdef.format == MessageDefinitionFormat.IDL:
@@ -546,6 +548,9 @@ class BagReader:
             if not raw:
                 self.check_known(topic)
             connections += self._connections[topic]
+        return self._iterate(connections, raw)
+
+    def _iterate(self, connections: list, raw: bool) -> Iterator[BagMessage]:
         iterator = self._reader.messages(connections=connections)
         while True:
             try:

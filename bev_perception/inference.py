@@ -13,7 +13,7 @@ import logging
 import time
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
-from bev_perception.model.config import ModelConfig
+from bev_perception.model.config import ModelConfig, NMSConfig
 from bev_perception.model.decode import decode_detections
 from bev_perception.model.network import BEVFusionNet, preprocess_image, STAGES
 from bev_perception.weights import load_weights, PathLike
@@ -120,8 +120,8 @@ class InferenceRuntime:
         return torch.from_numpy(array).to(self.device)
 
     def __call__(self, points: np.ndarray, image: Optional[np.ndarray] = None,
-                 score_thresholds: Thresholds = None,
-                 max_detections: Optional[int] = None) -> FrameResult:
+                 score_thresholds: Thresholds = None, max_detections: Optional[int] = None,
+                 nms: Optional[NMSConfig] = None) -> FrameResult:
         """Run one frame.
 
         Args:
@@ -129,15 +129,16 @@ class InferenceRuntime:
             image: (H, W, 3) uint8 RGB of any size, or None for LiDAR-only.
             score_thresholds: one value or one per class (default: the config's).
             max_detections: cap on detections (default: the config's top-K).
+            nms: NMS settings (default: the config's).
 
         Returns:
             The frame's detections, semantic map, overflow counts and stage timings.
         """
-        return self.run_batch([(points, image)], score_thresholds, max_detections)[0]
+        return self.run_batch([(points, image)], score_thresholds, max_detections, nms)[0]
 
     def run_batch(self, frames: Sequence[Tuple[np.ndarray, Optional[np.ndarray]]],
-                  score_thresholds: Thresholds = None,
-                  max_detections: Optional[int] = None) -> List[FrameResult]:
+                  score_thresholds: Thresholds = None, max_detections: Optional[int] = None,
+                  nms: Optional[NMSConfig] = None) -> List[FrameResult]:
         """Run several (points, image or None) frames as one batch; timings are batch-wide."""
         if not frames:
             return []
@@ -160,7 +161,7 @@ class InferenceRuntime:
                                     stage_timer=lambda stage: self._timed(timings, stage))
             with self._timed(timings, 'decode'):
                 detections = decode_detections(output, self.config, score_thresholds,
-                                               max_detections)
+                                               max_detections, nms)
             with self._timed(timings, 'postprocess'):
                 semantic = self._semantic_maps(output.semantic, frames)
                 counts = {name: value.tolist() for name, value in output.counts._asdict().items()}

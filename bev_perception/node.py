@@ -597,6 +597,10 @@ class PerceptionNode(Node):
         result = self._runtime(points, rgb, score_thresholds=frame_settings.score_thresholds,
                                max_detections=frame_settings.max_detections)
         timings.update(result.timings_ms)
+        if len(points) == 0:  # no LiDAR evidence: no boxes (the image still gives semantics)
+            result = replace(result, boxes=np.zeros((0, 7), np.float32),
+                             scores=np.zeros(0, np.float32), class_ids=np.zeros(0, np.int64),
+                             class_names=[])
         self.counters.add(
             points_out_of_range=result.overflow.out_of_range_dropped,
             non_finite_points=result.overflow.non_finite_dropped,
@@ -634,7 +638,7 @@ class PerceptionNode(Node):
         if len(points) == 0:
             self.counters.add(empty_clouds=1)
             self._warn('empty_clouds', f'empty point cloud ({cloud.num_input_points} points, '
-                       f'{cloud.num_non_finite} non-finite): publishing no detections')
+                       f'{cloud.num_non_finite} non-finite): publishing no boxes')
         if len(points) > settings.max_points:
             stride = math.ceil(len(points) / settings.max_points)
             capped = points[::stride]
@@ -800,6 +804,9 @@ def main(args: Optional[List[str]] = None) -> int:
         return 1
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Exception:  # noqa: B902 - a signal during start-up invalidates the context
+        if rclpy.ok():
+            raise
     finally:
         try:
             if node is not None:

@@ -4,7 +4,7 @@ import logging
 
 from bev_perception.inference import (
     FrameResult, InferenceRuntime, OverflowCounts, resize_nearest, TIMING_KEYS)
-from bev_perception.model.config import ModelConfig
+from bev_perception.model.config import ModelConfig, NMSConfig
 from bev_perception.model.decode import decode_detections
 from bev_perception.model.network import BEVFusionNet, preprocess_image
 from bev_perception.weights import save_weights
@@ -82,10 +82,14 @@ def test_matches_the_network_and_decoder(runtime):
     np.testing.assert_array_equal(result.semantic, output.semantic[0].argmax(0).numpy())
 
 
-def test_thresholds_and_caps(runtime):
+def test_thresholds_caps_and_nms(runtime):
     points = _points(2000, 5)
     assert runtime(points, None, score_thresholds=1.0).boxes.shape == (0, 7)
     assert runtime(points, None, score_thresholds=0.0, max_detections=3).boxes.shape == (3, 7)
+    loose = runtime(points, None, score_thresholds=0.0, nms=NMSConfig(kind='none'))
+    strict = runtime(points, None, score_thresholds=0.0,
+                     nms=NMSConfig(kind='distance', radius_m=(50.0,) * 4))
+    assert len(strict.scores) <= len(CONFIG.detection_classes) < len(loose.scores)
     with pytest.raises(ValueError, match='points must be'):
         runtime(points[:, :3], None)
 

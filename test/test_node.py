@@ -30,7 +30,6 @@ IMAGE_TOPIC = '/test_sensors/image'
 CLOUD_FRAME = 'cam_front_center'
 IMAGE_FRAME = 'cam_front_center_optical'
 SCORE_THRESHOLD = 0.02  # random weights score about 0.1: detections appear
-MAX_POINTS = 20000
 SimpleFrame = collections.namedtuple('SimpleFrame', 'points image')
 
 
@@ -164,13 +163,19 @@ def node_command(weights_path, *extra):
             *extra]
 
 
+def max_points(scene_frames):
+    """Return the node's max_points for the tests: just above the largest synthetic cloud."""
+    return max(1000, max(len(frame.points) for frame in scene_frames) + 1)
+
+
 @pytest.fixture(scope='module')
-def node_process(tiny_weights, ros_env, tmp_path_factory):
+def node_process(tiny_weights, scene_frames, ros_env, tmp_path_factory):
     log_path = tmp_path_factory.mktemp('node_log') / 'node.log'
     with open(log_path, 'w') as log:
         process = subprocess.Popen(
             node_command(tiny_weights[0], '-p', f'score_thresholds:=[{SCORE_THRESHOLD}]',
-                         '-p', f'max_points:={MAX_POINTS}', '-p', 'diagnostics_period_s:=0.2'),
+                         '-p', f'max_points:={max_points(scene_frames)}',
+                         '-p', 'diagnostics_period_s:=0.2'),
             env=ros_env, stdout=log, stderr=subprocess.STDOUT)
     process.log_path = log_path
     yield process
@@ -233,6 +238,13 @@ class Peer:
     def messages(self, name):
         return self.received.get(name, [])
 
+    def wait_message(self, name, predicate, timeout_s=10.0):
+        """Return the latest message of a topic satisfying predicate, waiting for one."""
+        def matching():
+            return [msg for msg in self.messages(name) if predicate(msg)]
+        assert self.spin_until(matching, timeout_s), f'no matching {name} message'
+        return matching()[-1]
+
     def detections_with_stamp(self, stamp):
         return [msg for msg in self.messages('detections') if msg.header.stamp == stamp]
 
@@ -258,6 +270,7 @@ def peer(node_process):
     if not connected:
         with open(node_process.log_path) as log:
             pytest.fail('the node did not subscribe within 60 s; its log:\n' + log.read())
+    peer.log_path = node_process.log_path
     yield peer
     peer.close()
 
@@ -288,7 +301,9 @@ def publish_until_processed(peer, frame, stamp_us, with_image=True, attempts=3):
         cloud_header, image_header = publish_frame(peer, frame, stamp_us, with_image)
         if peer.spin_until(lambda: peer.detections_with_stamp(cloud_header.stamp), 15.0):
             return cloud_header, image_header
-    pytest.fail(f'no detections for the cloud stamped {cloud_header.stamp}')
+    with open(peer.log_path) as log:
+        pytest.fail(f'no detections for the cloud stamped {cloud_header.stamp}; node log:\n'
+                    + log.read()[-3000:])
 
 
 def test_synced_frames_produce_every_output(peer, scene_frames, tiny_weights):
@@ -313,20 +328,18 @@ def test_synced_frames_produce_every_output(peer, scene_frames, tiny_weights):
         assert min(detection.bbox.size.x, detection.bbox.size.y, detection.bbox.size.z) > 0
 
     height, width = second.image.shape[:2]
-    assert peer.spin_until(lambda: any(
-        msg.header == image_header for msg in peer.messages('semantic_color')), 10.0)
-    semantic = [msg for msg in peer.messages('semantic') if msg.header == image_header][-1]
+    semantic = peer.wait_message('semantic', lambda msg: msg.header == image_header)
     assert (semantic.encoding, semantic.height, semantic.width) == ('mono8', height, width)
     ids = np.frombuffer(bytes(semantic.data), np.uint8)
     assert ids.size == height * width and ids.max() < len(config.semantic_classes)
-    colour = [msg for msg in peer.messages('semantic_color') if msg.header == image_header][-1]
+    colour = peer.wait_message('semantic_color', lambda msg: msg.header == image_header)
     assert (colour.encoding, colour.height, colour.width) == ('rgb8', height, width)
     pixels = np.frombuffer(bytes(colour.data), np.uint8).reshape(height, width, 3)
     np.testing.assert_array_equal(pixels, np.asarray(SEMANTIC_PALETTE, np.uint8)[
         ids.reshape(height, width)])
 
-    markers = [msg for msg in peer.messages('markers')
-               if msg.markers and msg.markers[0].header == cloud_header][-1]
+    markers = peer.wait_message(
+        'markers', lambda msg: msg.markers and msg.markers[0].header == cloud_header)
     added = [marker for marker in markers.markers if marker.action == marker.ADD]
     assert len(added) == 2 * len(detections.detections)
 
@@ -335,7 +348,7 @@ def test_synced_frames_produce_every_output(peer, scene_frames, tiny_weights):
     assert [c.class_name for c in label_info.class_map] == list(config.detection_classes)
     assert label_info.threshold == pytest.approx(SCORE_THRESHOLD)
 
-    timing = [msg for msg in peer.messages('timings') if msg.header == cloud_header][-1]
+    timing = peer.wait_message('timings', lambda msg: msg.header == cloud_header)
     values = {kv.key: kv.value for kv in timing.status[0].values}
     for key in ('convert_ms', 'voxelize_ms', 'backbone_ms', 'fusion_ms', 'decode_ms',
                 'publish_ms', 'end_to_end_ms'):
@@ -355,7 +368,7 @@ def test_missing_camera_runs_lidar_only(peer, scene_frames):
     frame = scene_frames[0]
     stamp_us = frame.lidar_timestamp_us + 10 * 10**6
     cloud_header, _ = publish_until_processed(peer, frame, stamp_us, with_image=False)
-    timing = [msg for msg in peer.messages('timings') if msg.header == cloud_header][-1]
+    timing = peer.wait_message('timings', lambda msg: msg.header == cloud_header)
     assert {kv.key: kv.value for kv in timing.status[0].values}['lidar_only'] == 'true'
     assert not [msg for msg in peer.messages('semantic') if msg.header.stamp == cloud_header.stamp]
 
@@ -403,9 +416,9 @@ def test_malformed_input_is_counted_and_the_node_keeps_publishing(
     base_us = frame.lidar_timestamp_us + 20 * 10**6
     _, before = peer.latest_counters()
     good_cloud, good_image, burst = malformed_messages(frame, base_us)
-    for kind, msg, _ in burst * 2:
+    for kind, msg, _ in burst * 2:  # paced: the node's input history is qos_depth deep
         (peer.cloud_pub if kind == 'cloud' else peer.image_pub).publish(msg)
-    peer.spin_until(lambda: False, 0.5)
+        peer.spin_until(lambda: False, 0.03)
 
     # NaN-only and empty clouds, then a time jump back, each processed (empty detections).
     nan_points = np.full((500, 4), np.nan, dtype=np.float32)
@@ -420,7 +433,8 @@ def test_malformed_input_is_counted_and_the_node_keeps_publishing(
                 break
         (result,) = peer.detections_with_stamp(cloud_header.stamp)[:1]
         assert result.detections == []
-    huge = np.concatenate([frame.points] * (MAX_POINTS // len(frame.points) + 2))
+    # Just over max_points (kept small: best effort over UDP loses multi-MB messages).
+    huge = np.concatenate([frame.points] * (max_points(scene_frames) // len(frame.points) + 1))
     publish_until_processed(peer, SimpleFrame(huge, frame.image), base_us + 300000)
     publish_until_processed(peer, frame, base_us - 3600 * 10**6)  # one hour back in time
     cloud_header, _ = publish_until_processed(peer, frame, base_us - 3600 * 10**6 + 100000)
@@ -443,7 +457,7 @@ def test_malformed_input_is_counted_and_the_node_keeps_publishing(
     status, counters = peer.latest_counters()
     assert 'ignoring' in counters['last_error'] or counters['last_error'] == ''
     # Still fused after the burst: good images were paired again.
-    timing = [msg for msg in peer.messages('timings') if msg.header == cloud_header][-1]
+    timing = peer.wait_message('timings', lambda msg: msg.header == cloud_header)
     assert {kv.key: kv.value for kv in timing.status[0].values}['lidar_only'] == 'false'
 
 
@@ -501,9 +515,10 @@ def test_runtime_parameters_are_validated(peer):
 
 def test_sigterm_stops_the_node_cleanly(node_process, peer):
     node_process.send_signal(signal.SIGTERM)
-    assert node_process.wait(timeout=30) == 0
+    exit_code = node_process.wait(timeout=30)
     with open(node_process.log_path) as log:
         text = log.read()
+    assert exit_code == 0, text
     assert 'ready: device cpu' in text
     assert 'Traceback' not in text, text
 

@@ -376,14 +376,14 @@ class Frame:
     semantic: Optional[np.ndarray]  # (H, W) uint8 category ids, 255 = ignore
     lidar_timestamp_us: int  # earliest point timestamp (TAI us); camera stamp if none
     camera_timestamp_us: int  # cam_tstamp (TAI us); -1 if the camera info is absent
-    paths: Mapping[str, str]  # file kind -> path
+    paths: Dict[str, str]  # file kind -> path
 
 
 @dataclass(frozen=True)
 class _FrameRecord:
     scene: str
     frame_id: str
-    paths: Mapping[str, str]
+    paths: Dict[str, str]
 
 
 class A2D2Dataset:
@@ -431,6 +431,7 @@ class A2D2Dataset:
                          if load_semantic else None)
         self._skipped: List[Tuple[str, str]] = []
         self._reported: set = set()
+        self._unknown_classes: set = set()
         self._records: List[_FrameRecord] = []
         for scene in self.scenes:
             self._index_scene(scene)
@@ -466,7 +467,7 @@ class A2D2Dataset:
             if absent:
                 self._report(paths[absent[0]], 'missing file; frame skipped')
                 continue
-            self._records.append(_FrameRecord(scene, frame_id, types.MappingProxyType(paths)))
+            self._records.append(_FrameRecord(scene, frame_id, paths))
 
     def _report(self, path: str, reason: str) -> None:
         if (path, reason) in self._reported:
@@ -517,14 +518,16 @@ class A2D2Dataset:
         return Frame(scene=record.scene, frame_id=record.frame_id, points=points, boxes=boxes,
                      labels=labels, image=image, semantic=semantic,
                      lidar_timestamp_us=lidar_stamp, camera_timestamp_us=camera_stamp,
-                     paths=paths)
+                     paths=dict(paths))
 
     def _map_boxes(self, boxes: List[Box3D], path: str) -> Tuple[np.ndarray, np.ndarray]:
         kept, labels = [], []
         for box in boxes:
             if box.class_name not in self.class_map:
-                self._report(path, f'class {box.class_name!r} is not in the class map; '
-                             'box dropped')
+                if box.class_name not in self._unknown_classes:
+                    self._unknown_classes.add(box.class_name)
+                    LOGGER.warning('%s: class %r is not in the class map; its boxes are dropped',
+                                   path, box.class_name)
                 continue
             target = self.class_map[box.class_name]
             if target is not None:

@@ -125,7 +125,7 @@ class SyntheticConfig:
     range_noise_m: float = 0.02  # std of the LiDAR range noise
     dropout: float = 0.03  # probability that a return is lost
     foliage_dropout: float = 0.35  # extra loss on tree crowns
-    min_box_points: int = 3  # an actor is labelled with at least this many LiDAR points
+    min_box_points: int = 5  # an actor is labelled with at least this many LiDAR points
     max_box_depth_m: float = 80.0  # ... and its centre at most this far ahead
     empty_scene_probability: float = 0.08  # scenes without any actor
     image_noise: float = 3.0  # std of the pixel noise in 8-bit levels
@@ -278,7 +278,7 @@ def _car_shape(rng: np.random.Generator, van: bool) -> Tuple[Tuple[float, float,
 
 
 def _truck_shape(rng: np.random.Generator) -> Tuple[Tuple[float, float, float], Parts]:
-    size = (float(rng.uniform(7.5, 10.5)), _normal(rng, 2.5, 0.05, 2.4, 2.6),
+    size = (float(rng.uniform(7.5, 10.5)), _normal(rng, 2.48, 0.04, 2.4, 2.55),
             float(rng.uniform(3.0, 3.6)))
     length, width, height = size
     cargo, cab = _pick(rng, _TRUCK_CARGO), _pick(rng, _TRUCK_CAB)
@@ -402,17 +402,27 @@ class _ActorFactory:
     def fill_row(self, kinds: Callable[[], str], x_range: Tuple[float, float], y_m: float,
                  bottom_m: float, heading: float, yaw_jitter: Callable[[], float],
                  speed_x_mps: float, gap: Callable[[], float], lateral_jitter_m: float,
-                 keep_out: Tuple[float, float] = (0.0, 0.0)) -> List[Actor]:
-        """Place actors one after another along X with the same speed (so they never meet)."""
+                 keep_out: Tuple[float, float] = (0.0, 0.0),
+                 max_half_width_m: float = math.inf) -> List[Actor]:
+        """Place actors one after another along X with the same speed (so they never meet).
+
+        An actor whose rotated footprint would reach further than ``max_half_width_m`` from
+        the row's centre line is straightened (keeps its direction, loses the jitter).
+        """
         actors = []
         x = x_range[0] + float(self.rng.uniform(0.0, gap()))
         while x < x_range[1]:
             actor = self.make(kinds(), 0.0, 0.0, bottom_m, heading + yaw_jitter(), speed_x_mps)
             length, width, _ = actor.size_m
+            turn = actor.yaw - heading
+            lateral = float(self.rng.uniform(-lateral_jitter_m, lateral_jitter_m))
+            if (length * abs(math.sin(turn)) + width * abs(math.cos(turn))) / 2 + abs(lateral) \
+                    > max_half_width_m:
+                actor = replace(actor, yaw=wrap_angle(
+                    heading + (math.pi if math.cos(turn) < 0 else 0.0)))
             footprint = length * abs(math.cos(actor.yaw)) + width * abs(math.sin(actor.yaw))
             centre = x + footprint / 2
             if not keep_out[0] - footprint / 2 < centre < keep_out[1] + footprint / 2:
-                lateral = float(self.rng.uniform(-lateral_jitter_m, lateral_jitter_m))
                 actors.append(replace(actor, x_m=centre, y_m=y_m + lateral))
             x += footprint + gap()
         return actors
@@ -457,11 +467,12 @@ def build_scene(seed: int, index: int, frames: int,
     """Return scene ``index`` of the drives of ``seed`` (deterministic, independent of others)."""
     rng = np.random.default_rng(np.random.SeedSequence([seed, index, 0]))
     name, start_tai_us = _scene_name(seed, index, rng)
-    lane_width = float(rng.uniform(3.1, 3.6))
+    lane_width = float(rng.uniform(3.2, 3.6))
     lanes_same, lanes_opposite = int(rng.integers(1, 3)), int(rng.integers(1, 3))
-    strips = [str(rng.choice(['parking', 'bike', 'none'], p=[0.45, 0.35, 0.2]))
-              for _ in range(2)]  # right, left
-    strip_width = {'parking': 2.3, 'bike': 1.6, 'none': 0.4}
+    # Strip between the driving lanes and the curb, per side (right, left).
+    strips = [str(rng.choice(['parking', 'bike', 'parking_bike', 'none'],
+                             p=[0.3, 0.35, 0.25, 0.1])) for _ in range(2)]
+    strip_width = {'parking': 2.3, 'bike': 1.6, 'parking_bike': 3.9, 'none': 0.4}
     edge_right = -(lanes_same * lane_width + strip_width[strips[0]])
     edge_left = lanes_opposite * lane_width + strip_width[strips[1]]
     curb_height = float(rng.uniform(0.1, 0.16))
@@ -469,6 +480,10 @@ def build_scene(seed: int, index: int, frames: int,
     grass = tuple(0.0 if rng.random() < 0.4 else float(rng.uniform(1.5, 5.0)) for _ in range(2))
     solid_width, dashed_width = float(rng.uniform(0.22, 0.3)), float(rng.uniform(0.18, 0.24))
     solid = [(-lanes_same * lane_width, solid_width), (lanes_opposite * lane_width, solid_width)]
+    if strips[0] == 'parking_bike':
+        solid.append((edge_right + 2.3, solid_width))
+    if strips[1] == 'parking_bike':
+        solid.append((edge_left - 2.3, solid_width))
     dashed = []
     period, phase = float(rng.uniform(8.0, 12.0)), float(rng.uniform(0.0, 12.0))
     if rng.random() < 0.5:
@@ -512,20 +527,21 @@ def build_scene(seed: int, index: int, frames: int,
             low, high = span(speed)
             actors += factory.fill_row(
                 vehicle_kind, (low, high), -(lane + 0.5) * lane_width, 0.0, 0.0, jitter(0.015),
-                speed, lambda: 8.0 + float(rng.exponential(18.0)), 0.15,
-                keep_out=keep_out)
+                speed, lambda: 8.0 + float(rng.exponential(18.0)), 0.1,
+                keep_out=keep_out, max_half_width_m=lane_width / 2 - 0.05)
         for lane in range(lanes_opposite):
             speed = -float(rng.uniform(7.0, 14.0))
             low, high = span(speed)
             actors += factory.fill_row(
                 vehicle_kind, (low, high), (lane + 0.5) * lane_width, 0.0, math.pi,
-                jitter(0.015), speed, lambda: 10.0 + float(rng.exponential(25.0)), 0.15)
+                jitter(0.015), speed, lambda: 10.0 + float(rng.exponential(25.0)), 0.1,
+                max_half_width_m=lane_width / 2 - 0.05)
         for side, strip in enumerate(strips):
             sign = -1.0 if side == 0 else 1.0
             edge = edge_right if side == 0 else edge_left
-            centre_y = edge - sign * strip_width[strip] / 2
             heading = 0.0 if side == 0 else math.pi
-            if strip == 'parking':
+            if strip in ('parking', 'parking_bike'):
+                centre_y = edge - sign * 1.15
                 low, high = span(0.0)
 
                 def parked_yaw() -> float:
@@ -537,13 +553,15 @@ def build_scene(seed: int, index: int, frames: int,
                     lambda: 'truck' if rng.random() < 0.1 else 'car', (low, high), centre_y,
                     0.0, heading, parked_yaw, 0.0,
                     lambda: (float(rng.uniform(6.0, 25.0)) if rng.random() < 0.15
-                             else 0.8 + float(rng.exponential(2.0))), 0.08)
-            elif strip == 'bike':
+                             else 0.8 + float(rng.exponential(2.0))), 0.05,
+                    max_half_width_m=1.25)
+            if strip in ('bike', 'parking_bike'):
+                centre_y = edge - sign * (strip_width[strip] - 0.8)
                 speed = -sign * float(rng.uniform(3.0, 7.0))
                 low, high = span(speed)
                 actors += factory.fill_row(
                     lambda: 'cyclist', (low, high), centre_y, 0.0, heading, jitter(0.03), speed,
-                    lambda: 8.0 + float(rng.exponential(30.0)), 0.15)
+                    lambda: 4.0 + float(rng.exponential(14.0)), 0.1, max_half_width_m=0.7)
             # Sidewalk: people waiting at the curb (any yaw), two walking rows.
             curb_y = edge + sign * 0.6
             low, high = span(0.0)
@@ -558,7 +576,7 @@ def build_scene(seed: int, index: int, frames: int,
                 actors += factory.fill_row(
                     lambda: 'pedestrian', (low, high), row_y, curb_height,
                     0.0 if direction > 0 else math.pi, jitter(0.1), speed,
-                    lambda: 2.0 + float(rng.exponential(14.0)), 0.1)
+                    lambda: 2.5 + float(rng.exponential(18.0)), 0.1)
     for side in range(2):
         if grass[side] >= 1.5 and rng.random() < 0.8:
             sign = -1.0 if side == 0 else 1.0
@@ -859,6 +877,9 @@ def _cast_parts(origin: np.ndarray, d: Sequence[np.ndarray], world: _World, star
     Args:
         origin: (3,) or (R, 3) ray origins (road frame).
         d: dx, dy, dz (R,) unit directions.
+        world: the frame's parts.
+        start: first part to test.
+        stop: one past the last part.
         chunk: rays per vectorised block (bounds the (rays, parts) temporaries).
     """
     count = len(d[0])

@@ -350,7 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help='dataset root: scene folders, cams_lidars.json, class_list.json')
     parser.add_argument('--scene', required=True, help='scene folder, e.g. 20180807_145028')
     parser.add_argument('--frames', default=None,
-                        help='a:b slice of the scene\'s frames sorted by id (default: all)')
+                        help="a:b slice of the scene's frames sorted by id (default: all)")
     parser.add_argument('--out', required=True, help='bag folder to create')
     parser.add_argument('--storage', choices=sorted(STORAGE_PLUGINS), default='mcap',
                         help='rosbag2 storage (default: mcap)')

@@ -398,7 +398,7 @@ class TrainResult:
 
 
 def build_train_frames(config: TrainConfig, model_config: ModelConfig,
-                       process: ProcessGroup):
+                       process: ProcessGroup, show_progress: bool = True):
     """Return the frame source (cache or on-the-fly) for the training split."""
     dataset = A2D2Dataset(
         config.data.root, scenes=config.data.scenes, split=config.data.split,
@@ -408,7 +408,7 @@ def build_train_frames(config: TrainConfig, model_config: ModelConfig,
     if config.data.cache_dir is None:
         return PreparedFrames(dataset, model_config)
     if process.is_main:
-        FrameCache.build(dataset, model_config, config.data.cache_dir)
+        FrameCache.build(dataset, model_config, config.data.cache_dir, show_progress)
     if process.world_size > 1:
         distributed.barrier()
     return FrameCache.build(dataset, model_config, config.data.cache_dir, show_progress=False)
@@ -466,7 +466,7 @@ def train(config: TrainConfig, output_dir: Optional[str] = None, resume: Optiona
     process = init_process_group(config.device)
     _configure_determinism(config)
     model_config = config.model.build()
-    frames = build_train_frames(config, model_config, process)
+    frames = build_train_frames(config, model_config, process, show_progress)
     dataset = TrainingDataset(frames, model_config, config.augment, config.seed, config.target)
     sampler = DistributedSampler(dataset, num_replicas=process.world_size, rank=process.rank,
                                  shuffle=True, seed=config.seed, drop_last=False)

@@ -259,5 +259,11 @@ def decode_detections(output, config: ModelConfig,
         keep = greedy_nms(candidate, _suppression_matrix(boxes, labels, nms))
     limit = config.head.max_objects if max_detections is None else max_detections
     keep = keep & (torch.cumsum(keep.to(torch.int64), 1) <= limit)
-    return [Detections(boxes=boxes[b][keep[b]], scores=scores[b][keep[b]],
-                       labels=labels[b][keep[b]]) for b in range(batch)]
+    # Kept candidates first (still by descending score), then one host sync for the counts.
+    order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)  # (B, k)
+    boxes = torch.gather(boxes, 1, order[:, :, None].expand_as(boxes))
+    scores = torch.gather(scores, 1, order)
+    labels = torch.gather(labels, 1, order)
+    counts = keep.sum(1).tolist()
+    return [Detections(boxes=boxes[b, :n], scores=scores[b, :n], labels=labels[b, :n])
+            for b, n in enumerate(counts)]

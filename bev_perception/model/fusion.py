@@ -143,7 +143,8 @@ class FuTrFusion(nn.Module):
                                  f'samples for {num_valid} valid cameras')
         heads = self.num_heads
         head_dim = channels // heads
-        queries = bev.index_select(0, valid_index).flatten(2).transpose(1, 2)  # (Bv, N, C)
+        selected = bev if num_valid == batch else bev.index_select(0, valid_index)
+        queries = selected.flatten(2).transpose(1, 2)  # (Bv, N, C)
         key_input, value_input = self.camera_tokens(camera_features)  # (Bv, T, C) each
         position = self.bev_encoding.to(queries.dtype)  # (N, C)
         q = self.query(self.norm_query(queries) + position)

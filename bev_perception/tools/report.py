@@ -79,6 +79,13 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+def write_json(path: str, data: Mapping[str, Any]) -> None:
+    """Write a dict as indented JSON (NaN and infinities as null, numpy values as numbers)."""
+    with open(path, 'w', encoding='utf-8') as stream:
+        json.dump(_json_safe(dict(data)), stream, indent=2)
+        stream.write('\n')
+
+
 def _pyplot():
     import matplotlib
     matplotlib.use('Agg')
@@ -329,9 +336,7 @@ def write_report(out_dir: str, report: Mapping[str, Any],
         if make(path):
             written[name] = path
     json_path = os.path.join(out_dir, 'report.json')
-    with open(json_path, 'w', encoding='utf-8') as stream:
-        json.dump(_json_safe(dict(report)), stream, indent=2, sort_keys=False)
-        stream.write('\n')
+    write_json(json_path, report)
     written['report.json'] = json_path
     markdown_path = os.path.join(out_dir, 'report.md')
     with open(markdown_path, 'w', encoding='utf-8') as stream:

@@ -1,0 +1,813 @@
+"""``make demo``: replay a synthetic A2D2 drive as a rosbag2 through the perception node.
+
+    python -m bev_perception.tools.demo --out out/demo
+
+Steps: generate a short A2D2-format drive (``training.synthetic``, run from the repository
+root), write it as a rosbag2 (``rosbags``: PointCloud2 + Image with the recorded stamps), start
+``perception_node`` (console script, shipped weights, ``use_sim_time``), replay the bag into it
+at the recorded rate (with ``/clock``), record its outputs (and write them as a second bag),
+then write ``summary.json``, ``summary.md``, ``bev.png`` (points, predicted and true boxes) and
+``camera_semantic.png`` (camera image, predicted and true semantics) to the output folder.
+
+Every process started here keeps DDS on this machine (``ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST``,
+``ROS_LOCALHOST_ONLY=1``) in a domain of its own (``--domain-id``, default from the process id).
+"""
+
+import argparse
+from dataclasses import dataclass, field
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from bev_perception import conversions
+from bev_perception.metrics import DetectionAccumulator, match_frame, SemanticAccumulator
+from bev_perception.node import resolve_weights_path, StartupError
+import numpy as np
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CLOUD_TOPIC = '/a2d2/lidar/points'
+IMAGE_TOPIC = '/a2d2/camera/front_center/image_raw'
+CLOCK_TOPIC = '/clock'
+NODE_NAME = 'perception_node'
+CLOUD_FRAME = 'cam_front_center'  # points are in the front-centre camera's view frame
+IMAGE_FRAME = 'cam_front_center_optical'
+MATCH_DISTANCE_M = 2.0
+DISTANCE_THRESHOLDS_M = (0.5, 1.0, 2.0, 4.0)
+CLOCK_PERIOD_S = 0.01
+#: Seed of the demo drive; outside the seeds the shipped weights were trained on.
+DEMO_SEED = 880_001
+OUTPUT_TOPICS = {
+    'detections': ('vision_msgs/msg/Detection3DArray', f'/{NODE_NAME}/output/detections'),
+    'semantic': ('sensor_msgs/msg/Image', f'/{NODE_NAME}/output/semantic'),
+    'semantic_color': ('sensor_msgs/msg/Image', f'/{NODE_NAME}/output/semantic_color'),
+    'markers': ('visualization_msgs/msg/MarkerArray', f'/{NODE_NAME}/output/markers'),
+    'label_info': ('vision_msgs/msg/LabelInfo', f'/{NODE_NAME}/output/label_info'),
+    'timings': ('diagnostic_msgs/msg/DiagnosticArray', f'/{NODE_NAME}/debug/timings'),
+    'diagnostics': ('diagnostic_msgs/msg/DiagnosticArray', '/diagnostics'),
+}
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Settings of one demo run."""
+
+    out_dir: str
+    frames: int = 60
+    seed: int = DEMO_SEED
+    image_size: Tuple[int, int] = (960, 604)  # (width, height), A2D2's aspect ratio
+    weights: str = ''  # empty: the shipped weights
+    device: str = ''  # empty: the params file's (cuda, falling back to cpu)
+    rate: float = 1.0
+    domain_id: int = 0  # 0: derived from the process id
+    workers: int = 2
+    startup_timeout_s: float = 180.0
+    drain_timeout_s: float = 20.0
+
+
+@dataclass
+class DriveFrame:
+    """One frame of the synthetic drive, with its ground truth."""
+
+    stamp_ns: int  # LiDAR stamp
+    image_stamp_ns: int
+    points: np.ndarray  # (N, 4) float32
+    boxes: np.ndarray  # (K, 7) float32, ground truth
+    labels: np.ndarray  # (K,) int64 into class_names
+    image: np.ndarray  # (H, W, 3) uint8
+    semantic: np.ndarray  # (H, W) uint8 category ids, 255 ignore
+
+
+@dataclass
+class Recording:
+    """What the player sent and what the recorder received (monotonic seconds)."""
+
+    published_s: Dict[int, float] = field(default_factory=dict)  # cloud stamp ns -> time
+    received: Dict[str, List[Tuple[float, object]]] = field(default_factory=dict)
+    images_published: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def keep(self, name: str, msg: object) -> None:
+        """Store a received message with its receive time."""
+        with self.lock:
+            self.received.setdefault(name, []).append((time.monotonic(), msg))
+
+    def messages(self, name: str) -> List[Tuple[float, object]]:
+        """Return a copy of the (time, message) list of a topic."""
+        with self.lock:
+            return list(self.received.get(name, []))
+
+
+def log(message: str) -> None:
+    """Print one progress line."""
+    print(f'[demo] {message}', flush=True)
+
+
+def local_dds_env(domain_id: int) -> Dict[str, str]:
+    """Return the environment variables keeping DDS on this machine in ``domain_id``."""
+    return {'ROS_AUTOMATIC_DISCOVERY_RANGE': 'LOCALHOST', 'ROS_LOCALHOST_ONLY': '1',
+            'ROS_DOMAIN_ID': str(domain_id)}
+
+
+def stamp_ns(msg_stamp) -> int:
+    """Return a builtin_interfaces/Time as integer nanoseconds."""
+    return msg_stamp.sec * 10**9 + msg_stamp.nanosec
+
+
+# ------------------------------------------------------------------------------ drive + bag
+
+def generate_drive(config: DemoConfig, data_dir: str) -> Tuple[List[DriveFrame], Tuple[str, ...]]:
+    """Write the synthetic drive under ``data_dir`` and load it; return frames and classes."""
+    try:
+        from training.a2d2 import A2D2Dataset, DEFAULT_CLASS_MAP, DEFAULT_CLASSES
+        from training.synthetic import generate
+    except ImportError as error:
+        raise SystemExit(f'the demo needs the training package ({error}); run it from the '
+                         'repository root: python -m bev_perception.tools.demo') from error
+    generate(data_dir, scenes=1, frames=config.frames, seed=config.seed,
+             image_size=config.image_size, workers=config.workers)
+    dataset = A2D2Dataset(data_dir, class_map=DEFAULT_CLASS_MAP, classes=DEFAULT_CLASSES)
+    frames = []
+    for index in range(len(dataset)):
+        item = dataset[index]
+        frames.append(DriveFrame(
+            stamp_ns=item.lidar_timestamp_us * 1000,
+            image_stamp_ns=item.camera_timestamp_us * 1000, points=item.points,
+            boxes=item.boxes, labels=item.labels, image=item.image, semantic=item.semantic))
+    return frames, tuple(DEFAULT_CLASSES)
+
+
+def _header(stamp: int, frame_id: str):
+    from builtin_interfaces.msg import Time
+    from std_msgs.msg import Header
+
+    return Header(stamp=Time(sec=stamp // 10**9, nanosec=stamp % 10**9), frame_id=frame_id)
+
+
+def _typestore(with_vision_msgs: bool):
+    from rosbags.typesys import get_types_from_msg, get_typestore, Stores
+
+    typestore = get_typestore(Stores.ROS2_HUMBLE)
+    if with_vision_msgs:
+        msg_dir = os.path.join(REPO_ROOT, 'interfaces', 'vision_msgs', 'msg')
+        types = {}
+        for name in sorted(os.listdir(msg_dir)):
+            if name.endswith('.msg'):
+                with open(os.path.join(msg_dir, name)) as handle:
+                    types.update(get_types_from_msg(
+                        handle.read(), f'vision_msgs/msg/{name[:-4]}'))
+        typestore.register(types)
+    return typestore
+
+
+def write_drive_bag(frames: Sequence[DriveFrame], bag_dir: str) -> None:
+    """Write the drive as a rosbag2 (sqlite3): clouds and images at their recorded stamps."""
+    from rclpy.serialization import serialize_message
+    from rosbags.rosbag2 import Writer
+
+    typestore = _typestore(with_vision_msgs=False)
+    messages = []
+    for frame in frames:
+        cloud = conversions.array_to_pointcloud2(frame.points, _header(frame.stamp_ns,
+                                                                       CLOUD_FRAME))
+        image = conversions.rgb_to_image(frame.image, _header(frame.image_stamp_ns, IMAGE_FRAME))
+        messages.append((frame.stamp_ns, 'cloud', serialize_message(cloud)))
+        messages.append((frame.image_stamp_ns, 'image', serialize_message(image)))
+    messages.sort(key=lambda item: item[0])
+    with Writer(bag_dir, version=8) as writer:
+        connections = {
+            'cloud': writer.add_connection(CLOUD_TOPIC, 'sensor_msgs/msg/PointCloud2',
+                                           typestore=typestore),
+            'image': writer.add_connection(IMAGE_TOPIC, 'sensor_msgs/msg/Image',
+                                           typestore=typestore),
+        }
+        for timestamp, kind, data in messages:
+            writer.write(connections[kind], timestamp, data)
+
+
+def write_output_bag(recording: Recording, bag_dir: str) -> int:
+    """Write the recorded node outputs as a rosbag2; return the number of messages."""
+    from rclpy.serialization import serialize_message
+    from rosbags.rosbag2 import Writer
+
+    typestore = _typestore(with_vision_msgs=True)
+    entries = []
+    with Writer(bag_dir, version=8) as writer:
+        for name, (msgtype, topic) in OUTPUT_TOPICS.items():
+            received = recording.messages(name)
+            if not received:
+                continue
+            connection = writer.add_connection(topic, msgtype, typestore=typestore)
+            entries += [(received_s, connection, msg) for received_s, msg in received]
+        entries.sort(key=lambda entry: entry[0])
+        offset_ns = time.time_ns() - int(time.monotonic() * 1e9)
+        for received_s, connection, msg in entries:
+            writer.write(connection, offset_ns + int(received_s * 1e9), serialize_message(msg))
+    return len(entries)
+
+
+# ------------------------------------------------------------------------------ ROS side
+
+class DemoRos:
+    """The demo's own rclpy node: bag player (with /clock) and output recorder."""
+
+    def __init__(self, recording: Recording) -> None:
+        import rclpy
+        from rclpy.context import Context
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.qos import (DurabilityPolicy, qos_profile_sensor_data, QoSProfile,
+                               ReliabilityPolicy)
+        from diagnostic_msgs.msg import DiagnosticArray
+        from rosgraph_msgs.msg import Clock
+        from sensor_msgs.msg import Image, PointCloud2
+        from vision_msgs.msg import Detection3DArray, LabelInfo
+        from visualization_msgs.msg import MarkerArray
+
+        self.recording = recording
+        self.context = Context()
+        rclpy.init(context=self.context)
+        self.node = rclpy.create_node('bev_demo', context=self.context)
+        self.cloud_pub = self.node.create_publisher(PointCloud2, CLOUD_TOPIC,
+                                                    qos_profile_sensor_data)
+        self.image_pub = self.node.create_publisher(Image, IMAGE_TOPIC, qos_profile_sensor_data)
+        self.clock_pub = self.node.create_publisher(Clock, CLOCK_TOPIC, 10)
+        kinds = {'detections': Detection3DArray, 'semantic': Image, 'semantic_color': Image,
+                 'markers': MarkerArray, 'label_info': LabelInfo, 'timings': DiagnosticArray,
+                 'diagnostics': DiagnosticArray}
+        reliable = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
+        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        self.subscriptions = [
+            self.node.create_subscription(
+                kinds[name], topic, self._keeper(name),
+                latched if name == 'label_info' else reliable)
+            for name, (_, topic) in OUTPUT_TOPICS.items()]
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self._spinning = threading.Thread(target=self._spin, daemon=True)
+        self._clock_stop = threading.Event()
+        self._clock_ns = 0
+        self._rate = 1.0
+        self._clock_lock = threading.Lock()
+        self._clock_thread = threading.Thread(target=self._tick_clock, daemon=True)
+        self._spinning.start()
+
+    def _keeper(self, name):
+        return lambda msg: self.recording.keep(name, msg)
+
+    def _spin(self) -> None:
+        from rclpy.executors import ExternalShutdownException
+
+        try:
+            while self.context.ok():
+                self.executor.spin_once(timeout_sec=0.05)
+        except (ExternalShutdownException, RuntimeError):
+            pass  # shutting down
+
+    def _publish_clock(self, now_ns: int) -> None:
+        from builtin_interfaces.msg import Time
+        from rosgraph_msgs.msg import Clock
+
+        self.clock_pub.publish(Clock(clock=Time(sec=now_ns // 10**9, nanosec=now_ns % 10**9)))
+
+    def _tick_clock(self) -> None:
+        """Publish /clock every CLOCK_PERIOD_S, advancing with wall time from the last set."""
+        last_wall = time.monotonic()
+        while not self._clock_stop.wait(CLOCK_PERIOD_S):
+            with self._clock_lock:
+                now_wall = time.monotonic()
+                if self._clock_ns:
+                    self._clock_ns += int((now_wall - last_wall) * 1e9 * self._rate)
+                    self._publish_clock(self._clock_ns)
+                last_wall = now_wall
+
+    def set_clock(self, now_ns: int) -> None:
+        """Jump /clock to ``now_ns`` (bag time) and publish it."""
+        with self._clock_lock:
+            self._clock_ns = now_ns
+            self._publish_clock(now_ns)
+
+    def wait_for_node(self, process: subprocess.Popen, timeout_s: float) -> bool:
+        """Wait until the node is ready (latched LabelInfo arrived, inputs subscribed)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and process.poll() is None:
+            if (self.recording.messages('label_info')
+                    and self.cloud_pub.get_subscription_count()
+                    and self.image_pub.get_subscription_count()):
+                return True
+            time.sleep(0.1)
+        return False
+
+    def play(self, bag_dir: str, rate: float) -> Tuple[int, int]:
+        """Replay the bag at ``rate`` x the recorded rate; return (clouds, images) published."""
+        from rosbags.rosbag2 import Reader
+
+        self._rate = rate
+        clouds = images = 0
+        with Reader(bag_dir) as reader:
+            entries = list(reader.messages())
+            start_bag_ns = entries[0][1] if entries else 0
+            self.set_clock(start_bag_ns)
+            self._clock_thread.start()
+            start_wall = time.monotonic()
+            for connection, timestamp, data in entries:
+                due = start_wall + (timestamp - start_bag_ns) * 1e-9 / rate
+                delay = due - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                self.set_clock(timestamp)
+                if connection.topic == CLOUD_TOPIC:
+                    self.cloud_pub.publish(bytes(data))
+                    self.recording.published_s[timestamp] = time.monotonic()
+                    clouds += 1
+                else:
+                    self.image_pub.publish(bytes(data))
+                    images += 1
+        self.recording.images_published = images
+        return clouds, images
+
+    def close(self) -> None:
+        """Stop the clock, the executor and the context."""
+        self._clock_stop.set()
+        if self._clock_thread.is_alive():
+            self._clock_thread.join(timeout=2.0)
+        self.context.try_shutdown()
+        self._spinning.join(timeout=5.0)
+        self.node.destroy_node()
+
+
+def start_node(config: DemoConfig, weights_path: str, env: Dict[str, str], log_path: str
+               ) -> subprocess.Popen:
+    """Start perception_node through its console script with the params file and remaps."""
+    executable = shutil.which('perception_node', path=os.path.dirname(sys.executable)
+                              + os.pathsep + env.get('PATH', ''))
+    if executable is None:
+        raise SystemExit('perception_node is not installed: run make setup (or colcon build)')
+    command = [executable, '--ros-args',
+               '--params-file', os.path.join(REPO_ROOT, 'config', 'perception.yaml'),
+               '-p', f'weights_path:={weights_path}', '-p', 'use_sim_time:=true',
+               '-r', f'~/input/pointcloud:={CLOUD_TOPIC}', '-r', f'~/input/image:={IMAGE_TOPIC}']
+    if config.device:
+        command += ['-p', f'device:={config.device}']
+    with open(log_path, 'w') as handle:  # the child keeps its own descriptor
+        return subprocess.Popen(command, env=env, stdout=handle, stderr=subprocess.STDOUT)
+
+
+def stop_node(process: subprocess.Popen) -> int:
+    """Stop the node with SIGINT as ros2 launch does; return its exit code."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode
+
+
+def wait_for_drain(recording: Recording, timeout_s: float, quiet_s: float = 4.0) -> None:
+    """Wait until no detections arrived for ``quiet_s`` (the node finished) or timeout."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        received = recording.messages('detections')
+        last = received[-1][0] if received else 0.0
+        if time.monotonic() - last > quiet_s:
+            return
+        time.sleep(0.2)
+
+
+# ------------------------------------------------------------------------------ analysis
+
+def _status_values(array) -> Dict[str, str]:
+    return {kv.key: kv.value for status in array.status for kv in status.values}
+
+
+def _detections_arrays(msg, class_names: Sequence[str]
+                       ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return boxes (K, 7), scores (K,), labels (K,) of a Detection3DArray (unknown names: -1)."""
+    boxes = np.zeros((len(msg.detections), 7), dtype=np.float32)
+    scores = np.zeros(len(msg.detections), dtype=np.float32)
+    labels = np.full(len(msg.detections), -1, dtype=np.int64)
+    for index, detection in enumerate(msg.detections):
+        centre = detection.bbox.center
+        orientation = centre.orientation
+        boxes[index] = [centre.position.x, centre.position.y, centre.position.z,
+                        detection.bbox.size.x, detection.bbox.size.y, detection.bbox.size.z,
+                        float(conversions.quaternion_to_yaw(
+                            [orientation.x, orientation.y, orientation.z, orientation.w]))]
+        hypothesis = detection.results[0].hypothesis
+        scores[index] = hypothesis.score
+        if hypothesis.class_id in class_names:
+            labels[index] = class_names.index(hypothesis.class_id)
+    return boxes, scores, labels
+
+
+def _in_range(boxes: np.ndarray, grid) -> np.ndarray:
+    return ((boxes[:, 0] >= grid.x_range_m[0]) & (boxes[:, 0] < grid.x_range_m[1])
+            & (boxes[:, 1] >= grid.y_range_m[0]) & (boxes[:, 1] < grid.y_range_m[1]))
+
+
+def _percentiles(values: Sequence[float]) -> Dict[str, Optional[float]]:
+    if not values:
+        return {'p50': None, 'p95': None, 'max': None}
+    return {'p50': round(float(np.percentile(values, 50)), 1),
+            'p95': round(float(np.percentile(values, 95)), 1),
+            'max': round(float(np.max(values)), 1)}
+
+
+def analyse(frames: Sequence[DriveFrame], class_names: Tuple[str, ...], recording: Recording,
+            model_config, published: Tuple[int, int]) -> Tuple[dict, dict]:
+    """Compare the recorded outputs with the drive's ground truth; return (summary, pairs).
+
+    ``pairs`` maps a processed frame index to its detections message, semantic ids (or None)
+    and timings, for the renders.
+    """
+    by_stamp = {frame.stamp_ns: index for index, frame in enumerate(frames)}
+    image_by_stamp = {frame.image_stamp_ns: index for index, frame in enumerate(frames)}
+    semantic_by_index = {}
+    for _, msg in recording.messages('semantic'):
+        index = image_by_stamp.get(stamp_ns(msg.header.stamp))
+        if index is not None:
+            semantic_by_index[index] = np.frombuffer(bytes(msg.data), np.uint8).reshape(
+                msg.height, msg.width)
+    timings_by_index = {}
+    for _, msg in recording.messages('timings'):
+        index = by_stamp.get(stamp_ns(msg.header.stamp))
+        if index is not None:
+            timings_by_index[index] = _status_values(msg)
+
+    accumulator = DetectionAccumulator(class_names, DISTANCE_THRESHOLDS_M)
+    semantic = SemanticAccumulator(model_config.num_semantic_classes,
+                                   class_names=model_config.semantic_classes)
+    per_class = {name: {'detections': 0, 'ground_truth': 0, 'matched': 0} for name in
+                 class_names}
+    unknown_classes = 0
+    latencies_ms, pairs = [], {}
+    for received_s, msg in recording.messages('detections'):
+        index = by_stamp.get(stamp_ns(msg.header.stamp))
+        if index is None or index in pairs:
+            continue
+        frame = frames[index]
+        boxes, scores, labels = _detections_arrays(msg, class_names)
+        unknown_classes += int((labels < 0).sum())
+        known = labels >= 0
+        gt_keep = _in_range(frame.boxes, model_config.grid)
+        gt_boxes, gt_labels = frame.boxes[gt_keep], frame.labels[gt_keep]
+        accumulator.add(boxes[known], scores[known], labels[known], gt_boxes, gt_labels)
+        for label, name in enumerate(class_names):
+            pred = known & (labels == label)
+            truth = gt_labels == label
+            matched = match_frame(boxes[pred, :2], scores[pred], gt_boxes[truth, :2],
+                                  MATCH_DISTANCE_M)
+            per_class[name]['detections'] += int(pred.sum())
+            per_class[name]['ground_truth'] += int(truth.sum())
+            per_class[name]['matched'] += int(matched.sum())
+        if index in semantic_by_index and semantic_by_index[index].shape == frame.semantic.shape:
+            semantic.add(semantic_by_index[index], frame.semantic)
+        if frame.stamp_ns in recording.published_s:
+            latencies_ms.append((received_s - recording.published_s[frame.stamp_ns]) * 1e3)
+        pairs[index] = {'detections': (boxes, scores, labels),
+                        'semantic': semantic_by_index.get(index),
+                        'timings': timings_by_index.get(index, {})}
+
+    detection_metrics = accumulator.compute()
+    semantic_metrics = semantic.compute()
+    gt_pixels = semantic_metrics.confusion.sum(axis=1)
+    present_iou = [float(v) for v, count in zip(semantic_metrics.iou, gt_pixels)
+                   if count > 0 and not math.isnan(v)]
+    diagnostics = recording.messages('diagnostics')
+    node_counters = {}
+    for _, array in reversed(diagnostics):
+        if any(status.name.startswith(NODE_NAME) for status in array.status):
+            node_counters = _status_values(array)
+            break
+    lidar_only = sum(1 for values in timings_by_index.values()
+                     if values.get('lidar_only') == 'true')
+    processing = [float(values['processing_ms']) for values in timings_by_index.values()
+                  if values.get('processing_ms')]
+    node_latency = [float(values['end_to_end_ms']) for values in timings_by_index.values()
+                    if values.get('end_to_end_ms')]
+    for counts in per_class.values():
+        counts['missed'] = counts['ground_truth'] - counts['matched']
+        counts['false'] = counts['detections'] - counts['matched']
+    summary = {
+        'frames_in': {'clouds': published[0], 'images': published[1]},
+        'frames_out': len(pairs),
+        'lidar_only_frames': lidar_only,
+        'node_counters': {key: node_counters[key] for key in (
+            'clouds_in', 'images_in', 'frames_out', 'fused_frames', 'lidar_only_frames',
+            'dropped_frames', 'bad_clouds', 'bad_images', 'points_capped', 'pillars_capped',
+            'over_budget', 'inference_errors') if key in node_counters},
+        'detections_per_class': {name: counts['detections'] for name, counts in
+                                 per_class.items()},
+        'match_distance_m': MATCH_DISTANCE_M,
+        'matching_per_class': per_class,
+        'detections_with_unknown_class': unknown_classes,
+        'bev_ap': detection_metrics.to_dict(),
+        'semantic': {
+            'frames': int(sum(1 for pair in pairs.values() if pair['semantic'] is not None)),
+            'miou_present_classes': (round(float(np.mean(present_iou)), 4)
+                                     if present_iou else None),
+            'pixel_accuracy': semantic_metrics.to_dict()['pixel_accuracy'],
+        },
+        'latency_ms': {
+            'cloud_published_to_detections_received': _percentiles(latencies_ms),
+            'node_processing': _percentiles(processing),
+            'node_end_to_end_sim_time': _percentiles(node_latency),
+        },
+    }
+    return summary, pairs
+
+
+# ------------------------------------------------------------------------------ renders
+
+def _box_outline(box: np.ndarray) -> np.ndarray:
+    """Return the BEV corners (5, 2) x, y of a box, closed."""
+    x, y, _, length, width, _, yaw = box[:7]
+    corners = np.array([[length, width], [length, -width], [-length, -width],
+                        [-length, width]]) * 0.5
+    rotation = np.array([[math.cos(yaw), -math.sin(yaw)], [math.sin(yaw), math.cos(yaw)]])
+    outline = corners @ rotation.T + [x, y]
+    return np.vstack([outline, outline[:1]])
+
+
+def render_bev(frame: DriveFrame, pair: dict, class_names: Sequence[str], model_config,
+               path: str, title: str) -> None:
+    """Draw points, true boxes (green) and predicted boxes (class colours) from above."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    grid = model_config.grid
+    figure, axes = plt.subplots(figsize=(7.5, 7.5))
+    inside = _in_range(frame.points, grid)
+    points = frame.points[inside]
+    # Plot with x (forward) up and y (left) to the left: horizontal axis is -y.
+    axes.scatter(-points[:, 1], points[:, 0], s=0.3, c=points[:, 2], cmap='viridis',
+                 vmin=-2.0, vmax=1.5, linewidths=0)
+    for box, label in zip(frame.boxes, frame.labels):
+        outline = _box_outline(box)
+        axes.plot(-outline[:, 1], outline[:, 0], color='#00c040', linewidth=2.2)
+    boxes, scores, labels = pair['detections']
+    for box, score, label in zip(boxes, scores, labels):
+        name = class_names[label] if label >= 0 else 'unknown'
+        colour = np.asarray(conversions.default_class_colour(name)) / 255.0
+        outline = _box_outline(box)
+        axes.plot(-outline[:, 1], outline[:, 0], color=colour, linewidth=1.2, linestyle='--')
+        axes.text(-box[1], box[0] + 0.5 * box[3] + 0.6, f'{name} {score:.2f}', color=colour,
+                  fontsize=6, ha='center')
+    axes.plot([], [], color='#00c040', linewidth=2.2, label='ground truth')
+    for name in class_names:
+        axes.plot([], [], color=np.asarray(conversions.default_class_colour(name)) / 255.0,
+                  linestyle='--', label=f'predicted {name}')
+    axes.plot([0], [0], marker='^', color='black', markersize=8)
+    axes.set_xlim(-grid.y_range_m[1], -grid.y_range_m[0])
+    axes.set_ylim(grid.x_range_m[0], grid.x_range_m[1])
+    axes.set_aspect('equal')
+    axes.set_xlabel('-y (m, right)')
+    axes.set_ylabel('x (m, forward)')
+    axes.set_title(title, fontsize=9)
+    axes.legend(loc='lower left', fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def render_camera(frame: DriveFrame, predicted: Optional[np.ndarray], palette: np.ndarray,
+                  path: str, title: str) -> None:
+    """Draw the camera image, the predicted semantic overlay and the true one."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    def overlay(ids):
+        lookup = np.zeros((256, 3), dtype=np.uint8)
+        lookup[:len(palette)] = palette
+        colours = lookup[ids].astype(np.float32)
+        blended = 0.45 * frame.image.astype(np.float32) + 0.55 * colours
+        return np.where((ids == 255)[..., None], frame.image, blended).astype(np.uint8)
+
+    panels = [('camera', frame.image)]
+    if predicted is not None:
+        panels.append(('predicted semantics', overlay(predicted)))
+    panels.append(('ground truth semantics', overlay(frame.semantic)))
+    height, width = frame.image.shape[:2]
+    figure, axes = plt.subplots(len(panels), 1, figsize=(8, 8 * height / width * len(panels)
+                                                         + 0.6))
+    for axis, (name, image) in zip(np.atleast_1d(axes), panels):
+        axis.imshow(image)
+        axis.set_title(name, fontsize=9)
+        axis.axis('off')
+    figure.suptitle(title, fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def write_summary_markdown(summary: dict, path: str) -> None:
+    """Write summary.md: counts, matching per class, AP, semantics, latency, pictures."""
+    counters = summary['node_counters']
+    lines = [
+        '# bev_perception demo', '',
+        f"Synthetic A2D2-format drive (seed {summary['drive']['seed']}, "
+        f"{summary['drive']['frames']} frames at 10 Hz, images "
+        f"{summary['drive']['image_size'][0]}x{summary['drive']['image_size'][1]}) replayed "
+        f"from a rosbag2 at {summary['drive']['rate']}x the recorded rate into perception_node "
+        f"(weights `{summary['weights']['path']}`, device {summary['device']}).", '',
+        '| | count |', '| --- | --- |',
+        f"| clouds / images published | {summary['frames_in']['clouds']} / "
+        f"{summary['frames_in']['images']} |",
+        f"| frames out (detections received) | {summary['frames_out']} |",
+        f"| LiDAR-only frames | {summary['lidar_only_frames']} |",
+        f"| dropped by the node (latest wins) | {counters.get('dropped_frames', '?')} |",
+        f"| inference errors | {counters.get('inference_errors', '?')} |", '',
+        f"Detections matched to ground truth within {summary['match_distance_m']} m (BEV "
+        'centre distance, same class, greedy by score; ground truth inside the model range):',
+        '', '| class | detections | ground truth | matched | missed | false |',
+        '| --- | --- | --- | --- | --- | --- |']
+    for name, counts in summary['matching_per_class'].items():
+        lines.append(f"| {name} | {counts['detections']} | {counts['ground_truth']} | "
+                     f"{counts['matched']} | {counts['missed']} | {counts['false']} |")
+    ap = summary['bev_ap']
+    lines += ['', 'BEV AP on the processed frames:', '',
+              '| class | ' + ' | '.join(f'{t} m' for t in ap['thresholds_m']) + ' |',
+              '| --- |' + ' --- |' * len(ap['thresholds_m'])]
+    for name, values in ap['ap'].items():
+        lines.append(f'| {name} | ' + ' | '.join(
+            '-' if v is None else f'{v:.3f}' for v in values.values()) + ' |')
+    lines.append('| **mAP** | ' + ' | '.join(
+        '-' if v is None else f'{v:.3f}' for v in ap['map_by_threshold'].values()) + ' |')
+    semantic = summary['semantic']
+    miou = semantic['miou_present_classes']
+    lines += ['', f"Semantic segmentation on {semantic['frames']} fused frames: mIoU "
+              f"(classes present in the ground truth) {'-' if miou is None else f'{miou:.3f}'}.",
+              '', '| latency (ms) | p50 | p95 | max |', '| --- | --- | --- | --- |']
+    names = {'cloud_published_to_detections_received': 'cloud published -> detections received',
+             'node_processing': 'node processing (convert to publish)',
+             'node_end_to_end_sim_time': 'node end-to-end (now - cloud stamp, sim time)'}
+    for key, values in summary['latency_ms'].items():
+        lines.append(f'| {names[key]} | {values["p50"]} | {values["p95"]} | {values["max"]} |')
+    lines += ['', '![BEV](bev.png)', '', '![camera and semantics](camera_semantic.png)', '']
+    with open(path, 'w') as handle:
+        handle.write('\n'.join(lines))
+
+
+# ------------------------------------------------------------------------------ main
+
+def _random_weights(path: str):
+    """Write random lite-model weights (used only when no shipped weights exist)."""
+    import torch
+
+    from bev_perception.model.config import ModelConfig
+    from bev_perception.model.network import BEVFusionNet
+    from bev_perception.weights import save_weights
+
+    torch.manual_seed(0)
+    config = ModelConfig.lite()
+    save_weights(path, BEVFusionNet(config).eval(), config,
+                 provenance={'dataset': 'none: random weights (no shipped weights found)'})
+
+
+def run(config: DemoConfig) -> dict:
+    """Run the demo; return the summary (also written to config.out_dir)."""
+    from bev_perception.model.config import ModelConfig
+    from bev_perception.weights import read_metadata
+
+    started = time.monotonic()
+    out_dir = os.path.abspath(config.out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    domain_id = config.domain_id or 1 + os.getpid() % 100
+    os.environ.update(local_dds_env(domain_id))  # this process's rclpy reads it at init
+    env = dict(os.environ, PYTHONUNBUFFERED='1')
+
+    try:
+        weights_path = resolve_weights_path(config.weights)
+        random_weights = False
+    except StartupError as error:
+        if config.weights:
+            raise SystemExit(str(error)) from error
+        weights_path = os.path.join(out_dir, 'random_weights.safetensors')
+        log(f'WARNING: {error}. Using RANDOM weights: detections will not match.')
+        _random_weights(weights_path)
+        random_weights = True
+    metadata = read_metadata(weights_path)
+    model_config = ModelConfig.from_dict(metadata['config'])
+
+    work_dir = tempfile.mkdtemp(prefix='bev_demo_', dir=out_dir)
+    try:
+        log(f'generating a {config.frames}-frame synthetic drive (seed {config.seed})')
+        frames, class_names = generate_drive(config, os.path.join(work_dir, 'drive'))
+        bag_dir = os.path.join(out_dir, 'drive_bag')
+        shutil.rmtree(bag_dir, ignore_errors=True)
+        write_drive_bag(frames, bag_dir)
+        generated_s = time.monotonic() - started
+        log(f'wrote {bag_dir} ({len(frames)} clouds + images) after {generated_s:.0f} s')
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)
+
+    recording = Recording()
+    ros = DemoRos(recording)
+    node_log = os.path.join(out_dir, 'node.log')
+    process = start_node(config, weights_path, env, node_log)
+    try:
+        log(f'starting perception_node (ROS_DOMAIN_ID {domain_id}, log {node_log})')
+        if not ros.wait_for_node(process, config.startup_timeout_s):
+            stop_node(process)
+            with open(node_log) as handle:
+                raise SystemExit('perception_node did not come up; its log:\n' + handle.read())
+        log('node ready; replaying the bag')
+        published = ros.play(bag_dir, config.rate)
+        wait_for_drain(recording, config.drain_timeout_s)
+    finally:
+        exit_code = stop_node(process)
+        ros.close()
+    log(f'node stopped with exit code {exit_code}')
+    outputs_bag = os.path.join(out_dir, 'outputs_bag')
+    shutil.rmtree(outputs_bag, ignore_errors=True)
+    recorded = write_output_bag(recording, outputs_bag)
+
+    summary, pairs = analyse(frames, class_names, recording, model_config, published)
+    summary.update({
+        'drive': {'seed': config.seed, 'frames': len(frames),
+                  'image_size': list(config.image_size), 'rate': config.rate},
+        'weights': {'path': os.path.relpath(weights_path, REPO_ROOT)
+                    if weights_path.startswith(REPO_ROOT) else weights_path,
+                    'random': random_weights,
+                    'provenance': metadata.get('provenance')},
+        'device': config.device or 'params file (cuda, cpu fallback)',
+        'node_exit_code': exit_code,
+        'recorded_output_messages': recorded,
+        'wall_time_s': None,
+    })
+    palette = np.asarray(model_config.semantic_palette, dtype=np.uint8)
+    if pairs:
+        def ground_truth_count(index):
+            return (int(_in_range(frames[index].boxes, model_config.grid).sum()), index)
+        chosen = max(pairs, key=ground_truth_count)
+        render_bev(frames[chosen], pairs[chosen], class_names, model_config,
+                   os.path.join(out_dir, 'bev.png'),
+                   f'frame {chosen}: ground truth (green) and predictions (dashed)')
+        fused = [index for index in pairs if pairs[index]['semantic'] is not None]
+        camera_index = chosen if chosen in fused else (fused[-1] if fused else chosen)
+        render_camera(frames[camera_index], pairs[camera_index]['semantic'], palette,
+                      os.path.join(out_dir, 'camera_semantic.png'),
+                      f'frame {camera_index}: camera, predicted and true semantics')
+    summary['wall_time_s'] = round(time.monotonic() - started, 1)
+    with open(os.path.join(out_dir, 'summary.json'), 'w') as handle:
+        json.dump(summary, handle, indent=2, sort_keys=True)
+    write_summary_markdown(summary, os.path.join(out_dir, 'summary.md'))
+    return summary
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> DemoConfig:
+    """Parse the command line into a DemoConfig."""
+    defaults = DemoConfig(out_dir='out/demo')
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--out', default=defaults.out_dir, help='output folder')
+    parser.add_argument('--frames', type=int, default=defaults.frames,
+                        help='frames of the drive (10 Hz)')
+    parser.add_argument('--seed', type=int, default=defaults.seed, help='drive seed')
+    parser.add_argument('--image-size', type=int, nargs=2, default=defaults.image_size,
+                        metavar=('WIDTH', 'HEIGHT'), help='camera image size')
+    parser.add_argument('--weights', default=defaults.weights,
+                        help='weights file (default: the shipped weights)')
+    parser.add_argument('--device', default=defaults.device,
+                        help='cuda or cpu (default: the params file, cuda with cpu fallback)')
+    parser.add_argument('--rate', type=float, default=defaults.rate,
+                        help='replay rate relative to the recorded rate')
+    parser.add_argument('--domain-id', type=int, default=defaults.domain_id,
+                        help='ROS_DOMAIN_ID for the demo (default: from the process id)')
+    parser.add_argument('--workers', type=int, default=defaults.workers,
+                        help='processes generating the drive')
+    args = parser.parse_args(argv)
+    if args.frames < 1 or args.rate <= 0:
+        parser.error('--frames must be positive and --rate above 0')
+    return DemoConfig(out_dir=args.out, frames=args.frames, seed=args.seed,
+                      image_size=tuple(args.image_size), weights=args.weights,
+                      device=args.device, rate=args.rate, domain_id=args.domain_id,
+                      workers=args.workers)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the demo from the command line; print where the results are."""
+    config = parse_args(argv)
+    summary = run(config)
+    ap = summary['bev_ap']['map_by_threshold'].get(str(MATCH_DISTANCE_M))
+    log(f"frames in {summary['frames_in']['clouds']}, out {summary['frames_out']}, "
+        f"LiDAR-only {summary['lidar_only_frames']}, mAP@{MATCH_DISTANCE_M} m "
+        f"{'-' if ap is None else f'{ap:.3f}'}, latency p50/p95 "
+        f"{summary['latency_ms']['cloud_published_to_detections_received']['p50']}/"
+        f"{summary['latency_ms']['cloud_published_to_detections_received']['p95']} ms, "
+        f"{summary['wall_time_s']} s; results in {os.path.abspath(config.out_dir)}")
+    return 0 if summary['node_exit_code'] == 0 else 1
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""Tests of training.export: checkpoint -> safetensors round trip with provenance and metrics."""
+
+import json
+import os
+import subprocess
+import sys
+
+from bev_perception.weights import load_weights, read_metadata
+import pytest
+import torch
+from training import synthetic
+from training.train import load_checkpoint, model_from_checkpoint
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TINY_CONFIG = os.path.join(REPO, 'training', 'configs', 'tiny_test.yaml')
+
+
+@pytest.fixture(scope='module')
+def checkpoint(tmp_path_factory):
+    """Train the tiny config for one epoch on 2 synthetic frames; return last.pt."""
+    base = tmp_path_factory.mktemp('export')
+    root = str(base / 'root')
+    synthetic.generate(root, scenes=1, frames=2, seed=31, image_size=(160, 101))
+    completed = subprocess.run(
+        [sys.executable, '-m', 'training.train', '--config', TINY_CONFIG, '--no-progress',
+         '--out', str(base / 'run'), '--override', f'data.root={root}',
+         '--override', 'optim.epochs=1', '--override', 'seed=5'],
+        cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return str(base / 'run' / 'checkpoints' / 'last.pt')
+
+
+def test_export_round_trip_keeps_outputs_and_records_provenance(checkpoint, tmp_path):
+    metrics_path = tmp_path / 'metrics.json'
+    metrics = {'summary': {'map_2m_fused': 0.75, 'miou_gt_present': 0.6}, 'num_frames': 3,
+               'semantic': {'miou': 0.5, 'pixel_accuracy': 0.9, 'iou': {'Sky': 0.9, 'Car': None}}}
+    metrics_path.write_text(json.dumps(metrics))
+    out = tmp_path / 'exported.safetensors'
+    completed = subprocess.run(
+        [sys.executable, '-m', 'training.export', '--checkpoint', checkpoint, '--out', str(out),
+         '--metrics', str(metrics_path), '--dataset', 'two synthetic frames'],
+        cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+
+    state = load_checkpoint(checkpoint)
+    expected_model, expected_config = model_from_checkpoint(state)
+    model, config, metadata = load_weights(out)
+    assert config == expected_config
+    torch.manual_seed(1)
+    points = [torch.rand(300, 4) * torch.tensor([40.0, 30.0, 3.0, 255.0])
+              - torch.tensor([0.0, 15.0, 2.5, 0.0])]
+    images = torch.randn(1, 3, *config.camera.input_hw)
+    with torch.no_grad():
+        first = expected_model(points, images)
+        second = model(points, images)
+    for name in ('heatmap', 'offset', 'z', 'log_size', 'yaw', 'semantic'):
+        assert torch.equal(getattr(first, name), getattr(second, name)), name
+
+    provenance = metadata['provenance']
+    assert provenance['seed'] == 5
+    assert provenance['train_config']['seed'] == 5
+    assert 'training.train' in provenance['command']
+    assert 'training.export' in provenance['export_command']
+    assert provenance['dataset']['root'].endswith('root')
+    assert provenance['dataset_note'] == 'two synthetic frames'
+    assert provenance['epochs'] == 1 and provenance['steps'] == 1
+    assert provenance['training_time_s'] >= 0.0
+    assert provenance['date'][:2] == '20'
+    assert 'git_revision' in provenance
+    assert metadata['metrics']['summary']['map_2m_fused'] == 0.75
+    assert metadata['metrics']['semantic']['iou'] == {'Sky': 0.9}
+    assert read_metadata(out)['metrics'] == metadata['metrics']
+
+
+def test_export_refuses_a_file_that_is_not_a_checkpoint(tmp_path):
+    bogus = tmp_path / 'bogus.pt'
+    torch.save({'model': {}}, bogus)
+    completed = subprocess.run(
+        [sys.executable, '-m', 'training.export', '--checkpoint', str(bogus), '--out',
+         str(tmp_path / 'x.safetensors')], cwd=REPO, capture_output=True, text=True,
+        timeout=120)
+    assert completed.returncode != 0
+    assert 'not a bev_perception training checkpoint' in completed.stderr

@@ -1,0 +1,342 @@
+"""The synthetic A2D2-format writer: layout, file formats, geometry, determinism."""
+
+import filecmp
+import json
+import math
+import os
+import re
+
+from bev_perception.a2d2_classes import BOX_CLASSES, hex_to_rgb, SEMANTIC_COLOURS
+import numpy as np
+from PIL import Image
+import pytest
+from training import synthetic
+from training.a2d2_calibration import CameraModel, cams_lidars_dict
+
+IMAGE_SIZE = (160, 101)  # width, height: tiny, odd height
+SCENES, FRAMES, SEED = 2, 3, 7
+NPZ_DTYPES = {'points': np.float64, 'reflectance': np.int64, 'row': np.float64,
+              'col': np.float64, 'depth': np.float64, 'distance': np.float64,
+              'lidar_id': np.float64, 'timestamp': np.int64, 'azimuth': np.float64}
+BOX_KEYS = {'2d_bbox', '3d_points', 'alpha', 'axis', 'center', 'class', 'id', 'occlusion',
+            'rot_angle', 'size', 'truncation'}
+
+
+@pytest.fixture(scope='module')
+def root(tmp_path_factory):
+    """Return a generated root of 2 scenes x 3 frames at a tiny image size."""
+    out = str(tmp_path_factory.mktemp('synthetic') / 'a2d2')
+    report = synthetic.generate(out, SCENES, FRAMES, SEED, image_size=IMAGE_SIZE)
+    assert report.frames == SCENES * FRAMES and len(report.scenes) == SCENES
+    return out
+
+
+def _frames(root):
+    """Yield (scene, frame_id, {kind: path}) for every generated frame."""
+    for scene in sorted(os.listdir(root)):
+        if not os.path.isdir(os.path.join(root, scene)):
+            continue
+        lidar_dir = os.path.join(root, scene, 'lidar', 'cam_front_center')
+        for name in sorted(os.listdir(lidar_dir)):
+            frame_id = name.rsplit('_', 1)[1].split('.')[0]
+            stem = scene.replace('_', '')
+            paths = {
+                'lidar': lidar_dir + '/' + name,
+                'camera': f'{root}/{scene}/camera/cam_front_center/'
+                          f'{stem}_camera_frontcenter_{frame_id}.png',
+                'camera_info': f'{root}/{scene}/camera/cam_front_center/'
+                               f'{stem}_camera_frontcenter_{frame_id}.json',
+                'label': f'{root}/{scene}/label/cam_front_center/'
+                         f'{stem}_label_frontcenter_{frame_id}.png',
+                'label3D': f'{root}/{scene}/label3D/cam_front_center/'
+                           f'{stem}_label3D_frontcenter_{frame_id}.json',
+            }
+            yield scene, frame_id, paths
+
+
+def _load_json(path):
+    with open(path, encoding='utf-8') as stream:
+        return json.load(stream)
+
+
+def _structure(value):
+    """Return the nesting of a JSON value: dict keys, list lengths, leaf types."""
+    if isinstance(value, dict):
+        return {key: _structure(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_structure(item) for item in value]
+    if value is None:
+        return None
+    return 'number' if isinstance(value, (int, float)) else type(value).__name__
+
+
+def _official(name):
+    here = os.path.dirname(os.path.abspath(__file__))
+    candidates = [os.environ.get('A2D2_OFFICIAL_DIR', ''),
+                  os.path.join(here, '..', '..', '..', 'shared', 'a2d2'), '/work/shared/a2d2']
+    for directory in candidates:
+        path = os.path.join(directory, name)
+        if directory and os.path.exists(path):
+            return path
+    pytest.skip(f'official {name} not available (set A2D2_OFFICIAL_DIR)')
+
+
+def test_root_layout_and_file_names(root):
+    scenes = sorted(name for name in os.listdir(root) if os.path.isdir(os.path.join(root, name)))
+    assert len(scenes) == SCENES
+    assert sorted(os.listdir(root)) == sorted(scenes + ['cams_lidars.json', 'class_list.json'])
+    for scene in scenes:
+        assert re.fullmatch(r'\d{8}_\d{6}', scene)
+        assert sorted(os.listdir(os.path.join(root, scene))) == ['camera', 'label', 'label3D',
+                                                                 'lidar']
+        for folder in ('camera', 'label', 'label3D', 'lidar'):
+            assert os.listdir(os.path.join(root, scene, folder)) == ['cam_front_center']
+    frames = list(_frames(root))
+    assert len(frames) == SCENES * FRAMES
+    for scene, frame_id, paths in frames:
+        assert re.fullmatch(r'\d{9}', frame_id)
+        for path in paths.values():
+            assert os.path.isfile(path), path
+    ids = [int(frame_id) for scene, frame_id, _ in frames if scene == frames[0][0]]
+    assert ids == list(range(ids[0], ids[0] + FRAMES))
+
+
+def test_cams_lidars_structure_matches_official(root):
+    generated = _load_json(os.path.join(root, 'cams_lidars.json'))
+    official = _load_json(_official('cams_lidars.json'))
+    assert _structure(generated) == _structure(official)
+
+
+def test_cams_lidars_front_center_facts(root):
+    front = cams_lidars_dict()['cameras']['front_center']
+    assert front['CamMatrix'][0][0] == pytest.approx(1687.34, abs=0.01)
+    assert front['CamMatrix'][1][1] == pytest.approx(1783.43, abs=0.01)
+    assert front['CamMatrix'][0][2] == pytest.approx(965.43, abs=0.01)
+    assert front['CamMatrix'][1][2] == pytest.approx(684.42, abs=0.01)
+    assert front['Distortion'][0][0] == pytest.approx(-0.2611, abs=1e-4)
+    assert front['Resolution'] == [1920, 1208] and front['Lens'] == 'Telecam'
+    small = _load_json(os.path.join(root, 'cams_lidars.json'))['cameras']['front_center']
+    assert small['Resolution'] == list(IMAGE_SIZE)
+    assert small['CamMatrix'][0][0] == pytest.approx(1687.336914 * IMAGE_SIZE[0] / 1920)
+
+
+def test_class_list_equals_official_and_table(root):
+    generated = _load_json(os.path.join(root, 'class_list.json'))
+    assert list(generated.items()) == list(SEMANTIC_COLOURS)
+    assert generated == _load_json(_official('class_list.json'))
+
+
+def test_npz_keys_dtypes_and_geometry(root):
+    camera = CameraModel.from_json(
+        _load_json(os.path.join(root, 'cams_lidars.json'))['cameras']['front_center'])
+    for _, _, paths in _frames(root):
+        with np.load(paths['lidar']) as archive:
+            arrays = {key: archive[key] for key in archive.files}
+        assert set(arrays) == set(NPZ_DTYPES)
+        for key, dtype in NPZ_DTYPES.items():
+            assert arrays[key].dtype == dtype, key
+        points = arrays['points']
+        count = len(points)
+        assert 5000 <= count <= 15000
+        assert points.shape == (count, 3)
+        assert all(array.shape == (count,) for key, array in arrays.items() if key != 'points')
+        np.testing.assert_array_equal(arrays['depth'], points[:, 0])
+        np.testing.assert_allclose(arrays['distance'], np.linalg.norm(points, axis=1))
+        row, col = camera.project_undistorted(points)
+        np.testing.assert_allclose(arrays['row'], row)
+        np.testing.assert_allclose(arrays['col'], col)
+        assert (points[:, 0] > 0).all()
+        assert ((col >= 0) & (col < IMAGE_SIZE[0]) & (row >= 0) & (row < IMAGE_SIZE[1])).all()
+        ids = arrays['lidar_id']
+        assert set(np.unique(ids)) <= {0.0, 1.0, 2.0, 3.0, 4.0} and len(np.unique(ids)) >= 4
+        assert (np.diff(ids) >= 0).all(), 'points are stored in blocks per lidar'
+        azimuth = arrays['azimuth']
+        assert (azimuth >= 0).all() and (azimuth < 2 * math.pi).all()
+        assert 0 <= arrays['reflectance'].min() and arrays['reflectance'].max() <= 255
+        assert arrays['reflectance'].std() > 5, 'reflectance depends on the material'
+        stamp = _load_json(paths['camera_info'])['cam_tstamp']
+        stamps = arrays['timestamp']
+        assert stamps.max() - stamps.min() < 100_000
+        assert (stamps >= stamp - 60_300).all() and (stamps < stamp + 60_300).all()
+        # Ground points sit near z = -1.8 m in the camera view frame.
+        low = points[points[:, 2] < -1.0, 2]
+        assert -1.95 < np.median(low) < -1.6
+
+
+def test_label3d_format_and_box_geometry(root):
+    axis_signs, classes = set(), set()
+    for _, _, paths in _frames(root):
+        with open(paths['label3D'], encoding='utf-8') as stream:
+            text = stream.read()
+        boxes = json.loads(text)
+        assert text == json.dumps(boxes, indent=4, sort_keys=True)
+        for key, box in boxes.items():
+            assert set(box) == BOX_KEYS and key == f'box_{box["id"]}'
+            assert box['class'] in BOX_CLASSES
+            assert box['rot_angle'] >= 0 and box['alpha'] == 0.0
+            assert abs(abs(box['axis'][2]) - 1.0) < 1e-9 and box['axis'][:2] == [0.0, 0.0]
+            assert 0.0 <= box['occlusion'] <= 1.0 and 0.0 <= box['truncation'] <= 1.0
+            axis_signs.add(box['axis'][2])
+            classes.add(box['class'])
+            center, size = np.array(box['center']), np.array(box['size'])
+            yaw = box['rot_angle'] * box['axis'][2]
+            rotation = np.array([[math.cos(yaw), -math.sin(yaw), 0.0],
+                                 [math.sin(yaw), math.cos(yaw), 0.0], [0.0, 0.0, 1.0]])
+            signs = np.array([[-1, 1, -1], [1, 1, -1], [1, -1, -1], [-1, -1, -1],
+                              [-1, 1, 1], [1, 1, 1], [1, -1, 1], [-1, -1, 1]])
+            corners = center + (signs * size / 2) @ rotation.T
+            np.testing.assert_allclose(box['3d_points'], corners, atol=1e-9)
+            bottom = center[2] - size[2] / 2
+            assert -1.9 < bottom < -1.55, 'boxes stand on the road or the sidewalk'
+            assert 0 < center[0] <= 80
+    assert axis_signs == {1.0, -1.0}
+    assert {'Car', 'Pedestrian'} <= classes
+
+
+def test_boxes_do_not_overlap_in_bev(root):
+    def corners(box):
+        yaw = box['rot_angle'] * box['axis'][2]
+        c, s = math.cos(yaw), math.sin(yaw)
+        half_l, half_w = box['size'][0] / 2, box['size'][1] / 2
+        return np.array([[box['center'][0] + c * dx - s * dy, box['center'][1] + s * dx + c * dy]
+                         for dx, dy in ((half_l, half_w), (half_l, -half_w), (-half_l, -half_w),
+                                        (-half_l, half_w))])
+
+    def separated(a, b):
+        for polygon in (a, b):
+            for i in range(4):
+                edge = polygon[(i + 1) % 4] - polygon[i]
+                normal = np.array([-edge[1], edge[0]])
+                if (a @ normal).max() < (b @ normal).min() or \
+                        (b @ normal).max() < (a @ normal).min():
+                    return True
+        return False
+
+    for _, _, paths in _frames(root):
+        boxes = [corners(box) for box in _load_json(paths['label3D']).values()]
+        for i in range(len(boxes)):
+            for j in range(i + 1, len(boxes)):
+                assert separated(boxes[i], boxes[j]), paths['label3D']
+
+
+def test_class_sizes_are_realistic():
+    rig = synthetic.SensorRig.build((48, 30))
+    sizes = {}
+    for seed in (1, 2):
+        scene = synthetic.build_scene(seed, 0, 2)
+        for box in synthetic.render_frame(scene, 0, rig).boxes.values():
+            sizes.setdefault(box['class'], []).append(box['size'])
+    expected = {'Car': (4.5, 1.8, 1.5), 'Truck': (9.0, 2.5, 3.3), 'Pedestrian': (0.62, 0.62, 1.74),
+                'Cyclist': (1.75, 0.62, 1.72)}
+    for name, mean in expected.items():
+        if name in sizes:
+            np.testing.assert_allclose(np.mean(sizes[name], axis=0), mean, rtol=0.25)
+    assert {'Car', 'Pedestrian'} <= set(sizes)
+
+
+def test_png_formats_and_label_colours(root):
+    palette = {hex_to_rgb(colour) for colour, _ in SEMANTIC_COLOURS}
+    for _, _, paths in _frames(root):
+        for kind in ('camera', 'label'):
+            with Image.open(paths[kind]) as image:
+                assert image.format == 'PNG' and image.mode == 'RGB'
+                assert image.size == IMAGE_SIZE
+        with Image.open(paths['label']) as image:
+            colours = {tuple(c) for c in np.asarray(image).reshape(-1, 3)}
+        assert colours <= palette, 'label pixels use the A2D2 colours only'
+        assert len(colours) >= 6
+        info = _load_json(paths['camera_info'])
+        assert info['cam_name'] == 'front_center' and isinstance(info['cam_tstamp'], int)
+        assert info['lidar_ids'] == {'0': 'front_left', '1': 'rear_right', '2': 'front_right',
+                                     '3': 'front_center', '4': 'rear_left'}
+
+
+def test_label_is_aligned_with_lidar_through_the_distortion(root):
+    """Points inside an object's box project (distorted) onto label pixels of its category."""
+    camera = CameraModel.from_json(
+        _load_json(os.path.join(root, 'cams_lidars.json'))['cameras']['front_center'])
+    category_colour = {'Car': (255, 0, 0), 'VanSUV': (255, 0, 0), 'Truck': (255, 128, 0),
+                       'Pedestrian': (204, 153, 255), 'Cyclist': (182, 89, 6)}
+    instance_colours = {}
+    for colour, name in SEMANTIC_COLOURS:
+        instance_colours.setdefault(name.rsplit(' ', 1)[0], set()).add(hex_to_rgb(colour))
+    first = {hex_to_rgb(c): n.rsplit(' ', 1)[0] for c, n in SEMANTIC_COLOURS}
+    agree = total = 0
+    for _, _, paths in _frames(root):
+        points = np.load(paths['lidar'])['points']
+        label = np.asarray(Image.open(paths['label']))
+        row, col = camera.distort(-points[:, 1] / points[:, 0], -points[:, 2] / points[:, 0])
+        row, col = np.rint(row).astype(int), np.rint(col).astype(int)
+        inside_image = (row >= 0) & (row < IMAGE_SIZE[1]) & (col >= 0) & (col < IMAGE_SIZE[0])
+        for box in _load_json(paths['label3D']).values():
+            if box['class'] not in category_colour:
+                continue
+            yaw = box['rot_angle'] * box['axis'][2]
+            offset = points - box['center']
+            along = math.cos(yaw) * offset[:, 0] + math.sin(yaw) * offset[:, 1]
+            across = -math.sin(yaw) * offset[:, 0] + math.cos(yaw) * offset[:, 1]
+            inside = (inside_image & (np.abs(along) <= box['size'][0] / 2)
+                      & (np.abs(across) <= box['size'][1] / 2)
+                      & (np.abs(offset[:, 2]) <= box['size'][2] / 2))
+            wanted = first[category_colour[box['class']]]
+            seen = [first.get(tuple(c)) for c in label[row[inside], col[inside]]]
+            agree += sum(name == wanted for name in seen)
+            total += len(seen)
+    assert total > 200
+    assert agree / total > 0.85
+
+
+def test_render_frame_matches_written_files(root):
+    scene = synthetic.build_scene(SEED, 1, FRAMES)
+    frame = synthetic.render_frame(scene, 2, synthetic.SensorRig.build(IMAGE_SIZE))
+    paths = [p for s, f, p in _frames(root) if s == scene.name and f == frame.frame_id][0]
+    with np.load(paths['lidar']) as archive:
+        for key, value in frame.lidar.items():
+            np.testing.assert_array_equal(archive[key], value)
+    assert _load_json(paths['label3D']) == json.loads(json.dumps(frame.boxes))
+    np.testing.assert_array_equal(np.asarray(Image.open(paths['camera'])), frame.image)
+    np.testing.assert_array_equal(np.asarray(Image.open(paths['label'])), frame.label)
+
+
+def test_frames_form_a_drive():
+    scene = synthetic.build_scene(3, 0, 10)
+    (start, _), (later, _) = scene.ego_pose(0), scene.ego_pose(5)
+    assert later[0] - start[0] == pytest.approx(scene.ego_speed_mps * 0.5)
+    rig = synthetic.SensorRig.build((48, 30))
+    first, second = (synthetic.render_frame(scene, k, rig) for k in (0, 1))
+    step = second.camera_info['cam_tstamp'] - first.camera_info['cam_tstamp']
+    assert 100_000 - 21_000 < step < 100_000 + 21_000
+    assert int(second.frame_id) == int(first.frame_id) + 1
+
+
+def test_empty_scene_has_no_boxes_but_points():
+    config = synthetic.SyntheticConfig(empty_scene_probability=1.0)
+    scene = synthetic.build_scene(5, 0, 1, config)
+    frame = synthetic.render_frame(scene, 0, synthetic.SensorRig.build((48, 30)), config)
+    assert frame.boxes == {} and len(frame.lidar['points']) > 3000
+
+
+def test_same_seed_same_bytes_any_workers(tmp_path):
+    first, second, other = (str(tmp_path / name) for name in ('a', 'b', 'c'))
+    synthetic.generate(first, 1, 2, SEED, image_size=IMAGE_SIZE, workers=1)
+    synthetic.generate(second, 1, 2, SEED, image_size=IMAGE_SIZE, workers=2)
+    synthetic.generate(other, 1, 2, SEED + 1, image_size=IMAGE_SIZE)
+    files = sorted(os.path.relpath(os.path.join(d, f), first)
+                   for d, _, names in os.walk(first) for f in names)
+    assert len(files) == 2 + 2 * 5
+    match, mismatch, errors = filecmp.cmpfiles(first, second, files, shallow=False)
+    assert mismatch == [] and errors == []
+    other_files = sorted(os.path.relpath(os.path.join(d, f), other)
+                         for d, _, names in os.walk(other) for f in names)
+    assert other_files != files
+
+
+def test_command_line(tmp_path):
+    out = str(tmp_path / 'cli')
+    assert synthetic.main(['--out', out, '--scenes', '1', '--frames', '1', '--seed', '0',
+                           '--width', '64', '--height', '40']) == 0
+    scene = [name for name in os.listdir(out) if re.fullmatch(r'\d{8}_\d{6}', name)]
+    assert len(scene) == 1
+    with Image.open(next(os.path.join(d, f) for d, _, names in os.walk(out) for f in names
+                         if f.endswith('.png'))) as image:
+        assert image.size == (64, 40)

@@ -1,0 +1,176 @@
+"""Tests of training.train, training.data and training.augment on tiny synthetic scenes (CPU)."""
+
+import math
+import os
+import socket
+import subprocess
+import sys
+
+from bev_perception.model.config import ModelConfig
+import numpy as np
+import pytest
+import torch
+from training import synthetic
+from training.augment import augment_sample, AugmentConfig, flip_left_right, Sample, wrap_yaw
+from training.data import resize_labels_nearest
+from training.train import (
+    apply_override, load_checkpoint, load_config, TrainConfig, WarmupCosine)
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TINY_CONFIG = os.path.join(REPO, 'training', 'configs', 'tiny_test.yaml')
+
+
+@pytest.fixture(scope='module')
+def tiny_root(tmp_path_factory):
+    """Write 2 scenes x 2 frames of small synthetic A2D2-format data."""
+    root = str(tmp_path_factory.mktemp('synthetic') / 'root')
+    synthetic.generate(root, scenes=2, frames=2, seed=11, image_size=(192, 121))
+    return root
+
+
+def _run_train(*args, env=None, module=('-m', 'training.train')):
+    command = [sys.executable, *module, '--config', TINY_CONFIG, '--no-progress', *args]
+    completed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300,
+                               env=env)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    return completed
+
+
+def _state(path):
+    return load_checkpoint(path)
+
+
+def test_config_defaults_round_trip_and_unknown_keys_fail():
+    config = load_config(TINY_CONFIG, ('optim.lr=0.25', 'model.name=tiny'))
+    assert config.optim.lr == 0.25
+    assert isinstance(config.optim.betas, tuple)
+    assert TrainConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ValueError, match='unknown keys'):
+        TrainConfig.from_dict({'optim': {'learning_rate': 1.0}})
+    with pytest.raises(ValueError, match='expected a number'):
+        TrainConfig.from_dict({'optim': {'lr': 'fast'}})
+    raw = {}
+    apply_override(raw, 'model.overrides.camera.input_hw=[32, 64]')
+    built = TrainConfig.from_dict(raw).model.build()
+    assert built.camera.input_hw == (32, 64)
+    assert built == ModelConfig(camera=built.camera)
+
+
+def test_warmup_cosine_schedule_shape():
+    schedule = WarmupCosine(warmup_steps=10, total_steps=110, start_ratio=0.1, min_ratio=0.01)
+    assert schedule(0) == pytest.approx(0.1)
+    assert schedule(10) == pytest.approx(1.0)
+    assert schedule(60) == pytest.approx(0.01 + 0.99 * 0.5)
+    assert schedule(110) == pytest.approx(0.01)
+    assert all(schedule(s) >= schedule(s + 1) for s in range(10, 120))
+
+
+def test_flip_is_consistent_and_an_involution():
+    rng = np.random.default_rng(0)
+    points = rng.normal(size=(50, 4)).astype(np.float32)
+    boxes = np.array([[10.0, 2.0, -1.0, 4.0, 2.0, 1.5, 0.3],
+                      [20.0, -3.0, -1.0, 4.0, 2.0, 1.5, math.pi]], dtype=np.float32)
+    image = rng.integers(0, 255, size=(5, 7, 3), dtype=np.uint8)
+    semantic = rng.integers(0, 38, size=(5, 7), dtype=np.uint8)
+    sample = Sample(points, boxes, np.array([0, 1]), image, semantic, True)
+    flipped = flip_left_right(sample)
+    np.testing.assert_array_equal(flipped.points[:, 1], -points[:, 1])
+    np.testing.assert_array_equal(flipped.image, image[:, ::-1])
+    np.testing.assert_array_equal(flipped.semantic, semantic[:, ::-1])
+    assert flipped.boxes[0, 6] == pytest.approx(-0.3)
+    assert flipped.boxes[1, 6] == pytest.approx(math.pi)  # -pi wraps to +pi
+    back = flip_left_right(flipped)
+    np.testing.assert_allclose(back.boxes, boxes, atol=1e-6)
+    np.testing.assert_array_equal(back.image, image)
+    assert wrap_yaw(np.array([-math.pi], np.float32))[0] == pytest.approx(math.pi)
+
+
+def test_augment_is_deterministic_and_camera_dropout_marks_invalid():
+    points = np.random.default_rng(1).normal(size=(1000, 4)).astype(np.float32)
+    sample = Sample(points, np.zeros((0, 7), np.float32), np.zeros(0, np.int64),
+                    np.full((4, 6, 3), 100, np.uint8), np.zeros((4, 6), np.uint8), True)
+    config = AugmentConfig(camera_dropout_prob=1.0)
+    first = augment_sample(sample, config, np.random.default_rng([1, 2, 3]))
+    second = augment_sample(sample, config, np.random.default_rng([1, 2, 3]))
+    np.testing.assert_array_equal(first.points, second.points)
+    assert not first.camera_valid
+    assert 800 <= len(first.points) <= 1000  # at most 20 % dropped
+    unchanged = augment_sample(sample, AugmentConfig.none(), np.random.default_rng(0))
+    np.testing.assert_array_equal(unchanged.points, points)
+    np.testing.assert_array_equal(unchanged.image, sample.image)
+    assert unchanged.camera_valid
+
+
+def test_nearest_label_resize_keeps_ids_and_alignment():
+    labels = np.repeat(np.repeat(np.arange(12, dtype=np.uint8).reshape(3, 4), 10, 0), 10, 1)
+    resized = resize_labels_nearest(labels, (6, 8))  # (30, 40) -> (6, 8)
+    np.testing.assert_array_equal(resized[::2, ::2], np.arange(12).reshape(3, 4))
+    assert set(np.unique(resized)) <= set(range(12))
+
+
+def test_short_cpu_run_overfits_a_few_frames(tiny_root, tmp_path):
+    # Four frames, no augmentation, 40 epochs of 2 steps: the total loss must fall 3x.
+    out = tmp_path / 'overfit'
+    _run_train('--out', str(out), '--override', f'data.root={tiny_root}',
+               '--override', 'optim.epochs=40', '--override', 'optim.lr=0.01',
+               '--override', 'optim.warmup_steps=5', '--override', 'deterministic=false',
+               '--override', 'keep_checkpoints=1',
+               '--override', 'augment={flip_prob: 0.0, camera_dropout_prob: 0.0, '
+               'point_dropout_max: 0.0, point_jitter_m: 0.0, intensity_scale_range: [1.0, 1.0],'
+               ' brightness: 0.0, contrast: 0.0, saturation: 0.0}')
+    history = _state(out / 'checkpoints' / 'last.pt')['history']
+    assert len(history) == 40
+    first, last = history[0], history[-1]
+    assert last['total'] < first['total'] / 3.0, (first, last)
+    assert last['heatmap'] < first['heatmap'] / 2.0
+    assert last['semantic'] < first['semantic'] / 2.0
+    assert (out / 'tensorboard').is_dir() and os.listdir(out / 'tensorboard')
+
+
+def test_resume_continues_bit_identically(tiny_root, tmp_path):
+    common = ('--override', f'data.root={tiny_root}', '--override', 'optim.epochs=3')
+    _run_train('--out', str(tmp_path / 'straight'), *common)
+    _run_train('--out', str(tmp_path / 'broken'), '--stop-after-epoch', '1', *common)
+    interrupted = _state(tmp_path / 'broken' / 'checkpoints' / 'last.pt')
+    assert interrupted['epoch'] == 1
+    _run_train('--out', str(tmp_path / 'broken'), '--resume', 'last', *common)
+    straight = _state(tmp_path / 'straight' / 'checkpoints' / 'last.pt')
+    resumed = _state(tmp_path / 'broken' / 'checkpoints' / 'last.pt')
+    assert straight['step'] == resumed['step'] == 3 * 2
+    assert straight['model'].keys() == resumed['model'].keys()
+    for name, value in straight['model'].items():
+        assert torch.equal(value, resumed['model'][name]), name
+    for key in ('exp_avg', 'exp_avg_sq'):
+        for index, entry in straight['optimizer']['state'].items():
+            assert torch.equal(entry[key], resumed['optimizer']['state'][index][key])
+    assert straight['scheduler']['last_epoch'] == resumed['scheduler']['last_epoch']
+    assert [h['total'] for h in straight['history']] == [h['total'] for h in resumed['history']]
+    # The first epoch already moved the parameters, so the comparison is not vacuous.
+    assert any(not torch.equal(value, interrupted['model'][name])
+               for name, value in straight['model'].items())
+
+
+def _free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(('127.0.0.1', 0))
+        return probe.getsockname()[1]
+
+
+def test_torchrun_two_processes_keep_ranks_identical(tiny_root, tmp_path):
+    env = dict(os.environ, GLOO_SOCKET_IFNAME='lo', OMP_NUM_THREADS='1')
+    out = tmp_path / 'ddp'
+    completed = _run_train(
+        '--out', str(out), '--save-rank-states', '--override', f'data.root={tiny_root}',
+        '--override', 'deterministic=false', '--override', 'optim.epochs=2',
+        '--override', 'augment.camera_dropout_prob=0.5', env=env,
+        module=('-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_addr',
+                '127.0.0.1', '--master_port', str(_free_port()), '-m', 'training.train'))
+    rank0 = torch.load(out / 'rank0_final.pt', weights_only=True)
+    rank1 = torch.load(out / 'rank1_final.pt', weights_only=True)
+    assert rank0.keys() == rank1.keys()
+    for name, value in rank0.items():
+        assert torch.equal(value, rank1[name]), name
+    state = _state(out / 'checkpoints' / 'last.pt')
+    assert state['world_size'] == 2
+    assert state['step'] == 2  # 4 frames / (2 ranks x batch 2) = 1 step per epoch
+    assert completed.stdout.count('"checkpoint"') == 1  # only rank 0 reports

@@ -1,0 +1,170 @@
+"""Make the shipped default weights: generate scenes, train, evaluate held-out, export.
+
+``make weights`` runs ``python -m training.make_weights``. Steps (all on CPU in about 40 min on
+a 2-core machine; a GPU is used when present):
+
+1. generate synthetic A2D2-format training scenes (seed ``TRAIN_DATA_SEED``) under
+   ``data/synthetic/train`` and held-out scenes (seed ``HELD_OUT_SEED``) under
+   ``data/synthetic/heldout`` (reused when already there with the same recipe);
+2. train with ``training/configs/synthetic.yaml`` (checkpoints in ``out/weights/train``);
+3. evaluate the final checkpoint on the held-out scenes (``out/weights/eval``: metrics.json
+   and plots);
+4. export ``bev_perception/weights/default.safetensors`` with provenance and those metrics;
+5. print a summary (command, seeds, wall times, metrics) for the README.
+
+Seeds of the synthetic generator: ``TRAIN_DATA_SEED`` for training only, ``HELD_OUT_SEED`` for
+the evaluation here, and ``CI_TEST_SEED`` reserved for test/training/test_default_weights.py;
+none of the scenes of the last two is ever trained on.
+"""
+
+import argparse
+import dataclasses
+import json
+import os
+import shlex
+import shutil
+import sys
+import time
+from typing import Any, Dict, List, Optional, Tuple
+
+from bev_perception.inference import InferenceRuntime
+import torch
+from training import synthetic
+from training.a2d2 import A2D2Dataset
+from training.evaluate import class_map_for, evaluate, write_report
+from training.export import export
+from training.train import load_checkpoint, load_config, model_from_checkpoint, train
+
+#: Generator seed of the training scenes.
+TRAIN_DATA_SEED = 1000
+#: Generator seed of the held-out scenes evaluated by make_weights.
+HELD_OUT_SEED = 2000
+#: Generator seed reserved for the CI test of the shipped weights (never trained on).
+CI_TEST_SEED = 3000
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """How much data to generate and where everything goes (paths relative to the repo)."""
+
+    config_path: str = 'training/configs/synthetic.yaml'
+    data_dir: str = 'data/synthetic'
+    out_dir: str = 'out/weights'
+    weights_path: str = 'bev_perception/weights/default.safetensors'
+    train_scenes: int = 80
+    train_frames_per_scene: int = 6
+    held_out_scenes: int = 10
+    held_out_frames_per_scene: int = 4
+    image_size: Tuple[int, int] = (640, 403)  # width, height: a third of A2D2's 1920 x 1208
+    generator_workers: int = 2
+
+
+def _generate(root: str, scenes: int, frames: int, seed: int, recipe: Recipe) -> Dict[str, Any]:
+    """Generate a synthetic root unless the same recipe already produced it."""
+    description = {'generator': 'training.synthetic', 'seed': seed, 'scenes': scenes,
+                   'frames_per_scene': frames, 'image_size': list(recipe.image_size)}
+    stamp = os.path.join(root, 'generated.json')
+    if os.path.exists(stamp):
+        with open(stamp, encoding='utf-8') as stream:
+            if json.load(stream) == description:
+                print(f'reusing {root} ({scenes} scenes x {frames} frames, seed {seed})')
+                return description
+        shutil.rmtree(root)
+    elif os.path.exists(root):
+        shutil.rmtree(root)
+    report = synthetic.generate(root, scenes, frames, seed, image_size=recipe.image_size,
+                                workers=recipe.generator_workers)
+    print(f'generated {report.frames} frames in {report.seconds:.0f} s under {root}')
+    with open(stamp, 'w', encoding='utf-8') as stream:
+        json.dump(description, stream)
+    return description
+
+
+def make_weights(recipe: Recipe, overrides: Tuple[str, ...] = ()) -> Dict[str, Any]:
+    """Run the whole recipe; return the summary that is also printed."""
+    started = time.perf_counter()
+    os.chdir(REPO_ROOT)
+    timings: Dict[str, float] = {}
+
+    tick = time.perf_counter()
+    train_root = os.path.join(recipe.data_dir, 'train')
+    held_out_root = os.path.join(recipe.data_dir, 'heldout')
+    train_data = _generate(train_root, recipe.train_scenes, recipe.train_frames_per_scene,
+                           TRAIN_DATA_SEED, recipe)
+    held_out_data = _generate(held_out_root, recipe.held_out_scenes,
+                              recipe.held_out_frames_per_scene, HELD_OUT_SEED, recipe)
+    timings['generate_s'] = time.perf_counter() - tick
+
+    tick = time.perf_counter()
+    config = load_config(recipe.config_path, (
+        f'data.root={train_root}', f'data.cache_dir={os.path.join(recipe.data_dir, "cache")}',
+        f'output_dir={os.path.join(recipe.out_dir, "train")}') + tuple(overrides))
+    train_command = ' '.join(shlex.quote(a) for a in [
+        'python', '-m', 'training.train', '--config', recipe.config_path,
+        '--override', f'data.root={train_root}'] + [
+        item for o in overrides for item in ('--override', o)])
+    result = train(config, command=train_command)
+    timings['train_s'] = time.perf_counter() - tick
+
+    tick = time.perf_counter()
+    state = load_checkpoint(result.checkpoint)
+    model, model_config = model_from_checkpoint(state)
+    device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    runtime = InferenceRuntime(model, model_config, {'train_config': state['train_config']},
+                               device=device)
+    dataset = A2D2Dataset(held_out_root, class_map=class_map_for(runtime),
+                          classes=model_config.detection_classes)
+    evaluation = evaluate(runtime, dataset)
+    eval_dir = os.path.join(recipe.out_dir, 'eval')
+    held_out = {'root': held_out_root, **held_out_data}
+    metrics_path = write_report(evaluation, eval_dir, {'held_out': held_out})
+    timings['evaluate_s'] = time.perf_counter() - tick
+
+    with open(metrics_path, encoding='utf-8') as stream:
+        metrics = json.load(stream)
+    command = 'python -m training.make_weights'
+    export(result.checkpoint, recipe.weights_path, metrics, {
+        'recipe': 'training.make_weights', 'make_command': command,
+        'train_data': train_data, 'held_out_data': held_out_data,
+        'ci_test_seed': CI_TEST_SEED}, command)
+    timings['total_s'] = time.perf_counter() - started
+    summary = {
+        'command': 'make weights  (python -m training.make_weights)',
+        'weights': recipe.weights_path,
+        'weights_mb': round(os.path.getsize(recipe.weights_path) / 1e6, 2),
+        'train_data': train_data,
+        'held_out_data': held_out_data,
+        'train_seed': config.seed,
+        'model': config.model.name,
+        'epochs': result.epochs_done,
+        'steps': result.steps,
+        'device': device,
+        'torch_threads': torch.get_num_threads(),
+        'wall_times_s': {k: round(v, 1) for k, v in timings.items()},
+        'held_out_metrics': evaluation.summary(),
+        'held_out_ap_2m_fused': {name: round(v[2.0], 4) for name, v in evaluation.fused.ap.items()
+                                 if v[2.0] == v[2.0]},
+        'metrics_file': metrics_path,
+    }
+    return summary
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Command-line entry point; returns the exit status."""
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--override', action='append', default=[], metavar='KEY=VALUE',
+                        help='training config override, e.g. optim.epochs=4 (repeatable)')
+    parser.add_argument('--train-scenes', type=int, default=Recipe.train_scenes)
+    parser.add_argument('--weights', default=Recipe.weights_path, help='output weights file')
+    args = parser.parse_args(argv)
+    recipe = Recipe(train_scenes=args.train_scenes, weights_path=args.weights)
+    summary = make_weights(recipe, tuple(args.override))
+    print('\n=== make weights summary (paste into README) ===')
+    print(json.dumps(summary, indent=2))
+    return 0 if summary['held_out_metrics']['map_2m_fused'] is not None else 1
+
+
+if __name__ == '__main__':
+    sys.exit(main())
