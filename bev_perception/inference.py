@@ -117,6 +117,8 @@ class InferenceRuntime:
             raise ValueError(f'points must be (N, {len(self.config.point.features)}) '
                              f'{self.config.point.features}, got {array.shape}')
         array = np.ascontiguousarray(array, dtype=np.float32)
+        if not array.flags.writeable:
+            array = array.copy()  # torch refuses to share read-only memory
         return torch.from_numpy(array).to(self.device)
 
     def __call__(self, points: np.ndarray, image: Optional[np.ndarray] = None,

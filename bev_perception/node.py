@@ -319,7 +319,8 @@ class PerceptionNode(Node):
         except WeightsError as error:
             raise StartupError(f'cannot load weights: {error}') from error
         except (RuntimeError, ValueError) as error:
-            raise StartupError(f'cannot start inference on {settings.device!r}: {error}') from error
+            raise StartupError(
+                f'cannot start inference on {settings.device!r}: {error}') from error
         for notice in self._runtime.notices:
             self.get_logger().warning(notice)
         self._config = self._runtime.config
@@ -608,7 +609,7 @@ class PerceptionNode(Node):
             pillars_capped=result.overflow.pillars_capped)
         if result.overflow.pillars_capped:
             self._warn('pillars_capped', f'{result.overflow.pillars_capped} pillars over the '
-                       f'model\'s max_pillars {self._config.grid.max_pillars} were dropped')
+                       f"model's max_pillars {self._config.grid.max_pillars} were dropped")
         publish_started = time.perf_counter()
         self._publish_results(cloud_msg.header, image, result, frame_settings)
         timings['publish'] = (time.perf_counter() - publish_started) * 1e3

@@ -135,25 +135,25 @@ PARAMETERS: Tuple[ParameterSpec, ...] = (
     ParameterSpec(
         'score_thresholds', 'double_array', [0.3],
         'Minimum detection score: one value for every class, or one per class in the order '
-        'of the weights\' classes (published on `~/output/label_info`).',
+        "of the weights' classes (published on `~/output/label_info`).",
         'Detection', value_range=(0.0, 1.0), lengths=(1, 'classes')),
     ParameterSpec(
         'max_detections', 'integer', 0,
-        'Most detections published per frame; 0: the weights\' top-K (`head.max_objects`), '
+        "Most detections published per frame; 0: the weights' top-K (`head.max_objects`), "
         'which is also the upper limit.',
         'Detection', value_range=(0, 1000)),
     ParameterSpec(
         'nms_kind', 'string', 'model',
-        'Same-class suppression: `model` (the weights\' setting), `distance` (BEV centre '
+        "Same-class suppression: `model` (the weights' setting), `distance` (BEV centre "
         'distance), `rotated` (rotated BEV IoU) or `none`.',
         'Detection', choices=('model', 'distance', 'rotated', 'none')),
     ParameterSpec(
         'nms_radius_scale', 'double', 1.0,
-        'Factor on the weights\' per-class suppression radii (distance NMS).',
+        "Factor on the weights' per-class suppression radii (distance NMS).",
         'Detection', value_range=(0.01, 10.0)),
     ParameterSpec(
         'nms_iou_threshold', 'double', 0.0,
-        'Rotated-IoU above which the weaker box is suppressed; 0: the weights\' value.',
+        "Rotated-IoU above which the weaker box is suppressed; 0: the weights' value.",
         'Detection', value_range=(0.0, 1.0)),
     # Input
     ParameterSpec(
@@ -162,7 +162,7 @@ PARAMETERS: Tuple[ParameterSpec, ...] = (
         'Input', pattern=r'[A-Za-z_][A-Za-z0-9_]*', read_only=True),
     ParameterSpec(
         'intensity_scale', 'double', 0.0,
-        'Factor from the cloud\'s intensity to the 0..1 network input. 0: the weights\' value '
+        "Factor from the cloud's intensity to the 0..1 network input. 0: the weights' value "
         '(1/255, for 0..255 reflectance as in A2D2); use 1.0 for drivers publishing 0..1. '
         'Scaled values far above 1 are counted and reported.',
         'Input', value_range=(0.0, 1.0e6)),
@@ -173,9 +173,9 @@ PARAMETERS: Tuple[ParameterSpec, ...] = (
         'Input', value_range=(1000, 10000000)),
     ParameterSpec(
         'extrinsic_translation_m', 'double_array', [0.0, 0.0, 0.0],
-        'Position (x, y, z, metres) of the cloud frame\'s origin in the model frame (A2D2 '
+        "Position (x, y, z, metres) of the cloud frame's origin in the model frame (A2D2 "
         'front-centre camera view frame: x forward, y left, z up). Boxes are published back '
-        'in the cloud\'s frame.',
+        "in the cloud's frame.",
         'Input', value_range=(-1000.0, 1000.0), lengths=(3,)),
     ParameterSpec(
         'extrinsic_rpy_rad', 'double_array', [0.0, 0.0, 0.0],
@@ -254,7 +254,7 @@ PARAMETERS: Tuple[ParameterSpec, ...] = (
     ParameterSpec(
         'semantic_output_hw', 'integer_array', [0, 0],
         'Height and width of the semantic images (nearest-neighbour); [0, 0]: the camera '
-        'image\'s size (pixel-aligned with it).',
+        "image's size (pixel-aligned with it).",
         'Outputs', value_range=(0, 16384), lengths=(2,)),
     ParameterSpec(
         'skip_when_no_subscribers', 'bool', False,

@@ -1,6 +1,6 @@
-"""Launch the BEV perception node, and RViz2 with the shipped view when asked.
+r"""Launch the BEV perception node, and RViz2 with the shipped view when asked.
 
-    ros2 launch bev_perception perception.launch.py pointcloud_topic:=/points \\
+    ros2 launch bev_perception perception.launch.py pointcloud_topic:=/points \
         image_topic:=/camera/image_raw device:=cuda rviz:=true
 
 Empty ``weights_path`` / ``device`` arguments leave the params file's values in force; non-empty
@@ -37,9 +37,9 @@ FORWARDED_PARAMETERS = ('weights_path', 'device')
 ARGUMENTS = {
     'params_file': (None, 'Parameters file of the node (default: the installed '
                           'config/perception.yaml).'),
-    'weights_path': ('', 'Weights file (.safetensors); empty: the params file\'s value, whose '
+    'weights_path': ('', "Weights file (.safetensors); empty: the params file's value, whose "
                          'default is the shipped weights.'),
-    'device': ('', 'cuda, cuda:N or cpu; empty: the params file\'s value (cuda, falling back '
+    'device': ('', "cuda, cuda:N or cpu; empty: the params file's value (cuda, falling back "
                    'to cpu when no GPU is usable).'),
     'pointcloud_topic': ('/points', 'sensor_msgs/PointCloud2 input topic (remaps '
                                     '~/input/pointcloud).'),

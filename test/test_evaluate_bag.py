@@ -7,6 +7,7 @@ config stand in for trained ones (scores ~0.1, so a low threshold yields detecti
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -141,6 +142,38 @@ def test_live_replay_over_dds_matches_offline(data, offline, tmp_path, ros_env):
     assert report['semantic'] == offline_report['semantic']
     with BagReader(out / 'outputs') as recorded:
         assert any(topic.endswith('/output/detections') for topic in recorded.topics)
+
+
+def test_live_replay_into_a_running_node_with_remapped_inputs(data, offline, tmp_path,
+                                                             ros_env):
+    _, bag, weights = data
+    _, offline_out = offline
+    namespace = f'/eval_running_{os.getpid()}'
+    node = shutil.which('perception_node')
+    command = ([node] if node else [sys.executable, '-m', 'bev_perception.node']) + [
+        '--ros-args', '-r', f'__ns:={namespace}',
+        '-r', f'~/input/pointcloud:={namespace}/points', '-r', f'~/input/image:={namespace}/image',
+        '--params-file', PARAMS_FILE, '-p', f'weights_path:={weights}', '-p', 'device:=cpu',
+        '-p', f'score_thresholds:=[{SCORE_THRESHOLD}]']
+    log_path = tmp_path / 'node.log'
+    with open(log_path, 'w') as log:
+        process = subprocess.Popen(command, env=ros_env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        out = tmp_path / 'live'
+        code = subprocess.run(
+            [sys.executable, '-m', 'bev_perception.tools.evaluate_bag', bag, '--live',
+             '--node-namespace', namespace, '--node-pointcloud-topic', f'{namespace}/points',
+             '--node-image-topic', f'{namespace}/image', '--weights', weights, '--out',
+             str(out), '--no-progress'], env=ros_env, capture_output=True, text=True,
+            timeout=240)
+        assert code.returncode == 0, code.stderr[-3000:] + log_path.read_text()[-2000:]
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=30)
+    report = json.loads((out / 'report.json').read_text())
+    assert report['live']['started_node'] is False and report['live']['dropped_frames'] == 0
+    assert _frames(out / 'frames.jsonl') == _frames(offline_out / 'frames.jsonl')
+    assert not (out / 'node.log').exists()
 
 
 def _run_cli(args, capsys):

@@ -62,6 +62,16 @@ def test_from_weights_runs_a_frame_end_to_end(tmp_path):
     assert result.timings_ms['total'] >= result.timings_ms['backbone'] > 0
 
 
+def test_read_only_inputs_are_accepted_without_warnings(runtime, recwarn):
+    points = _points(500, 1)
+    image = _image(40, 60, 1)
+    points.flags.writeable = False
+    image.flags.writeable = False
+    result = runtime(points, image)
+    assert result.semantic.shape == (40, 60)
+    assert not [w for w in recwarn if 'not writable' in str(w.message)]
+
+
 def test_lidar_only_frame(runtime):
     result = runtime(_points(500, 2), None)
     assert result.lidar_only and result.semantic is None

@@ -7,8 +7,8 @@ import pytest
 
 
 def make_sync(**overrides):
-    settings = dict(max_image_age_s=0.03, image_time_offset_s=0.05, max_image_wait_s=0.0,
-                    image_buffer_size=4, time_jump_threshold_s=0.5)
+    settings = {'max_image_age_s': 0.03, 'image_time_offset_s': 0.05, 'max_image_wait_s': 0.0,
+                'image_buffer_size': 4, 'time_jump_threshold_s': 0.5}
     settings.update(overrides)
     return LidarTriggeredSync(SyncSettings(**settings))
 

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m training.evaluate --weights bev_perception/weights/default.safetensors \\
+    python -m training.evaluate --weights bev_perception/weights/default.safetensors
         --data data/synthetic/heldout [--scenes S1 S2] [--out out/eval]
     python -m training.evaluate --checkpoint out/train/checkpoints/last.pt --data ROOT
 
@@ -13,7 +13,9 @@ see there for the matching and AP definition), semantic IoU per class and mIoU f
 fused run, compared with the label at its native resolution (the runtime upsamples the
 prediction by nearest neighbour, like the node does). ``miou`` follows the metrics library
 (classes in ground truth or prediction); ``miou_gt_present`` averages only the categories that
-occur in the ground truth. Writes ``metrics.json``, ``pr_curves.png`` and ``semantic_iou.png``.
+occur in the ground truth. Ground-truth boxes whose centre lies outside the model's BEV grid
+(``config.grid`` x and y range) cannot be detected and are not evaluated (like the range filter
+of KITTI and nuScenes). Writes ``metrics.json``, ``pr_curves.png`` and ``semantic_iou.png``.
 """
 
 import argparse
@@ -101,6 +103,15 @@ def gt_present_miou(metrics: SemanticMetrics) -> float:
     return float(np.mean(values)) if values.size else float('nan')
 
 
+def in_grid(boxes: np.ndarray, config: ModelConfig) -> np.ndarray:
+    """Return (K,) bool: box centres (x, y) inside the BEV grid of ``config``."""
+    x_min, x_max = config.grid.x_range_m
+    y_min, y_max = config.grid.y_range_m
+    boxes = np.asarray(boxes).reshape(-1, 7)
+    return ((boxes[:, 0] >= x_min) & (boxes[:, 0] < x_max) & (boxes[:, 1] >= y_min)
+            & (boxes[:, 1] < y_max))
+
+
 def evaluate(runtime: InferenceRuntime, dataset: A2D2Dataset, batch_size: int = 4,
              score_threshold: float = EVAL_SCORE_THRESHOLD, workers: int = 0,
              thresholds_m: Sequence[float] = DEFAULT_DISTANCE_THRESHOLDS_M,
@@ -118,7 +129,7 @@ def evaluate(runtime: InferenceRuntime, dataset: A2D2Dataset, batch_size: int = 
     """
     config = runtime.config
     if tuple(dataset.classes) != tuple(config.detection_classes):
-        raise ValueError(f'dataset classes {dataset.classes} differ from the model\'s '
+        raise ValueError(f'dataset classes {dataset.classes} differ from the model classes '
                          f'{config.detection_classes}')
     fused = DetectionAccumulator(config.detection_classes, thresholds_m)
     lidar_only = DetectionAccumulator(config.detection_classes, thresholds_m)
@@ -134,9 +145,11 @@ def evaluate(runtime: InferenceRuntime, dataset: A2D2Dataset, batch_size: int = 
         with_image = runtime.run_batch([(f.points, f.image) for f in frames], score_threshold)
         without_image = runtime.run_batch([(f.points, None) for f in frames], score_threshold)
         for frame, result, lidar_result in zip(frames, with_image, without_image):
-            fused.add(result.boxes, result.scores, result.class_ids, frame.boxes, frame.labels)
+            keep = in_grid(frame.boxes, config)
+            gt_boxes, gt_labels = frame.boxes[keep], frame.labels[keep]
+            fused.add(result.boxes, result.scores, result.class_ids, gt_boxes, gt_labels)
             lidar_only.add(lidar_result.boxes, lidar_result.scores, lidar_result.class_ids,
-                           frame.boxes, frame.labels)
+                           gt_boxes, gt_labels)
             if frame.semantic is not None and result.semantic is not None:
                 semantic.add(result.semantic, frame.semantic)
             num_frames += 1

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m training.export --checkpoint out/train/checkpoints/last.pt \\
+    python -m training.export --checkpoint out/train/checkpoints/last.pt
         --out bev_perception/weights/default.safetensors [--metrics out/eval/metrics.json]
 
 The weights file (``bev_perception.weights.save_weights``) carries the model config and, in its

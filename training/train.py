@@ -497,7 +497,7 @@ def train(config: TrainConfig, output_dir: Optional[str] = None, resume: Optiona
         if ModelConfig.from_dict(state['model_config']) != model_config:
             raise ValueError(f'{path}: the checkpoint was trained with another model config')
         if state['train_config'] != config.to_dict() and process.is_main:
-            LOGGER.warning('%s: resuming with a config that differs from the checkpoint\'s', path)
+            LOGGER.warning('%s: resuming with a config that differs from the saved one', path)
         model.load_state_dict(state['model'])
         optimizer.load_state_dict(state['optimizer'])
         scheduler.load_state_dict(state['scheduler'])

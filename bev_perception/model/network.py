@@ -52,6 +52,8 @@ def preprocess_image(rgb: Union[np.ndarray, torch.Tensor], config: ModelConfig,
         (3, Hc, Wc) float32, bilinear resize (antialiased when shrinking), then
         (value / 255 - mean) / std.
     """
+    if isinstance(rgb, np.ndarray) and not rgb.flags.writeable:
+        rgb = rgb.copy()  # torch refuses to share read-only memory (e.g. ROS message buffers)
     image = torch.as_tensor(rgb)
     if device is not None:
         image = image.to(device)

@@ -496,6 +496,8 @@ class EvalOptions:
     use_sim_time: bool = False
     node_namespace: Optional[str] = None  # set: use a running node in this namespace
     node_name: str = DEFAULT_NODE_NAME
+    node_pointcloud_topic: Optional[str] = None  # where to publish clouds (remapped input)
+    node_image_topic: Optional[str] = None  # where to publish images (remapped input)
     startup_timeout_s: float = 120.0
     drain_timeout_s: float = 5.0
 
@@ -811,7 +813,7 @@ class LiveRecorder:
         self.diagnostics_received_s = 0.0
         self.node_latency_ms: List[float] = []  # node clock now - cloud stamp
         self.last_output_s = 0.0
-        self._image_stamps: Dict[int, Optional[int]] = {}
+        self._published_images: List[int] = []
         self._lock = threading.Lock()
         self.topics = {
             'detections': f'{node_path}/output/detections',
@@ -875,13 +877,26 @@ class LiveRecorder:
                 self.node_lidar_only[stamp] = values.get('lidar_only') == 'true'
             offset = values.get('image_offset_ms')
             if offset:
-                image_stamp = stamp + int(round(float(offset) * 1e6))
+                image_stamp = self.snap_image_stamp(stamp + int(round(float(offset) * 1e6)))
                 output = self.evaluation.outputs.get(stamp)
                 if output is not None:
                     bound = replace(output, image_stamp_ns=image_stamp)
                     with self.evaluation._lock:
                         self.evaluation.outputs[stamp] = bound
                     self.strip.add_prediction(bound)
+
+    def add_published_image(self, stamp: int) -> None:
+        """Note the stamp of an image the player published (for snap_image_stamp)."""
+        with self._lock:
+            self._published_images.append(stamp)
+
+    def snap_image_stamp(self, approximate: int, tolerance_ns: int = 1_000_000) -> int:
+        """Return the published image stamp nearest ``approximate`` (ms-rounded by the node)."""
+        with self._lock:
+            if not self._published_images:
+                return approximate
+            nearest = min(self._published_images[-64:], key=lambda s: abs(s - approximate))
+        return nearest if abs(nearest - approximate) <= tolerance_ns else approximate
 
     def _on_diagnostics(self, msg) -> None:
         for status in msg.status:
@@ -996,9 +1011,11 @@ def evaluate_live(options: EvalOptions) -> Dict[str, Any]:
                 recorder = LiveRecorder(ros_node, node_path, evaluation, strip, writer)
                 sensor_qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
                 cloud_pub = ros_node.create_publisher(
-                    PointCloud2, f'{node_path}/input/pointcloud', sensor_qos)
+                    PointCloud2,
+                    options.node_pointcloud_topic or f'{node_path}/input/pointcloud',
+                    sensor_qos)
                 image_pub = ros_node.create_publisher(
-                    Image, f'{node_path}/input/image', sensor_qos)
+                    Image, options.node_image_topic or f'{node_path}/input/image', sensor_qos)
                 clock_pub = (ros_node.create_publisher(Clock, '/clock', 10)
                              if options.use_sim_time else None)
                 spin_thread = threading.Thread(target=executor.spin, daemon=True)
@@ -1006,7 +1023,7 @@ def evaluate_live(options: EvalOptions) -> Dict[str, Any]:
                 _wait_for_node(ros_node, cloud_pub, image_pub if used['image'] else None,
                                recorder, process, options.startup_timeout_s, node_path)
                 played = _play(bag, options, used, cloud_pub, image_pub, clock_pub,
-                               evaluation, strip, process, total)
+                               evaluation, strip, recorder, process, total)
                 _drain(recorder, played['cloud_stamps'], options.drain_timeout_s, process)
                 _wait_for_diagnostics(recorder, settings.diagnostics_period_s + 1.0)
                 cloud_stamps = played['cloud_stamps']
@@ -1041,6 +1058,12 @@ def evaluate_live(options: EvalOptions) -> Dict[str, Any]:
         'output_rate_hz': _rate(received), 'input_rate_hz': _rate(published),
         'node_diagnostics': recorder.diagnostics,
     }
+    images_in = recorder.diagnostics.get('images_in')
+    if played['images'] and images_in == '0':
+        notes.append(f'the node received none of the {played["images"]} images (its '
+                     'diagnostics say images_in 0): with best_effort input QoS, Fast DDS drops '
+                     'large images (e.g. 1920x1208 rgb8); rerun with '
+                     '-p input_reliability:=reliable')
     if options.use_sim_time:
         # With /clock the node's own latency (its clock - cloud stamp) is meaningful too.
         report['live']['node_clock_latency_ms'] = percentiles(recorder.node_latency_ms)
@@ -1069,13 +1092,14 @@ def _wait_for_node(ros_node, cloud_pub, image_pub, recorder: LiveRecorder,
             return
         time.sleep(0.1)
     raise EvalError(f'no perception_node at {node_path} within {timeout_s:.0f} s (it must '
-                    f'subscribe to {node_path}/input/pointcloud and publish '
-                    f'{recorder.topics["detections"]})'
+                    f'subscribe to {cloud_pub.topic_name} and publish '
+                    f'{recorder.topics["detections"]}; for a launched node pass its remapped '
+                    'inputs with --node-pointcloud-topic/--node-image-topic)'
                     + (f'; node log {process.log_path}:\n{process.tail()}' if process else ''))
 
 
 def _play(bag: BagReader, options: EvalOptions, used: Dict[str, bool], cloud_pub, image_pub,
-          clock_pub, evaluation: Evaluation, strip: StripCollector,
+          clock_pub, evaluation: Evaluation, strip: StripCollector, recorder: 'LiveRecorder',
           process: Optional[NodeProcess], total: int) -> Dict[str, Any]:
     """Publish clouds and images with their recorded timing; feed the semantic ground truth."""
     from builtin_interfaces.msg import Time
@@ -1135,6 +1159,7 @@ def _play(bag: BagReader, options: EvalOptions, used: Dict[str, bool], cloud_pub
                     strip.add_cloud(stamp, points, gt)
             else:
                 image_pub.publish(item.message)
+                recorder.add_published_image(cdr_header_stamp_ns(item.message))
                 images += 1
                 if strip._indices:
                     msg = bag.deserialize(item.message, IMAGE_TYPE, item.topic)
@@ -1211,6 +1236,12 @@ def build_parser() -> argparse.ArgumentParser:
                                                'instead of starting one')
     live.add_argument('--node-name', default=DEFAULT_NODE_NAME,
                       help=f'node name (default {DEFAULT_NODE_NAME})')
+    live.add_argument('--node-pointcloud-topic',
+                      help='topic the node reads clouds from (default: its ~/input/pointcloud; '
+                           'the launch file remaps it to /points)')
+    live.add_argument('--node-image-topic',
+                      help='topic the node reads images from (default: its ~/input/image; the '
+                           'launch file remaps it to /camera/image)')
     live.add_argument('--startup-timeout', type=float, default=120.0,
                       help='seconds to wait for the node (default 120)')
     return parser
@@ -1227,7 +1258,8 @@ def options_from_args(args: argparse.Namespace) -> EvalOptions:
         class_map=args.class_map, lidar_only_pass=not args.no_lidar_only_pass,
         max_frames=args.max_frames, progress=not args.no_progress, live=args.live,
         rate=args.rate, use_sim_time=args.use_sim_time, node_namespace=args.node_namespace,
-        node_name=args.node_name, startup_timeout_s=args.startup_timeout)
+        node_name=args.node_name, node_pointcloud_topic=args.node_pointcloud_topic,
+        node_image_topic=args.node_image_topic, startup_timeout_s=args.startup_timeout)
 
 
 def _summary(report: Mapping[str, Any]) -> str:

@@ -15,7 +15,7 @@ import pytest
 import torch
 from training import synthetic
 from training.a2d2 import A2D2Dataset
-from training.evaluate import evaluate, gt_present_miou, write_report
+from training.evaluate import evaluate, gt_present_miou, in_grid, write_report
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -37,7 +37,7 @@ class _Result:
 
 
 class OracleRuntime:
-    """Return the ground truth for fused calls and nothing for LiDAR-only calls."""
+    """Return the ground truth on the BEV grid for fused calls, nothing for LiDAR-only calls."""
 
     def __init__(self, dataset, config):
         self.config = config
@@ -57,13 +57,14 @@ class OracleRuntime:
                                        np.zeros(0, np.int64), None))
             else:
                 assert image.shape[:2] == frame.semantic.shape
-                results.append(_Result(frame.boxes, np.linspace(0.9, 0.5, len(frame.boxes)),
-                                       frame.labels, frame.semantic.copy()))
+                keep = in_grid(frame.boxes, self.config)
+                results.append(_Result(frame.boxes[keep], np.linspace(0.9, 0.5, keep.sum()),
+                                       frame.labels[keep], frame.semantic.copy()))
         return results
 
 
 def test_oracle_scores_perfect_fused_and_zero_lidar_only(tiny_root, tmp_path):
-    config = ModelConfig.tiny()
+    config = ModelConfig()
     dataset = A2D2Dataset(tiny_root, classes=config.detection_classes)
     runtime = OracleRuntime(dataset, config)
     result = evaluate(runtime, dataset, batch_size=3, show_progress=False)
