@@ -38,11 +38,14 @@ import numpy as np
 from rcl_interfaces.msg import SetParametersResult
 import rclpy
 from rclpy.clock import Clock, ClockType
+from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
-from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy)
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image, PointCloud2
 from std_msgs.msg import Float64, Header
+from vision_msgs.msg import Detection3DArray, LabelInfo
+from visualization_msgs.msg import MarkerArray
 
 #: File name of the weights shipped with the package.
 SHIPPED_WEIGHTS_NAME = 'default.safetensors'
@@ -228,6 +231,28 @@ class FrameSettings:
             nms=nms, intensity_gain=gain, extrinsic=Extrinsic.from_settings(settings))
 
 
+def points_for_model(points: np.ndarray, frame_settings: FrameSettings
+                     ) -> Tuple[np.ndarray, int]:
+    """Prepare finite cloud points for the network as the node does.
+
+    Clouds over ``max_points`` are subsampled with a uniform stride, intensities multiplied by
+    the gain from ``intensity_scale``, and x, y, z mapped by the extrinsic into the model frame.
+
+    Args:
+        points: (N, 4) x, y, z, intensity of the cloud (finite; a view is fine, never modified).
+        frame_settings: the node's per-frame settings.
+
+    Returns:
+        ((M, 4) float32 model-frame points, an own copy; N - M points removed by subsampling).
+    """
+    max_points = frame_settings.settings.max_points
+    kept = points[::math.ceil(len(points) / max_points)] if len(points) > max_points else points
+    prepared = np.array(kept, dtype=np.float32)  # (M, 4) own copy, modified below
+    if frame_settings.intensity_gain != 1.0:
+        prepared[:, 3] *= frame_settings.intensity_gain
+    return frame_settings.extrinsic.points_to_model(prepared), len(points) - len(prepared)
+
+
 @dataclass
 class Counters:
     """Cumulative counts shown in diagnostics; every update holds the lock."""
@@ -244,8 +269,9 @@ class Counters:
     empty_clouds: int = 0
     non_finite_points: int = 0
     points_out_of_range: int = 0
-    points_capped: int = 0
-    pillars_capped: int = 0
+    points_subsampled: int = 0  # above max_points (node)
+    pillar_points_capped: int = 0  # above the model's points per pillar (by design, no warning)
+    pillars_capped: int = 0  # above the model's max_pillars
     intensity_out_of_range: int = 0
     time_jumps: int = 0
     over_budget: int = 0
@@ -285,7 +311,7 @@ class FrameJob:
 WARN_COUNTERS = (
     ('bad_clouds', 'malformed clouds'), ('bad_images', 'malformed images'),
     ('empty_clouds', 'empty clouds'), ('dropped_frames', 'dropped frames'),
-    ('lidar_only_frames', 'LiDAR-only frames'), ('points_capped', 'points capped'),
+    ('lidar_only_frames', 'LiDAR-only frames'), ('points_subsampled', 'points subsampled'),
     ('pillars_capped', 'pillars capped'), ('intensity_out_of_range', 'intensity out of range'),
     ('time_jumps', 'time jumps back'), ('over_budget', 'frames over budget'),
 )
@@ -364,8 +390,6 @@ class PerceptionNode(Node):
     # ------------------------------------------------------------------ set-up
 
     def _declare_parameters(self) -> NodeSettings:
-        from rclpy.exceptions import ParameterException
-
         values = {}
         for spec in PARAMETERS:
             try:
@@ -385,8 +409,6 @@ class PerceptionNode(Node):
         latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                              durability=DurabilityPolicy.TRANSIENT_LOCAL,
                              history=HistoryPolicy.KEEP_LAST)
-        from vision_msgs.msg import Detection3DArray, LabelInfo
-        from visualization_msgs.msg import MarkerArray
 
         def create(enabled, kind, topic, qos):
             return self.create_publisher(kind, topic, qos) if enabled else None
@@ -605,7 +627,7 @@ class PerceptionNode(Node):
         self.counters.add(
             points_out_of_range=result.overflow.out_of_range_dropped,
             non_finite_points=result.overflow.non_finite_dropped,
-            points_capped=result.overflow.points_capped,
+            pillar_points_capped=result.overflow.points_capped,
             pillars_capped=result.overflow.pillars_capped)
         if result.overflow.pillars_capped:
             self._warn('pillars_capped', f'{result.overflow.pillars_capped} pillars over the '
@@ -640,23 +662,19 @@ class PerceptionNode(Node):
             self.counters.add(empty_clouds=1)
             self._warn('empty_clouds', f'empty point cloud ({cloud.num_input_points} points, '
                        f'{cloud.num_non_finite} non-finite): publishing no boxes')
-        if len(points) > settings.max_points:
-            stride = math.ceil(len(points) / settings.max_points)
-            capped = points[::stride]
-            self.counters.add(points_capped=len(points) - len(capped))
-            self._warn('points_capped', f'cloud of {len(points)} points subsampled to '
-                       f'{len(capped)} (max_points {settings.max_points})')
-            points = capped
-        points = np.array(points, dtype=np.float32)  # (N, 4) own copy, modified below
-        if frame_settings.intensity_gain != 1.0:
-            points[:, 3] *= frame_settings.intensity_gain
+        num_finite = len(points)
+        points, subsampled = points_for_model(points, frame_settings)
+        if subsampled:
+            self.counters.add(points_subsampled=subsampled)
+            self._warn('points_subsampled', f'cloud of {num_finite} points subsampled to '
+                       f'{len(points)} (max_points {settings.max_points})')
         if len(points):
             scaled_max = float(points[:, 3].max()) * self._config.point.intensity_scale
             if scaled_max > MAX_PLAUSIBLE_SCALED_INTENSITY:
                 self.counters.add(intensity_out_of_range=1)
                 self._warn('intensity', f'intensities reach {scaled_max:.1f} after scaling; '
                            'the weights expect 0..1: set intensity_scale for this driver')
-        return frame_settings.extrinsic.points_to_model(points)
+        return points
 
     def _publish_results(self, cloud_header: Header, image: Optional[ImagePayload],
                          result: FrameResult, frame_settings: FrameSettings) -> None:
@@ -720,7 +738,11 @@ class PerceptionNode(Node):
             min(self._frame_settings.score_thresholds)))
 
     def diagnostic_status(self) -> DiagnosticStatus:
-        """Return the current health as one DiagnosticStatus (counts since start-up)."""
+        """Return the health as one DiagnosticStatus.
+
+        Values are counts since start-up; the level and message reflect what changed since the
+        previous call (one call per diagnostics period).
+        """
         counts = self.counters.snapshot()
         delta = {name: counts[name] - self._diagnostics_previous.get(name, 0) for name in counts}
         self._diagnostics_previous = counts

@@ -144,8 +144,8 @@ def test_live_replay_over_dds_matches_offline(data, offline, tmp_path, ros_env):
         assert any(topic.endswith('/output/detections') for topic in recorded.topics)
 
 
-def test_live_replay_into_a_running_node_with_remapped_inputs(data, offline, tmp_path,
-                                                             ros_env):
+def test_live_replay_into_a_running_node_with_remapped_inputs(
+        data, offline, tmp_path, ros_env):
     _, bag, weights = data
     _, offline_out = offline
     namespace = f'/eval_running_{os.getpid()}'
@@ -160,13 +160,11 @@ def test_live_replay_into_a_running_node_with_remapped_inputs(data, offline, tmp
         process = subprocess.Popen(command, env=ros_env, stdout=log, stderr=subprocess.STDOUT)
     try:
         out = tmp_path / 'live'
-        code = subprocess.run(
-            [sys.executable, '-m', 'bev_perception.tools.evaluate_bag', bag, '--live',
-             '--node-namespace', namespace, '--node-pointcloud-topic', f'{namespace}/points',
-             '--node-image-topic', f'{namespace}/image', '--weights', weights, '--out',
-             str(out), '--no-progress'], env=ros_env, capture_output=True, text=True,
-            timeout=240)
-        assert code.returncode == 0, code.stderr[-3000:] + log_path.read_text()[-2000:]
+        code = evaluate_bag.main([  # in-process this time (the DDS variables are set)
+            bag, '--live', '--node-namespace', namespace, '--node-pointcloud-topic',
+            f'{namespace}/points', '--node-image-topic', f'{namespace}/image', '--weights',
+            weights, '--out', str(out), '--no-progress'])
+        assert code == 0, log_path.read_text()[-2000:]
     finally:
         process.send_signal(signal.SIGINT)
         process.wait(timeout=30)

@@ -12,11 +12,13 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 
 from bev_perception.conversions import array_to_pointcloud2, quaternion_to_yaw, rgb_to_image
-from bev_perception.node import (_resize_ids, Extrinsic, FrameSettings, resolve_weights_path,
-                                 rotation_from_rpy, rotation_to_quaternion, StartupError)
+from bev_perception.node import (_resize_ids, Extrinsic, FrameSettings, points_for_model,
+                                 resolve_weights_path, rotation_from_rpy,
+                                 rotation_to_quaternion, StartupError)
 from bev_perception.node_params import NodeSettings
 import numpy as np
 import pytest
@@ -27,8 +29,8 @@ PARAMS_FILE = os.path.join(ROOT, 'config', 'perception.yaml')
 NODE = '/perception_node'
 CLOUD_TOPIC = '/test_sensors/points'
 IMAGE_TOPIC = '/test_sensors/image'
-CLOUD_FRAME = 'cam_front_center'
-IMAGE_FRAME = 'cam_front_center_optical'
+CLOUD_FRAME = 'a2d2_cam_front_center_view'
+IMAGE_FRAME = 'a2d2_cam_front_center_optical'
 SCORE_THRESHOLD = 0.02  # random weights score about 0.1: detections appear
 SimpleFrame = collections.namedtuple('SimpleFrame', 'points image')
 
@@ -105,6 +107,22 @@ def test_frame_settings_follow_the_weights_unless_overridden():
     assert custom.max_detections == 7
 
 
+def test_points_for_model_subsamples_scales_and_moves_a_copy():
+    from bev_perception.model.config import ModelConfig
+
+    settings = NodeSettings.from_values({
+        'max_points': 1000, 'intensity_scale': 1.0, 'extrinsic_translation_m': [1.0, 0.0, -0.5]})
+    frame_settings = FrameSettings.build(settings, ModelConfig.tiny())
+    points = np.tile(np.array([[1.0, 2.0, 3.0, 0.5]], np.float32), (2500, 1))
+    points[:, 0] += np.arange(2500)
+    prepared, removed = points_for_model(points, frame_settings)
+    assert (len(prepared), removed) == (834, 1666)  # stride ceil(2500 / 1000) = 3
+    np.testing.assert_allclose(prepared[1], [1.0 + 3 + 1.0, 2.0, 2.5, 0.5 * 255.0])
+    assert points[1, 0] == 2.0 and points[0, 3] == 0.5  # the input is left alone
+    small, removed = points_for_model(points[:10], frame_settings)
+    assert len(small) == 10 and removed == 0
+
+
 def test_resize_ids_is_nearest_neighbour():
     ids = np.array([[0, 1], [2, 3]], dtype=np.uint8)
     np.testing.assert_array_equal(_resize_ids(ids, (4, 4)), np.repeat(np.repeat(ids, 2, 0), 2, 1))
@@ -155,7 +173,8 @@ def scene_frames(tmp_path_factory):
 
 def node_command(weights_path, *extra):
     """Return the command line starting the node as the launch file would, plus extras."""
-    executable = shutil.which('perception_node')
+    executable = shutil.which('perception_node', path=os.pathsep.join(
+        [os.path.dirname(sys.executable), os.environ.get('PATH', '')]))
     assert executable, 'perception_node console script not installed (run make setup)'
     return [executable, '--ros-args', '--params-file', PARAMS_FILE,
             '-p', f'weights_path:={weights_path}', '-p', 'device:=cpu',
@@ -452,7 +471,7 @@ def test_malformed_input_is_counted_and_the_node_keeps_publishing(
         return (grew['bad_clouds'] >= expected_bad['bad_clouds'] - 2
                 and grew['bad_images'] >= expected_bad['bad_images'] - 2
                 and grew['empty_clouds'] >= 2 and grew['non_finite_points'] >= 500
-                and grew['time_jumps'] >= 1 and grew['points_capped'] > 0)
+                and grew['time_jumps'] >= 1 and grew['points_subsampled'] > 0)
     assert peer.spin_until(counted, 10.0), peer.latest_counters()
     status, counters = peer.latest_counters()
     assert 'ignoring' in counters['last_error'] or counters['last_error'] == ''

@@ -135,21 +135,22 @@ class BEVFusionNet(nn.Module):
         valid = self._camera_valid(images, camera_valid, batch, device)
         semantic = None
         if images is not None:
-            valid_index = torch.nonzero(valid).squeeze(1)
-            semantic = bev.new_zeros(
-                batch, self.config.num_semantic_classes, images.shape[2], images.shape[3])
-            if valid_index.numel() > 0:
+            valid_index = torch.nonzero(valid).squeeze(1)  # (Bv,)
+            all_valid = valid_index.numel() == batch
+            semantic_shape = (batch, self.config.num_semantic_classes) + tuple(images.shape[2:])
+            if valid_index.numel() == 0:
+                semantic = bev.new_zeros(semantic_shape)
+            else:
                 with timer('camera_encoder'):
-                    features = self.camera_encoder(images.index_select(0, valid_index))
+                    features = self.camera_encoder(
+                        images if all_valid else images.index_select(0, valid_index))
                 with timer('fusion'):
                     bev = self.fusion(bev, features, valid)
                 with timer('semantic_head'):
-                    valid_logits = self.semantic_head(features, tuple(images.shape[2:]))
-                    if valid_index.numel() == batch:
-                        semantic = valid_logits
-                    else:
-                        semantic = semantic.to(valid_logits.dtype).index_copy(
-                            0, valid_index, valid_logits)
+                    semantic = self.semantic_head(features, tuple(images.shape[2:]))
+                    if not all_valid:  # zero logits for samples without an image
+                        semantic = semantic.new_zeros(semantic_shape).index_copy(
+                            0, valid_index, semantic)
         with timer('detection_head'):
             maps = self.detection_head(bev)
         return NetworkOutput(

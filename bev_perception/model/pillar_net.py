@@ -58,8 +58,10 @@ class PillarFeatureNet(nn.Module):
         """Return the BEV canvas (B, out_channels, H, W); empty cells are zero."""
         rows, cols = self.grid.canvas_hw
         features = self.linear(self.point_features(pillars))  # (M, C)
-        if self.training and features.shape[0] < 2:
-            # Batch statistics need two values; fall back to the running statistics.
+        if (self.training and features.shape[0] < 2
+                and not isinstance(self.norm, nn.SyncBatchNorm)):
+            # Batch statistics need two values; fall back to the running statistics (a
+            # SyncBatchNorm gathers values over ranks and must take part in every step).
             features = F.batch_norm(
                 features, self.norm.running_mean, self.norm.running_var, self.norm.weight,
                 self.norm.bias, training=False, eps=self.norm.eps)

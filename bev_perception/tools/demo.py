@@ -3,10 +3,12 @@
     python -m bev_perception.tools.demo --out out/demo
 
 Steps: generate a short A2D2-format drive (``training.synthetic``, run from the repository
-root), write it as a rosbag2 (``rosbags``: PointCloud2 + Image with the recorded stamps), start
-``perception_node`` (console script, shipped weights, ``use_sim_time``), replay the bag into it
-at the recorded rate (with ``/clock``), record its outputs (and write them as a second bag),
-then write ``summary.json``, ``summary.md``, ``bev.png`` (points, predicted and true boxes) and
+root), convert it to a rosbag2 (``training.to_bag``: PointCloud2 + Image + ground truth with the
+recorded stamps), start ``perception_node`` (console script, shipped weights,
+``use_sim_time``), replay the bag into it at the recorded rate (with ``/clock``; reliable QoS
+like ``ros2 bag play``, since best effort over UDP drops megabyte images unless the socket
+buffers are raised), record its outputs (and write them as a second bag), then write
+``summary.json``, ``summary.md``, ``bev.png`` (points, predicted and true boxes) and
 ``camera_semantic.png`` (camera image, predicted and true semantics) to the output folder.
 
 Every process started here keeps DDS on this machine (``ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST``,
@@ -15,11 +17,13 @@ Every process started here keeps DDS on this machine (``ROS_AUTOMATIC_DISCOVERY_
 
 import argparse
 from dataclasses import dataclass, field
+import importlib
 import json
 import math
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
@@ -28,17 +32,16 @@ import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from bev_perception import conversions
+from bev_perception.bag_io import BagReader, BagWriter, DEFAULT_TOPICS
 from bev_perception.metrics import DetectionAccumulator, match_frame, SemanticAccumulator
 from bev_perception.node import resolve_weights_path, StartupError
 import numpy as np
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CLOUD_TOPIC = '/a2d2/lidar/points'
-IMAGE_TOPIC = '/a2d2/camera/front_center/image_raw'
+CLOUD_TOPIC = DEFAULT_TOPICS.pointcloud
+IMAGE_TOPIC = DEFAULT_TOPICS.image
 CLOCK_TOPIC = '/clock'
 NODE_NAME = 'perception_node'
-CLOUD_FRAME = 'cam_front_center'  # points are in the front-centre camera's view frame
-IMAGE_FRAME = 'cam_front_center_optical'
 MATCH_DISTANCE_M = 2.0
 DISTANCE_THRESHOLDS_M = (0.5, 1.0, 2.0, 4.0)
 CLOCK_PERIOD_S = 0.01
@@ -68,6 +71,7 @@ class DemoConfig:
     rate: float = 1.0
     domain_id: int = 0  # 0: derived from the process id
     workers: int = 2
+    pictures_dir: str = ''  # also copy the PNG renders here (e.g. for the README)
     startup_timeout_s: float = 180.0
     drain_timeout_s: float = 20.0
 
@@ -121,18 +125,32 @@ def stamp_ns(msg_stamp) -> int:
     return msg_stamp.sec * 10**9 + msg_stamp.nanosec
 
 
+def stamp_from_cdr(data: bytes) -> int:
+    """Return the header stamp (ns) of a CDR-serialised message that starts with a Header."""
+    sec, nanosec = struct.unpack_from('<iI', data, 4)  # after the 4-byte encapsulation
+    return sec * 10**9 + nanosec
+
+
 # ------------------------------------------------------------------------------ drive + bag
 
-def generate_drive(config: DemoConfig, data_dir: str) -> Tuple[List[DriveFrame], Tuple[str, ...]]:
-    """Write the synthetic drive under ``data_dir`` and load it; return frames and classes."""
+def generate_drive(config: DemoConfig, data_dir: str, bag_dir: str
+                   ) -> Tuple[List[DriveFrame], Tuple[str, ...]]:
+    """Write the synthetic drive under ``data_dir``, convert it to a bag; return the frames.
+
+    The bag is written by ``training.to_bag`` (the project's A2D2 -> rosbag2 converter), so it
+    holds what a converted real A2D2 scene holds. The returned frames carry the ground truth.
+    """
     try:
-        from training.a2d2 import A2D2Dataset, DEFAULT_CLASS_MAP, DEFAULT_CLASSES
+        from training.a2d2 import A2D2Dataset, DEFAULT_CLASS_MAP, DEFAULT_CLASSES, list_scenes
         from training.synthetic import generate
+        from training.to_bag import convert_scene
     except ImportError as error:
         raise SystemExit(f'the demo needs the training package ({error}); run it from the '
                          'repository root: python -m bev_perception.tools.demo') from error
     generate(data_dir, scenes=1, frames=config.frames, seed=config.seed,
              image_size=config.image_size, workers=config.workers)
+    (scene,) = list_scenes(data_dir)
+    convert_scene(data_dir, scene, bag_dir, storage='mcap', overwrite=True, progress=False)
     dataset = A2D2Dataset(data_dir, class_map=DEFAULT_CLASS_MAP, classes=DEFAULT_CLASSES)
     frames = []
     for index in range(len(dataset)):
@@ -144,73 +162,31 @@ def generate_drive(config: DemoConfig, data_dir: str) -> Tuple[List[DriveFrame],
     return frames, tuple(DEFAULT_CLASSES)
 
 
-def _header(stamp: int, frame_id: str):
-    from builtin_interfaces.msg import Time
-    from std_msgs.msg import Header
-
-    return Header(stamp=Time(sec=stamp // 10**9, nanosec=stamp % 10**9), frame_id=frame_id)
-
-
-def _typestore(with_vision_msgs: bool):
-    from rosbags.typesys import get_types_from_msg, get_typestore, Stores
-
-    typestore = get_typestore(Stores.ROS2_HUMBLE)
-    if with_vision_msgs:
-        msg_dir = os.path.join(REPO_ROOT, 'interfaces', 'vision_msgs', 'msg')
-        types = {}
-        for name in sorted(os.listdir(msg_dir)):
-            if name.endswith('.msg'):
-                with open(os.path.join(msg_dir, name)) as handle:
-                    types.update(get_types_from_msg(
-                        handle.read(), f'vision_msgs/msg/{name[:-4]}'))
-        typestore.register(types)
-    return typestore
-
-
-def write_drive_bag(frames: Sequence[DriveFrame], bag_dir: str) -> None:
-    """Write the drive as a rosbag2 (sqlite3): clouds and images at their recorded stamps."""
-    from rclpy.serialization import serialize_message
-    from rosbags.rosbag2 import Writer
-
-    typestore = _typestore(with_vision_msgs=False)
-    messages = []
-    for frame in frames:
-        cloud = conversions.array_to_pointcloud2(frame.points, _header(frame.stamp_ns,
-                                                                       CLOUD_FRAME))
-        image = conversions.rgb_to_image(frame.image, _header(frame.image_stamp_ns, IMAGE_FRAME))
-        messages.append((frame.stamp_ns, 'cloud', serialize_message(cloud)))
-        messages.append((frame.image_stamp_ns, 'image', serialize_message(image)))
-    messages.sort(key=lambda item: item[0])
-    with Writer(bag_dir, version=8) as writer:
-        connections = {
-            'cloud': writer.add_connection(CLOUD_TOPIC, 'sensor_msgs/msg/PointCloud2',
-                                           typestore=typestore),
-            'image': writer.add_connection(IMAGE_TOPIC, 'sensor_msgs/msg/Image',
-                                           typestore=typestore),
-        }
-        for timestamp, kind, data in messages:
-            writer.write(connections[kind], timestamp, data)
-
-
 def write_output_bag(recording: Recording, bag_dir: str) -> int:
-    """Write the recorded node outputs as a rosbag2; return the number of messages."""
+    """Write the recorded node outputs as a rosbag2 (mcap); return the number of messages."""
     from rclpy.serialization import serialize_message
-    from rosbags.rosbag2 import Writer
 
-    typestore = _typestore(with_vision_msgs=True)
     entries = []
-    with Writer(bag_dir, version=8) as writer:
+    with BagWriter(bag_dir, storage='mcap', overwrite=True) as writer:
         for name, (msgtype, topic) in OUTPUT_TOPICS.items():
             received = recording.messages(name)
-            if not received:
-                continue
-            connection = writer.add_connection(topic, msgtype, typestore=typestore)
-            entries += [(received_s, connection, msg) for received_s, msg in received]
+            if received:
+                writer.add_topic(topic, msgtype, latched=name == 'label_info')
+                entries += [(received_s, topic, msg) for received_s, msg in received]
         entries.sort(key=lambda entry: entry[0])
         offset_ns = time.time_ns() - int(time.monotonic() * 1e9)
-        for received_s, connection, msg in entries:
-            writer.write(connection, offset_ns + int(received_s * 1e9), serialize_message(msg))
+        for received_s, topic, msg in entries:
+            writer.write_raw(topic, offset_ns + int(received_s * 1e9), serialize_message(msg))
     return len(entries)
+
+
+def message_class(msgtype: str):
+    """Return the rclpy message class of 'pkg/msg/Type', or None when not installed."""
+    package, _, name = msgtype.split('/')
+    try:
+        return getattr(importlib.import_module(f'{package}.msg'), name)
+    except (ImportError, AttributeError):
+        return None
 
 
 # ------------------------------------------------------------------------------ ROS side
@@ -222,11 +198,10 @@ class DemoRos:
         import rclpy
         from rclpy.context import Context
         from rclpy.executors import SingleThreadedExecutor
-        from rclpy.qos import (DurabilityPolicy, qos_profile_sensor_data, QoSProfile,
-                               ReliabilityPolicy)
+        from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
         from diagnostic_msgs.msg import DiagnosticArray
         from rosgraph_msgs.msg import Clock
-        from sensor_msgs.msg import Image, PointCloud2
+        from sensor_msgs.msg import Image
         from vision_msgs.msg import Detection3DArray, LabelInfo
         from visualization_msgs.msg import MarkerArray
 
@@ -234,9 +209,6 @@ class DemoRos:
         self.context = Context()
         rclpy.init(context=self.context)
         self.node = rclpy.create_node('bev_demo', context=self.context)
-        self.cloud_pub = self.node.create_publisher(PointCloud2, CLOUD_TOPIC,
-                                                    qos_profile_sensor_data)
-        self.image_pub = self.node.create_publisher(Image, IMAGE_TOPIC, qos_profile_sensor_data)
         self.clock_pub = self.node.create_publisher(Clock, CLOCK_TOPIC, 10)
         kinds = {'detections': Detection3DArray, 'semantic': Image, 'semantic_color': Image,
                  'markers': MarkerArray, 'label_info': LabelInfo, 'timings': DiagnosticArray,
@@ -298,37 +270,50 @@ class DemoRos:
         """Wait until the node is ready (latched LabelInfo arrived, inputs subscribed)."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline and process.poll() is None:
-            if (self.recording.messages('label_info')
-                    and self.cloud_pub.get_subscription_count()
-                    and self.image_pub.get_subscription_count()):
+            if self.recording.messages('label_info'):
                 return True
             time.sleep(0.1)
         return False
 
     def play(self, bag_dir: str, rate: float) -> Tuple[int, int]:
-        """Replay the bag at ``rate`` x the recorded rate; return (clouds, images) published."""
-        from rosbags.rosbag2 import Reader
+        """Replay every topic of the bag at ``rate`` x the recorded rate (reliable QoS).
+
+        Clouds and images go to the node; the other topics (camera info, ground truth) are
+        published too, as ``ros2 bag play`` would. Returns (clouds, images) published.
+        """
+        from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 
         self._rate = rate
         clouds = images = 0
-        with Reader(bag_dir) as reader:
-            entries = list(reader.messages())
-            start_bag_ns = entries[0][1] if entries else 0
+        with BagReader(bag_dir) as reader:
+            publishers = {}
+            for topic, msgtype in reader.topics.items():
+                kind = message_class(msgtype)
+                if kind is None:
+                    log(f'not replaying {topic}: {msgtype} is not installed')
+                    continue
+                latched = topic == DEFAULT_TOPICS.tf_static
+                publishers[topic] = self.node.create_publisher(kind, topic, QoSProfile(
+                    depth=1 if latched else 10, reliability=ReliabilityPolicy.RELIABLE,
+                    durability=(DurabilityPolicy.TRANSIENT_LOCAL if latched
+                                else DurabilityPolicy.VOLATILE)))
+            time.sleep(1.0)  # let the node match the replay publishers
+            entries = list(reader.messages(list(publishers), raw=True))
+            start_bag_ns = entries[0].log_time_ns if entries else 0
             self.set_clock(start_bag_ns)
             self._clock_thread.start()
             start_wall = time.monotonic()
-            for connection, timestamp, data in entries:
-                due = start_wall + (timestamp - start_bag_ns) * 1e-9 / rate
+            for entry in entries:
+                due = start_wall + (entry.log_time_ns - start_bag_ns) * 1e-9 / rate
                 delay = due - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
-                self.set_clock(timestamp)
-                if connection.topic == CLOUD_TOPIC:
-                    self.cloud_pub.publish(bytes(data))
-                    self.recording.published_s[timestamp] = time.monotonic()
+                self.set_clock(entry.log_time_ns)
+                publishers[entry.topic].publish(entry.message)
+                if entry.topic == CLOUD_TOPIC:
+                    self.recording.published_s[stamp_from_cdr(entry.message)] = time.monotonic()
                     clouds += 1
-                else:
-                    self.image_pub.publish(bytes(data))
+                elif entry.topic == IMAGE_TOPIC:
                     images += 1
         self.recording.images_published = images
         return clouds, images
@@ -353,6 +338,7 @@ def start_node(config: DemoConfig, weights_path: str, env: Dict[str, str], log_p
     command = [executable, '--ros-args',
                '--params-file', os.path.join(REPO_ROOT, 'config', 'perception.yaml'),
                '-p', f'weights_path:={weights_path}', '-p', 'use_sim_time:=true',
+               '-p', 'input_reliability:=reliable',
                '-r', f'~/input/pointcloud:={CLOUD_TOPIC}', '-r', f'~/input/image:={IMAGE_TOPIC}']
     if config.device:
         command += ['-p', f'device:={config.device}']
@@ -503,7 +489,7 @@ def analyse(frames: Sequence[DriveFrame], class_names: Tuple[str, ...], recordin
         'lidar_only_frames': lidar_only,
         'node_counters': {key: node_counters[key] for key in (
             'clouds_in', 'images_in', 'frames_out', 'fused_frames', 'lidar_only_frames',
-            'dropped_frames', 'bad_clouds', 'bad_images', 'points_capped', 'pillars_capped',
+            'dropped_frames', 'bad_clouds', 'bad_images', 'points_subsampled', 'pillars_capped',
             'over_budget', 'inference_errors') if key in node_counters},
         'detections_per_class': {name: counts['detections'] for name, counts in
                                  per_class.items()},
@@ -550,23 +536,26 @@ def render_bev(frame: DriveFrame, pair: dict, class_names: Sequence[str], model_
     inside = _in_range(frame.points, grid)
     points = frame.points[inside]
     # Plot with x (forward) up and y (left) to the left: horizontal axis is -y.
-    axes.scatter(-points[:, 1], points[:, 0], s=0.3, c=points[:, 2], cmap='viridis',
+    axes.scatter(-points[:, 1], points[:, 0], s=0.8, c=points[:, 2], cmap='viridis',
                  vmin=-2.0, vmax=1.5, linewidths=0)
     for box, label in zip(frame.boxes, frame.labels):
         outline = _box_outline(box)
         axes.plot(-outline[:, 1], outline[:, 0], color='#00c040', linewidth=2.2)
     boxes, scores, labels = pair['detections']
+    colours = plt.get_cmap('tab10').colors
+
+    def colour_of(label):
+        return colours[(int(label) + 1) % len(colours)] if label >= 0 else 'grey'
     for box, score, label in zip(boxes, scores, labels):
         name = class_names[label] if label >= 0 else 'unknown'
-        colour = np.asarray(conversions.default_class_colour(name)) / 255.0
         outline = _box_outline(box)
-        axes.plot(-outline[:, 1], outline[:, 0], color=colour, linewidth=1.2, linestyle='--')
-        axes.text(-box[1], box[0] + 0.5 * box[3] + 0.6, f'{name} {score:.2f}', color=colour,
-                  fontsize=6, ha='center')
+        axes.plot(-outline[:, 1], outline[:, 0], color=colour_of(label), linewidth=1.2,
+                  linestyle='--')
+        axes.text(-box[1], box[0] + 0.5 * box[3] + 0.6, f'{name} {score:.2f}',
+                  color=colour_of(label), fontsize=6, ha='center')
     axes.plot([], [], color='#00c040', linewidth=2.2, label='ground truth')
-    for name in class_names:
-        axes.plot([], [], color=np.asarray(conversions.default_class_colour(name)) / 255.0,
-                  linestyle='--', label=f'predicted {name}')
+    for label, name in enumerate(class_names):
+        axes.plot([], [], color=colour_of(label), linestyle='--', label=f'predicted {name}')
     axes.plot([0], [0], marker='^', color='black', markersize=8)
     axes.set_xlim(-grid.y_range_m[1], -grid.y_range_m[0])
     axes.set_ylim(grid.x_range_m[0], grid.x_range_m[1])
@@ -701,14 +690,12 @@ def run(config: DemoConfig) -> dict:
     model_config = ModelConfig.from_dict(metadata['config'])
 
     work_dir = tempfile.mkdtemp(prefix='bev_demo_', dir=out_dir)
+    bag_dir = os.path.join(out_dir, 'drive_bag')
     try:
-        log(f'generating a {config.frames}-frame synthetic drive (seed {config.seed})')
-        frames, class_names = generate_drive(config, os.path.join(work_dir, 'drive'))
-        bag_dir = os.path.join(out_dir, 'drive_bag')
-        shutil.rmtree(bag_dir, ignore_errors=True)
-        write_drive_bag(frames, bag_dir)
-        generated_s = time.monotonic() - started
-        log(f'wrote {bag_dir} ({len(frames)} clouds + images) after {generated_s:.0f} s')
+        log(f'generating a {config.frames}-frame synthetic drive (seed {config.seed}) and '
+            'converting it to a rosbag2')
+        frames, class_names = generate_drive(config, os.path.join(work_dir, 'drive'), bag_dir)
+        log(f'wrote {bag_dir} ({len(frames)} frames) after {time.monotonic() - started:.0f} s')
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
 
@@ -729,9 +716,7 @@ def run(config: DemoConfig) -> dict:
         exit_code = stop_node(process)
         ros.close()
     log(f'node stopped with exit code {exit_code}')
-    outputs_bag = os.path.join(out_dir, 'outputs_bag')
-    shutil.rmtree(outputs_bag, ignore_errors=True)
-    recorded = write_output_bag(recording, outputs_bag)
+    recorded = write_output_bag(recording, os.path.join(out_dir, 'outputs_bag'))
 
     summary, pairs = analyse(frames, class_names, recording, model_config, published)
     summary.update({
@@ -759,6 +744,11 @@ def run(config: DemoConfig) -> dict:
         render_camera(frames[camera_index], pairs[camera_index]['semantic'], palette,
                       os.path.join(out_dir, 'camera_semantic.png'),
                       f'frame {camera_index}: camera, predicted and true semantics')
+    if config.pictures_dir:
+        os.makedirs(config.pictures_dir, exist_ok=True)
+        for name in ('bev.png', 'camera_semantic.png'):
+            if os.path.exists(os.path.join(out_dir, name)):
+                shutil.copy(os.path.join(out_dir, name), config.pictures_dir)
     summary['wall_time_s'] = round(time.monotonic() - started, 1)
     with open(os.path.join(out_dir, 'summary.json'), 'w') as handle:
         json.dump(summary, handle, indent=2, sort_keys=True)
@@ -786,13 +776,15 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> DemoConfig:
                         help='ROS_DOMAIN_ID for the demo (default: from the process id)')
     parser.add_argument('--workers', type=int, default=defaults.workers,
                         help='processes generating the drive')
+    parser.add_argument('--pictures', default=defaults.pictures_dir,
+                        help='also copy bev.png and camera_semantic.png into this folder')
     args = parser.parse_args(argv)
     if args.frames < 1 or args.rate <= 0:
         parser.error('--frames must be positive and --rate above 0')
     return DemoConfig(out_dir=args.out, frames=args.frames, seed=args.seed,
                       image_size=tuple(args.image_size), weights=args.weights,
                       device=args.device, rate=args.rate, domain_id=args.domain_id,
-                      workers=args.workers)
+                      workers=args.workers, pictures_dir=args.pictures)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -23,8 +23,9 @@ the environment: set ROS_DOMAIN_ID / ROS_AUTOMATIC_DISCOVERY_RANGE as for any RO
 
 Ground truth: Detection3DArray with the cloud's stamp (class ids mapped to the detector's
 classes: case-insensitively by name, or through ``--class-map``, a JSON/YAML object
-``{gt_class_id: detector_class_or_null}``) and mono8 category ids (255 = ignore) with the
-image's stamp. Without ground truth topics only timings are reported.
+``{gt_class_id: detector_class_or_null}``; boxes centred outside the model's BEV grid are not
+evaluated, as in ``training.evaluate``) and mono8 category ids (255 = ignore) with the image's
+stamp. Without ground truth topics only timings are reported.
 
 Output in DIR: report.json, report.md, PNG plots (see ``bev_perception.tools.report``) and
 frames.jsonl (one line per frame: cloud stamp, paired image stamp, boxes, scores, classes;
@@ -55,6 +56,7 @@ from bev_perception.bag_io import (BagError, BagReader, BagTopics, BagWriter, DE
                                    stamp_ns)
 from bev_perception.inference import FrameResult, InferenceRuntime
 from bev_perception.metrics import DetectionAccumulator, SemanticAccumulator
+from bev_perception.model.config import ModelConfig
 from bev_perception.node import FrameSettings, resolve_weights_path, StartupError
 from bev_perception.node_params import check_against_model, NodeSettings, PARAMETERS
 from bev_perception.sync import LidarTriggeredSync, stamp_to_seconds
@@ -276,6 +278,11 @@ class StripCollector:
         self._semantic: Dict[int, np.ndarray] = {}  # recent downscaled semantic by stamp
         self._lock = threading.Lock()
 
+    @property
+    def active(self) -> bool:
+        """Return True when some frame is to be shown."""
+        return bool(self._indices)
+
     def wants(self, cloud_index: int) -> bool:
         """Return True when the cloud with this index (0-based, log order) is shown."""
         return cloud_index in self._indices
@@ -364,15 +371,28 @@ class Evaluation:
         self._predicted: Dict[str, set] = {run: set() for run in self.runs}
         self.outputs: Dict[int, FrameOutput] = {}  # first run's outputs by cloud stamp
         self.counts = {'frames_with_gt_detections': 0, 'frames_missing_gt_detections': 0,
+                       'gt_boxes_outside_grid': 0,
                        'semantic_frames': 0, 'semantic_unmatched': 0,
                        'semantic_gt_ids_out_of_range': 0, 'semantic_size_mismatch': 0}
         self.has_semantic_gt = False
         self._results: Optional[Tuple[Dict[str, Any], Dict[str, Any]]] = None
         self._lock = threading.Lock()
 
-    def add_gt_detections(self, arrays: DetectionArrays) -> None:
-        """Store one ground truth Detection3DArray (keyed by its stamp)."""
+    def add_gt_detections(self, arrays: DetectionArrays,
+                          inside_grid: Optional[np.ndarray] = None) -> None:
+        """Store one ground truth Detection3DArray (keyed by its stamp).
+
+        Args:
+            arrays: the ground truth boxes (cloud frame) and class ids.
+            inside_grid: (K,) bool, False for boxes whose centre lies outside the model's BEV
+                grid: those are not evaluated (as in training.evaluate).
+        """
         kept, labels = self.mapper.labels(arrays.class_ids)
+        if inside_grid is not None:
+            outside = kept & ~inside_grid
+            self.counts['gt_boxes_outside_grid'] += int(np.count_nonzero(outside))
+            labels = labels[inside_grid[kept]]
+            kept = kept & inside_grid
         self.gt_detections[arrays.stamp_ns] = (arrays.boxes[kept], labels)
 
     def add_prediction(self, run: str, output: FrameOutput) -> None:
@@ -393,6 +413,15 @@ class Evaluation:
             if run == self.runs[0]:
                 self.counts['frames_with_gt_detections'] += 1
             self._detection[run].add(output.boxes, output.scores, labels, gt[0], gt[1])
+
+    def bind_image(self, stamp: int, image_stamp: int) -> Optional[FrameOutput]:
+        """Record the image paired with the output of cloud ``stamp``; return the new output."""
+        with self._lock:
+            output = self.outputs.get(stamp)
+            if output is None:
+                return None
+            self.outputs[stamp] = replace(output, image_stamp_ns=image_stamp)
+            return self.outputs[stamp]
 
     def add_missing(self, cloud_stamps: Sequence[int]) -> int:
         """Count clouds without output as frames without detections; return how many."""
@@ -559,9 +588,21 @@ def _check_topics(bag: BagReader, topics: BagTopics, notes: List[str]) -> Dict[s
     return used
 
 
-def _load_gt_detections(bag: BagReader, topic: str, evaluation: Evaluation) -> None:
+def inside_grid(boxes_cloud: np.ndarray, frame_settings: FrameSettings,
+                config: ModelConfig) -> np.ndarray:
+    """Return (K,) bool: box centres inside the model's BEV grid (x, y, in the model frame)."""
+    centres = frame_settings.extrinsic.points_to_model(
+        np.asarray(boxes_cloud, dtype=np.float64).reshape(-1, 7)[:, :3].copy())  # (K, 3)
+    (x_min, x_max), (y_min, y_max) = config.grid.x_range_m, config.grid.y_range_m
+    return ((centres[:, 0] >= x_min) & (centres[:, 0] < x_max)
+            & (centres[:, 1] >= y_min) & (centres[:, 1] < y_max))
+
+
+def _load_gt_detections(bag: BagReader, topic: str, evaluation: Evaluation,
+                        frame_settings: FrameSettings, config: ModelConfig) -> None:
     for item in bag.messages([topic]):
-        evaluation.add_gt_detections(detections_from_msg(item.message))
+        arrays = detections_from_msg(item.message)
+        evaluation.add_gt_detections(arrays, inside_grid(arrays.boxes, frame_settings, config))
 
 
 def _timing_stats(samples: Mapping[str, List[float]]) -> Dict[str, Dict[str, Optional[float]]]:
@@ -615,7 +656,8 @@ def evaluate_offline(options: EvalOptions) -> Dict[str, Any]:
         runs = RUNS_OFFLINE if options.lidar_only_pass else RUNS_OFFLINE[:1]
         evaluation = Evaluation(config.detection_classes, config.semantic_classes, mapper, runs)
         if used['gt_detections']:
-            _load_gt_detections(bag, options.topics.gt_detections, evaluation)
+            _load_gt_detections(bag, options.topics.gt_detections, evaluation, frame_settings,
+                                config)
         total = bag.message_counts[options.topics.pointcloud]
         if options.max_frames is not None:
             total = min(total, options.max_frames)
@@ -878,11 +920,8 @@ class LiveRecorder:
             offset = values.get('image_offset_ms')
             if offset:
                 image_stamp = self.snap_image_stamp(stamp + int(round(float(offset) * 1e6)))
-                output = self.evaluation.outputs.get(stamp)
-                if output is not None:
-                    bound = replace(output, image_stamp_ns=image_stamp)
-                    with self.evaluation._lock:
-                        self.evaluation.outputs[stamp] = bound
+                bound = self.evaluation.bind_image(stamp, image_stamp)
+                if bound is not None:
                     self.strip.add_prediction(bound)
 
     def add_published_image(self, stamp: int) -> None:
@@ -983,7 +1022,8 @@ def evaluate_live(options: EvalOptions) -> Dict[str, Any]:
         evaluation = Evaluation(config.detection_classes, config.semantic_classes, mapper,
                                 ('fused',))
         if used['gt_detections']:
-            _load_gt_detections(bag, options.topics.gt_detections, evaluation)
+            _load_gt_detections(bag, options.topics.gt_detections, evaluation,
+                                FrameSettings.build(settings, config), config)
         total = bag.message_counts[options.topics.pointcloud]
         if options.max_frames is not None:
             total = min(total, options.max_frames)
@@ -1067,7 +1107,9 @@ def evaluate_live(options: EvalOptions) -> Dict[str, Any]:
     if options.use_sim_time:
         # With /clock the node's own latency (its clock - cloud stamp) is meaningful too.
         report['live']['node_clock_latency_ms'] = percentiles(recorder.node_latency_ms)
-    _finish(options, report, evaluation, strip, runtime, {'end-to-end': latencies})
+    _finish(options, report, evaluation, strip, runtime,
+            {'end-to-end': latencies,
+             'node processing': recorder.timings.get('processing', [])})
     return report
 
 
@@ -1161,7 +1203,7 @@ def _play(bag: BagReader, options: EvalOptions, used: Dict[str, bool], cloud_pub
                 image_pub.publish(item.message)
                 recorder.add_published_image(cdr_header_stamp_ns(item.message))
                 images += 1
-                if strip._indices:
+                if strip.active:
                     msg = bag.deserialize(item.message, IMAGE_TYPE, item.topic)
                     try:
                         strip.add_image(stamp_ns(msg.header), conversions.image_to_rgb(msg))
