@@ -696,6 +696,9 @@ def run(config: DemoConfig) -> dict:
             'converting it to a rosbag2')
         frames, class_names = generate_drive(config, os.path.join(work_dir, 'drive'), bag_dir)
         log(f'wrote {bag_dir} ({len(frames)} frames) after {time.monotonic() - started:.0f} s')
+        if not any(len(frame.boxes) for frame in frames):
+            log(f'WARNING: the synthetic drive of seed {config.seed} has no objects (the '
+                'generator leaves a few scenes empty); pick another --seed to see detections')
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
 
