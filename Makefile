@@ -52,7 +52,7 @@ test: setup
 	$(RUN) $(LOCAL_DDS) python -m pytest test -ra
 
 demo: setup
-	$(RUN) $(LOCAL_DDS) python -m pytest test/test_ros_roundtrip.py -v
+	$(RUN) $(LOCAL_DDS) python -m bev_perception.tools.demo --out out/demo
 
 weights: setup
 	$(RUN) python -m training.make_weights

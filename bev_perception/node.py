@@ -54,6 +54,10 @@ PACKAGE_NAME = 'bev_perception'
 WARNING_PERIOD_S = 5.0
 #: Period of the timer that ends expired waits for images (seconds, steady clock).
 SYNC_POLL_PERIOD_S = 0.01
+#: Marker colours (RGB) of the detection classes, by class index (weights order).
+MARKER_COLOURS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40),
+                  (148, 103, 189), (140, 86, 75), (227, 119, 194), (188, 189, 34),
+                  (23, 190, 207), (127, 127, 127))
 #: Scaled intensities above this mean the intensity_scale does not fit the driver.
 MAX_PLAUSIBLE_SCALED_INTENSITY = 1.5
 
@@ -358,6 +362,9 @@ class PerceptionNode(Node):
                                + '; '.join(errors))
         self._frame_settings = FrameSettings.build(settings, self._config)
         self._palette = np.asarray(self._config.semantic_palette, dtype=np.uint8)
+        self._marker_colours = {
+            name: MARKER_COLOURS[index % len(MARKER_COLOURS)]
+            for index, name in enumerate(self._config.detection_classes)}
         self._previous_marker_count = 0
 
         started = time.perf_counter()
@@ -690,7 +697,7 @@ class PerceptionNode(Node):
         if self._markers_pub is not None:
             markers = conversions.detections_to_markers(
                 cloud_header, boxes, result.scores, result.class_names,
-                previous_count=self._previous_marker_count)
+                previous_count=self._previous_marker_count, class_colours=self._marker_colours)
             if quaternions is not None:
                 for marker, quaternion in zip(markers.markers[0:2 * len(boxes):2], quaternions):
                     _set_orientation(marker.pose, quaternion)
@@ -698,7 +705,7 @@ class PerceptionNode(Node):
             self._markers_pub.publish(markers)
         if result.semantic is None or image is None:
             return
-        ids = _resize_ids(result.semantic, frame_settings.settings.semantic_output_hw)
+        ids = resize_ids_nearest(result.semantic, frame_settings.settings.semantic_output_hw)
         if self._semantic_pub is not None:
             self._semantic_pub.publish(conversions.semantic_to_mono8(ids, image.header))
         if self._semantic_color_pub is not None:
@@ -803,7 +810,7 @@ def _set_orientation(pose, quaternion: np.ndarray) -> None:
         float(v) for v in quaternion)
 
 
-def _resize_ids(ids: np.ndarray, size_hw: Tuple[int, int]) -> np.ndarray:
+def resize_ids_nearest(ids: np.ndarray, size_hw: Tuple[int, int]) -> np.ndarray:
     """Resize (H, W) class ids to size_hw by nearest neighbour; a 0 in size_hw keeps the size."""
     height, width = size_hw
     if height == 0 or width == 0 or (height, width) == ids.shape:

@@ -127,7 +127,7 @@ class CameraEncoderConfig:
 class FusionConfig:
     """FuTr cross-attention block: BEV queries attend to camera tokens."""
 
-    camera_levels: Tuple[str, ...] = ('c4', 'c5')
+    camera_levels: Tuple[str, ...] = ('c5',)  # ('c4', 'c5') attends 5x more tokens
     num_heads: int = 4
     ffn_ratio: int = 2
     gate_init: float = 0.1  # initial value of the residual gates (LayerScale)

@@ -625,7 +625,8 @@ def write_summary_markdown(summary: dict, path: str) -> None:
         lines.append(f"| {name} | {counts['detections']} | {counts['ground_truth']} | "
                      f"{counts['matched']} | {counts['missed']} | {counts['false']} |")
     ap = summary['bev_ap']
-    lines += ['', 'BEV AP on the processed frames:', '',
+    lines += ['', "BEV AP of the published detections (after the node's score thresholds, so "
+              'recall is capped) on the processed frames:', '',
               '| class | ' + ' | '.join(f'{t} m' for t in ap['thresholds_m']) + ' |',
               '| --- |' + ' --- |' * len(ap['thresholds_m'])]
     for name, values in ap['ap'].items():
