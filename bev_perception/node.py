@@ -345,7 +345,8 @@ class PerceptionNode(Node):
         weights_path = resolve_weights_path(settings.weights_path)
         try:
             self._runtime = InferenceRuntime.from_weights(
-                weights_path, device=settings.device, precision=settings.precision)
+                weights_path, device=settings.device, precision=settings.precision,
+                torch_compile=settings.torch_compile, cuda_graphs=settings.cuda_graphs)
         except WeightsError as error:
             raise StartupError(f'cannot load weights: {error}') from error
         except (RuntimeError, ValueError) as error:

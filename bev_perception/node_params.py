@@ -131,6 +131,16 @@ PARAMETERS: Tuple[ParameterSpec, ...] = (
         'precision', 'string', 'fp32',
         '`fp32`, or `fp16` (autocast, CUDA only; fp32 on the CPU with a log message).',
         'Model', choices=('fp32', 'fp16'), read_only=True),
+    ParameterSpec(
+        'torch_compile', 'bool', False,
+        '`torch.compile` the fixed-shape network stages (backbone, camera encoder, fusion, '
+        'heads); start-up takes longer (compilation during warm-up).',
+        'Model', read_only=True),
+    ParameterSpec(
+        'cuda_graphs', 'bool', False,
+        'Replay backbone to decode as a CUDA graph per frame kind (camera / LiDAR-only), '
+        'captured during warm-up; CUDA only (ignored with a log message on the CPU).',
+        'Model', read_only=True),
     # Detection
     ParameterSpec(
         'score_thresholds', 'double_array', [0.3],
@@ -287,6 +297,8 @@ class NodeSettings:
     weights_path: str
     device: str
     precision: str
+    torch_compile: bool
+    cuda_graphs: bool
     score_thresholds: Tuple[float, ...]
     max_detections: int
     nms_kind: str

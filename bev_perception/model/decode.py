@@ -169,14 +169,20 @@ def rotated_bev_iou(boxes_a: torch.Tensor, boxes_b: torch.Tensor) -> torch.Tenso
     return (intersection / union).to(boxes_a.dtype)
 
 
-def _suppression_matrix(boxes: torch.Tensor, labels: torch.Tensor, nms: NMSConfig
-                        ) -> torch.Tensor:
-    """Return (B, K, K) bool: candidate j would suppress candidate i (same class, overlapping)."""
+def _suppression_matrix(boxes: torch.Tensor, labels: torch.Tensor, nms: NMSConfig,
+                        radius_m: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Return (B, K, K) bool: candidate j would suppress candidate i (same class, overlapping).
+
+    ``radius_m`` (n_cls,) on the boxes' device replaces ``nms.radius_m`` (distance NMS), so a
+    caller can build it once instead of copying it to the device every frame.
+    """
     same_class = labels[:, :, None] == labels[:, None, :]
     if nms.kind == 'distance':
-        radius = torch.tensor(nms.radius_m, dtype=boxes.dtype, device=boxes.device)[labels]
+        if radius_m is None:
+            radius_m = torch.tensor(nms.radius_m, dtype=boxes.dtype, device=boxes.device)
+        radius = radius_m.to(torch.float64)[labels]  # (B, K)
         distance = torch.cdist(boxes[..., :2].double(), boxes[..., :2].double())  # (B, K, K)
-        close = distance < radius[:, :, None].double()
+        close = distance < radius[:, :, None]
     else:
         close = rotated_bev_iou(boxes[:, :, None, :], boxes[:, None, :, :]) > nms.iou_threshold
     return same_class & close
@@ -212,6 +218,75 @@ def _thresholds(score_thresholds: Union[None, float, Sequence[float], torch.Tens
     return values
 
 
+class PaddedDetections(NamedTuple):
+    """Detections of a batch padded to the top-K slots, on the device of the network output.
+
+    Slots ``[:count[b]]`` of sample b hold its detections by descending score; the rest are
+    the suppressed or below-threshold candidates (ignore them).
+    """
+
+    boxes: torch.Tensor  # (B, k, 7) float32 x, y, z, length, width, height, yaw
+    scores: torch.Tensor  # (B, k) float32 in (0, 1)
+    labels: torch.Tensor  # (B, k) int64 index into ModelConfig.detection_classes
+    count: torch.Tensor  # (B,) int64 detections per sample
+
+
+def decode_padded(output, config: ModelConfig, score_thresholds: torch.Tensor,
+                  max_detections: Union[int, torch.Tensor], nms: NMSConfig,
+                  radius_m: Optional[torch.Tensor] = None) -> PaddedDetections:
+    """Decode dense detection maps without host synchronisation (fixed output shapes).
+
+    Same steps and results as ``decode_detections``; every size depends only on the config, so
+    it can run inside a CUDA graph when its tensor arguments live on the maps' device.
+
+    Args:
+        output: anything with heatmap (B, n_cls, h, w) logits and offset, z, log_size, yaw maps.
+        config: model config.
+        score_thresholds: (n_cls,) float32 per-class thresholds on the maps' device.
+        max_detections: cap per sample (an int, or a 0-d int64 tensor on the device).
+        nms: NMS settings (``radius_m`` needs one radius per class unless kind is 'none').
+        radius_m: optional (n_cls,) radii on the device, replacing ``nms.radius_m``.
+
+    Returns:
+        The padded detections and the count per sample.
+    """
+    heatmap = torch.sigmoid(output.heatmap.float())  # (B, n, h, w)
+    batch, num_classes, rows, cols = heatmap.shape
+    peaks = torch.where(F.max_pool2d(heatmap, 3, stride=1, padding=1) == heatmap, heatmap,
+                        torch.zeros_like(heatmap))
+    top_k = min(config.head.max_objects, num_classes * rows * cols)
+    scores, flat_index = peaks.reshape(batch, -1).topk(top_k, dim=1)  # (B, k), descending
+    labels = torch.div(flat_index, rows * cols, rounding_mode='floor')
+    cell_index = torch.remainder(flat_index, rows * cols)
+
+    def gather(maps: torch.Tensor) -> torch.Tensor:
+        flat = maps.float().reshape(batch, maps.shape[1], rows * cols)  # (B, C, h*w)
+        index = cell_index[:, None, :].expand(batch, maps.shape[1], top_k)
+        return torch.gather(flat, 2, index).transpose(1, 2)  # (B, k, C)
+
+    boxes = regression_to_boxes(cell_index, gather(output.offset), gather(output.z),
+                                gather(output.log_size), gather(output.yaw), config)  # (B, k, 7)
+    candidate = scores >= score_thresholds[labels]
+    if nms.kind == 'none':
+        keep = candidate
+    else:
+        keep = greedy_nms(candidate, _suppression_matrix(boxes, labels, nms, radius_m))
+    keep = keep & (torch.cumsum(keep.to(torch.int64), 1) <= max_detections)
+    # Kept candidates first, still by descending score (stable sort).
+    order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)  # (B, k)
+    return PaddedDetections(
+        boxes=torch.gather(boxes, 1, order[:, :, None].expand_as(boxes)),
+        scores=torch.gather(scores, 1, order), labels=torch.gather(labels, 1, order),
+        count=keep.sum(1))
+
+
+def score_threshold_tensor(score_thresholds: Union[None, float, Sequence[float]],
+                           config: ModelConfig, device: Union[str, torch.device]
+                           ) -> torch.Tensor:
+    """Return the (n_cls,) float32 thresholds: one value, one per class, or None (config's)."""
+    return _thresholds(score_thresholds, config, torch.device(device))
+
+
 def decode_detections(output, config: ModelConfig,
                       score_thresholds: Union[None, float, Sequence[float]] = None,
                       max_detections: Optional[int] = None,
@@ -220,6 +295,7 @@ def decode_detections(output, config: ModelConfig,
 
     Local maxima of the sigmoid heatmap (3x3 max-pool) -> top ``config.head.max_objects`` ->
     per-class score thresholds -> boxes -> same-class NMS -> at most ``max_detections``.
+    One host synchronisation (the counts); ``decode_padded`` has none.
 
     Args:
         output: anything with heatmap (B, n_cls, h, w) logits and offset, z, log_size, yaw maps
@@ -235,35 +311,9 @@ def decode_detections(output, config: ModelConfig,
     nms = config.head.nms if nms is None else nms
     if nms.kind != 'none' and len(nms.radius_m) != config.num_detection_classes:
         raise ValueError('NMSConfig.radius_m needs one radius per detection class')
-    heatmap = torch.sigmoid(output.heatmap.float())  # (B, n, h, w)
-    batch, num_classes, rows, cols = heatmap.shape
-    device = heatmap.device
-    peaks = torch.where(F.max_pool2d(heatmap, 3, stride=1, padding=1) == heatmap, heatmap,
-                        torch.zeros_like(heatmap))
-    top_k = min(config.head.max_objects, num_classes * rows * cols)
-    scores, flat_index = peaks.reshape(batch, -1).topk(top_k, dim=1)  # (B, k), descending
-    labels = torch.div(flat_index, rows * cols, rounding_mode='floor')
-    cell_index = torch.remainder(flat_index, rows * cols)
-
-    def gather(maps: torch.Tensor) -> torch.Tensor:
-        flat = maps.float().reshape(batch, maps.shape[1], rows * cols)  # (B, C, h*w)
-        index = cell_index[:, None, :].expand(batch, maps.shape[1], top_k)
-        return torch.gather(flat, 2, index).transpose(1, 2)  # (B, k, C)
-
-    boxes = regression_to_boxes(cell_index, gather(output.offset), gather(output.z),
-                                gather(output.log_size), gather(output.yaw), config)  # (B, k, 7)
-    candidate = scores >= _thresholds(score_thresholds, config, device)[labels]
-    if nms.kind == 'none':
-        keep = candidate
-    else:
-        keep = greedy_nms(candidate, _suppression_matrix(boxes, labels, nms))
+    thresholds = _thresholds(score_thresholds, config, output.heatmap.device)
     limit = config.head.max_objects if max_detections is None else max_detections
-    keep = keep & (torch.cumsum(keep.to(torch.int64), 1) <= limit)
-    # Kept candidates first (still by descending score), then one host sync for the counts.
-    order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)  # (B, k)
-    boxes = torch.gather(boxes, 1, order[:, :, None].expand_as(boxes))
-    scores = torch.gather(scores, 1, order)
-    labels = torch.gather(labels, 1, order)
-    counts = keep.sum(1).tolist()
-    return [Detections(boxes=boxes[b, :n], scores=scores[b, :n], labels=labels[b, :n])
-            for b, n in enumerate(counts)]
+    padded = decode_padded(output, config, thresholds, limit, nms)
+    counts = padded.count.tolist()
+    return [Detections(boxes=padded.boxes[b, :n], scores=padded.scores[b, :n],
+                       labels=padded.labels[b, :n]) for b, n in enumerate(counts)]

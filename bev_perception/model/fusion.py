@@ -8,7 +8,7 @@ valid image skip the block: their BEV features come out exactly as they went in.
 """
 
 import math
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 from bev_perception.model.config import FusionConfig
 import torch
@@ -118,14 +118,15 @@ class FuTrFusion(nn.Module):
         return torch.cat(key_inputs, 1), torch.cat(value_inputs, 1)  # (Bv, T, C) each
 
     def forward(self, bev: torch.Tensor, camera_features: Dict[str, torch.Tensor],
-                camera_valid: torch.Tensor) -> torch.Tensor:
+                camera_valid: Optional[torch.Tensor]) -> torch.Tensor:
         """Fuse camera information into the BEV features.
 
         Args:
             bev: (B, C, h, w) BEV features.
             camera_features: level -> (Bv, C_l, h_l, w_l) features of the Bv samples whose
                 ``camera_valid`` is True, in batch order.
-            camera_valid: (B,) bool.
+            camera_valid: (B,) bool, or None when every sample has an image (no host
+                synchronisation then).
 
         Returns:
             (B, C, h, w); rows where ``camera_valid`` is False equal ``bev`` exactly.
@@ -133,8 +134,12 @@ class FuTrFusion(nn.Module):
         batch, channels, rows, cols = bev.shape
         if (rows, cols) != tuple(self.head_hw):
             raise ValueError(f'BEV features are {rows}x{cols}, fusion expects {self.head_hw}')
-        valid_index = torch.nonzero(camera_valid).squeeze(1)  # (Bv,)
-        num_valid = valid_index.numel()
+        if camera_valid is None:
+            valid_index = None
+            num_valid = batch
+        else:
+            valid_index = torch.nonzero(camera_valid).squeeze(1)  # (Bv,)
+            num_valid = valid_index.numel()
         if num_valid == 0:
             return bev
         for level in self.levels:

@@ -1,7 +1,7 @@
 """BEVFusionNet: wires voxelizer -> PFN -> BEV backbone -> fusion -> heads; image preprocessing."""
 
 import contextlib
-from typing import Callable, ContextManager, NamedTuple, Optional, Sequence, Union
+from typing import Callable, ContextManager, NamedTuple, Optional, Sequence, Tuple, Union
 
 from bev_perception.model.bev_backbone import TinyBEVBackbone
 from bev_perception.model.camera_encoder import CameraEncoder
@@ -32,21 +32,33 @@ class NetworkOutput(NamedTuple):
     yaw: torch.Tensor  # (B, 2, h, w) sin, cos of yaw
     semantic: Optional[torch.Tensor]  # (B, n_sem, Hc, Wc) logits; None without images
     camera_valid: torch.Tensor  # (B,) bool, samples that used their image
-    counts: VoxelizerCounts  # per-sample dropped / capped points and pillars
+    counts: Optional[VoxelizerCounts]  # per-sample drops and caps; None: forward_dense
 
 
 def _no_timer(stage: str) -> ContextManager:
     return contextlib.nullcontext()
 
 
+def image_normalisation(config: ModelConfig, device: Optional[Union[str, torch.device]] = None
+                        ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Return the (1, 3, 1, 1) mean and std on the 0..255 scale, for ``preprocess_image``."""
+    mean = torch.tensor(config.camera.mean, device=device).view(1, 3, 1, 1) * 255.0
+    std = torch.tensor(config.camera.std, device=device).view(1, 3, 1, 1) * 255.0
+    return mean, std
+
+
 def preprocess_image(rgb: Union[np.ndarray, torch.Tensor], config: ModelConfig,
-                     device: Optional[Union[str, torch.device]] = None) -> torch.Tensor:
+                     device: Optional[Union[str, torch.device]] = None,
+                     normalisation: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
+                     ) -> torch.Tensor:
     """Resize an RGB uint8 image to the network input and normalise it.
 
     Args:
         rgb: (H, W, 3) uint8 RGB image (numpy or tensor), any size.
         config: model config (``camera.input_hw``, ``mean``, ``std`` on a 0..1 scale).
         device: where to do the work (default: the tensor's device, CPU for numpy).
+        normalisation: ``image_normalisation(config, device)``, built once by callers that
+            preprocess many images (default: built here).
 
     Returns:
         (3, Hc, Wc) float32, bilinear resize (antialiased when shrinking), then
@@ -67,8 +79,8 @@ def preprocess_image(rgb: Union[np.ndarray, torch.Tensor], config: ModelConfig,
         shrinking = chw.shape[-2] > height or chw.shape[-1] > width
         chw = F.interpolate(chw, size=(height, width), mode='bilinear', align_corners=False,
                             antialias=shrinking)
-    mean = torch.tensor(config.camera.mean, device=chw.device).view(1, 3, 1, 1) * 255.0
-    std = torch.tensor(config.camera.std, device=chw.device).view(1, 3, 1, 1) * 255.0
+    mean, std = (image_normalisation(config, chw.device) if normalisation is None
+                 else normalisation)
     return ((chw - mean) / std)[0]  # (3, Hc, Wc)
 
 
@@ -123,18 +135,63 @@ class BEVFusionNet(nn.Module):
         Returns:
             The dense predictions, the camera-valid mask and the voxelizer's counts.
         """
+        canvas, counts = self.encode_lidar(points, stage_timer)
+        return self.forward_dense(canvas, images, camera_valid, stage_timer)._replace(
+            counts=counts)
+
+    def encode_lidar(self, points: Sequence[torch.Tensor],
+                     stage_timer: Optional[StageTimer] = None
+                     ) -> Tuple[torch.Tensor, VoxelizerCounts]:
+        """Voxelize a batch and encode it into the BEV canvas.
+
+        The only stages with data-dependent shapes (and so host synchronisation on CUDA).
+
+        Args:
+            points: B tensors (N_i, 4) as in ``forward``.
+            stage_timer: as in ``forward`` ('voxelize', 'pillar_net').
+
+        Returns:
+            The canvas (B, C, H, W) and the voxelizer's per-sample counts.
+        """
         timer = _no_timer if stage_timer is None else stage_timer
-        batch = len(points)
-        device = points[0].device if batch else torch.device('cpu')
         with timer('voxelize'):
             pillars, counts = self.voxelizer(points)
         with timer('pillar_net'):
             canvas = self.pillar_net(pillars)  # (B, C, H, W)
+        return canvas, counts
+
+    def forward_dense(self, canvas: torch.Tensor, images: Optional[torch.Tensor] = None,
+                      camera_valid: Optional[torch.Tensor] = None,
+                      stage_timer: Optional[StageTimer] = None) -> NetworkOutput:
+        """Run the fixed-shape stages: backbone, camera encoder, fusion and both heads.
+
+        With ``camera_valid`` None (all samples have an image, or none has) nothing here
+        synchronises with the host, so these stages can be compiled or captured as a CUDA graph.
+
+        Args:
+            canvas: (B, C, H, W) from ``encode_lidar``.
+            images: (B, 3, Hc, Wc) or None, as in ``forward``.
+            camera_valid: (B,) bool or None, as in ``forward``.
+            stage_timer: as in ``forward`` (every stage after 'pillar_net').
+
+        Returns:
+            The predictions with ``counts`` None.
+        """
+        timer = _no_timer if stage_timer is None else stage_timer
+        batch = canvas.shape[0]
         with timer('backbone'):
             bev = self.backbone(canvas)  # (B, C', h, w)
-        valid = self._camera_valid(images, camera_valid, batch, device)
+        all_valid = images is not None and camera_valid is None
+        valid = self._camera_valid(images, camera_valid, batch, canvas.device)
         semantic = None
-        if images is not None:
+        if all_valid:
+            with timer('camera_encoder'):
+                features = self.camera_encoder(images)
+            with timer('fusion'):
+                bev = self.fusion(bev, features, None)
+            with timer('semantic_head'):
+                semantic = self.semantic_head(features, tuple(images.shape[2:]))
+        elif images is not None:
             valid_index = torch.nonzero(valid).squeeze(1)  # (Bv,)
             all_valid = valid_index.numel() == batch
             semantic_shape = (batch, self.config.num_semantic_classes) + tuple(images.shape[2:])
@@ -155,7 +212,7 @@ class BEVFusionNet(nn.Module):
             maps = self.detection_head(bev)
         return NetworkOutput(
             heatmap=maps.heatmap, offset=maps.offset, z=maps.z, log_size=maps.log_size,
-            yaw=maps.yaw, semantic=semantic, camera_valid=valid, counts=counts)
+            yaw=maps.yaw, semantic=semantic, camera_valid=valid, counts=None)
 
     @staticmethod
     def _camera_valid(images: Optional[torch.Tensor], camera_valid: Optional[torch.Tensor],

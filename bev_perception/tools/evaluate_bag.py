@@ -555,8 +555,9 @@ def _load_runtime(options: EvalOptions, settings: NodeSettings
     except StartupError as error:
         raise EvalError(str(error)) from None
     try:
-        runtime = InferenceRuntime.from_weights(weights, device=settings.device,
-                                                precision=settings.precision)
+        runtime = InferenceRuntime.from_weights(
+            weights, device=settings.device, precision=settings.precision,
+            torch_compile=settings.torch_compile, cuda_graphs=settings.cuda_graphs)
     except WeightsError as error:
         raise EvalError(f'cannot load the weights: {error}') from None
     errors = check_against_model(settings, runtime.config.detection_classes,
@@ -1015,8 +1016,9 @@ def evaluate_live(options: EvalOptions) -> Dict[str, Any]:
     with BagReader(options.bag) as bag:
         used = _check_topics(bag, options.topics, notes)
         # The evaluator loads the same weights for the class names, grid and palette only.
-        runtime, weights = _load_runtime(replace(options, device='cpu'),
-                                         replace(settings, device='cpu'))
+        runtime, weights = _load_runtime(
+            replace(options, device='cpu'),
+            replace(settings, device='cpu', torch_compile=False, cuda_graphs=False))
         config = runtime.config
         mapper = ClassMapper(config.detection_classes, _class_map(options, runtime))
         evaluation = Evaluation(config.detection_classes, config.semantic_classes, mapper,
