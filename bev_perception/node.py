@@ -44,6 +44,7 @@ from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image, PointCloud2
 from std_msgs.msg import Float64, Header
+import torch
 from vision_msgs.msg import Detection3DArray, LabelInfo
 from visualization_msgs.msg import MarkerArray
 
@@ -343,6 +344,8 @@ class PerceptionNode(Node):
         self._worker: Optional[threading.Thread] = None
         settings = self._declare_parameters()
         weights_path = resolve_weights_path(settings.weights_path)
+        if settings.cpu_threads:
+            torch.set_num_threads(settings.cpu_threads)
         try:
             self._runtime = InferenceRuntime.from_weights(
                 weights_path, device=settings.device, precision=settings.precision,

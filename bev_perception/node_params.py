@@ -141,6 +141,11 @@ PARAMETERS: Tuple[ParameterSpec, ...] = (
         'Replay backbone to decode as a CUDA graph per frame kind (camera / LiDAR-only), '
         'captured during warm-up; CUDA only (ignored with a log message on the CPU).',
         'Model', read_only=True),
+    ParameterSpec(
+        'cpu_threads', 'integer', 0,
+        "Torch intra-op threads for CPU inference; 0: torch's default (one per core). On a "
+        'machine shared with other busy processes 1 avoids waiting for descheduled threads.',
+        'Model', value_range=(0, 256), read_only=True),
     # Detection
     ParameterSpec(
         'score_thresholds', 'double_array', [0.3],
@@ -299,6 +304,7 @@ class NodeSettings:
     precision: str
     torch_compile: bool
     cuda_graphs: bool
+    cpu_threads: int
     score_thresholds: Tuple[float, ...]
     max_detections: int
     nms_kind: str

@@ -535,8 +535,11 @@ def _node_weights(config_name: str, weights: Mapping[str, str], out_dir: str
 
 def bench_node(config_names: Sequence[str], device: str, frames: int,
                image_size: Tuple[int, int], weights: Mapping[str, str], out_dir: str,
-               startup_timeout_s: float = 300.0) -> List[Dict[str, Any]]:
-    """Replay a synthetic drive into perception_node at 10 Hz for each config."""
+               cpu_threads: int = 0, startup_timeout_s: float = 300.0) -> List[Dict[str, Any]]:
+    """Replay a synthetic drive into perception_node at 10 Hz for each config.
+
+    ``cpu_threads`` goes to the node's ``cpu_threads`` parameter (0: torch's default).
+    """
     from bev_perception.tools import demo
     from bev_perception.tools.evaluate_bag import EvalOptions, evaluate_live
 
@@ -556,7 +559,8 @@ def bench_node(config_names: Sequence[str], device: str, frames: int,
         options = EvalOptions(
             bag=bag_dir, out=report_dir, weights=path, device=device, live=True, rate=1.0,
             progress=False, startup_timeout_s=startup_timeout_s,
-            overrides={'input_reliability': 'reliable', 'device': device})
+            overrides={'input_reliability': 'reliable', 'device': device,
+                       'cpu_threads': cpu_threads})
         load_before = load_average()
         report = evaluate_live(options)
         live = report['live']
@@ -566,7 +570,8 @@ def bench_node(config_names: Sequence[str], device: str, frames: int,
         rows.append({
             'config': config_name, 'device': report.get('device', device),
             'weights': weights_from, 'frames': frames, 'image_size': list(image_size),
-            'rate': 1.0, 'input_rate_hz': _rounded(input_rate),
+            'cpu_threads': cpu_threads or None, 'rate': 1.0,
+            'input_rate_hz': _rounded(input_rate),
             'output_rate_hz': _rounded(output_rate),
             'clouds_published': live['clouds_published'],
             'detections_received': live['detections_received'],
@@ -676,17 +681,18 @@ def markdown(report: Mapping[str, Any]) -> str:
     node = report.get('node') or []
     if node:
         lines += ['## Node end to end, 10 Hz bag replay (bev_perception_eval --live --rate 1)',
-                  '', '| config | device | weights | clouds | outputs | dropped | rate kept | '
-                  'input / output Hz | latency p50 / p95 / max (ms) | load before / after |',
-                  '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |']
+                  '', '| config | device | CPU threads | weights | clouds | outputs | dropped | '
+                  'rate kept | input / output Hz | latency p50 / p95 / max (ms) | load before / '
+                  'after |', '| --- |' + ' --- |' * 10]
         for row in node:
             latency = row['end_to_end_latency_ms'] or {}
             lines.append(
-                f'| {row["config"]} | {row["device"]} | {row["weights"]} | '
-                f'{row["clouds_published"]} | {row["detections_received"]} | '
+                f'| {row["config"]} | {row["device"]} | {row["cpu_threads"] or "default"} | '
+                f'{row["weights"]} | {row["clouds_published"]} | {row["detections_received"]} | '
                 f'{row["dropped_frames"]} | {"yes" if row["rate_kept"] else "no"} | '
                 f'{row["input_rate_hz"]} / {row["output_rate_hz"]} | '
-                f'{latency.get("p50")} / {latency.get("p95")} / {latency.get("max")} | '
+                + ' / '.join('-' if latency.get(key) is None else _number(latency[key])
+                             for key in ('p50', 'p95', 'max')) + ' | '
                 f'{row["load_average_before"][0]:.1f} / {row["load_average"][0]:.1f} |')
         lines.append('')
     if report.get('not_measured'):
@@ -714,7 +720,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--quick', action='store_true',
                         help='small inputs, 2 iterations, 1 warm-up (smoke test)')
     parser.add_argument('--threads', type=int, default=0,
-                        help='torch intra-op threads (default 0: torch\'s choice, one per core)')
+                        help='torch intra-op threads (default 0: one per core, as torch picks)')
     parser.add_argument('--score-threshold', type=float, default=0.1,
                         help='detection score threshold (the number of detections is reported)')
     parser.add_argument('--weights', action='append', default=[], metavar='CONFIG=PATH',
@@ -819,7 +825,7 @@ def run(args: argparse.Namespace, command: str) -> Dict[str, Any]:
         log(f'node replay at 10 Hz: {node_configs}')
         report['node'] = bench_node(node_configs, 'cuda' if 'cuda' in devices else 'cpu',
                                     args.node_frames, tuple(args.node_image_size), weights,
-                                    args.out)
+                                    args.out, cpu_threads=args.threads)
     report['machine']['load_average_at_end'] = load_average()
     with open(os.path.join(args.out, 'bench.json'), 'w', encoding='utf-8') as stream:
         json.dump(report, stream, indent=2)
