@@ -21,6 +21,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 from typing import Any, Dict, List, Optional, Protocol, Sequence
 
 from bev_perception.a2d2_classes import IGNORE_INDEX
@@ -182,6 +183,9 @@ class FrameCache:
                 return cache
             LOGGER.info('%s: stale frame cache, rebuilding', cache_dir)
             os.remove(index_path)
+            for name in os.listdir(cache_dir):
+                if re.fullmatch(r'\d{7}\.npz', name):
+                    os.remove(os.path.join(cache_dir, name))
         os.makedirs(cache_dir, exist_ok=True)
         names = []
         for index in tqdm.tqdm(range(len(dataset)), desc='caching frames', unit='frame',

@@ -175,3 +175,14 @@ def test_torchrun_two_processes_keep_ranks_identical(tiny_root, tmp_path):
     assert state['world_size'] == 2
     assert state['step'] == 2  # 4 frames / (2 ranks x batch 2) = 1 step per epoch
     assert completed.stdout.count('"checkpoint"') == 1  # only rank 0 reports
+
+
+@pytest.mark.parametrize('name', ['synthetic.yaml', 'a2d2.yaml', 'tiny_test.yaml'])
+def test_shipped_configs_load_and_build_their_model(name):
+    config = load_config(os.path.join(REPO, 'training', 'configs', name))
+    model_config = config.model.build()
+    assert set(config.data.resolved_class_map().values()) - {None} <= set(
+        model_config.detection_classes)
+    if name == 'a2d2.yaml':
+        assert config.data.val_scenes == ('20180807_145028',)
+        assert config.data.split == 'train'
