@@ -6,9 +6,10 @@ import os
 
 from bev_perception.model.config import ModelConfig
 from bev_perception.tools import bench
-from bev_perception.weights import load_weights
+from bev_perception.weights import load_weights, read_metadata
 import numpy as np
 import pytest
+from training.train import load_config
 
 #: Stages that run on the CPU with a camera image (their p50 must be positive).
 CPU_STAGES = ('cloud_conversion', 'preprocess', 'voxelize', 'pillar_net', 'backbone',
@@ -101,3 +102,14 @@ def test_bad_arguments_exit_with_usage_errors(tmp_path):
     with pytest.raises(SystemExit) as raised:
         bench.main(['--out', str(tmp_path), '--configs', 'huge'])
     assert raised.value.code == 2
+
+
+def test_shipped_config_is_the_shipped_weights_or_their_recipe():
+    shipped = bench.shipped_weights_path()
+    if shipped:
+        expected = ModelConfig.from_dict(read_metadata(shipped)['config'])
+    else:
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        expected = load_config(os.path.join(root, bench.SHIPPED_RECIPE)).model.build()
+    assert bench.model_config('shipped') == expected
+    assert bench.model_and_weights('shipped', {})[1] == expected

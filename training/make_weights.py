@@ -20,6 +20,7 @@ none of the scenes of the last two is ever trained on.
 import argparse
 import dataclasses
 import json
+import logging
 import os
 import shlex
 import shutil
@@ -182,6 +183,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('--train-scenes', type=int, default=Recipe.train_scenes)
     parser.add_argument('--weights', default=Recipe.weights_path, help='output weights file')
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(message)s')
     recipe = Recipe(train_scenes=args.train_scenes, weights_path=args.weights)
     summary = make_weights(recipe, tuple(args.override))
     print('\n=== make weights summary (paste into README) ===')

@@ -53,9 +53,12 @@ from bev_perception.weights import load_weights, read_metadata, save_weights
 import numpy as np
 import torch
 
-#: Model configs by name.
+#: Model configs by name; 'shipped' (the shipped weights' config) is resolved by shipped_config.
 CONFIGS: Dict[str, Callable[[], ModelConfig]] = {
     'default': ModelConfig, 'lite': ModelConfig.lite, 'tiny': ModelConfig.tiny}
+CONFIG_NAMES = ('default', 'lite', 'shipped', 'tiny')
+#: Training recipe of the shipped weights (used for 'shipped' until the weights exist).
+SHIPPED_RECIPE = os.path.join('training', 'configs', 'synthetic.yaml')
 
 #: A2D2's camera image size (height, width).
 A2D2_IMAGE_HW = (1208, 1920)
@@ -255,18 +258,49 @@ class PeakRss:
 
 def model_and_weights(config_name: str, weights: Mapping[str, str]
                       ) -> Tuple[BEVFusionNet, ModelConfig, str]:
-    """Return the model of a config with its weights and where they came from."""
+    """Return the model of a config with its weights and where they came from.
+
+    ``weights[config_name]`` when given; else the shipped weights when their config is the
+    config ('shipped': always); else random initialisation.
+    """
     path = weights.get(config_name)
     if path:
         model, config, _ = load_weights(path, device='cpu')
         return model, config, path
-    config = CONFIGS[config_name]()
     shipped = shipped_weights_path()
+    config = model_config(config_name)
     if shipped and ModelConfig.from_dict(read_metadata(shipped)['config']) == config:
         model, config, _ = load_weights(shipped, device='cpu')
         return model, config, os.path.relpath(shipped)
     torch.manual_seed(0)
-    return BEVFusionNet(config).eval(), config, 'random init'
+    origin = 'random init' + (f' ({SHIPPED_RECIPE} config)' if config_name == 'shipped' else '')
+    return BEVFusionNet(config).eval(), config, origin
+
+
+def model_config(config_name: str) -> ModelConfig:
+    """Return the config of a name in CONFIG_NAMES ('shipped': see shipped_config)."""
+    return shipped_config() if config_name == 'shipped' else CONFIGS[config_name]()
+
+
+def shipped_config() -> ModelConfig:
+    """Return the shipped weights' config, else that of their training recipe.
+
+    Raises:
+        ValueError: neither the weights nor the recipe (a source checkout) is there.
+    """
+    shipped = shipped_weights_path()
+    if shipped:
+        return ModelConfig.from_dict(read_metadata(shipped)['config'])
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    recipe = os.path.join(root, SHIPPED_RECIPE)
+    try:
+        from training.train import load_config
+    except ImportError:
+        load_config = None
+    if load_config is None or not os.path.isfile(recipe):
+        raise ValueError('--configs shipped needs the shipped weights or, in a source '
+                         f'checkout, {SHIPPED_RECIPE}')
+    return load_config(recipe).model.build()
 
 
 def shipped_weights_path() -> Optional[str]:
@@ -525,12 +559,12 @@ def _node_weights(config_name: str, weights: Mapping[str, str], out_dir: str
                   ) -> Tuple[str, str]:
     """Return (weights file, where from) for the node: given, shipped, or random init."""
     model, config, weights_from = model_and_weights(config_name, weights)
-    if weights_from != 'random init':
+    if not weights_from.startswith('random init'):
         return weights_from, weights_from
     path = os.path.join(out_dir, 'weights', f'{config_name}_random.safetensors')
     os.makedirs(os.path.dirname(path), exist_ok=True)
     save_weights(path, model, config, provenance={'dataset': 'none: random init (benchmark)'})
-    return path, 'random init'
+    return path, weights_from
 
 
 def bench_node(config_names: Sequence[str], device: str, frames: int,
@@ -708,8 +742,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog='bev_perception_bench',
                                      description=__doc__.split('\n')[0])
     parser.add_argument('--out', default='out/bench', help='output folder (default out/bench)')
-    parser.add_argument('--configs', default='default,lite',
-                        help='model configs, comma-separated: default, lite, tiny')
+    parser.add_argument('--configs', default='default,lite,shipped',
+                        help='model configs, comma-separated: default, lite, shipped (the '
+                             "shipped weights' config), tiny")
     parser.add_argument('--devices', default='cpu,cuda',
                         help='cpu and/or cuda (cuda is skipped, and listed as not measured, '
                              'without a GPU)')
@@ -750,7 +785,7 @@ def _split(text: str, allowed: Sequence[str], name: str) -> List[str]:
 
 def run(args: argparse.Namespace, command: str) -> Dict[str, Any]:
     """Run the selected sections; return the report (also written to args.out)."""
-    configs = _split(args.configs, tuple(CONFIGS), 'configs')
+    configs = _split(args.configs, CONFIG_NAMES, 'configs')
     devices = _split(args.devices, ('cpu', 'cuda'), 'devices')
     precisions = _split(args.precisions, ('fp32', 'fp16'), 'precisions')
     inputs = _split(args.inputs, ('front', 'surround'), 'inputs')
@@ -812,7 +847,7 @@ def run(args: argparse.Namespace, command: str) -> Dict[str, Any]:
                                 'machine): add --cpu-compile')
     if not args.skip_side_by_side:
         surround = lidar_cloud(specs['surround']['points'], 360.0, seed=3)
-        grid = CONFIGS[configs[0]]().grid
+        grid = model_config(configs[0]).grid
         for device in devices:
             log(f'voxelizer vs spconv on {device}')
             report['voxelizer'].append(bench_voxelizer(surround, grid, device, iterations,
