@@ -52,6 +52,9 @@ COMPILED_MODULES = ('backbone', 'camera_encoder', 'fusion', 'detection_head', 's
 #: Untimed runs before a CUDA graph is captured (cuDNN and allocator warm-up).
 GRAPH_WARMUP_RUNS = 3
 
+#: Device copies of thresholds, radii and caps kept between frames.
+MAX_CACHED_CONSTANTS = 64
+
 Thresholds = Union[None, float, Sequence[float]]
 
 
@@ -152,6 +155,7 @@ class _CapturedGraph:
     limit: torch.Tensor  # () int64
     detections: PaddedDetections
     semantic_ids: Optional[torch.Tensor]  # (1, Hc, Wc) uint8
+    constants: Tuple[torch.Tensor, ...]  # device constants the graph reads (kept alive)
 
 
 class InferenceRuntime:
@@ -240,6 +244,8 @@ class InferenceRuntime:
         cache_key = (key, dtype, values)
         tensor = self._device_constants.get(cache_key)
         if tensor is None:
+            if len(self._device_constants) >= MAX_CACHED_CONSTANTS:
+                self._device_constants.clear()  # e.g. a threshold sweep: keep the cache small
             tensor = torch.tensor(values, dtype=dtype).to(self.device)
             self._device_constants[cache_key] = tensor
         return tensor
@@ -379,6 +385,9 @@ class InferenceRuntime:
             for _ in range(GRAPH_WARMUP_RUNS):
                 run()
         torch.cuda.current_stream(self.device).wait_stream(side_stream)
+        # The graph reads the cached radii by address: hold them even if the cache is cleared.
+        constants = ((self._constant('radius', tuple(nms.radius_m), torch.float32),)
+                     if nms.kind == 'distance' else ())
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             detections, semantic_ids = run()
@@ -387,7 +396,7 @@ class InferenceRuntime:
         return _CapturedGraph(
             graph=graph, canvas=static_canvas, images=static_images,
             thresholds=static_thresholds, limit=static_limit, detections=detections,
-            semantic_ids=semantic_ids)
+            semantic_ids=semantic_ids, constants=constants)
 
     # ------------------------------------------------------------------ outputs
 

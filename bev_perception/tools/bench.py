@@ -716,10 +716,11 @@ def markdown(report: Mapping[str, Any]) -> str:
     if node:
         lines += ['## Node end to end, 10 Hz bag replay (bev_perception_eval --live --rate 1)',
                   '', '| config | device | CPU threads | weights | clouds | outputs | dropped | '
-                  'rate kept | input / output Hz | latency p50 / p95 / max (ms) | load before / '
-                  'after |', '| --- |' + ' --- |' * 10]
+                  'rate kept | input / output Hz | latency p50 / p95 / max (ms) | node processing '
+                  'p50 / p95 (ms) | load before / after |', '| --- |' + ' --- |' * 11]
         for row in node:
             latency = row['end_to_end_latency_ms'] or {}
+            processing = row['node_processing_ms'] or {}
             lines.append(
                 f'| {row["config"]} | {row["device"]} | {row["cpu_threads"] or "default"} | '
                 f'{row["weights"]} | {row["clouds_published"]} | {row["detections_received"]} | '
@@ -727,6 +728,8 @@ def markdown(report: Mapping[str, Any]) -> str:
                 f'{row["input_rate_hz"]} / {row["output_rate_hz"]} | '
                 + ' / '.join('-' if latency.get(key) is None else _number(latency[key])
                              for key in ('p50', 'p95', 'max')) + ' | '
+                + ' / '.join('-' if processing.get(key) is None else _number(processing[key])
+                             for key in ('p50', 'p95')) + ' | '
                 f'{row["load_average_before"][0]:.1f} / {row["load_average"][0]:.1f} |')
         lines.append('')
     if report.get('not_measured'):
