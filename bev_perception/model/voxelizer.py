@@ -15,6 +15,9 @@ import torch
 from torch import nn
 
 _MASK32 = 0xFFFFFFFF
+_MASK61 = (1 << 61) - 1
+# Odd multipliers below 2**29: a 32-bit value times one stays below 2**61 (no int64 overflow).
+_COLUMN_FACTORS = (0x1B873593, 0x0CC9E2D5, 0x19B873A3, 0x0E6546B3)
 
 
 class VoxelizerCounts(NamedTuple):
@@ -54,12 +57,30 @@ def mix32(values: torch.Tensor) -> torch.Tensor:
 
 def hash_rows(points: torch.Tensor) -> torch.Tensor:
     """Return a 32-bit hash (int64 (N,)) of each row of a float32 (N, F) tensor's bit patterns."""
-    canonical = (points + 0.0).contiguous()  # -0.0 -> 0.0
-    bits = canonical.view(torch.int32).to(torch.int64) & _MASK32  # (N, F)
-    result = torch.zeros_like(bits[:, 0])
-    for column in range(bits.shape[1]):  # over features (4), not points
-        result = mix32(result ^ bits[:, column])
-    return result
+    bits = points.contiguous().view(torch.int32)  # (N, F) signed, |bits| < 2**31; added as int64
+    combined = torch.zeros(bits.shape[0], dtype=torch.int64, device=bits.device)
+    for column in range(bits.shape[1]):  # over features, not points
+        # combined + factor * bits: each product is below 2**60 in magnitude, so four of them
+        # cannot overflow int64; masking after every fourth keeps that true for any F.
+        combined = torch.add(combined, bits[:, column], alpha=_COLUMN_FACTORS[column % 4])
+        if column % 4 == 3:
+            combined = combined & _MASK61
+    combined = combined & _MASK61
+    # Fold the well-mixed high bits (they depend on every input bit) onto the low 32.
+    return (combined ^ (combined >> 29)) & _MASK32
+
+
+def _segment_counts(flags: torch.Tensor, sizes: List[int]) -> torch.Tensor:
+    """Return the number of true flags in each of the consecutive runs of ``sizes`` (int64 (B,))."""
+    if len(sizes) == 1:
+        return torch.count_nonzero(flags).reshape(1)
+    return torch.stack([torch.count_nonzero(part) for part in flags.split(sizes)])  # samples
+
+
+def _per_sample_sums(values: torch.Tensor, sample: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Return the int64 sums (B,) of ``values`` grouped by ``sample`` (exact on every device)."""
+    return torch.zeros(batch_size, dtype=torch.int64, device=values.device).index_add_(
+        0, sample, values)
 
 
 def _rank_in_segments(segment_sizes: torch.Tensor, total: int) -> torch.Tensor:
@@ -76,6 +97,9 @@ class Voxelizer(nn.Module):
 
     A point is kept when all its values are finite and x_min <= x < x_max (same for y, z); its
     cell is floor((x - x_min) / pillar_size_m), clamped into the grid against rounding.
+
+    Points are sorted by (cell, hash of the point's values) with one 64-bit sort; the rank inside a
+    pillar and the per-sample pillar ranking are only computed when a cap is actually exceeded.
 
     Args:
         grid: pillar grid and caps.
@@ -106,60 +130,98 @@ class Voxelizer(nn.Module):
         for sample in points:
             if sample.dim() != 2 or sample.shape[1] != num_features:
                 raise ValueError(f'points must be (N, {num_features}), got {tuple(sample.shape)}')
-        sizes = torch.tensor([p.shape[0] for p in points], device=device)
-        all_points = torch.cat([p.to(torch.float32) for p in points], 0)  # (N, F)
-        sample_of_point = torch.repeat_interleave(
-            torch.arange(batch_size, device=device), sizes, output_size=all_points.shape[0])
+        sizes = [int(p.shape[0]) for p in points]
+        if batch_size == 1:
+            all_points = points[0].to(torch.float32).contiguous()  # (N, F)
+        else:
+            all_points = torch.cat([p.to(torch.float32) for p in points], 0)  # (N, F)
 
         rows, cols = grid.canvas_hw
-        finite = torch.isfinite(all_points).all(dim=1)
-        safe = torch.where(finite[:, None], all_points, torch.zeros_like(all_points))
-        x, y, z = safe[:, 0], safe[:, 1], safe[:, 2]
+        # value * 0 is +-0 for a finite value and NaN for inf or NaN, so a row of them sums to 0
+        # exactly when every value in the row is finite (no overflow is possible).
+        zeroed = all_points * 0.0  # (N, F)
+        row_sum = zeroed[:, 0]
+        for column in range(1, num_features):  # over features, not points
+            row_sum = row_sum + zeroed[:, column]
+        finite = row_sum == 0  # (N,)
+        x, y, z = all_points[:, 0], all_points[:, 1], all_points[:, 2]
         in_range = (finite & (x >= grid.x_range_m[0]) & (x < grid.x_range_m[1])
                     & (y >= grid.y_range_m[0]) & (y < grid.y_range_m[1])
                     & (z >= grid.z_range_m[0]) & (z < grid.z_range_m[1]))
-        col = torch.floor((x - grid.x_range_m[0]) / grid.pillar_size_m).to(torch.int64)
-        row = torch.floor((y - grid.y_range_m[0]) / grid.pillar_size_m).to(torch.int64)
-        col = col.clamp_(0, cols - 1)
-        row = row.clamp_(0, rows - 1)
-        non_finite = torch.bincount(sample_of_point[~finite], minlength=batch_size)
-        out_of_range = torch.bincount(sample_of_point[finite & ~in_range], minlength=batch_size)
+        num_finite = _segment_counts(finite, sizes)
+        non_finite = torch.tensor(sizes, device=device) - num_finite
+        out_of_range = num_finite - _segment_counts(in_range, sizes)
 
-        kept = torch.nonzero(in_range).squeeze(1)
-        kept_points = all_points[kept]  # (K, F)
-        kept_sample = sample_of_point[kept]
-        cell = (kept_sample * rows + row[kept]) * cols + col[kept]  # (K,) global cell key
+        kept = torch.nonzero(in_range).squeeze(1)  # (K,)
+        kept_points = all_points.index_select(0, kept)  # (K, F)
+        col = torch.floor((kept_points[:, 0] - grid.x_range_m[0]) / grid.pillar_size_m)
+        row = torch.floor((kept_points[:, 1] - grid.y_range_m[0]) / grid.pillar_size_m)
+        col = col.to(torch.int64).clamp_(0, cols - 1)
+        row = row.to(torch.int64).clamp_(0, rows - 1)
+        cell = row * cols + col  # (K,) cell key inside the sample
+        if batch_size > 1:
+            sample_of_point = torch.repeat_interleave(
+                torch.arange(batch_size, device=device),
+                torch.tensor(sizes, device=device), output_size=all_points.shape[0])
+            cell += sample_of_point.index_select(0, kept) * (rows * cols)  # global cell key
         # Sort by cell, then by a hash of the point's values: independent of the input order.
-        order = torch.argsort((cell << 32) | hash_rows(kept_points), stable=True)
-        cell = cell[order]
-        kept_points = kept_points[order]
-        kept_sample = kept_sample[order]
+        sorted_key, order = torch.sort((cell << 32) | hash_rows(kept_points), stable=True)
+        cell = sorted_key >> 32
+        num_kept = cell.numel()
 
-        pillar_cell, pillar_of_point, pillar_sizes = torch.unique_consecutive(
-            cell, return_inverse=True, return_counts=True)
-        point_rank = _rank_in_segments(pillar_sizes, cell.numel())  # (K,) rank in its pillar
-        under_point_cap = point_rank < grid.max_points_per_pillar
-        points_capped = torch.bincount(kept_sample[~under_point_cap], minlength=batch_size)
+        first_of_pillar = torch.ones_like(cell, dtype=torch.bool)  # (K,)
+        first_of_pillar[1:] = cell[1:] != cell[:-1]
+        pillar_start = torch.nonzero(first_of_pillar).squeeze(1)  # (P,)
+        pillar_cell = cell.index_select(0, pillar_start)  # (P,)
+        pillar_end = torch.cat([pillar_start[1:], pillar_start.new_full((1,), num_kept)])
+        pillar_sizes = pillar_end - pillar_start  # (P,)
+        pillar_of_point = torch.cumsum(first_of_pillar, 0) - 1  # (K,)
+        pillar_sample = pillar_cell // (rows * cols)  # (P,)
+        pillars_per_sample = torch.bincount(pillar_sample, minlength=batch_size)  # (B,)
 
-        # Keep at most max_pillars per sample, chosen by a hash of the in-sample cell index.
-        pillar_sample = pillar_cell // (rows * cols)
-        local_cell = pillar_cell % (rows * cols)
-        pillar_order = torch.argsort((pillar_sample << 32) | mix32(local_cell), stable=True)
-        pillars_per_sample = torch.bincount(pillar_sample, minlength=batch_size)
-        pillar_rank = torch.empty_like(pillar_cell)
-        pillar_rank[pillar_order] = _rank_in_segments(pillars_per_sample, pillar_cell.numel())
-        keep_pillar = pillar_rank < grid.max_pillars
-        pillars_capped = torch.bincount(pillar_sample[~keep_pillar], minlength=batch_size)
+        # One host sync decides whether any cap applies (the same decision on every device).
+        caps_exceeded = torch.stack([
+            pillar_sizes.max() > grid.max_points_per_pillar if num_kept else pillar_sizes.sum() > 0,
+            pillars_per_sample.max() > grid.max_pillars]).tolist()
+        if caps_exceeded[0]:
+            point_rank = torch.arange(num_kept, device=device) - pillar_start.index_select(
+                0, pillar_of_point)  # (K,) rank in its pillar, by hash
+            under_point_cap = point_rank < grid.max_points_per_pillar
+            excess = (pillar_sizes - grid.max_points_per_pillar).clamp_(min=0)  # (P,)
+            points_capped = _per_sample_sums(excess, pillar_sample, batch_size)
+        else:
+            under_point_cap = None
+            points_capped = torch.zeros(batch_size, dtype=torch.int64, device=device)
+        if caps_exceeded[1]:
+            # Keep at most max_pillars per sample, chosen by a hash of the in-sample cell index.
+            local_cell = pillar_cell % (rows * cols)
+            pillar_order = torch.argsort((pillar_sample << 32) | mix32(local_cell), stable=True)
+            pillar_rank = torch.empty_like(pillar_cell)
+            pillar_rank[pillar_order] = _rank_in_segments(pillars_per_sample, pillar_cell.numel())
+            keep_pillar = pillar_rank < grid.max_pillars
+            pillars_capped = pillars_per_sample - _per_sample_sums(
+                keep_pillar.to(torch.int64), pillar_sample, batch_size)
+            keep_point = keep_pillar.index_select(0, pillar_of_point)
+            if under_point_cap is not None:
+                keep_point &= under_point_cap
+            new_pillar_index = torch.cumsum(keep_pillar.to(torch.int64), 0) - 1
+            pillar_cell = pillar_cell[keep_pillar]
+            pillar_sizes = pillar_sizes[keep_pillar]
+            pillar_of_point = new_pillar_index.index_select(0, pillar_of_point)
+        else:
+            keep_point = under_point_cap
+            pillars_capped = torch.zeros(batch_size, dtype=torch.int64, device=device)
+        if keep_point is not None:
+            kept_index = torch.nonzero(keep_point).squeeze(1)  # (M,)
+            order = order.index_select(0, kept_index)
+            pillar_of_point = pillar_of_point.index_select(0, kept_index)
+        kept_points = kept_points.index_select(0, order)  # (M, F)
 
-        keep_point = under_point_cap & keep_pillar[pillar_of_point]
-        new_pillar_index = torch.cumsum(keep_pillar.to(torch.int64), 0) - 1
-        point_pillar = new_pillar_index[pillar_of_point[keep_point]]
-        kept_cells = pillar_cell[keep_pillar]
-        coords = torch.stack(
-            [kept_cells // (rows * cols), (kept_cells // cols) % rows, kept_cells % cols], 1)
-        num_points = torch.clamp(pillar_sizes[keep_pillar], max=grid.max_points_per_pillar)
+        coords = torch.stack([pillar_cell // (rows * cols), (pillar_cell // cols) % rows,
+                              pillar_cell % cols], 1)  # (P, 3)
+        num_points = torch.clamp(pillar_sizes, max=grid.max_points_per_pillar)
         pillars = Pillars(
-            points=kept_points[keep_point], point_pillar=point_pillar, coords=coords,
+            points=kept_points, point_pillar=pillar_of_point, coords=coords,
             num_points=num_points, batch_size=batch_size)
         counts = VoxelizerCounts(
             non_finite_dropped=non_finite, out_of_range_dropped=out_of_range,
