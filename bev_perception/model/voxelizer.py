@@ -62,16 +62,30 @@ def hash_rows(points: torch.Tensor) -> torch.Tensor:
     for column in range(bits.shape[1]):  # over features, not points
         # combined + factor * bits: each product is below 2**60 in magnitude, so four of them
         # cannot overflow int64; masking after every fourth keeps that true for any F.
-        combined = torch.add(combined, bits[:, column], alpha=_COLUMN_FACTORS[column % 4])
+        combined.add_(bits[:, column], alpha=_COLUMN_FACTORS[column % 4])
         if column % 4 == 3:
-            combined = combined & _MASK61
-    combined = combined & _MASK61
+            combined.bitwise_and_(_MASK61)
+    combined.bitwise_and_(_MASK61)
     # Fold the well-mixed high bits (they depend on every input bit) onto the low 32.
-    return (combined ^ (combined >> 29)) & _MASK32
+    return combined.bitwise_xor_(combined >> 29).bitwise_and_(_MASK32)
+
+
+def _gather_rows(rows: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Return ``rows[index]`` for a contiguous float32 (N, F) tensor and int64 indices (M,).
+
+    Rows of 4 floats are moved as single 16-byte (complex128) elements: the same bytes, copied
+    about twice as fast as 4 separate floats.
+    """
+    num_features = rows.shape[1]
+    if (num_features == 4 and rows.shape[0] > 0 and rows.is_contiguous()
+            and rows.storage_offset() % 4 == 0):
+        packed = rows.view(torch.complex128).view(-1)  # (N,) one element per row
+        return packed.index_select(0, index).view(torch.float32).view(-1, num_features)
+    return rows.index_select(0, index)
 
 
 def _segment_counts(flags: torch.Tensor, sizes: List[int]) -> torch.Tensor:
-    """Return the number of true flags in each of the consecutive runs of ``sizes`` (int64 (B,))."""
+    """Return the number of true flags in each consecutive run of ``sizes`` (int64 (B,))."""
     if len(sizes) == 1:
         return torch.count_nonzero(flags).reshape(1)
     return torch.stack([torch.count_nonzero(part) for part in flags.split(sizes)])  # samples
@@ -140,32 +154,35 @@ class Voxelizer(nn.Module):
         # value * 0 is +-0 for a finite value and NaN for inf or NaN, so a row of them sums to 0
         # exactly when every value in the row is finite (no overflow is possible).
         zeroed = all_points * 0.0  # (N, F)
-        row_sum = zeroed[:, 0]
-        for column in range(1, num_features):  # over features, not points
-            row_sum = row_sum + zeroed[:, column]
+        row_sum = zeroed[:, 0] + zeroed[:, 1]
+        for column in range(2, num_features):  # over features, not points
+            row_sum.add_(zeroed[:, column])
         finite = row_sum == 0  # (N,)
-        x, y, z = all_points[:, 0], all_points[:, 1], all_points[:, 2]
-        in_range = (finite & (x >= grid.x_range_m[0]) & (x < grid.x_range_m[1])
-                    & (y >= grid.y_range_m[0]) & (y < grid.y_range_m[1])
-                    & (z >= grid.z_range_m[0]) & (z < grid.z_range_m[1]))
+        in_range = all_points[:, 0] >= grid.x_range_m[0]  # (N,)
+        for axis, (low, high) in enumerate((grid.x_range_m, grid.y_range_m, grid.z_range_m)):
+            values = all_points[:, axis]
+            if axis:
+                in_range.logical_and_(values >= low)
+            in_range.logical_and_(values < high)
+        in_range.logical_and_(finite)
         num_finite = _segment_counts(finite, sizes)
         non_finite = torch.tensor(sizes, device=device) - num_finite
         out_of_range = num_finite - _segment_counts(in_range, sizes)
 
         kept = torch.nonzero(in_range).squeeze(1)  # (K,)
-        kept_points = all_points.index_select(0, kept)  # (K, F)
-        col = torch.floor((kept_points[:, 0] - grid.x_range_m[0]) / grid.pillar_size_m)
-        row = torch.floor((kept_points[:, 1] - grid.y_range_m[0]) / grid.pillar_size_m)
+        kept_points = _gather_rows(all_points, kept)  # (K, F)
+        col = (kept_points[:, 0] - grid.x_range_m[0]).div_(grid.pillar_size_m).floor_()
+        row = (kept_points[:, 1] - grid.y_range_m[0]).div_(grid.pillar_size_m).floor_()
         col = col.to(torch.int64).clamp_(0, cols - 1)
-        row = row.to(torch.int64).clamp_(0, rows - 1)
-        cell = row * cols + col  # (K,) cell key inside the sample
+        cell = row.to(torch.int64).clamp_(0, rows - 1).mul_(cols).add_(col)  # (K,) in-sample cell
         if batch_size > 1:
             sample_of_point = torch.repeat_interleave(
                 torch.arange(batch_size, device=device),
                 torch.tensor(sizes, device=device), output_size=all_points.shape[0])
             cell += sample_of_point.index_select(0, kept) * (rows * cols)  # global cell key
         # Sort by cell, then by a hash of the point's values: independent of the input order.
-        sorted_key, order = torch.sort((cell << 32) | hash_rows(kept_points), stable=True)
+        key = cell.bitwise_left_shift_(32).bitwise_or_(hash_rows(kept_points))  # (K,)
+        sorted_key, order = torch.sort(key, stable=True)
         cell = sorted_key >> 32
         num_kept = cell.numel()
 
@@ -175,14 +192,14 @@ class Voxelizer(nn.Module):
         pillar_cell = cell.index_select(0, pillar_start)  # (P,)
         pillar_end = torch.cat([pillar_start[1:], pillar_start.new_full((1,), num_kept)])
         pillar_sizes = pillar_end - pillar_start  # (P,)
-        pillar_of_point = torch.cumsum(first_of_pillar, 0) - 1  # (K,)
+        pillar_of_point = torch.cumsum(first_of_pillar, 0).sub_(1)  # (K,)
         pillar_sample = pillar_cell // (rows * cols)  # (P,)
         pillars_per_sample = torch.bincount(pillar_sample, minlength=batch_size)  # (B,)
 
         # One host sync decides whether any cap applies (the same decision on every device).
-        caps_exceeded = torch.stack([
-            pillar_sizes.max() > grid.max_points_per_pillar if num_kept else pillar_sizes.sum() > 0,
-            pillars_per_sample.max() > grid.max_pillars]).tolist()
+        largest_pillar = pillar_sizes.max() if num_kept else pillar_sizes.new_zeros(())
+        caps_exceeded = torch.stack([largest_pillar > grid.max_points_per_pillar,
+                                     pillars_per_sample.max() > grid.max_pillars]).tolist()
         if caps_exceeded[0]:
             point_rank = torch.arange(num_kept, device=device) - pillar_start.index_select(
                 0, pillar_of_point)  # (K,) rank in its pillar, by hash
@@ -215,7 +232,7 @@ class Voxelizer(nn.Module):
             kept_index = torch.nonzero(keep_point).squeeze(1)  # (M,)
             order = order.index_select(0, kept_index)
             pillar_of_point = pillar_of_point.index_select(0, kept_index)
-        kept_points = kept_points.index_select(0, order)  # (M, F)
+        kept_points = _gather_rows(kept_points, order)  # (M, F)
 
         coords = torch.stack([pillar_cell // (rows * cols), (pillar_cell // cols) % rows,
                               pillar_cell % cols], 1)  # (P, 3)

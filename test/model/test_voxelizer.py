@@ -141,3 +141,29 @@ def test_cuda_matches_cpu():
     for name in ('points', 'point_pillar', 'coords', 'num_points'):
         assert torch.equal(getattr(cpu, name), getattr(cuda, name).cpu()), name
     assert all(torch.equal(a, b.cpu()) for a, b in zip(cpu_counts, cuda_counts))
+
+
+def test_huge_finite_values_count_as_out_of_range_not_non_finite():
+    points = torch.tensor([
+        _point(1.0, 0.0),
+        _point(3.0e38, 0.0, intensity=3.0e38),  # finite, but the sum of the row would overflow
+        _point(1.0, 0.0, intensity=-math.inf),
+    ])
+    pillars, counts = Voxelizer(grid=GRID)([points])
+    assert pillars.points.tolist() == [_point(1.0, 0.0)]
+    assert counts.non_finite_dropped.tolist() == [1]
+    assert counts.out_of_range_dropped.tolist() == [1]
+
+
+def test_offset_views_and_other_feature_counts_give_the_same_pillars():
+    cloud = _random_cloud(500, seed=6)
+    flat = torch.cat([torch.zeros(1), cloud.reshape(-1)])
+    offset_view = flat[1:].view(500, 4)  # storage offset 1: not 16-byte aligned
+    reference, _ = Voxelizer(grid=GRID)([cloud])
+    shifted, _ = Voxelizer(grid=GRID)([offset_view])
+    assert torch.equal(reference.points, shifted.points)
+    five = torch.cat([cloud, cloud[:, 3:]], 1)  # (500, 5): the general gather path
+    wide, _ = Voxelizer(grid=GRID, num_features=5)([five])
+    assert torch.equal(wide.coords, reference.coords)
+    assert torch.equal(wide.num_points, reference.num_points)
+    assert torch.equal(_sorted_rows(wide.points[:, :4]), _sorted_rows(reference.points))
