@@ -26,13 +26,13 @@ from training.train import load_checkpoint, model_from_checkpoint
 
 
 def git_revision(folder: str) -> Optional[str]:
-    """Return the git commit of ``folder`` ('+dirty' when files differ), or None."""
+    """Return the git commit of ``folder`` (+dirty: uncommitted/untracked files), or None."""
     try:
         revision = subprocess.run(
             ['git', 'rev-parse', 'HEAD'], cwd=folder, capture_output=True, text=True,
             timeout=10, check=True).stdout.strip()
         status = subprocess.run(
-            ['git', 'status', '--porcelain', '--untracked-files=no'], cwd=folder,
+            ['git', 'status', '--porcelain'], cwd=folder,
             capture_output=True, text=True, timeout=10, check=True).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
@@ -91,6 +91,7 @@ def export(checkpoint: str, out: str, metrics: Optional[Dict[str, Any]] = None,
     provenance.update(extra_provenance or {})
     save_weights(out, model, config, provenance,
                  None if metrics is None else compact_metrics(metrics))
+    os.chmod(out, 0o644)  # safetensors writes 0600; the installed file must be world-readable
     loaded, loaded_config, _ = load_weights(out)
     if loaded_config != config:
         raise RuntimeError(f'{out}: the written config does not read back equal')

@@ -547,6 +547,11 @@ def train(config: TrainConfig, output_dir: Optional[str] = None, resume: Optiona
                     writer.add_scalar('optim/grad_norm', grad_norm, step)
         epoch_seconds = time.perf_counter() - epoch_start
         train_seconds += epoch_seconds
+        if process.world_size > 1:
+            # DDP syncs buffers from rank 0 before each forward, so BatchNorm statistics of the
+            # last step differ per rank; make every rank hold rank 0's (the checkpointed) ones.
+            for buffer in model.buffers():
+                distributed.broadcast(buffer, src=0)
         means = _reduce_mean(sums / max(len(loader), 1), process)
         record = dict(zip(LossBreakdown._fields, means.tolist()))
         record.update(epoch=epoch + 1, lr=optimizer.param_groups[0]['lr'], seconds=epoch_seconds)

@@ -169,8 +169,10 @@ def test_torchrun_two_processes_keep_ranks_identical(tiny_root, tmp_path):
     rank0 = torch.load(out / 'rank0_final.pt', weights_only=True)
     rank1 = torch.load(out / 'rank1_final.pt', weights_only=True)
     assert rank0.keys() == rank1.keys()
-    for name, value in rank0.items():
+    for name, value in rank0.items():  # parameters and BatchNorm buffers
         assert torch.equal(value, rank1[name]), name
+    initial = load_checkpoint(out / 'checkpoints' / 'epoch_001.pt')['model']
+    assert any(not torch.equal(value, initial[name]) for name, value in rank0.items())
     state = _state(out / 'checkpoints' / 'last.pt')
     assert state['world_size'] == 2
     assert state['step'] == 2  # 4 frames / (2 ranks x batch 2) = 1 step per epoch
