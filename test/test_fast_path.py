@@ -1,6 +1,6 @@
 """The inference fast path: packed transfer, sync-free decode, compile and CUDA graphs, fp16.
 
-Tolerances (stated once, used below and in notes/README_perf.md):
+Tolerances (stated once, used below and in the README):
 
 * fp16 autocast vs fp32 on CUDA: heatmap probabilities within 0.02, regression maps within
   0.05 (cells, metres, log metres, sin/cos), semantic argmax identical on >= 98% of pixels.

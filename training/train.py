@@ -641,6 +641,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         raise SystemExit('--config is required (or --resume with a checkpoint)')
     if args.config is None:
         path = args.resume
+        if path == 'last':
+            path = os.path.join(args.out or TrainConfig().output_dir, 'checkpoints', 'last.pt')
         saved = load_checkpoint(path)['train_config']
         for assignment in args.override:
             apply_override(saved, assignment)
