@@ -39,6 +39,14 @@ def git_revision(folder: str) -> Optional[str]:
     return revision + ('+dirty' if status else '') if revision else None
 
 
+def _portable_path(path: str) -> str:
+    """Return path relative to the repository when inside it, so no machine path is recorded."""
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    absolute = os.path.abspath(path)
+    inside = os.path.commonpath([repo, absolute]) == repo
+    return os.path.relpath(absolute, repo) if inside else os.path.basename(absolute)
+
+
 def describe_dataset(train_config: Dict[str, Any]) -> Dict[str, Any]:
     """Return the data section of a training config as a dataset description."""
     data = dict(train_config.get('data') or {})
@@ -86,7 +94,7 @@ def export(checkpoint: str, out: str, metrics: Optional[Dict[str, Any]] = None,
         'epochs': int(state['epoch']),
         'steps': int(state['step']),
         'world_size': int(state.get('world_size', 1)),
-        'checkpoint': os.path.abspath(checkpoint),
+        'checkpoint': _portable_path(checkpoint),
     }
     provenance.update(extra_provenance or {})
     save_weights(out, model, config, provenance,

@@ -78,7 +78,9 @@ def test_written_cams_lidars_reads_back(tmp_path):
 
 
 def test_table_matches_the_official_numbers():
-    path = os.path.join(os.environ.get('A2D2_OFFICIAL_DIR', '/work/shared/a2d2'),
+    beside_checkout = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                   '..', '..', '..', 'shared', 'a2d2')
+    path = os.path.join(os.environ.get('A2D2_OFFICIAL_DIR', beside_checkout),
                         'cams_lidars.json')
     if not os.path.exists(path):
         pytest.skip('official cams_lidars.json not available (set A2D2_OFFICIAL_DIR)')

@@ -73,7 +73,7 @@ def _structure(value):
 def _official(name):
     here = os.path.dirname(os.path.abspath(__file__))
     candidates = [os.environ.get('A2D2_OFFICIAL_DIR', ''),
-                  os.path.join(here, '..', '..', '..', 'shared', 'a2d2'), '/work/shared/a2d2']
+                  os.path.join(here, '..', '..', '..', 'shared', 'a2d2')]
     for directory in candidates:
         path = os.path.join(directory, name)
         if directory and os.path.exists(path):
