@@ -16,6 +16,7 @@ from bev_perception.inference import (InferenceRuntime, pack_tensors, StageClock
 from bev_perception.model.config import ModelConfig, NMSConfig
 from bev_perception.model.decode import decode_detections, decode_padded
 from bev_perception.model.network import BEVFusionNet, preprocess_image
+from model_testing import random_image, random_points
 import numpy as np
 import pytest
 import torch
@@ -35,15 +36,10 @@ def _model(config=TINY, seed=3):
 
 
 def _points(count, seed, config=TINY):
-    generator = np.random.default_rng(seed)
-    grid = config.grid
-    low = [grid.x_range_m[0], grid.y_range_m[0], grid.z_range_m[0], 0.0]
-    high = [grid.x_range_m[1], grid.y_range_m[1], grid.z_range_m[1], 255.0]
-    return generator.uniform(low, high, size=(count, 4)).astype(np.float32)
+    return random_points(count, seed, config)
 
 
-def _image(height, width, seed):
-    return np.random.default_rng(seed).integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+_image = random_image
 
 
 def _assert_same_result(first, second, atol, semantic_agreement=1.0):

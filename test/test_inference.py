@@ -8,6 +8,7 @@ from bev_perception.model.config import ModelConfig, NMSConfig
 from bev_perception.model.decode import decode_detections
 from bev_perception.model.network import BEVFusionNet, preprocess_image
 from bev_perception.weights import save_weights
+from model_testing import random_image, random_points
 import numpy as np
 import pytest
 import torch
@@ -21,15 +22,10 @@ def _model(config=CONFIG):
 
 
 def _points(count, seed, config=CONFIG):
-    generator = np.random.default_rng(seed)
-    grid = config.grid
-    low = [grid.x_range_m[0], grid.y_range_m[0], grid.z_range_m[0], 0.0]
-    high = [grid.x_range_m[1], grid.y_range_m[1], grid.z_range_m[1], 255.0]
-    return generator.uniform(low, high, size=(count, 4)).astype(np.float32)
+    return random_points(count, seed, config)
 
 
-def _image(height, width, seed):
-    return np.random.default_rng(seed).integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+_image = random_image
 
 
 @pytest.fixture

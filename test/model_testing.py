@@ -1,0 +1,18 @@
+"""Random inputs for tests of the network and the inference runtime (not a test module)."""
+
+from bev_perception.model.config import ModelConfig
+import numpy as np
+
+
+def random_points(count: int, seed: int, config: ModelConfig = ModelConfig.tiny()) -> np.ndarray:
+    """Return (count, 4) float32 points uniform over config's grid, intensity in 0..255."""
+    generator = np.random.default_rng(seed)
+    grid = config.grid
+    low = [grid.x_range_m[0], grid.y_range_m[0], grid.z_range_m[0], 0.0]
+    high = [grid.x_range_m[1], grid.y_range_m[1], grid.z_range_m[1], 255.0]
+    return generator.uniform(low, high, size=(count, 4)).astype(np.float32)
+
+
+def random_image(height: int, width: int, seed: int) -> np.ndarray:
+    """Return an (height, width, 3) uint8 random RGB image."""
+    return np.random.default_rng(seed).integers(0, 256, size=(height, width, 3), dtype=np.uint8)
