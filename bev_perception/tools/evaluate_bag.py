@@ -57,7 +57,8 @@ from bev_perception.bag_io import (BagError, BagReader, BagTopics, BagWriter, DE
 from bev_perception.inference import FrameResult, InferenceRuntime
 from bev_perception.metrics import DetectionAccumulator, SemanticAccumulator
 from bev_perception.model.config import ModelConfig
-from bev_perception.node import FrameSettings, resolve_weights_path, StartupError
+from bev_perception.node import (FrameSettings, points_for_model, resolve_weights_path,
+                                 StartupError)
 from bev_perception.node_params import check_against_model, NodeSettings, PARAMETERS
 from bev_perception.sync import LidarTriggeredSync, stamp_to_seconds
 from bev_perception.tools.report import (percentiles, PlotData, StripFrame, write_json,
@@ -243,23 +244,16 @@ def as_published(boxes: np.ndarray, quaternions: Optional[np.ndarray]) -> np.nda
 def prepare_points(msg, frame_settings: FrameSettings) -> Tuple[np.ndarray, int]:
     """Return ((N, 4) float32 model-frame points, non-finite count) as the node prepares them.
 
-    Mirrors ``PerceptionNode._cloud_points``: fields x, y, z and ``intensity_field``; non-finite
-    rows dropped; clouds over ``max_points`` subsampled with a uniform stride; intensity times
-    the gain from ``intensity_scale``; then the extrinsic.
+    Fields x, y, z and ``intensity_field`` are read (non-finite rows dropped), then the node's own
+    ``points_for_model`` subsamples, scales the intensity and applies the extrinsic.
 
     Raises:
         conversions.ConversionError: a malformed cloud.
     """
-    settings = frame_settings.settings
-    fields = ('x', 'y', 'z', settings.intensity_field)
+    fields = ('x', 'y', 'z', frame_settings.settings.intensity_field)
     cloud = conversions.pointcloud2_to_array_with_stats(msg, fields)
-    points = cloud.points
-    if len(points) > settings.max_points:
-        points = points[::math.ceil(len(points) / settings.max_points)]
-    points = np.array(points, dtype=np.float32)  # (N, 4) own copy
-    if frame_settings.intensity_gain != 1.0:
-        points[:, 3] *= frame_settings.intensity_gain
-    return frame_settings.extrinsic.points_to_model(points), cloud.num_non_finite
+    points, _ = points_for_model(cloud.points, frame_settings)
+    return points, cloud.num_non_finite
 
 
 def _downscale(pixels: np.ndarray, width: int = STRIP_IMAGE_WIDTH) -> np.ndarray:
