@@ -105,11 +105,7 @@ def gt_present_miou(metrics: SemanticMetrics) -> float:
 
 def in_grid(boxes: np.ndarray, config: ModelConfig) -> np.ndarray:
     """Return (K,) bool: box centres (x, y) inside the BEV grid of ``config``."""
-    x_min, x_max = config.grid.x_range_m
-    y_min, y_max = config.grid.y_range_m
-    boxes = np.asarray(boxes).reshape(-1, 7)
-    return ((boxes[:, 0] >= x_min) & (boxes[:, 0] < x_max) & (boxes[:, 1] >= y_min)
-            & (boxes[:, 1] < y_max))
+    return config.grid.contains_xy(np.asarray(boxes).reshape(-1, 7))
 
 
 def evaluate(runtime: InferenceRuntime, dataset: A2D2Dataset, batch_size: int = 4,

@@ -75,6 +75,12 @@ class GridConfig:
         """Return (H, W) of the LiDAR BEV canvas."""
         return (self.num_rows, self.num_cols)
 
+    def contains_xy(self, xyz: Any) -> Any:
+        """Return a (K,) bool mask: rows of (K, >=2) x, y (metres) inside the grid's BEV area."""
+        x, y = xyz[:, 0], xyz[:, 1]
+        (x_min, x_max), (y_min, y_max) = self.x_range_m, self.y_range_m
+        return (x >= x_min) & (x < x_max) & (y >= y_min) & (y < y_max)
+
 
 @dataclasses.dataclass(frozen=True)
 class PointConfig:

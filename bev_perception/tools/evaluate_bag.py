@@ -588,9 +588,7 @@ def inside_grid(boxes_cloud: np.ndarray, frame_settings: FrameSettings,
     """Return (K,) bool: box centres inside the model's BEV grid (x, y, in the model frame)."""
     centres = frame_settings.extrinsic.points_to_model(
         np.asarray(boxes_cloud, dtype=np.float64).reshape(-1, 7)[:, :3].copy())  # (K, 3)
-    (x_min, x_max), (y_min, y_max) = config.grid.x_range_m, config.grid.y_range_m
-    return ((centres[:, 0] >= x_min) & (centres[:, 0] < x_max)
-            & (centres[:, 1] >= y_min) & (centres[:, 1] < y_max))
+    return config.grid.contains_xy(centres)
 
 
 def _load_gt_detections(bag: BagReader, topic: str, evaluation: Evaluation,

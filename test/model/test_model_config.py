@@ -6,6 +6,7 @@ import json
 from bev_perception.a2d2_classes import SEMANTIC_CATEGORIES, SEMANTIC_PALETTE
 from bev_perception.model.config import (
     CameraConfig, FusionConfig, GridConfig, HeadConfig, ModelConfig, NMSConfig, PointConfig)
+import numpy as np
 import pytest
 
 
@@ -77,3 +78,11 @@ def test_validation_messages():
 def test_configs_are_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         ModelConfig().grid.pillar_size_m = 0.2
+
+
+def test_grid_contains_xy_is_half_open():
+    grid = ModelConfig().grid
+    (x_min, x_max), (y_min, y_max) = grid.x_range_m, grid.y_range_m
+    xyz = np.array([[x_min, y_min, 0.0], [x_max, 0.0, 0.0], [1.0, y_max, 9.0],
+                    [x_max - 1e-3, y_max - 1e-3, -9.0], [x_min - 1e-3, 0.0, 0.0]])
+    assert grid.contains_xy(xyz).tolist() == [True, False, False, True, False]
