@@ -14,7 +14,7 @@ QUIET_PIP := 2>&1 | { grep -v 'is ignored: it is neither a file nor a directory'
 # Every test and demo run keeps DDS on this machine, in a domain of its own.
 LOCAL_DDS := ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST ROS_LOCALHOST_ONLY=1
 
-.PHONY: setup system-tools test demo weights bench lint shell clean
+.PHONY: setup system-tools test demo weights weights-lite bench lint shell clean
 
 setup: system-tools $(DEPS_STAMP) $(IFACES_STAMP)
 
@@ -56,6 +56,9 @@ demo: setup
 
 weights: setup
 	$(RUN) python -m training.make_weights
+
+weights-lite: setup
+	$(RUN) python -m training.make_weights --profile lite
 
 BENCH_STAMP := $(VENV)/.bench-installed
 

@@ -49,7 +49,8 @@ from vision_msgs.msg import Detection3DArray, LabelInfo
 from visualization_msgs.msg import MarkerArray
 
 #: File name of the weights shipped with the package.
-SHIPPED_WEIGHTS_NAME = 'default.safetensors'
+#: Shipped weights by profile (``profile`` parameter): ``<profile>.safetensors``.
+SHIPPED_PROFILES = ('default', 'lite')
 PACKAGE_NAME = 'bev_perception'
 #: Seconds between two warnings of the same kind.
 WARNING_PERIOD_S = 5.0
@@ -80,21 +81,23 @@ class StartupError(Exception):
     """The node cannot start; the message says why and what to change."""
 
 
-def shipped_weights_candidates() -> List[str]:
-    """Return where the shipped weights may be: next to this module, then the share dir."""
-    candidates = [os.path.join(os.path.dirname(os.path.abspath(__file__)), 'weights',
-                               SHIPPED_WEIGHTS_NAME)]
+def shipped_weights_candidates(profile: str = 'default') -> List[str]:
+    """Return where a profile's shipped weights may be: next to this module, then the share dir."""
+    if profile not in SHIPPED_PROFILES:
+        raise StartupError(f'profile {profile!r} is not one of {", ".join(SHIPPED_PROFILES)}')
+    name = f'{profile}.safetensors'
+    candidates = [os.path.join(os.path.dirname(os.path.abspath(__file__)), 'weights', name)]
     try:
         from ament_index_python.packages import get_package_share_directory
         candidates.append(os.path.join(get_package_share_directory(PACKAGE_NAME), 'weights',
-                                       SHIPPED_WEIGHTS_NAME))
+                                       name))
     except (ImportError, LookupError, ValueError):
         pass  # not installed through colcon / no ament index: the module folder only
     return candidates
 
 
-def resolve_weights_path(weights_path: str) -> str:
-    """Return the weights file to load (``weights_path`` or the shipped file).
+def resolve_weights_path(weights_path: str, profile: str = 'default') -> str:
+    """Return the weights file to load (``weights_path``, else the profile's shipped file).
 
     Raises:
         StartupError: the file does not exist.
@@ -104,13 +107,14 @@ def resolve_weights_path(weights_path: str) -> str:
         if not os.path.isfile(path):
             raise StartupError(f'weights_path {weights_path!r} does not exist')
         return path
-    candidates = shipped_weights_candidates()
+    candidates = shipped_weights_candidates(profile)
     for path in candidates:
         if os.path.isfile(path):
             return path
+    make = 'make weights' if profile == 'default' else f'make weights-{profile}'
     raise StartupError(
-        'weights_path is empty and no shipped weights were found (looked in '
-        + ', '.join(candidates) + '); run `make weights` or set weights_path')
+        f'weights_path is empty and no shipped {profile!r} weights were found (looked in '
+        + ', '.join(candidates) + f'); run `{make}` or set weights_path')
 
 
 def rotation_from_rpy(roll: float, pitch: float, yaw: float) -> np.ndarray:
@@ -343,7 +347,7 @@ class PerceptionNode(Node):
         self._stopping = threading.Event()
         self._worker: Optional[threading.Thread] = None
         settings = self._declare_parameters()
-        weights_path = resolve_weights_path(settings.weights_path)
+        weights_path = resolve_weights_path(settings.weights_path, settings.profile)
         if settings.cpu_threads:
             torch.set_num_threads(settings.cpu_threads)
         try:

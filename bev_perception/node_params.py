@@ -119,9 +119,15 @@ PARAMETERS: Tuple[ParameterSpec, ...] = (
     # Model
     ParameterSpec(
         'weights_path', 'string', '',
-        'Deployable weights file (.safetensors with metadata). Empty: the shipped '
-        '`default.safetensors` (next to the module, or in the package share directory).',
+        'Deployable weights file (.safetensors with metadata). Empty: the shipped weights of '
+        '`profile` (next to the module, or in the package share directory).',
         'Model', read_only=True),
+    ParameterSpec(
+        'profile', 'string', 'default',
+        'Shipped weights used when `weights_path` is empty: `default` (`default.safetensors`) '
+        'or `lite` (`lite.safetensors`, the CPU profile: about a third of the compute, for '
+        'machines without a GPU; see README "Performance").',
+        'Model', choices=('default', 'lite'), read_only=True),
     ParameterSpec(
         'device', 'string', 'cuda',
         'Torch device: `cuda`, `cuda:N` or `cpu`. Without a usable GPU the node falls back to '
@@ -300,6 +306,7 @@ class NodeSettings:
     """All parameter values of the node, one field per entry of PARAMETERS."""
 
     weights_path: str
+    profile: str
     device: str
     precision: str
     torch_compile: bool

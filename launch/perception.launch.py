@@ -3,7 +3,7 @@ r"""Launch the BEV perception node, and RViz2 with the shipped view when asked.
     ros2 launch bev_perception perception.launch.py pointcloud_topic:=/points \
         image_topic:=/camera/image_raw device:=cuda rviz:=true
 
-Empty ``weights_path`` / ``device`` arguments leave the params file's values in force; non-empty
+Empty ``weights_path`` / ``profile`` / ``device`` arguments leave the params file's values in force; non-empty
 ones override them. DDS discovery is left to the environment (ROS_DOMAIN_ID,
 ROS_AUTOMATIC_DISCOVERY_RANGE): on a robot the node must be reachable from other machines.
 """
@@ -30,7 +30,7 @@ REMAPPINGS = {
     '~/input/image': 'image_topic',
 }
 #: Launch arguments forwarded as node parameters of the same name when not empty.
-FORWARDED_PARAMETERS = ('weights_path', 'device')
+FORWARDED_PARAMETERS = ('weights_path', 'profile', 'device')
 
 #: Every launch argument: name -> (default, description). The params file default is filled in
 #: from the package's share directory.
@@ -39,6 +39,8 @@ ARGUMENTS = {
                           'config/perception.yaml).'),
     'weights_path': ('', "Weights file (.safetensors); empty: the params file's value, whose "
                          'default is the shipped weights.'),
+    'profile': ('', "default or lite (the CPU profile's shipped weights); empty: the params "
+                    "file's value."),
     'device': ('', "cuda, cuda:N or cpu; empty: the params file's value (cuda, falling back "
                    'to cpu when no GPU is usable).'),
     'pointcloud_topic': ('/points', 'sensor_msgs/PointCloud2 input topic (remaps '

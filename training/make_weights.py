@@ -1,7 +1,9 @@
-"""Make the shipped default weights: generate scenes, train, evaluate held-out, export.
+"""Make the shipped weights: generate scenes, train, evaluate held-out, export.
 
-``make weights`` runs ``python -m training.make_weights``. Steps (all on CPU in about 40 min on
-a 2-core machine; a GPU is used when present):
+``make weights`` runs ``python -m training.make_weights`` (the default weights) and ``make
+weights-lite`` runs it with ``--profile lite`` (the CPU profile, ``ModelConfig.lite()``, trained
+by the same recipe: only the model preset differs). Steps (all on CPU in about 40 min on a
+2-core machine; a GPU is used when present):
 
 1. generate synthetic A2D2-format training scenes (seed ``TRAIN_DATA_SEED``) under
    ``data/synthetic/train`` and held-out scenes (seed ``HELD_OUT_SEED``) under
@@ -9,7 +11,7 @@ a 2-core machine; a GPU is used when present):
 2. train with ``training/configs/synthetic.yaml`` (checkpoints in ``out/weights/train``);
 3. evaluate the final checkpoint on the held-out scenes (``out/weights/eval``: metrics.json
    and plots);
-4. export ``bev_perception/weights/default.safetensors`` with provenance and those metrics;
+4. export ``bev_perception/weights/<profile>.safetensors`` with provenance and those metrics;
 5. print a summary (command, seeds, wall times, metrics) for the README.
 
 Seeds of the synthetic generator: ``TRAIN_DATA_SEED`` for training only, ``HELD_OUT_SEED`` for
@@ -60,6 +62,23 @@ class Recipe:
     held_out_frames_per_scene: int = 4
     image_size: Tuple[int, int] = (640, 403)  # width, height: a third of A2D2's 1920 x 1208
     generator_workers: int = 2
+    model_overrides: Tuple[str, ...] = ()  # training config overrides that pick the model
+    profile: str = 'default'  # name in PROFILES (for the recorded command)
+
+    @property
+    def command(self) -> str:
+        """Return the command that makes these weights."""
+        return 'python -m training.make_weights' + (
+            '' if self.profile == 'default' else f' --profile {self.profile}')
+
+
+#: Shipped weight profiles: the same data, schedule and augmentation; only the model differs.
+PROFILES: Dict[str, Recipe] = {
+    'default': Recipe(),
+    'lite': Recipe(profile='lite', out_dir='out/weights_lite',
+                   weights_path='bev_perception/weights/lite.safetensors',
+                   model_overrides=('model.name=lite', 'model.overrides={}')),
+}
 
 
 def _generate(root: str, scenes: int, frames: int, seed: int, recipe: Recipe) -> Dict[str, Any]:
@@ -99,6 +118,7 @@ def make_weights(recipe: Recipe, overrides: Tuple[str, ...] = ()) -> Dict[str, A
     timings['generate_s'] = time.perf_counter() - tick
 
     tick = time.perf_counter()
+    overrides = recipe.model_overrides + tuple(overrides)
     config = load_config(recipe.config_path, (
         f'data.root={train_root}', f'data.cache_dir={os.path.join(recipe.data_dir, "cache")}',
         f'output_dir={os.path.join(recipe.out_dir, "train")}') + tuple(overrides))
@@ -127,14 +147,14 @@ def make_weights(recipe: Recipe, overrides: Tuple[str, ...] = ()) -> Dict[str, A
 
     with open(metrics_path, encoding='utf-8') as stream:
         metrics = json.load(stream)
-    command = 'python -m training.make_weights'
+    command = recipe.command
     export(result.checkpoint, recipe.weights_path, metrics, {
         'recipe': 'training.make_weights', 'make_command': command,
         'train_data': train_data, 'held_out_data': held_out_data,
         'ci_test_seed': CI_TEST_SEED}, command)
     timings['total_s'] = time.perf_counter() - started
     summary = {
-        'command': 'make weights  (python -m training.make_weights)',
+        'command': recipe.command,
         'weights': recipe.weights_path,
         'weights_mb': round(os.path.getsize(recipe.weights_path) / 1e6, 2),
         'train_data': train_data,
@@ -180,11 +200,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--override', action='append', default=[], metavar='KEY=VALUE',
                         help='training config override, e.g. optim.epochs=4 (repeatable)')
+    parser.add_argument('--profile', choices=sorted(PROFILES), default='default',
+                        help='which shipped weights to make (default: %(default)s)')
     parser.add_argument('--train-scenes', type=int, default=Recipe.train_scenes)
-    parser.add_argument('--weights', default=Recipe.weights_path, help='output weights file')
+    parser.add_argument('--weights', help="output weights file (default: the profile's)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(message)s')
-    recipe = Recipe(train_scenes=args.train_scenes, weights_path=args.weights)
+    recipe = dataclasses.replace(PROFILES[args.profile], train_scenes=args.train_scenes)
+    if args.weights:
+        recipe = dataclasses.replace(recipe, weights_path=args.weights)
     summary = make_weights(recipe, tuple(args.override))
     print('\n=== make weights summary (paste into README) ===')
     print(json.dumps(summary, indent=2))

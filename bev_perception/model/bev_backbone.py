@@ -15,25 +15,36 @@ def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int,
 
 
 class TinyBEVBackbone(nn.Module):
-    """Stem 1x1, two 3x3 blocks, a strided 3x3 downsample and one more 3x3 block.
+    """Stem 1x1, 3x3 blocks at full resolution, a strided 3x3 downsample, 3x3 blocks after it.
+
+    The default (two full-resolution blocks, one after the downsample) spends most of its
+    compute at full resolution; the CPU profile moves it after the downsample.
 
     Args:
         in_channels: canvas channels (the pillar net's ``out_channels``).
         channels: width of the full-resolution blocks.
         out_channels: width after the downsample (exposed as ``out_channels``).
         stride: downsample factor (exposed as ``out_stride``).
+        full_res_blocks: 3x3 blocks before the downsample.
+        out_blocks: 3x3 blocks after the downsample (at least one).
     """
 
     def __init__(self, *, in_channels: int, channels: int, out_channels: int,
-                 stride: int) -> None:
+                 stride: int, full_res_blocks: int = 2, out_blocks: int = 1) -> None:
         super().__init__()
+        if full_res_blocks < 0 or out_blocks < 1:
+            raise ValueError(f'need full_res_blocks >= 0 and out_blocks >= 1, got '
+                             f'{full_res_blocks} and {out_blocks}')
         self.out_channels = out_channels
         self.out_stride = stride
         self.stem = conv_bn_relu(in_channels, channels, 1)
         self.blocks = nn.Sequential(
-            conv_bn_relu(channels, channels, 3), conv_bn_relu(channels, channels, 3))
+            *(conv_bn_relu(channels, channels, 3) for _ in range(full_res_blocks)))
         self.down = conv_bn_relu(channels, out_channels, 3, stride=stride)
-        self.out_block = conv_bn_relu(out_channels, out_channels, 3)
+        # One block keeps the module (and state-dict keys) of the original single out_block.
+        self.out_block = (conv_bn_relu(out_channels, out_channels, 3) if out_blocks == 1 else
+                          nn.Sequential(*(conv_bn_relu(out_channels, out_channels, 3)
+                                          for _ in range(out_blocks))))
 
     def forward(self, canvas: torch.Tensor) -> torch.Tensor:
         """Map the canvas (B, C_in, H, W) to BEV features (B, C_out, h, w)."""

@@ -545,7 +545,8 @@ def _class_map(options: EvalOptions, runtime: InferenceRuntime
 def _load_runtime(options: EvalOptions, settings: NodeSettings
                   ) -> Tuple[InferenceRuntime, str]:
     try:
-        weights = resolve_weights_path(options.weights or settings.weights_path)
+        weights = resolve_weights_path(options.weights or settings.weights_path,
+                                       settings.profile)
     except StartupError as error:
         raise EvalError(str(error)) from None
     try:
@@ -1242,7 +1243,7 @@ def build_parser() -> argparse.ArgumentParser:
                     'runtime (default) or live through a perception_node over DDS (--live).')
     parser.add_argument('bag', help='rosbag2 bag folder (mcap or sqlite3)')
     parser.add_argument('--weights', help='weights file (default: weights_path of the params, '
-                                          'else the shipped default.safetensors)')
+                                          "else the shipped weights of the params' profile)")
     parser.add_argument('--out', default='eval_out', help='report folder (default: eval_out)')
     parser.add_argument('--device', help="cpu, cuda or cuda:N (default: the params' device)")
     parser.add_argument('--params-file', help='perception_node params YAML (default: none, the '
