@@ -32,7 +32,7 @@ from bev_perception.node_params import (check_against_model, descriptor, NodeSet
                                         PARAMETERS)
 from bev_perception.sync import (LatestWinsSlot, LidarTriggeredSync, stamp_to_seconds,
                                  SyncedFrame)
-from bev_perception.weights import WeightsError
+from bev_perception.weights import SHIPPED_PROFILES, SHIPPED_WEIGHTS_DIR, WeightsError
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 import numpy as np
 from rcl_interfaces.msg import SetParametersResult
@@ -49,8 +49,6 @@ from vision_msgs.msg import Detection3DArray, LabelInfo
 from visualization_msgs.msg import MarkerArray
 
 #: File name of the weights shipped with the package.
-#: Shipped weights by profile (``profile`` parameter): ``<profile>.safetensors``.
-SHIPPED_PROFILES = ('default', 'lite')
 PACKAGE_NAME = 'bev_perception'
 #: Seconds between two warnings of the same kind.
 WARNING_PERIOD_S = 5.0
@@ -86,7 +84,7 @@ def shipped_weights_candidates(profile: str = 'default') -> List[str]:
     if profile not in SHIPPED_PROFILES:
         raise StartupError(f'profile {profile!r} is not one of {", ".join(SHIPPED_PROFILES)}')
     name = f'{profile}.safetensors'
-    candidates = [os.path.join(os.path.dirname(os.path.abspath(__file__)), 'weights', name)]
+    candidates = [os.path.join(SHIPPED_WEIGHTS_DIR, name)]
     try:
         from ament_index_python.packages import get_package_share_directory
         candidates.append(os.path.join(get_package_share_directory(PACKAGE_NAME), 'weights',

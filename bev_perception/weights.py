@@ -23,6 +23,11 @@ FORMAT_VERSION = 1
 METADATA_KEY = 'bev_perception'
 #: Largest safetensors header accepted (bytes), against corrupted length fields.
 _MAX_HEADER_BYTES = 100 * 1024 * 1024
+#: Shipped weights by profile, ``weights/<profile>.safetensors`` in the package: ``default``
+#: (``make weights``) and ``lite``, the CPU profile (``make weights-lite``).
+SHIPPED_PROFILES = ('default', 'lite')
+#: Folder of the shipped weights inside the package.
+SHIPPED_WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'weights')
 
 PathLike = Union[str, os.PathLike]
 

@@ -3,9 +3,10 @@ r"""Launch the BEV perception node, and RViz2 with the shipped view when asked.
     ros2 launch bev_perception perception.launch.py pointcloud_topic:=/points \
         image_topic:=/camera/image_raw device:=cuda rviz:=true
 
-Empty ``weights_path`` / ``profile`` / ``device`` arguments leave the params file's values in force; non-empty
-ones override them. DDS discovery is left to the environment (ROS_DOMAIN_ID,
-ROS_AUTOMATIC_DISCOVERY_RANGE): on a robot the node must be reachable from other machines.
+Empty ``weights_path`` / ``profile`` / ``device`` arguments leave the params file's values in
+force; non-empty ones override them (``profile:=lite device:=cpu`` on a machine without a GPU).
+DDS discovery is left to the environment (ROS_DOMAIN_ID, ROS_AUTOMATIC_DISCOVERY_RANGE): on a
+robot the node must be reachable from other machines.
 """
 
 import os

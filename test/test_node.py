@@ -16,10 +16,12 @@ import sys
 import time
 
 from bev_perception.conversions import array_to_pointcloud2, quaternion_to_yaw, rgb_to_image
+from bev_perception.model.config import ModelConfig
 from bev_perception.node import (Extrinsic, FrameSettings, MARKER_COLOURS, points_for_model,
                                  resize_ids_nearest, resolve_weights_path, rotation_from_rpy,
                                  rotation_to_quaternion, StartupError)
 from bev_perception.node_params import NodeSettings
+from bev_perception.weights import read_metadata, SHIPPED_PROFILES
 import numpy as np
 import pytest
 from ros_testing import wait_until
@@ -137,6 +139,17 @@ def test_weights_lookup_errors_name_the_file(tmp_path):
     present = tmp_path / 'w.safetensors'
     present.write_bytes(b'x')
     assert resolve_weights_path(str(present)) == str(present)
+    assert resolve_weights_path(str(present), 'lite') == str(present)  # the file wins
+    with pytest.raises(StartupError, match="profile 'huge' is not one of default, lite"):
+        resolve_weights_path('', 'huge')
+
+
+@pytest.mark.parametrize('profile', SHIPPED_PROFILES)
+def test_empty_weights_path_picks_the_profiles_shipped_file(profile):
+    path = resolve_weights_path('', profile)
+    assert os.path.basename(path) == f'{profile}.safetensors'
+    config = ModelConfig.from_dict(read_metadata(path)['config'])
+    assert (config == ModelConfig.lite()) == (profile == 'lite')
 
 
 # ------------------------------------------------------------------------------ node process

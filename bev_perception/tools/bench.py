@@ -49,7 +49,8 @@ from bev_perception.inference import InferenceRuntime, TIMING_KEYS
 from bev_perception.model.config import GridConfig, ModelConfig
 from bev_perception.model.network import BEVFusionNet, STAGES
 from bev_perception.model.voxelizer import Voxelizer
-from bev_perception.weights import load_weights, read_metadata, save_weights
+from bev_perception.weights import (load_weights, read_metadata, save_weights, SHIPPED_PROFILES,
+                                    SHIPPED_WEIGHTS_DIR)
 import numpy as np
 import torch
 
@@ -267,11 +268,12 @@ def model_and_weights(config_name: str, weights: Mapping[str, str]
     if path:
         model, config, _ = load_weights(path, device='cpu')
         return model, config, path
-    shipped = shipped_weights_path()
     config = model_config(config_name)
-    if shipped and ModelConfig.from_dict(read_metadata(shipped)['config']) == config:
-        model, config, _ = load_weights(shipped, device='cpu')
-        return model, config, os.path.relpath(shipped)
+    for profile in SHIPPED_PROFILES:
+        shipped = shipped_weights_path(profile)
+        if shipped and ModelConfig.from_dict(read_metadata(shipped)['config']) == config:
+            model, config, _ = load_weights(shipped, device='cpu')
+            return model, config, os.path.relpath(shipped)
     torch.manual_seed(0)
     origin = 'random init' + (f' ({SHIPPED_RECIPE} config)' if config_name == 'shipped' else '')
     return BEVFusionNet(config).eval(), config, origin
@@ -303,10 +305,9 @@ def shipped_config() -> ModelConfig:
     return load_config(recipe).model.build()
 
 
-def shipped_weights_path() -> Optional[str]:
-    """Return the shipped weights file next to the package, if there is one."""
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                        'weights', 'default.safetensors')
+def shipped_weights_path(profile: str = 'default') -> Optional[str]:
+    """Return a profile's shipped weights file in the package, if there is one."""
+    path = os.path.join(SHIPPED_WEIGHTS_DIR, f'{profile}.safetensors')
     return path if os.path.isfile(path) else None
 
 
