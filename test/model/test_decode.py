@@ -4,8 +4,8 @@ import math
 
 from bev_perception.model.config import ModelConfig, NMSConfig
 from bev_perception.model.decode import (
-    boxes_to_regression, decode_detections, greedy_nms, regression_to_boxes, rotated_bev_iou,
-    wrap_angle)
+    boxes_to_regression, decode_detections, greedy_nms, greedy_nms_slots, regression_to_boxes,
+    rotated_bev_iou, wrap_angle)
 from bev_perception.model.heads import DetectionMaps
 import pytest
 import torch
@@ -98,6 +98,16 @@ def test_greedy_nms_lets_suppressed_boxes_not_suppress():
     assert keep.tolist() == [[True, False, True]]
     keep = greedy_nms(torch.tensor([[False, True, True]]), suppression)
     assert keep.tolist() == [[False, True, False]]
+
+
+def test_greedy_nms_cpu_path_equals_the_graph_capturable_loop():
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        candidate = torch.rand(3, 40, generator=generator) < 0.5
+        suppression = torch.rand(3, 40, 40, generator=generator) < 0.15
+        expected = greedy_nms_slots(candidate, suppression)
+        assert torch.equal(greedy_nms(candidate, suppression), expected)
+        assert expected.any()
 
 
 def _maps(boxes, labels, scores, config=CONFIG, batch=1):
