@@ -219,7 +219,7 @@ def greedy_nms_slots(candidate: torch.Tensor, suppression: torch.Tensor) -> torc
 
 
 def _greedy_nms_numpy(candidate: np.ndarray, suppression: np.ndarray) -> np.ndarray:
-    """Return ``greedy_nms``'s (B, K) keep mask; slot i is kept unless a kept j < i suppresses it."""
+    """Return the (B, K) keep mask: slot i is kept unless a kept j < i suppresses it."""
     keep = np.zeros(candidate.shape, dtype=bool)
     for sample in range(candidate.shape[0]):
         kept: List[int] = []

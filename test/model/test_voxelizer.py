@@ -60,6 +60,36 @@ def test_non_finite_and_out_of_range_points_are_dropped_and_counted():
     assert counts.points_capped.tolist() == [0]
 
 
+def test_range_bounds_are_exact_in_float32():
+    def below(value):
+        return float(torch.nextafter(torch.tensor(value), torch.tensor(-math.inf)))
+
+    points = torch.tensor([
+        _point(below(9.92), 0.0),  # the largest float32 below x_max: kept
+        _point(1.0, -4.16),  # y exactly at y_min (as float32): kept
+        _point(1.0, below(-4.16)),  # just below y_min
+        _point(1.0, 0.0, z=below(2.0)),  # just below z_max: kept
+        _point(-0.0, 0.0),  # -0 >= x_min = 0: kept
+    ])
+    pillars, counts = Voxelizer(grid=GRID)([points])
+    assert pillars.points.shape == (4, 4)
+    assert counts.out_of_range_dropped.tolist() == [1]
+    assert counts.non_finite_dropped.tolist() == [0]
+
+
+def test_infinite_z_range_keeps_every_finite_height():
+    grid = GridConfig(x_range_m=GRID.x_range_m, y_range_m=GRID.y_range_m,
+                      z_range_m=(-math.inf, math.inf))
+    points = torch.tensor([_point(1.0, 0.0, z=z) for z in (-3.4e38, 3.4e38, math.inf, -math.inf)])
+    pillars, counts = Voxelizer(grid=grid)([points])
+    assert pillars.num_points.tolist() == [2]
+    assert counts.non_finite_dropped.tolist() == [2]
+    assert counts.out_of_range_dropped.tolist() == [0]
+    with pytest.raises(ValueError, match='lies beyond'):
+        Voxelizer(grid=GridConfig(x_range_m=GRID.x_range_m, y_range_m=GRID.y_range_m,
+                                  z_range_m=(1e30, 2e30)))
+
+
 def test_points_per_pillar_are_capped():
     points = torch.tensor([_point(1.0 + 0.001 * i, 0.0, z=-1.0 + 0.01 * i) for i in range(20)])
     pillars, counts = Voxelizer(grid=GRID)([points])
