@@ -12,13 +12,14 @@ the box x/y/z axes), yaw (rad about +z, in (-pi, pi]).
 """
 
 import array
+import copy
 from dataclasses import dataclass
 import sys
-from typing import Dict, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 import zlib
 
 from builtin_interfaces.msg import Duration
-from geometry_msgs.msg import Pose
+from geometry_msgs.msg import Point, Pose, PoseWithCovariance, Quaternion, Vector3
 import numpy as np
 from sensor_msgs.msg import Image, PointCloud2, PointField
 from std_msgs.msg import ColorRGBA, Header
@@ -46,6 +47,23 @@ IMAGE_ENCODING_CHANNELS: Dict[str, int] = {
 }
 
 DEFAULT_POINT_FIELDS: Tuple[str, ...] = ('x', 'y', 'z', 'intensity')
+
+#: Constructor keyword with which rclpy messages store an ``array.array('B')`` given to a
+#: uint8[] field as is. rosidl versions that have it (Kilted's, for one) check no fields by
+#: default and then copy the array once more; older ones (Humble) always check, store it as is
+#: and have no such keyword. The checks it turns on are per field, not per element.
+KEEP_BYTE_ARRAYS: Dict[str, bool] = (
+    {'check_fields': True} if '_check_fields' in getattr(Image, '__slots__', ()) else {})
+
+
+def byte_array(values: np.ndarray) -> array.array:
+    """Return the bytes of an array (C order) as the ``array.array('B')`` rclpy keeps for uint8[].
+
+    One copy for a C-contiguous array (``tobytes`` then ``array.array`` would be two).
+    """
+    data = array.array('B')
+    data.frombytes(np.ascontiguousarray(values).reshape(-1).view(np.uint8))
+    return data
 
 
 @dataclass(frozen=True)
@@ -249,10 +267,10 @@ def structured_to_pointcloud2(points: np.ndarray, header: Header) -> PointCloud2
     height, width = (1, points.shape[0]) if points.ndim == 1 else points.shape
     msg = PointCloud2(header=header, height=height, width=width, fields=fields,
                       is_bigendian=byte_orders == {'>'}, point_step=dtype.itemsize,
-                      row_step=dtype.itemsize * width)
+                      row_step=dtype.itemsize * width, **KEEP_BYTE_ARRAYS)
     float_names = [name for name in dtype.names if dtype.fields[name][0].base.kind == 'f']
     msg.is_dense = bool(all(np.isfinite(points[name]).all() for name in float_names))
-    msg.data = array.array('B', np.ascontiguousarray(points).tobytes())
+    msg.data = byte_array(points)
     return msg
 
 
@@ -354,10 +372,16 @@ def rgb_to_image(rgb: np.ndarray, header: Header, encoding: str = 'rgb8') -> Ima
             pixels = np.concatenate([pixels, alpha], axis=2)  # (H, W, 4)
         data = pixels
     height, width = data.shape[:2]
-    step = width * IMAGE_ENCODING_CHANNELS[encoding]
+    return _image_msg(header, height, width, encoding, byte_array(data))
+
+
+def _image_msg(header: Header, height: int, width: int, encoding: str,
+               data: array.array) -> Image:
+    """Return an Image without row padding that stores ``data`` without copying it."""
     msg = Image(header=header, height=height, width=width, encoding=encoding,
-                is_bigendian=False, step=step)
-    msg.data = array.array('B', np.ascontiguousarray(data).tobytes())
+                is_bigendian=False, step=width * IMAGE_ENCODING_CHANNELS[encoding],
+                **KEEP_BYTE_ARRAYS)
+    msg.data = data
     return msg
 
 
@@ -394,8 +418,22 @@ def semantic_to_color(ids: np.ndarray, palette: np.ndarray, header: Header,
     lookup = np.empty((256, 3), dtype=np.uint8)
     lookup[:] = np.asarray(ignore_colour, dtype=np.uint8)
     lookup[:len(colours)] = colours
-    # np.take on axis 0 gathers whole rows: 4x faster than lookup[ids] for a 1920x1208 image.
-    return rgb_to_image(np.take(lookup, ids, axis=0), header, encoding='rgb8')  # (H, W, 3)
+    height, width = ids.shape
+    data = array.array('B', [0]) * (height * width * 3)
+    rgb = np.frombuffer(data, dtype=np.uint8).reshape(height, width, 3)  # the message's pixels
+    # A row equal to the one above (most rows of a nearest-neighbour upsampling, as the node's
+    # ids are) is copied whole instead of looked up pixel by pixel: 3x faster at 1920x1208.
+    new_row = np.ones(height, dtype=bool)
+    np.any(ids[1:] != ids[:-1], axis=1, out=new_row[1:])
+    first_rows = np.flatnonzero(new_row)
+    # np.take on axis 0 gathers whole colours (4x faster than lookup[ids]); mode='clip' (the
+    # indices are in range) writes straight into ``out`` instead of a buffer.
+    if len(first_rows) == height:
+        np.take(lookup, ids, axis=0, out=rgb, mode='clip')
+    else:
+        distinct = np.take(lookup, ids[first_rows], axis=0, mode='clip')  # (rows, W, 3)
+        np.take(distinct, np.cumsum(new_row) - 1, axis=0, out=rgb, mode='clip')
+    return _image_msg(header, height, width, 'rgb8', data)
 
 
 # --------------------------------------------------------------------------------------------
@@ -440,6 +478,14 @@ def box_to_pose(box: Sequence[float]) -> Pose:
     return pose
 
 
+def boxes_to_poses(boxes: np.ndarray) -> List[Pose]:
+    """Return ``box_to_pose`` of every box (K, 7), with the numpy work done once for all."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 7)
+    quaternions = yaw_to_quaternion(boxes[:, 6]).tolist()  # (K, 4) x, y, z, w
+    return [Pose(position=Point(x=x, y=y, z=z), orientation=Quaternion(x=qx, y=qy, z=qz, w=qw))
+            for (x, y, z), (qx, qy, qz, qw) in zip(boxes[:, :3].tolist(), quaternions)]
+
+
 def detections_to_msg(header: Header, boxes: np.ndarray, scores: np.ndarray,
                       class_names: Sequence[str]):
     """Build a vision_msgs/Detection3DArray.
@@ -450,23 +496,30 @@ def detections_to_msg(header: Header, boxes: np.ndarray, scores: np.ndarray,
         scores: (K,) confidences in [0, 1].
         class_names: K class names, written lower-case as ``hypothesis.class_id``.
 
-    Each detection has one result whose ``pose.pose`` is the box pose; ``bbox.size`` is
-    (length, width, height); ``Detection3D.id`` (a tracking id) is left empty.
+    Each detection has one result whose ``pose.pose`` is the box pose (the same Pose object as
+    ``bbox.center``); ``bbox.size`` is (length, width, height); ``Detection3D.id`` (a tracking
+    id) is left empty. The detections are shallow copies of one built with the header (a
+    message constructor builds every default sub-message first: 4x slower), so they share it.
     """
-    from vision_msgs.msg import Detection3D, Detection3DArray, ObjectHypothesisWithPose
+    from vision_msgs.msg import (BoundingBox3D, Detection3D, Detection3DArray, ObjectHypothesis,
+                                 ObjectHypothesisWithPose)
 
     boxes, scores = _check_detections(boxes, scores, class_names)
+    detection_template = Detection3D(header=header)
+    bbox_template = BoundingBox3D()
+    result_template = ObjectHypothesisWithPose()
     detections = []
-    for box, score, name in zip(boxes, scores, class_names):
-        pose = box_to_pose(box)
-        result = ObjectHypothesisWithPose()
-        result.hypothesis.class_id = str(name).lower()
-        result.hypothesis.score = float(score)
-        result.pose.pose = pose
-        detection = Detection3D(header=header, results=[result])
-        detection.bbox.center = pose
-        detection.bbox.size.x, detection.bbox.size.y, detection.bbox.size.z = (
-            float(v) for v in box[3:6])
+    for pose, box, score, name in zip(boxes_to_poses(boxes), boxes.tolist(), scores.tolist(),
+                                      class_names):
+        result = copy.copy(result_template)
+        result.hypothesis = ObjectHypothesis(class_id=str(name).lower(), score=score)
+        result.pose = PoseWithCovariance(pose=pose)  # its own covariance array
+        bbox = copy.copy(bbox_template)
+        bbox.center = pose
+        bbox.size = Vector3(x=box[3], y=box[4], z=box[5])
+        detection = copy.copy(detection_template)
+        detection.results = [result]
+        detection.bbox = bbox
         detections.append(detection)
     return Detection3DArray(header=header, detections=detections)
 
@@ -496,6 +549,8 @@ def detections_to_markers(header: Header, boxes: np.ndarray, scores: np.ndarray,
     removed with explicit DELETE actions for the ids 2 * K .. 2 * previous_count - 1 (rather
     than a DELETEALL first, which would make every marker flicker and clear other namespaces on
     older RViz2): pass ``previous_count`` = the number of detections published last time.
+    The markers share the header, the lifetime and their (empty) texture and mesh_file
+    messages: copy one before changing it in place.
 
     Args:
         header: the cloud's header.
@@ -514,26 +569,45 @@ def detections_to_markers(header: Header, boxes: np.ndarray, scores: np.ndarray,
     colours = {name.lower(): tuple(rgb) for name, rgb in (class_colours or {}).items()}
     lifetime_sec, lifetime_nanosec = divmod(int(round(max(lifetime_s, 0.0) * 1e9)), 10**9)
     lifetime = Duration(sec=lifetime_sec, nanosec=lifetime_nanosec)
+    # Shallow copies of these (a Marker constructor builds its ten default sub-messages first:
+    # 4x slower), each given its own pose, scale, colour and lists.
+    cube_template = Marker(header=header, ns=namespace, type=Marker.CUBE, action=Marker.ADD,
+                           lifetime=lifetime)
+    text_template = Marker(header=header, ns=namespace, type=Marker.TEXT_VIEW_FACING,
+                           action=Marker.ADD, lifetime=lifetime)
+    rgb_by_name: Dict[str, Tuple[float, float, float]] = {}
     markers = []
-    for index, (box, score, name) in enumerate(zip(boxes, scores, class_names)):
+    for index, (pose, box, score, name) in enumerate(zip(
+            boxes_to_poses(boxes), boxes.tolist(), scores.tolist(), class_names)):
         name = str(name).lower()
-        red, green, blue = (c / 255.0 for c in colours.get(name, default_class_colour(name)))
-        cube = Marker(header=header, ns=namespace, id=2 * index, type=Marker.CUBE,
-                      action=Marker.ADD, pose=box_to_pose(box), lifetime=lifetime)
-        cube.scale.x, cube.scale.y, cube.scale.z = (max(float(v), 1e-3) for v in box[3:6])
+        if name not in rgb_by_name:
+            rgb_by_name[name] = tuple(
+                c / 255.0 for c in colours.get(name, default_class_colour(name)))
+        red, green, blue = rgb_by_name[name]
+        cube = _marker_from(cube_template, 2 * index)
+        cube.pose = pose
+        cube.scale = Vector3(x=max(box[3], 1e-3), y=max(box[4], 1e-3), z=max(box[5], 1e-3))
         cube.color = ColorRGBA(r=red, g=green, b=blue, a=float(box_alpha))
-        text = Marker(header=header, ns=namespace, id=2 * index + 1,
-                      type=Marker.TEXT_VIEW_FACING, action=Marker.ADD, lifetime=lifetime,
-                      text=f'{name} {score:.2f}')
-        text.pose.position.x, text.pose.position.y = float(box[0]), float(box[1])
-        text.pose.position.z = float(box[2] + 0.5 * box[5] + 0.5)
-        text.pose.orientation.w = 1.0
-        text.scale.z = 0.8  # text height, m
+        text = _marker_from(text_template, 2 * index + 1)
+        text.text = f'{name} {score:.2f}'
+        text.pose = Pose(position=Point(x=box[0], y=box[1], z=box[2] + 0.5 * box[5] + 0.5),
+                         orientation=Quaternion(w=1.0))
+        text.scale = Vector3(z=0.8)  # text height, m
         text.color = ColorRGBA(r=red, g=green, b=blue, a=1.0)
         markers.extend([cube, text])
-    for stale_id in range(2 * len(boxes), 2 * max(int(previous_count), 0)):
-        markers.append(Marker(header=header, ns=namespace, id=stale_id, action=Marker.DELETE))
+    stale_ids = range(2 * len(boxes), 2 * max(int(previous_count), 0))
+    if stale_ids:
+        delete_template = Marker(header=header, ns=namespace, action=Marker.DELETE)
+        markers.extend(_marker_from(delete_template, stale_id) for stale_id in stale_ids)
     return MarkerArray(markers=markers)
+
+
+def _marker_from(template, marker_id: int):
+    """Return a shallow copy of a Marker with ``marker_id`` and its own (empty) lists."""
+    marker = copy.copy(template)
+    marker.id = marker_id
+    marker.points, marker.colors, marker.uv_coordinates = [], [], []
+    return marker
 
 
 def label_info_msg(header: Header, class_names: Sequence[str], threshold: float = 0.0):

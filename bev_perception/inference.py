@@ -13,6 +13,11 @@ shapes; everything the caller gets back travels in one packed device-to-host cop
 the frame's one stream synchronisation. Stage times come from CUDA events, which never block.
 The only other synchronisations are inside the voxelizer, whose output size depends on the data.
 
+On the CPU the image is resized as uint8 before it becomes float (``preprocess_image``), the
+semantic logits leave the network at the head's stride and are upsampled and argmaxed a band of
+rows at a time (``semantic_ids.upsampled_argmax_ids``: the same ids as the argmax of the
+upsampled logits), and the nearest resize to the image copies whole rows.
+
 Options (both off by default, both measured by ``bev_perception_bench``):
 
 * ``torch_compile``: ``torch.compile`` the fixed-shape stages (backbone, camera encoder, fusion,
@@ -32,6 +37,7 @@ from bev_perception.model.config import ModelConfig, NMSConfig
 from bev_perception.model.decode import decode_padded, PaddedDetections, score_threshold_tensor
 from bev_perception.model.network import (BEVFusionNet, image_normalisation, preprocess_image,
                                           STAGES)
+from bev_perception.model.semantic_ids import upsampled_argmax_ids
 from bev_perception.weights import load_weights, PathLike
 import numpy as np
 import torch
@@ -335,8 +341,12 @@ class InferenceRuntime:
                    ) -> Tuple[PaddedDetections, Optional[torch.Tensor]]:
         """Run the fixed-shape stages, decode and the semantic argmax (no host syncs)."""
         timer = clock if clock is not None else _no_clock
+        # On the CPU the semantic logits stay at the head's stride: upsampled_argmax_ids takes
+        # the argmax of their upsampling band by band (the same ids, a fraction of the time).
+        on_cpu = self.device.type == 'cpu'
         with self._autocast():
-            output = self.model.forward_dense(canvas, images, camera_valid, stage_timer=clock)
+            output = self.model.forward_dense(canvas, images, camera_valid, stage_timer=clock,
+                                              upsample_semantic=not on_cpu)
         with timer('decode'):
             radius = (self._constant('radius', tuple(nms.radius_m), torch.float32)
                       if nms.kind == 'distance' else None)
@@ -344,8 +354,12 @@ class InferenceRuntime:
         semantic_ids = None
         if output.semantic is not None:
             with timer('semantic_resize'):
-                # max().indices: the first maximum, like argmax, and twice as fast on the CPU.
-                semantic_ids = output.semantic.max(1).indices.to(torch.uint8)  # (B, Hc, Wc)
+                if on_cpu:
+                    semantic_ids = upsampled_argmax_ids(
+                        output.semantic, tuple(images.shape[2:]))  # (B, Hc, Wc) uint8
+                else:
+                    # max().indices: the first maximum, like argmax, and faster.
+                    semantic_ids = output.semantic.max(1).indices.to(torch.uint8)
         return detections, semantic_ids
 
     def _run_graph(self, canvas: torch.Tensor, images: Optional[torch.Tensor],
@@ -478,4 +492,10 @@ def resize_nearest(ids: torch.Tensor, size_hw: Tuple[int, int]) -> torch.Tensor:
     height, width = size_hw
     rows = ((torch.arange(height, device=ids.device) + 0.5) * rows_in / height).long()
     cols = ((torch.arange(width, device=ids.device) + 0.5) * cols_in / width).long()
-    return ids[rows.clamp_(max=rows_in - 1)][:, cols.clamp_(max=cols_in - 1)]
+    rows, cols = rows.clamp_(max=rows_in - 1), cols.clamp_(max=cols_in - 1)
+    if ids.device.type != 'cpu':
+        return ids[rows][:, cols]
+    # Columns of the small map first, then whole rows (memory copies): 20x faster on the CPU
+    # than gathering every output element.
+    widened = np.take(ids.numpy(), cols.numpy(), axis=1)  # (h, width)
+    return torch.from_numpy(np.take(widened, rows.numpy(), axis=0))  # (height, width)

@@ -11,6 +11,9 @@ Topics (node-private names, remap them in the launch file):
   ``~/debug/timings`` (diagnostic_msgs/DiagnosticArray: one status named ``timings`` whose
   values are ``<stage>_ms`` numbers and frame facts, header = the cloud's header) and
   ``~/debug/end_to_end_latency_ms`` (std_msgs/Float64, now minus the cloud stamp).
+  Detections, markers and both semantic images are built and published only while their topic
+  has a subscriber (lazy, like image_transport's publishers): nothing is spent on an output
+  nobody reads.
 
 Threads: the executor runs the (non-blocking) callbacks and timers; one worker thread converts,
 runs inference and publishes. They meet in a latest-wins slot of depth 1, so a slow model drops
@@ -691,8 +694,14 @@ class PerceptionNode(Node):
 
     def _publish_results(self, cloud_header: Header, image: Optional[ImagePayload],
                          result: FrameResult, frame_settings: FrameSettings) -> None:
+        """Build and publish the outputs that have subscribers (nothing is sent to none)."""
+        detections, markers, mono, colour = (_with_subscribers(publisher) for publisher in (
+            self._detections_pub, self._markers_pub, self._semantic_pub,
+            self._semantic_color_pub))
+        if not (detections or markers or mono or colour):
+            return
         boxes, quaternions = frame_settings.extrinsic.boxes_to_cloud(result.boxes)
-        if self._detections_pub is not None:
+        if detections:
             msg = conversions.detections_to_msg(cloud_header, boxes, result.scores,
                                                 result.class_names)
             if quaternions is not None:
@@ -700,21 +709,22 @@ class PerceptionNode(Node):
                     for pose in (detection.bbox.center, detection.results[0].pose.pose):
                         _set_orientation(pose, quaternion)
             self._detections_pub.publish(msg)
-        if self._markers_pub is not None:
-            markers = conversions.detections_to_markers(
+        if markers:  # stale markers: those of the last published array
+            marker_array = conversions.detections_to_markers(
                 cloud_header, boxes, result.scores, result.class_names,
                 previous_count=self._previous_marker_count, class_colours=self._marker_colours)
             if quaternions is not None:
-                for marker, quaternion in zip(markers.markers[0:2 * len(boxes):2], quaternions):
+                for marker, quaternion in zip(marker_array.markers[0:2 * len(boxes):2],
+                                              quaternions):
                     _set_orientation(marker.pose, quaternion)
             self._previous_marker_count = len(boxes)
-            self._markers_pub.publish(markers)
-        if result.semantic is None or image is None:
+            self._markers_pub.publish(marker_array)
+        if result.semantic is None or image is None or not (mono or colour):
             return
         ids = resize_ids_nearest(result.semantic, frame_settings.settings.semantic_output_hw)
-        if self._semantic_pub is not None:
+        if mono:
             self._semantic_pub.publish(conversions.semantic_to_mono8(ids, image.header))
-        if self._semantic_color_pub is not None:
+        if colour:
             self._semantic_color_pub.publish(
                 conversions.semantic_to_color(ids, self._palette, image.header))
 
@@ -811,6 +821,11 @@ class PerceptionNode(Node):
         super().destroy_node()
 
 
+def _with_subscribers(publisher: Any) -> bool:
+    """Return True for an enabled publisher that has a matched subscription."""
+    return publisher is not None and publisher.get_subscription_count() > 0
+
+
 def _set_orientation(pose, quaternion: np.ndarray) -> None:
     pose.orientation.x, pose.orientation.y, pose.orientation.z, pose.orientation.w = (
         float(v) for v in quaternion)
@@ -823,7 +838,11 @@ def resize_ids_nearest(ids: np.ndarray, size_hw: Tuple[int, int]) -> np.ndarray:
         return ids
     rows = ((np.arange(height) + 0.5) * ids.shape[0] / height).astype(np.int64)
     cols = ((np.arange(width) + 0.5) * ids.shape[1] / width).astype(np.int64)
-    return ids[np.minimum(rows, ids.shape[0] - 1)][:, np.minimum(cols, ids.shape[1] - 1)]
+    rows, cols = np.minimum(rows, ids.shape[0] - 1), np.minimum(cols, ids.shape[1] - 1)
+    if height <= ids.shape[0]:  # rows first: fewer pixels left to gather one by one
+        return ids[rows][:, cols]
+    # Growing: widen the source rows, then copy whole rows (1.5x faster than fancy indexing).
+    return np.take(np.take(ids, cols, axis=1), rows, axis=0)
 
 
 def main(args: Optional[List[str]] = None) -> int:

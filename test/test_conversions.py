@@ -5,10 +5,11 @@ import struct
 
 from bev_perception.a2d2_classes import IGNORE_INDEX, SEMANTIC_PALETTE
 from bev_perception.conversions import (
-    array_to_pointcloud2, ConversionError, detections_to_markers, detections_to_msg,
-    IMAGE_ENCODING_CHANNELS, image_to_rgb, label_info_msg, pointcloud2_to_array,
-    pointcloud2_to_array_with_stats, quaternion_to_yaw, rgb_to_image, semantic_to_color,
-    semantic_to_mono8, structured_to_pointcloud2, yaw_to_quaternion)
+    array_to_pointcloud2, box_to_pose, boxes_to_poses, ConversionError, default_class_colour,
+    detections_to_markers, detections_to_msg, IMAGE_ENCODING_CHANNELS, image_to_rgb,
+    label_info_msg, pointcloud2_to_array, pointcloud2_to_array_with_stats, quaternion_to_yaw,
+    rgb_to_image, semantic_to_color, semantic_to_mono8, structured_to_pointcloud2,
+    yaw_to_quaternion)
 from builtin_interfaces.msg import Time
 import numpy as np
 import pytest
@@ -413,6 +414,21 @@ def test_semantic_to_mono8():
         semantic_to_mono8(np.full((2, 2), 300), make_header())
 
 
+@pytest.mark.parametrize('layout', ['upsampled', 'noise', 'strided', 'one_row'])
+def test_semantic_to_color_equals_a_lookup_per_pixel(layout):
+    rng = np.random.default_rng(4)
+    ids = rng.integers(0, 40, (30, 50)).astype(np.uint8)
+    ids = {'upsampled': np.repeat(np.repeat(ids, 4, axis=0), 3, axis=1), 'noise': ids,
+           'strided': np.repeat(ids, 3, axis=0)[::2, ::3], 'one_row': ids[:1]}[layout]
+    palette = np.array(SEMANTIC_PALETTE, dtype=np.uint8)
+    msg = semantic_to_color(ids, palette, make_header('camera'), ignore_colour=(1, 2, 3))
+    lookup = np.tile(np.array([1, 2, 3], np.uint8), (256, 1))
+    lookup[:len(palette)] = palette
+    assert isinstance(msg.data, array.array)
+    assert bytes(msg.data) == lookup[ids].tobytes()
+    assert (msg.height, msg.width, msg.step) == (ids.shape[0], ids.shape[1], 3 * ids.shape[1])
+
+
 def test_semantic_to_color_palette_and_ignore_colour():
     palette = np.array(SEMANTIC_PALETTE, dtype=np.uint8)
     ids = np.array([[0, 1, 37], [IGNORE_INDEX, 38, 2]], dtype=np.uint8)
@@ -459,6 +475,109 @@ def test_markers_boxes_labels_and_stale_deletion():
                                     namespace='other')
     assert [(m.id, m.action, m.ns) for m in cleared.markers] == [
         (i, Marker.DELETE, 'other') for i in range(6)]
+
+
+def round_trip(msg, kind):
+    """Return a message serialised and read back (float32 fields rounded as on the wire)."""
+    return deserialize_message(serialize_message(msg), kind)
+
+
+def random_detections(count, seed):
+    """Return boxes (count, 7), scores and names; some boxes have a zero length."""
+    rng = np.random.default_rng(seed)
+    boxes = np.concatenate([rng.uniform(-60, 60, (count, 3)), rng.uniform(0, 5, (count, 3)),
+                            rng.uniform(-4, 4, (count, 1))], 1).astype(np.float32)
+    boxes[:count // 10, 3] = 0.0
+    names = [('Car', 'pedestrian', 'truck', 'bicycle')[i % 4] for i in range(count)]
+    return boxes, rng.uniform(0, 1, count).astype(np.float32), names
+
+
+def reference_detections_msg(header, boxes, scores, class_names):
+    """detections_to_msg as one constructor per message (the reference for its fast path)."""
+    from vision_msgs.msg import Detection3D, Detection3DArray, ObjectHypothesisWithPose
+
+    detections = []
+    for box, score, name in zip(np.asarray(boxes, np.float64), np.asarray(scores, np.float64),
+                                class_names):
+        pose = box_to_pose(box)
+        result = ObjectHypothesisWithPose()
+        result.hypothesis.class_id = str(name).lower()
+        result.hypothesis.score = float(score)
+        result.pose.pose = pose
+        detection = Detection3D(header=header, results=[result])
+        detection.bbox.center = pose
+        detection.bbox.size.x, detection.bbox.size.y, detection.bbox.size.z = (
+            float(v) for v in box[3:6])
+        detections.append(detection)
+    return Detection3DArray(header=header, detections=detections)
+
+
+def reference_markers(header, boxes, scores, class_names, previous_count, colours, lifetime,
+                      alpha):
+    """detections_to_markers as one constructor per marker (the reference for its fast path)."""
+    from std_msgs.msg import ColorRGBA
+    from visualization_msgs.msg import Marker, MarkerArray
+
+    markers = []
+    for index, (box, score, name) in enumerate(zip(
+            np.asarray(boxes, np.float64), np.asarray(scores, np.float64), class_names)):
+        name = name.lower()
+        red, green, blue = (c / 255.0 for c in colours.get(name, default_class_colour(name)))
+        cube = Marker(header=header, ns='bev_perception', id=2 * index, type=Marker.CUBE,
+                      action=Marker.ADD, pose=box_to_pose(box), lifetime=lifetime)
+        cube.scale.x, cube.scale.y, cube.scale.z = (max(float(v), 1e-3) for v in box[3:6])
+        cube.color = ColorRGBA(r=red, g=green, b=blue, a=alpha)
+        text = Marker(header=header, ns='bev_perception', id=2 * index + 1,
+                      type=Marker.TEXT_VIEW_FACING, action=Marker.ADD, lifetime=lifetime,
+                      text=f'{name} {score:.2f}')
+        text.pose.position.x, text.pose.position.y = float(box[0]), float(box[1])
+        text.pose.position.z = float(box[2] + 0.5 * box[5] + 0.5)
+        text.pose.orientation.w = 1.0
+        text.scale.z = 0.8
+        text.color = ColorRGBA(r=red, g=green, b=blue, a=1.0)
+        markers.extend([cube, text])
+    for stale_id in range(2 * len(boxes), 2 * previous_count):
+        markers.append(Marker(header=header, ns='bev_perception', id=stale_id,
+                              action=Marker.DELETE))
+    return MarkerArray(markers=markers)
+
+
+def test_boxes_to_poses_equals_box_to_pose():
+    boxes, _, _ = random_detections(200, 0)
+    boxes[:8, 6] = [np.pi, -np.pi, 0.0, -0.0, 1e-9, np.pi / 2, 3.1415925, -3.1415925]
+    assert boxes_to_poses(boxes) == [box_to_pose(box) for box in boxes.astype(np.float64)]
+    assert boxes_to_poses(np.zeros((0, 7))) == []
+
+
+@needs_vision_msgs
+@pytest.mark.parametrize('count', [0, 1, 100])
+def test_detection_messages_equal_one_constructor_per_message(count):
+    from builtin_interfaces.msg import Duration
+    from vision_msgs.msg import Detection3DArray
+    from visualization_msgs.msg import MarkerArray
+
+    boxes, scores, names = random_detections(count, count)
+    header = make_header()
+    msg = detections_to_msg(header, boxes, scores, names)
+    reference = reference_detections_msg(header, boxes, scores, names)
+    assert msg == reference
+    assert round_trip(msg, Detection3DArray) == round_trip(reference, Detection3DArray)
+    for detection in msg.detections:
+        assert detection.results[0].pose.pose is detection.bbox.center
+    if count > 1:  # no covariance array shared between detections
+        assert msg.detections[0].results[0].pose.covariance is not (
+            msg.detections[1].results[0].pose.covariance)
+    colours = {'car': (255, 0, 0)}
+    markers = detections_to_markers(header, boxes, scores, names, previous_count=count + 3,
+                                    class_colours=colours, lifetime_s=0.25, box_alpha=0.5)
+    reference = reference_markers(header, boxes, scores, names, count + 3, colours,
+                                  Duration(sec=0, nanosec=250000000), 0.5)
+    assert markers == reference
+    assert round_trip(markers, MarkerArray) == round_trip(reference, MarkerArray)
+    if count > 1:  # each marker has its own pose, colour and lists
+        first, second = markers.markers[0], markers.markers[2]
+        assert first.pose is not second.pose and first.color is not second.color
+        assert first.points is not second.points
 
 
 def test_marker_colours_are_stable_per_class():

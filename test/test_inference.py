@@ -137,6 +137,37 @@ def test_resize_nearest_uses_pixel_centres():
     assert resize_nearest(ids, (5, 7)).shape == (5, 7)
 
 
+def _resize_nearest_by_gather(ids, size_hw):
+    """Return the element-by-element gather that resize_nearest replaced on the CPU."""
+    rows_in, cols_in = ids.shape
+    rows = ((torch.arange(size_hw[0]) + 0.5) * rows_in / size_hw[0]).long()
+    cols = ((torch.arange(size_hw[1]) + 0.5) * cols_in / size_hw[1]).long()
+    return ids[rows.clamp_(max=rows_in - 1)][:, cols.clamp_(max=cols_in - 1)]
+
+
+@pytest.mark.parametrize('size_in, size_out', [
+    ((256, 416), (1208, 1920)), ((7, 5), (3, 11)), ((5, 6), (5, 6)), ((64, 96), (37, 1000))])
+def test_resize_nearest_equals_the_gather(size_in, size_out):
+    ids = torch.randint(0, 38, size_in, dtype=torch.uint8,
+                        generator=torch.Generator().manual_seed(sum(size_in)))
+    resized = resize_nearest(ids, size_out)
+    assert resized.dtype == torch.uint8 and resized.is_contiguous()
+    assert torch.equal(resized, _resize_nearest_by_gather(ids, size_out))
+
+
+def test_semantic_ids_equal_the_argmax_of_the_upsampled_logits(runtime):
+    # On the CPU the runtime never materialises the upsampled logits (semantic_ids); the ids
+    # must be those of the network's forward: argmax at the input size, nearest to the image's.
+    points = _points(1500, 13)
+    image = _image(150, 200, 14)
+    result = runtime(points, image)
+    with torch.no_grad():
+        output = _model()([torch.from_numpy(points)], preprocess_image(image, CONFIG)[None])
+    expected = _resize_nearest_by_gather(output.semantic[0].max(0).indices.to(torch.uint8),
+                                         (150, 200))
+    np.testing.assert_array_equal(result.semantic, expected.numpy())
+
+
 def test_a2d2_sized_frame_on_cpu():
     """One 1920x1208 image and 120k points through the default-size model (prints timings)."""
     config = ModelConfig()

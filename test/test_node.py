@@ -14,12 +14,15 @@ import signal
 import subprocess
 import sys
 import time
+import types
 
 from bev_perception.conversions import array_to_pointcloud2, quaternion_to_yaw, rgb_to_image
+from bev_perception.inference import FrameResult, OverflowCounts
 from bev_perception.model.config import ModelConfig
-from bev_perception.node import (Extrinsic, FrameSettings, MARKER_COLOURS, points_for_model,
-                                 resize_ids_nearest, resolve_weights_path, rotation_from_rpy,
-                                 rotation_to_quaternion, StartupError)
+from bev_perception.node import (Extrinsic, FrameSettings, ImagePayload, MARKER_COLOURS,
+                                 PerceptionNode, points_for_model, resize_ids_nearest,
+                                 resolve_weights_path, rotation_from_rpy, rotation_to_quaternion,
+                                 StartupError)
 from bev_perception.node_params import NodeSettings
 from bev_perception.weights import read_metadata, SHIPPED_PROFILES
 import numpy as np
@@ -131,6 +134,53 @@ def test_resize_ids_is_nearest_neighbour():
                                   np.repeat(np.repeat(ids, 2, 0), 2, 1))
     assert resize_ids_nearest(ids, (0, 0)) is ids
     assert resize_ids_nearest(ids, (1, 3)).tolist() == [[2, 3, 3]]  # pixel centres: row 1
+
+
+@pytest.mark.parametrize('size_hw', [(604, 960), (2416, 3840), (1208, 960), (7, 3001)])
+def test_resize_ids_equals_fancy_indexing(size_hw):
+    ids = np.random.default_rng(0).integers(0, 38, (1208, 1920)).astype(np.uint8)
+    rows = np.minimum(((np.arange(size_hw[0]) + 0.5) * 1208 / size_hw[0]).astype(np.int64), 1207)
+    cols = np.minimum(((np.arange(size_hw[1]) + 0.5) * 1920 / size_hw[1]).astype(np.int64), 1919)
+    np.testing.assert_array_equal(resize_ids_nearest(ids, size_hw), ids[rows][:, cols])
+
+
+class RecordingPublisher:
+    """Stands in for an rclpy publisher with a fixed number of matched subscriptions."""
+
+    def __init__(self, subscriptions):
+        self.subscriptions = subscriptions
+        self.messages = []
+
+    def get_subscription_count(self):
+        return self.subscriptions
+
+    def publish(self, msg):
+        self.messages.append(msg)
+
+
+@pytest.mark.parametrize('subscribed', [(), ('markers',), ('semantic_color',),
+                                        ('detections', 'semantic')])
+def test_outputs_are_built_only_for_subscribers(subscribed):
+    from std_msgs.msg import Header
+
+    publishers = {name: RecordingPublisher(int(name in subscribed))
+                  for name in ('detections', 'markers', 'semantic', 'semantic_color')}
+    node = types.SimpleNamespace(
+        _detections_pub=publishers['detections'], _markers_pub=publishers['markers'],
+        _semantic_pub=publishers['semantic'], _semantic_color_pub=publishers['semantic_color'],
+        _previous_marker_count=4, _marker_colours={}, _palette=np.zeros((38, 3), np.uint8))
+    result = FrameResult(
+        boxes=np.array([[5.0, 1.0, -1.0, 4.0, 2.0, 1.5, 0.2]], np.float32),
+        scores=np.array([0.5], np.float32), class_ids=np.array([0]), class_names=['car'],
+        semantic=np.zeros((6, 8), np.uint8), lidar_only=False,
+        overflow=OverflowCounts(0, 0, 0, 0), timings_ms={})
+    image = ImagePayload(header=Header(frame_id='camera'), rgb=np.zeros((6, 8, 3), np.uint8))
+    frame_settings = FrameSettings.build(NodeSettings.defaults(), ModelConfig.tiny())
+    PerceptionNode._publish_results(node, Header(frame_id='lidar'), image, result,
+                                    frame_settings)
+    assert {name for name, publisher in publishers.items() if publisher.messages} == set(
+        subscribed)
+    assert node._previous_marker_count == (1 if 'markers' in subscribed else 4)
 
 
 def test_weights_lookup_errors_name_the_file(tmp_path):

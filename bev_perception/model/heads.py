@@ -1,6 +1,6 @@
 """Task heads: CenterPoint detection on the fused BEV, FPN semantic segmentation on C3..C5."""
 
-from typing import Dict, NamedTuple, Tuple
+from typing import Dict, NamedTuple, Optional, Tuple
 
 from bev_perception.model.bev_backbone import conv_bn_relu
 import torch
@@ -75,8 +75,12 @@ class SemanticFPNHead(nn.Module):
         self.predictor = nn.Conv2d(channels, num_classes, 1)
 
     def forward(self, features: Dict[str, torch.Tensor],
-                output_hw: Tuple[int, int]) -> torch.Tensor:
-        """Return logits (B, num_classes, *output_hw) from {'c3', 'c4', 'c5'} features."""
+                output_hw: Optional[Tuple[int, int]]) -> torch.Tensor:
+        """Return logits (B, num_classes, *output_hw) from {'c3', 'c4', 'c5'} features.
+
+        ``output_hw`` None: the logits before the final bilinear upsampling, at the finest
+        level's size (for ``semantic_ids.upsampled_argmax_ids``).
+        """
         sizes = [tuple(features[level].shape[-2:]) for level in self.levels]  # fine to coarse
         total = None
         for index, level in enumerate(self.levels):
@@ -88,4 +92,6 @@ class SemanticFPNHead(nn.Module):
                                       align_corners=False)
             total = x if total is None else total + x
         logits = self.predictor(total)  # (B, n_sem, h3, w3)
+        if output_hw is None:
+            return logits
         return F.interpolate(logits, size=tuple(output_hw), mode='bilinear', align_corners=False)

@@ -30,7 +30,9 @@ class NetworkOutput(NamedTuple):
     z: torch.Tensor  # (B, 1, h, w) centre z, metres
     log_size: torch.Tensor  # (B, 3, h, w) log length, width, height (metres)
     yaw: torch.Tensor  # (B, 2, h, w) sin, cos of yaw
-    semantic: Optional[torch.Tensor]  # (B, n_sem, Hc, Wc) logits; None without images
+    # (B, n_sem, Hc, Wc) logits (at the head's stride: forward_dense(upsample_semantic=False));
+    # None without images
+    semantic: Optional[torch.Tensor]
     camera_valid: torch.Tensor  # (B,) bool, samples that used their image
     counts: Optional[VoxelizerCounts]  # per-sample drops and caps; None: forward_dense
 
@@ -173,7 +175,8 @@ class BEVFusionNet(nn.Module):
 
     def forward_dense(self, canvas: torch.Tensor, images: Optional[torch.Tensor] = None,
                       camera_valid: Optional[torch.Tensor] = None,
-                      stage_timer: Optional[StageTimer] = None) -> NetworkOutput:
+                      stage_timer: Optional[StageTimer] = None,
+                      upsample_semantic: bool = True) -> NetworkOutput:
         """Run the fixed-shape stages: backbone, camera encoder, fusion and both heads.
 
         With ``camera_valid`` None (all samples have an image, or none has) nothing here
@@ -184,6 +187,10 @@ class BEVFusionNet(nn.Module):
             images: (B, 3, Hc, Wc) or None, as in ``forward``.
             camera_valid: (B,) bool or None, as in ``forward``.
             stage_timer: as in ``forward`` (every stage after 'pillar_net').
+            upsample_semantic: False leaves the semantic logits at the head's stride, without
+                its final bilinear upsampling to (Hc, Wc), for inference that wants class ids
+                only (``semantic_ids.upsampled_argmax_ids`` gives those of the upsampled
+                logits).
 
         Returns:
             The predictions with ``counts`` None.
@@ -195,19 +202,20 @@ class BEVFusionNet(nn.Module):
         all_valid = images is not None and camera_valid is None
         valid = self._camera_valid(images, camera_valid, batch, canvas.device)
         semantic = None
+        semantic_hw = tuple(images.shape[2:]) if images is not None and upsample_semantic else None
         if all_valid:
             with timer('camera_encoder'):
                 features = self.camera_encoder(images)
             with timer('fusion'):
                 bev = self.fusion(bev, features, None)
             with timer('semantic_head'):
-                semantic = self.semantic_head(features, tuple(images.shape[2:]))
+                semantic = self.semantic_head(features, semantic_hw)
         elif images is not None:
             valid_index = torch.nonzero(valid).squeeze(1)  # (Bv,)
             all_valid = valid_index.numel() == batch
-            semantic_shape = (batch, self.config.num_semantic_classes) + tuple(images.shape[2:])
-            if valid_index.numel() == 0:
-                semantic = bev.new_zeros(semantic_shape)
+            if valid_index.numel() == 0:  # zero logits, at (Hc, Wc) whatever upsample_semantic
+                semantic = bev.new_zeros(
+                    (batch, self.config.num_semantic_classes) + tuple(images.shape[2:]))
             else:
                 with timer('camera_encoder'):
                     features = self.camera_encoder(
@@ -215,9 +223,10 @@ class BEVFusionNet(nn.Module):
                 with timer('fusion'):
                     bev = self.fusion(bev, features, valid)
                 with timer('semantic_head'):
-                    semantic = self.semantic_head(features, tuple(images.shape[2:]))
+                    semantic = self.semantic_head(features, semantic_hw)
                     if not all_valid:  # zero logits for samples without an image
-                        semantic = semantic.new_zeros(semantic_shape).index_copy(
+                        semantic = semantic.new_zeros(
+                            (batch,) + tuple(semantic.shape[1:])).index_copy(
                             0, valid_index, semantic)
         with timer('detection_head'):
             maps = self.detection_head(bev)

@@ -15,7 +15,10 @@ Sections (each in ``bench.json`` and as a table in ``bench.md`` in ``--out``):
   the same image. Warm-up runs are excluded; CUDA stages are timed with CUDA events and the
   frame ends with a stream synchronisation (``bev_perception.inference.StageClock``). Peak
   memory: CUDA ``max_memory_allocated``; CPU the rise of the process's peak RSS (VmHWM, reset
-  through /proc/self/clear_refs) over its RSS after loading the model.
+  through /proc/self/clear_refs) over its RSS after loading the model. On the CPU the semantic
+  head's final upsampling runs fused with the argmax, so it counts in the semantic argmax +
+  resize row, not in heads. Message building builds every output, as the node does when each
+  topic has a subscriber (the node builds none for a topic without one).
 * **fast_path**: the runtime with ``torch_compile`` and/or ``cuda_graphs`` on and off (CUDA;
   compile on the CPU only with ``--cpu-compile``, it takes minutes on a small machine).
 * **voxelizer**: our voxelizer against spconv's ``PointToVoxel`` on the same points and grid in
@@ -81,7 +84,7 @@ BENCH_STAGES = (
     ('heads', 'heads (detection + semantic)'),
     ('cuda_graph', 'CUDA graph (backbone..decode)'),
     ('decode', 'decode (peaks, top-K, NMS)'),
-    ('semantic_resize', 'semantic argmax + resize'),
+    ('semantic_resize', 'semantic argmax + resize (CPU: with the logits upsampling)'),
     ('postprocess', 'transfer back + unpack'),
     ('message_building', 'message building (detections, markers, 2 images)'),
     ('model_forward', 'model forward (voxelize..heads)'),

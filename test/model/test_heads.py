@@ -1,6 +1,7 @@
 """CenterPoint and semantic FPN heads: channels, bias init, output sizes."""
 
 from bev_perception.model.heads import CenterPointHead, REGRESSION_CHANNELS, SemanticFPNHead
+from bev_perception.model.semantic_ids import upsampled_argmax_ids
 import pytest
 import torch
 
@@ -26,7 +27,11 @@ def test_semantic_head_returns_logits_at_the_requested_size(height, width):
                 for level, s in strides.items()}
     with torch.no_grad():
         logits = head(features, (height, width))
+        at_stride = head(features, None)  # before the final upsampling
     assert logits.shape == (1, 7, height, width)
+    assert at_stride.shape == (1, 7) + tuple(features['c3'].shape[-2:])
+    assert torch.equal(upsampled_argmax_ids(at_stride, (height, width)),
+                       logits.max(1).indices.to(torch.uint8))
     assert len(head.level_convs['c5']) == 2 and len(head.level_convs['c3']) == 1
 
 

@@ -98,6 +98,63 @@ def test_preprocess_image_normalises_and_resizes():
         preprocess_image(rgb[:, :, :2], CONFIG)
 
 
+def _float_resize_grey_levels(rgb, size_hw):
+    """Return the float32 bilinear resize of (H, W, 3) uint8 pixels, (3, h, w) on 0..255."""
+    chw = torch.from_numpy(rgb).permute(2, 0, 1)[None].to(torch.float32)  # (1, 3, H, W)
+    shrinking = chw.shape[-2] > size_hw[0] or chw.shape[-1] > size_hw[1]
+    return torch.nn.functional.interpolate(chw, size=size_hw, mode='bilinear',
+                                           align_corners=False, antialias=shrinking)[0]
+
+
+def _grey_levels(image, config=CONFIG):
+    """Undo the normalisation of a (3, h, w) network input: values on the 0..255 scale."""
+    mean = torch.tensor(config.camera.mean).view(3, 1, 1) * 255.0
+    std = torch.tensor(config.camera.std).view(3, 1, 1) * 255.0
+    return image * std + mean
+
+
+@pytest.mark.parametrize('input_hw', [(1208, 1920), (301, 77), (37, 50)])
+def test_preprocess_image_uint8_resize_within_a_grey_level_of_float(input_hw):
+    # The CPU resizes the uint8 pixels, rounding after each separable pass: at most about one
+    # grey level (0..255 scale) from the float32 resize, on noise, edges and smooth ramps.
+    generator = np.random.default_rng(7)
+    rows, cols = np.mgrid[0:input_hw[0], 0:input_hw[1]]
+    images = [
+        generator.integers(0, 256, (*input_hw, 3), dtype=np.uint8),
+        generator.choice(np.array([0, 255], np.uint8), (*input_hw, 3)),
+        np.stack([cols * 255 // max(input_hw[1] - 1, 1), rows * 255 // max(input_hw[0] - 1, 1),
+                  (rows + cols) % 256], -1).astype(np.uint8)]
+    for rgb in images:
+        image = preprocess_image(rgb, CONFIG)
+        assert image.shape == (3, *CONFIG.camera.input_hw) and image.dtype == torch.float32
+        difference = (_grey_levels(image) - _float_resize_grey_levels(
+            rgb, CONFIG.camera.input_hw)).abs()
+        assert float(difference.max()) <= 1.05
+        assert float(difference.mean()) <= 0.4
+        # The uint8 result is whole grey levels.
+        levels = _grey_levels(image)
+        torch.testing.assert_close(levels, levels.round(), atol=1e-3, rtol=0)
+
+
+def test_preprocess_image_accepts_strided_tensors():
+    rgba = np.random.default_rng(3).integers(0, 256, (90, 130, 4), dtype=np.uint8)
+    expected = preprocess_image(np.ascontiguousarray(rgba[:, :, :3]), CONFIG)
+    torch.testing.assert_close(preprocess_image(torch.from_numpy(rgba)[:, :, :3], CONFIG),
+                               expected, atol=0, rtol=0)
+    read_only = np.ascontiguousarray(rgba[:, :, :3])
+    read_only.flags.writeable = False
+    torch.testing.assert_close(preprocess_image(read_only, CONFIG), expected, atol=0, rtol=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+def test_preprocess_image_cuda_within_a_grey_level_of_cpu():
+    rgb = np.random.default_rng(5).integers(0, 256, (1208, 1920, 3), dtype=np.uint8)
+    cuda = preprocess_image(rgb, CONFIG, 'cuda')  # float32 resize on the GPU
+    assert cuda.is_cuda and cuda.shape == (3, *CONFIG.camera.input_hw)
+    difference = (_grey_levels(cuda.cpu()) - _grey_levels(preprocess_image(rgb, CONFIG))).abs()
+    assert float(difference.max()) <= 1.05
+
+
 def _training_batch():
     boxes = np.array([[3.0, -1.0, -1.0, 4.0, 1.8, 1.5, 0.3], [6.0, 2.0, -0.8, 0.6, 0.6, 1.7, 2.0]],
                      dtype=np.float32)
