@@ -37,7 +37,7 @@ from training.targets import build_targets, collate_targets, TargetConfig, Targe
 LOGGER = logging.getLogger(__name__)
 
 #: Bumped whenever the cache layout or the preparation changes.
-CACHE_FORMAT_VERSION = 1
+CACHE_FORMAT_VERSION = 2  # 2: images resized as uint8 on the CPU, like inference
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,7 +75,8 @@ def resize_image_to_input(rgb: np.ndarray, config: ModelConfig) -> np.ndarray:
     """Resize an (H, W, 3) uint8 image to ``camera.input_hw`` exactly as inference does.
 
     Runs ``preprocess_image`` (the inference resize) and undoes its normalisation, rounding
-    back to uint8 (at most half a grey level away from the float result).
+    back to uint8: on the CPU that is exactly the uint8 resize inference does there (about one
+    grey level from the float resize of other devices).
     """
     normalised = preprocess_image(rgb, config)  # (3, Hc, Wc)
     mean = torch.tensor(config.camera.mean).view(3, 1, 1)
