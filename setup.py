@@ -23,7 +23,8 @@ setup(
         ('share/ament_index/resource_index/packages', ['resource/' + PACKAGE]),
         ('share/' + PACKAGE, ['package.xml']),
         ('share/' + PACKAGE + '/launch', _files('launch/*.launch.py')),
-        ('share/' + PACKAGE + '/config', _files('config/*.yaml') + _files('config/*.rviz')),
+        ('share/' + PACKAGE + '/config', _files('config/*.yaml') + _files('config/*.rviz')
+         + _files('config/*.xml')),
         ('share/' + PACKAGE + '/weights', _files(PACKAGE + '/weights/*.safetensors')),
     ],
     install_requires=['setuptools'],

@@ -36,6 +36,7 @@ decode and message building through the number of detections, which is reported)
 
 import argparse
 import ctypes
+import importlib.util
 import json
 import math
 import os
@@ -582,6 +583,7 @@ def bench_node(config_names: Sequence[str], device: str, frames: int,
     from bev_perception.tools.evaluate_bag import EvalOptions, evaluate_live
 
     os.environ.update(demo.local_dds_env(1 + os.getpid() % 100))
+    os.environ.update(demo.large_message_dds_env())
     bag_dir = os.path.join(out_dir, 'node_replay', 'drive_bag')
     data_dir = os.path.join(out_dir, 'node_replay', 'drive')
     started = time.perf_counter()
@@ -862,7 +864,13 @@ def run(args: argparse.Namespace, command: str) -> Dict[str, Any]:
         log('PointCloud2 conversion')
         report['conversion'] = bench_conversion(surround, iterations,
                                                 loop_iterations=min(iterations, 3))
-    if not args.skip_node:
+    run_node = not args.skip_node
+    if run_node and importlib.util.find_spec('training') is None:
+        run_node = False  # the replayed drive comes from the repository's training package
+        not_measured.append("node replay: the synthetic drive needs the repository's training "
+                            'package; run `python -m bev_perception.tools.bench` (or `make '
+                            'bench`) from the repository root')
+    if run_node:
         node_configs = [name for name in configs if name != 'tiny']
         log(f'node replay at 10 Hz: {node_configs}')
         report['node'] = bench_node(node_configs, 'cuda' if 'cuda' in devices else 'cpu',

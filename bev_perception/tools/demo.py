@@ -120,6 +120,36 @@ def local_dds_env(domain_id: int) -> Dict[str, str]:
             'ROS_DOMAIN_ID': str(domain_id)}
 
 
+#: Fast DDS profile with a shared-memory segment that holds camera images (config/).
+FASTDDS_PROFILE_NAME = 'fastdds_large_messages.xml'
+#: Variables naming a Fast DDS XML profiles file (Fast DDS 3, and 2.x as in Humble).
+FASTDDS_PROFILE_VARIABLES = ('FASTDDS_DEFAULT_PROFILES_FILE', 'FASTRTPS_DEFAULT_PROFILES_FILE')
+
+
+def fastdds_profile_path() -> Optional[str]:
+    """Return the shipped Fast DDS profile: the checkout's config/, else the share directory."""
+    candidates = [os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__)))), 'config', FASTDDS_PROFILE_NAME)]
+    try:
+        from ament_index_python.packages import get_package_share_directory
+        candidates.append(os.path.join(get_package_share_directory('bev_perception'), 'config',
+                                       FASTDDS_PROFILE_NAME))
+    except (ImportError, LookupError, ValueError):
+        pass
+    return next((path for path in candidates if os.path.isfile(path)), None)
+
+
+def large_message_dds_env() -> Dict[str, str]:
+    """Return variables selecting the shipped Fast DDS profile, unless one is already chosen.
+
+    Transports only (shared memory for images): discovery stays as ``local_dds_env`` sets it.
+    """
+    if any(os.environ.get(name) for name in FASTDDS_PROFILE_VARIABLES):
+        return {}
+    path = fastdds_profile_path()
+    return {} if path is None else {name: path for name in FASTDDS_PROFILE_VARIABLES}
+
+
 def stamp_ns(msg_stamp) -> int:
     """Return a builtin_interfaces/Time as integer nanoseconds."""
     return msg_stamp.sec * 10**9 + msg_stamp.nanosec
@@ -675,6 +705,7 @@ def run(config: DemoConfig) -> dict:
     os.makedirs(out_dir, exist_ok=True)
     domain_id = config.domain_id or 1 + os.getpid() % 100
     os.environ.update(local_dds_env(domain_id))  # this process's rclpy reads it at init
+    os.environ.update(large_message_dds_env())
     env = dict(os.environ, PYTHONUNBUFFERED='1')
 
     try:

@@ -35,6 +35,7 @@ bag file, the topic or the file), 2 for bad arguments.
 """
 
 import argparse
+import bisect
 from dataclasses import dataclass, field, replace
 import json
 import logging
@@ -47,7 +48,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from bev_perception import conversions
 from bev_perception.bag_io import (BagError, BagReader, BagTopics, BagWriter, DEFAULT_TOPICS,
@@ -829,7 +830,13 @@ def node_command(options: EvalOptions, namespace: str, weights: str,
 
 
 class LiveRecorder:
-    """Subscriptions to the node's outputs (raw CDR): evaluation, timing and an outputs bag."""
+    """Subscriptions to the node's outputs (raw CDR): evaluation, timing and an outputs bag.
+
+    During the replay the callbacks only note when each frame's detections arrived and append
+    the raw messages to the outputs bag, so the evaluator takes as little CPU from the node as
+    it can (decoding and scoring 10 frames a second would compete with it on a small machine).
+    ``evaluate_recorded`` then reads the bag back in arrival order and evaluates.
+    """
 
     def __init__(self, ros_node, node_path: str, evaluation: Evaluation, strip: StripCollector,
                  writer: BagWriter) -> None:
@@ -850,6 +857,8 @@ class LiveRecorder:
         self.node_latency_ms: List[float] = []  # node clock now - cloud stamp
         self.last_output_s = 0.0
         self._published_images: List[int] = []
+        self._sorted_images: List[int] = []
+        self._recording = True
         self._lock = threading.Lock()
         self.topics = {
             'detections': f'{node_path}/output/detections',
@@ -863,43 +872,60 @@ class LiveRecorder:
         self._subscriptions = [
             ros_node.create_subscription(Detection3DArray, self.topics['detections'],
                                          self._on_detections, qos, raw=True),
-            ros_node.create_subscription(Image, self.topics['semantic'], self._on_semantic,
-                                         qos, raw=True),
+            ros_node.create_subscription(Image, self.topics['semantic'],
+                                         self._on_raw('semantic'), qos, raw=True),
             ros_node.create_subscription(DiagnosticArray, self.topics['timings'],
-                                         self._on_timings, qos, raw=True),
+                                         self._on_raw('timings'), qos, raw=True),
             ros_node.create_subscription(DiagnosticArray, '/diagnostics',
                                          self._on_diagnostics, qos),
         ]
         self._node_name = node_path.rsplit('/', 1)[-1]
 
+    def stop_recording(self) -> None:
+        """Ignore outputs from now on (the outputs bag is about to be closed)."""
+        with self._lock:
+            self._recording = False
+
     def _record(self, key: str, data: bytes) -> None:
         now = time.monotonic()
         with self._lock:
+            if not self._recording:
+                return
             self.last_output_s = now
             self.writer.write_raw(self.topics[key], time.time_ns(), data)
 
     def _on_detections(self, data: bytes) -> None:
         received = time.monotonic()
         self._record('detections', data)
-        msg = self.typestore.deserialize_cdr(data, DETECTIONS_TYPE)
-        arrays = detections_from_msg(msg)
         with self._lock:
-            if arrays.stamp_ns not in self.received_s:
-                self.received_s[arrays.stamp_ns] = received
+            self.received_s.setdefault(cdr_header_stamp_ns(data), received)
+
+    def _on_raw(self, key: str) -> Callable[[bytes], None]:
+        return lambda data: self._record(key, data)
+
+    def evaluate_recorded(self, bag_path: str) -> None:
+        """Evaluate the outputs recorded in ``bag_path`` (the closed outputs bag), in order."""
+        evaluate = {self.topics['detections']: self._evaluate_detections,
+                    self.topics['semantic']: self._evaluate_semantic,
+                    self.topics['timings']: self._evaluate_timings}
+        with BagReader(bag_path) as bag:
+            for item in bag.messages(list(evaluate), raw=True):
+                evaluate[item.topic](item.message)
+
+    def _evaluate_detections(self, data: bytes) -> None:
+        arrays = detections_from_msg(self.typestore.deserialize_cdr(data, DETECTIONS_TYPE))
         output = FrameOutput(stamp_ns=arrays.stamp_ns, image_stamp_ns=None, boxes=arrays.boxes,
                              scores=arrays.scores, class_names=list(arrays.class_ids))
         self.evaluation.add_prediction(self.evaluation.runs[0], output)
         self.strip.add_prediction(output)
 
-    def _on_semantic(self, data: bytes) -> None:
-        self._record('semantic', data)
+    def _evaluate_semantic(self, data: bytes) -> None:
         msg = self.typestore.deserialize_cdr(data, IMAGE_TYPE)
         ids = mono8_to_array(msg)
         self.evaluation.add_semantic_prediction(stamp_ns(msg.header), ids)
         self.strip.add_semantic(stamp_ns(msg.header), ids)
 
-    def _on_timings(self, data: bytes) -> None:
-        self._record('timings', data)
+    def _evaluate_timings(self, data: bytes) -> None:
         msg = self.typestore.deserialize_cdr(data, 'diagnostic_msgs/msg/DiagnosticArray')
         stamp = stamp_ns(msg.header)
         for status in msg.status:
@@ -926,9 +952,14 @@ class LiveRecorder:
     def snap_image_stamp(self, approximate: int, tolerance_ns: int = 1_000_000) -> int:
         """Return the published image stamp nearest ``approximate`` (ms-rounded by the node)."""
         with self._lock:
-            if not self._published_images:
-                return approximate
-            nearest = min(self._published_images[-64:], key=lambda s: abs(s - approximate))
+            if len(self._published_images) != len(self._sorted_images):
+                self._sorted_images = sorted(self._published_images)
+            stamps = self._sorted_images
+        index = bisect.bisect_left(stamps, approximate)
+        near = [stamps[i] for i in (index - 1, index) if 0 <= i < len(stamps)]
+        if not near:
+            return approximate
+        nearest = min(near, key=lambda s: abs(s - approximate))
         return nearest if abs(nearest - approximate) <= tolerance_ns else approximate
 
     def _on_diagnostics(self, msg) -> None:
@@ -998,9 +1029,13 @@ def evaluate_live(options: EvalOptions) -> Dict[str, Any]:
     from rosgraph_msgs.msg import Clock
     from sensor_msgs.msg import Image, PointCloud2
 
+    from bev_perception.tools.demo import large_message_dds_env
+
     started = time.perf_counter()
     if options.rate <= 0:
         raise EvalError('--rate must be positive')
+    # Images through shared memory, for this process's player and the node it starts.
+    os.environ.update(large_message_dds_env())
     settings, _ = node_settings(options.params_file, options.overrides, options.node_name)
     if options.device:
         settings = replace(settings, device=options.device)
@@ -1061,8 +1096,10 @@ def evaluate_live(options: EvalOptions) -> Dict[str, Any]:
                                evaluation, strip, recorder, process, total)
                 _drain(recorder, played['cloud_stamps'], options.drain_timeout_s, process)
                 _wait_for_diagnostics(recorder, settings.diagnostics_period_s + 1.0)
-                cloud_stamps = played['cloud_stamps']
-                missing = evaluation.add_missing(cloud_stamps)
+                recorder.stop_recording()  # outputs arriving from now on are not evaluated
+            recorder.evaluate_recorded(os.path.join(options.out, 'outputs'))
+            cloud_stamps = played['cloud_stamps']
+            missing = evaluation.add_missing(cloud_stamps)
         finally:
             if process is not None:
                 exit_code = process.stop()

@@ -68,3 +68,23 @@ def test_training_mode_handles_tiny_clouds(count):
     assert canvas.shape == (1, 6, 27, 31)
     assert torch.isfinite(canvas).all()
     canvas.sum().backward()
+
+
+def test_eval_pooling_before_normalisation_is_bit_identical():
+    # Eval mode pools the linear outputs and normalises per pillar; BN weights of both signs
+    # (and a zero) must give exactly the per-point path's features.
+    net = _net(channels=8).eval()
+    with torch.no_grad():
+        net.norm.weight.copy_(torch.tensor([1.5, -0.7, 0.0, 2.0, -3.0, 0.2, -0.01, 1.0]))
+        net.norm.bias.copy_(torch.linspace(-0.5, 0.5, 8))
+        net.norm.running_mean.copy_(torch.linspace(-1.0, 1.0, 8))
+        net.norm.running_var.copy_(torch.linspace(0.5, 2.0, 8))
+    for seed in range(5):
+        pillars, _ = Voxelizer(grid=GRID)([_cloud(600, seed), _cloud(50, seed + 10)])
+        with torch.no_grad():
+            fast = net._pool_linear_outputs(pillars)
+            reference = net._pool_points(pillars)
+            canvas = net(pillars)
+        assert torch.equal(fast, reference)
+        assert (reference > 0).any() and (reference == 0).any()
+        assert canvas.shape == (2, 8) + GRID.canvas_hw
