@@ -244,12 +244,12 @@ class ModelConfig:
 
         0.48 m pillars over the default x range (y trimmed by 0.32 m to divide evenly: a
         164 x 144 canvas instead of 248 x 216), narrow widths, the BEV convolutions on the
-        head grid only (none at canvas resolution) and fusion over C5 only. The camera input
-        keeps the default size: thin classes such as lane markings need the pixels and the
-        camera branch is a small part of the time.
+        head grid only (none at canvas resolution), fusion over C5 only and a 192 x 320 camera
+        input (the camera encoder, the semantic upsampling and argmax scale with its pixels).
         """
         return cls(
             grid=GridConfig(pillar_size_m=0.48, y_range_m=(-39.36, 39.36)),
+            camera=CameraConfig(input_hw=(192, 320)),
             lidar_encoder=LidarEncoderConfig(
                 pfn_channels=32, backbone_channels=32, backbone_out_channels=48,
                 full_res_blocks=0, out_blocks=2),
