@@ -63,7 +63,7 @@ def test_profile_file_is_shipped_and_selected():
     assert path == os.path.join(REPO, 'config', FASTDDS_PROFILE_NAME)
     environment = large_message_dds_env()
     if not any(os.environ.get(name) for name in FASTDDS_PROFILE_VARIABLES):
-        assert environment == {name: path for name in FASTDDS_PROFILE_VARIABLES}
+        assert environment == {'FASTDDS_DEFAULT_PROFILES_FILE': path}
     with open(path, encoding='utf-8') as stream:
         text = stream.read()
     assert '<type>SHM</type>' in text and '<segment_size>33554432</segment_size>' in text
@@ -72,8 +72,8 @@ def test_profile_file_is_shipped_and_selected():
 
 def test_full_size_images_arrive_best_effort_with_the_profile(ros_env):
     env = dict(ros_env)
-    for name in FASTDDS_PROFILE_VARIABLES:
-        env[name] = fastdds_profile_path()
+    env.pop('FASTRTPS_DEFAULT_PROFILES_FILE', None)
+    env['FASTDDS_DEFAULT_PROFILES_FILE'] = fastdds_profile_path()
     subscriber = subprocess.Popen([sys.executable, '-c', SUBSCRIBER, '40', str(IMAGES)], env=env,
                                   stdout=subprocess.PIPE, text=True)
     try:

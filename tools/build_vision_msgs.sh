@@ -6,10 +6,12 @@ set -euo pipefail
 venv=$(cd "$1" && pwd)
 prefix=$2
 root=$(cd "$(dirname "$0")/.." && pwd)
+own_prefix=$(mkdir -p "$prefix" && cd "$prefix" && pwd)
 
+# Our own prefix is on AMENT_PREFIX_PATH in a shell that sourced env.sh: not an external install.
 IFS=: read -r -a ament_prefixes <<< "${AMENT_PREFIX_PATH:-}"
 for p in "${ament_prefixes[@]}"; do
-  if [ -n "$p" ] && [ "$p" != "$venv" ] && [ -e "$p/share/ament_index/resource_index/packages/vision_msgs" ]; then
+  if [ -n "$p" ] && [ "$p" != "$venv" ] && [ "$p" != "$own_prefix" ] && [ -e "$p/share/ament_index/resource_index/packages/vision_msgs" ]; then
     echo "vision_msgs: using the sourced ROS 2 install at $p"
     mkdir -p "$prefix" && echo "external $p" > "$prefix/.external"
     exit 0

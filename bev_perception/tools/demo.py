@@ -122,7 +122,9 @@ def local_dds_env(domain_id: int) -> Dict[str, str]:
 
 #: Fast DDS profile with a shared-memory segment that holds camera images (config/).
 FASTDDS_PROFILE_NAME = 'fastdds_large_messages.xml'
-#: Variables naming a Fast DDS XML profiles file (Fast DDS 3, and 2.x as in Humble).
+#: Variables naming a Fast DDS XML profiles file: Fast DDS 3 (Jazzy and later), then 2.x
+#: (Humble). Only the first is set here (Fast DDS 3 warns that the second is deprecated); one
+#: set by the user, either, is left alone.
 FASTDDS_PROFILE_VARIABLES = ('FASTDDS_DEFAULT_PROFILES_FILE', 'FASTRTPS_DEFAULT_PROFILES_FILE')
 
 
@@ -147,7 +149,7 @@ def large_message_dds_env() -> Dict[str, str]:
     if any(os.environ.get(name) for name in FASTDDS_PROFILE_VARIABLES):
         return {}
     path = fastdds_profile_path()
-    return {} if path is None else {name: path for name in FASTDDS_PROFILE_VARIABLES}
+    return {} if path is None else {FASTDDS_PROFILE_VARIABLES[0]: path}
 
 
 def stamp_ns(msg_stamp) -> int:
