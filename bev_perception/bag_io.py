@@ -177,6 +177,13 @@ def stamp_ns(header) -> int:
     return int(header.stamp.sec) * 10**9 + int(header.stamp.nanosec)
 
 
+def cdr_header_stamp_ns(data: bytes) -> int:
+    """Return the header stamp (ns) of a CDR message whose first field is a std_msgs/Header."""
+    little = data[1] == 1  # encapsulation id 0x0001 = CDR little endian
+    sec, nanosec = struct.unpack_from('<iI' if little else '>iI', data, 4)
+    return sec * 10**9 + nanosec
+
+
 def us_to_ns(stamp_us: int) -> int:
     """Return microseconds (A2D2 TAI timestamps) as nanoseconds."""
     return int(stamp_us) * 1000

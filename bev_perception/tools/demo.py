@@ -23,7 +23,6 @@ import math
 import os
 import shutil
 import signal
-import struct
 import subprocess
 import sys
 import tempfile
@@ -32,7 +31,7 @@ import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from bev_perception import conversions
-from bev_perception.bag_io import BagReader, BagWriter, DEFAULT_TOPICS
+from bev_perception.bag_io import BagReader, BagWriter, cdr_header_stamp_ns, DEFAULT_TOPICS
 from bev_perception.metrics import DetectionAccumulator, match_frame, SemanticAccumulator
 from bev_perception.node import resolve_weights_path, StartupError
 import numpy as np
@@ -155,12 +154,6 @@ def large_message_dds_env() -> Dict[str, str]:
 def stamp_ns(msg_stamp) -> int:
     """Return a builtin_interfaces/Time as integer nanoseconds."""
     return msg_stamp.sec * 10**9 + msg_stamp.nanosec
-
-
-def stamp_from_cdr(data: bytes) -> int:
-    """Return the header stamp (ns) of a CDR-serialised message that starts with a Header."""
-    sec, nanosec = struct.unpack_from('<iI', data, 4)  # after the 4-byte encapsulation
-    return sec * 10**9 + nanosec
 
 
 # ------------------------------------------------------------------------------ drive + bag
@@ -343,7 +336,8 @@ class DemoRos:
                 self.set_clock(entry.log_time_ns)
                 publishers[entry.topic].publish(entry.message)
                 if entry.topic == CLOUD_TOPIC:
-                    self.recording.published_s[stamp_from_cdr(entry.message)] = time.monotonic()
+                    stamp = cdr_header_stamp_ns(entry.message)
+                    self.recording.published_s[stamp] = time.monotonic()
                     clouds += 1
                 elif entry.topic == IMAGE_TOPIC:
                     images += 1

@@ -43,7 +43,6 @@ import math
 import os
 import shutil
 import signal
-import struct
 import subprocess
 import sys
 import threading
@@ -51,8 +50,9 @@ import time
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from bev_perception import conversions
-from bev_perception.bag_io import (BagError, BagReader, BagTopics, BagWriter, DEFAULT_TOPICS,
-                                   DetectionArrays, detections_from_msg, DETECTIONS_TYPE,
+from bev_perception.bag_io import (BagError, BagReader, BagTopics, BagWriter,
+                                   cdr_header_stamp_ns, DEFAULT_TOPICS, DetectionArrays,
+                                   detections_from_msg, DETECTIONS_TYPE,
                                    IMAGE_TYPE, mono8_to_array, POINTCLOUD_TYPE, quaternion_yaw,
                                    stamp_ns)
 from bev_perception.inference import FrameResult, InferenceRuntime
@@ -791,13 +791,6 @@ def _finish(options: EvalOptions, report: Dict[str, Any], evaluation: Evaluation
 
 
 # ------------------------------------------------------------------------------ live
-
-def cdr_header_stamp_ns(data: bytes) -> int:
-    """Return the header stamp (ns) of a CDR message whose first field is a std_msgs/Header."""
-    little = data[1] == 1  # encapsulation id 0x0001 = CDR little endian
-    sec, nanosec = struct.unpack_from('<iI' if little else '>iI', data, 4)
-    return sec * 10**9 + nanosec
-
 
 def _format_param(value: Any) -> str:
     if isinstance(value, bool):
