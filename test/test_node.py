@@ -24,6 +24,7 @@ from bev_perception.node import (Extrinsic, FrameSettings, ImagePayload, MARKER_
                                  resolve_weights_path, rotation_from_rpy, rotation_to_quaternion,
                                  StartupError)
 from bev_perception.node_params import NodeSettings
+from bev_perception.tools.demo import stop_node
 from bev_perception.weights import read_metadata, SHIPPED_PROFILES
 import numpy as np
 import pytest
@@ -262,13 +263,7 @@ def node_process(tiny_weights, scene_frames, ros_env, tmp_path_factory):
             env=ros_env, stdout=log, stderr=subprocess.STDOUT)
     process.log_path = log_path
     yield process
-    if process.poll() is None:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    stop_node(process)
 
 
 class Peer:
