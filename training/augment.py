@@ -13,8 +13,10 @@ The camera image is fixed to the LiDAR by the calibration, so only transforms th
   is well below one camera token (16 or 32 px at the network input). A flipped frame also turns
   right-hand traffic into left-hand traffic, which is harmless for detection and segmentation.
 * **Point dropout / jitter / intensity scale**: drop a random fraction of the points, add a small
-  Gaussian to x, y, z (a few centimetres, below the sensor's own range noise) and scale the raw
-  reflectance; none of these moves anything the image sees.
+  Gaussian to x, y, z (a few centimetres, below the sensor's own range noise), scale the raw
+  reflectance and, with ``intensity_dropout_prob``, zero it for the whole frame (sensors differ
+  in how, and whether, they report intensity: the network must not depend on one calibration);
+  none of these moves anything the image sees.
 * **Photometric jitter** of the image (brightness, contrast, saturation): geometry unchanged.
 * **Camera dropout** (``camera_dropout_prob``): the sample is marked camera-invalid, so the
   network runs it LiDAR-only and the semantic loss skips it.
@@ -42,12 +44,14 @@ class AugmentConfig:
     point_dropout_max: float = 0.2  # drop a uniform random fraction in [0, max] of the points
     point_jitter_m: float = 0.01  # std of the Gaussian added to x, y, z, metres
     intensity_scale_range: Tuple[float, float] = (0.9, 1.1)
+    intensity_dropout_prob: float = 0.0  # zero the whole frame's intensity (sensors without it)
     brightness: float = 0.2  # multiply by a factor in [1 - b, 1 + b]
     contrast: float = 0.2  # blend with the mean grey level, factor in [1 - c, 1 + c]
     saturation: float = 0.2  # blend with the grey image, factor in [1 - s, 1 + s]
 
     def __post_init__(self) -> None:
-        for name in ('flip_prob', 'camera_dropout_prob', 'point_dropout_max'):
+        for name in ('flip_prob', 'camera_dropout_prob', 'point_dropout_max',
+                     'intensity_dropout_prob'):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f'AugmentConfig.{name} must be in [0, 1], got {value}')
@@ -109,7 +113,7 @@ def flip_left_right(sample: Sample) -> Sample:
 
 def jitter_points(points: np.ndarray, config: AugmentConfig,
                   rng: np.random.Generator) -> np.ndarray:
-    """Drop a random fraction of points, jitter x, y, z and scale the reflectance."""
+    """Drop a random fraction of points, jitter x, y, z, scale (or zero) the reflectance."""
     keep_prob = 1.0 - rng.uniform(0.0, config.point_dropout_max)
     keep = rng.random(len(points)) < keep_prob
     points = points[keep].copy()
@@ -118,6 +122,8 @@ def jitter_points(points: np.ndarray, config: AugmentConfig,
         points[:, :3] += noise.astype(np.float32)
     low, high = config.intensity_scale_range
     points[:, 3] *= np.float32(rng.uniform(low, high))
+    if rng.random() < config.intensity_dropout_prob:
+        points[:, 3] = 0.0
     return points
 
 

@@ -56,10 +56,10 @@ class Recipe:
     data_dir: str = 'data/synthetic'
     out_dir: str = 'out/weights'
     weights_path: str = 'bev_perception/weights/default.safetensors'
-    train_scenes: int = 100
-    train_frames_per_scene: int = 5
-    held_out_scenes: int = 10
-    held_out_frames_per_scene: int = 4
+    train_scenes: int = 600
+    train_frames_per_scene: int = 2  # many short drives: the world varies per scene
+    held_out_scenes: int = 30
+    held_out_frames_per_scene: int = 2
     image_size: Tuple[int, int] = (640, 403)  # width, height: a third of A2D2's 1920 x 1208
     generator_workers: int = 2
     model_overrides: Tuple[str, ...] = ()  # training config overrides that pick the model
@@ -83,7 +83,8 @@ PROFILES: Dict[str, Recipe] = {
 
 def _generate(root: str, scenes: int, frames: int, seed: int, recipe: Recipe) -> Dict[str, Any]:
     """Generate a synthetic root unless the same recipe already produced it."""
-    description = {'generator': 'training.synthetic', 'seed': seed, 'scenes': scenes,
+    description = {'generator': 'training.synthetic', 'world': synthetic.WORLD_VERSION,
+                   'seed': seed, 'scenes': scenes,
                    'frames_per_scene': frames, 'image_size': list(recipe.image_size)}
     stamp = os.path.join(root, 'generated.json')
     if os.path.exists(stamp):

@@ -6,26 +6,35 @@ scene folders ``YYYYMMDD_hhmmss`` of F frames, with the real dataset's folders, 
 npz keys and dtypes, label3D JSON, camera PNG + info JSON and semantic label PNG (see
 ../shared/docs/a2d2-format.md); ``training.a2d2`` reads them like real A2D2.
 
-The world lives in a road frame (X along a straight street, Y left, Z up, road surface at
-Z = 0): lanes with solid and dashed markings, curbs, raised sidewalks, grass strips, a facade
-row on each side (buildings with windows, or hedges), trees, and cars, vans, trucks,
-pedestrians and cyclists built from yaw-rotated boxes, each class with its own shape, colours
-and LiDAR reflectance. The ego vehicle drives along its lane at 10 Hz; actors move
-consistently (lane traffic, walkers, cyclists) or stand still (parked cars, waiting people).
-Semantic labels use instance colours ('Car 1'..'Car 4', ...); a cyclist (bicycle and rider)
-is labelled Bicycle, the facades Buildings (windows included) or Nature object (hedges).
+The aim is a distribution wide enough that real sensors and streets fall inside it, not an
+A2D2 look-alike. Each scene draws:
 
-Sensors use the A2D2 calibration (``training.a2d2_calibration``): the five VLP-16 lidars cast
-their rays (16 lasers, 0.2 degree azimuth steps) from their mounting poses against the world
-(nearest hit, range noise, dropout, reflectance by material and incidence), keeping only
-points inside the front-center camera image, as A2D2 does. The camera renders the distorted
-original image and its label pixel by pixel through CamMatrixOriginal + Distortion, so label,
-image and points are exactly aligned. Everything is vectorised numpy and deterministic per
-seed: the same seed writes the same files byte for byte, whatever the number of workers.
+- a street: straight or curved (radius down to 60 m), 1-3 lanes each way or one-way, rising or
+  falling with a vertical curve and bumps, sometimes a junction with a crossing road; each side
+  is urban (kerb, pavement, facades with recesses, shop windows and balconies), suburban
+  (kerb, pavement, verge, hedges, fences, walls, houses set back), rural (no kerb, verge or
+  embankment, guard rails, trees, open fields) or a car park (rows of parked cars at any angle);
+- road users built from real shapes (``training.shapes``): cars, small cars, SUVs and vans
+  with bonnet, glass cabin and wheel arches, lorries and buses, walking and standing people
+  (children included), cyclists on bicycles; driving in lanes, parked along the kerb or in
+  bays, walking on pavements, crossing, standing in groups;
+- clutter and hard negatives everywhere: trees, bushes, hedges, poles, lamps, signs, traffic
+  lights, fences, guard rails, walls, bollards, bins, benches and parked bicycles (unlabelled);
+- a LiDAR (``training.sensors``): beam pattern (16 to 128 lasers, or A2D2's five VLP-16s),
+  mounting height and tilt, range noise, ray drop by range, incidence and material, intensity
+  model; glass, foliage, spokes and mesh fences let some rays through; most scenes keep every
+  return ahead of the car, some only those inside the camera image (as A2D2 files do);
+- the camera height (the model frame's origin) above the road, 1.45-2.2 m.
+
+Rays are cast with Embree (``training.world``) against the triangle mesh of each frame. The
+camera renders the distorted original image and its label through CamMatrixOriginal +
+Distortion, with sun shading, cast shadows, haze and a sky, so label, image and points are
+exactly aligned. Everything is deterministic per seed: the same seed writes the same files
+byte for byte, whatever the number of workers.
 """
 
 import argparse
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 import datetime
 import json
 import math
@@ -33,71 +42,47 @@ import multiprocessing
 import os
 import statistics
 import time
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 import zipfile
 
-from bev_perception.a2d2_classes import hex_to_rgb, SEMANTIC_CATEGORIES, SEMANTIC_COLOURS
+from bev_perception.a2d2_classes import hex_to_rgb, IGNORE_INDEX, SEMANTIC_CATEGORIES, \
+    SEMANTIC_COLOURS
 import numpy as np
 from PIL import Image
+from training import sensors, shapes
 from training.a2d2 import CAMERA_FOLDER, FILE_KINDS, frame_path, wrap_angle
 from training.a2d2_calibration import (
     camera_calibration, CameraModel, LIDAR_IDS, lidar_view, NATIVE_RESOLUTION, view_to_view,
     write_cams_lidars)
+from training.world import hash_noise, Hits, MeshBuilder, rotation_z, World, WorldBuilder
 
 # ----------------------------------------------------------------------------- constants
 
+#: Changes whenever the generated world changes (data made by another version is regenerated).
+WORLD_VERSION = 2
 FRAME_PERIOD_US = 100_000  # 10 Hz lidar sweeps
 TAI_MINUS_UTC_S = 37
-VLP16_ELEVATIONS_DEG = tuple(float(e) for e in range(-15, 16, 2))  # 16 lasers
-VLP16_AZIMUTH_STEPS = 1800  # 0.2 degree at 10 Hz
-VLP16_LASER_INTERVAL_US = 2.304
-VLP16_MAX_RANGE_M = 100.0
+LASER_INTERVAL_US = 2.304
 
-# Static surface codes of a ray hit. Codes index a per-frame surface table: these static rows,
-# then one row per facade segment (FACADE_OFFSET + segment), then one per actor part.
-SKY, ROAD, SOLID_LINE, DASHED_LINE, CURB, SIDEWALK, GRASS, WINDOW, EGO_HOOD = range(9)
-_STATIC_SURFACES = (  # semantic label name, albedo (linear 0..1), LiDAR reflectance
-    ('Sky', (0.0, 0.0, 0.0), 0.0),
-    ('RD normal street', (0.30, 0.30, 0.32), 9.0),
-    ('Solid line', (0.90, 0.90, 0.88), 85.0),
-    ('Dashed line', (0.88, 0.88, 0.86), 80.0),
-    ('Curbstone', (0.66, 0.65, 0.63), 30.0),
-    ('Sidewalk', (0.58, 0.54, 0.50), 24.0),
-    ('Nature object', (0.24, 0.42, 0.16), 14.0),
-    ('Buildings', (0.15, 0.18, 0.23), 8.0),  # window glass
-    ('Ego car', (0.10, 0.11, 0.13), 0.0),
+# Ground surfaces: label name, albedo (linear 0..1), LiDAR reflectance 0..1, retro-reflective.
+GROUND_SURFACES = (
+    ('RD normal street', (0.30, 0.30, 0.32), 0.10, False),
+    ('Solid line', (0.90, 0.90, 0.88), 0.55, True),
+    ('Dashed line', (0.88, 0.88, 0.86), 0.50, True),
+    ('Curbstone', (0.66, 0.65, 0.63), 0.30, False),
+    ('Sidewalk', (0.58, 0.54, 0.50), 0.25, False),
+    ('Nature object', (0.24, 0.42, 0.16), 0.35, False),  # verge, field
+    ('Parking area', (0.36, 0.36, 0.37), 0.12, False),
+    ('Non-drivable street', (0.45, 0.40, 0.34), 0.22, False),  # gravel shoulder
 )
-FACADE_OFFSET = len(_STATIC_SURFACES)
-_BUILDING_REFLECTANCE, _HEDGE_REFLECTANCE = 36.0, 18.0
-_HORIZON = (0.78, 0.84, 0.92)
-_ZENITH = (0.32, 0.52, 0.85)
-
-# Face codes: axis * 2 + (1 if the outward normal points to -axis); normals per code.
-_FACE_NORMALS = ((1.0, 0.0, 0.0), (-1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, -1.0, 0.0),
-                 (0.0, 0.0, 1.0), (0.0, 0.0, -1.0))
-_UP, _TOWARD_LEFT, _TOWARD_RIGHT = 4, 2, 3  # +Z, +Y, -Y
+ROAD, SOLID, DASHED, CURB, PAVEMENT, VERGE, PARKING, SHOULDER = range(len(GROUND_SURFACES))
+SIDE_KINDS = ('urban', 'suburban', 'rural', 'car_park')
+_SIDE_WEIGHTS = (0.35, 0.3, 0.22, 0.13)
+_HORIZON = np.array((0.78, 0.84, 0.92), dtype=np.float32)
+_ZENITH = np.array((0.32, 0.52, 0.85), dtype=np.float32)
 
 # Instance-numbered label colours per semantic category ('Car 1'..'Car 4', ...).
 _LABEL_NAMES = {'Car': 4, 'Truck': 3, 'Pedestrian': 3, 'Bicycle': 4}
-
-_CAR_PAINTS = ((0.62, 0.07, 0.06), (0.40, 0.05, 0.05), (0.10, 0.20, 0.55), (0.06, 0.09, 0.25),
-               (0.62, 0.63, 0.65), (0.35, 0.36, 0.38), (0.05, 0.05, 0.06), (0.86, 0.86, 0.86),
-               (0.10, 0.32, 0.18), (0.70, 0.64, 0.50))
-_TRUCK_CARGO = ((0.90, 0.90, 0.88), (0.72, 0.72, 0.72), (0.85, 0.70, 0.10), (0.85, 0.42, 0.08),
-                (0.15, 0.30, 0.60), (0.20, 0.38, 0.22), (0.50, 0.10, 0.08))
-_TRUCK_CAB = ((0.90, 0.90, 0.90), (0.65, 0.08, 0.06), (0.12, 0.22, 0.55), (0.25, 0.25, 0.27),
-              (0.85, 0.72, 0.10))
-_CLOTHES = ((0.12, 0.15, 0.30), (0.06, 0.06, 0.07), (0.40, 0.40, 0.42), (0.60, 0.53, 0.40),
-            (0.60, 0.10, 0.10), (0.15, 0.35, 0.20), (0.85, 0.85, 0.85), (0.85, 0.75, 0.20),
-            (0.35, 0.15, 0.40))
-_SKIN = ((0.55, 0.40, 0.30), (0.30, 0.20, 0.12), (0.75, 0.60, 0.50), (0.10, 0.08, 0.06))
-_BRIGHT = ((0.95, 0.80, 0.05), (0.95, 0.45, 0.05), (0.80, 0.10, 0.10), (0.10, 0.40, 0.85),
-           (0.20, 0.75, 0.30), (0.90, 0.90, 0.90))
-_FACADES = ((0.85, 0.80, 0.68), (0.90, 0.90, 0.87), (0.62, 0.62, 0.64), (0.58, 0.32, 0.24),
-            (0.82, 0.72, 0.48), (0.66, 0.70, 0.74), (0.75, 0.55, 0.45))
-_GLASS = (0.08, 0.10, 0.13)
-_TYRE = (0.04, 0.04, 0.04)
-_DARK_METAL = (0.18, 0.18, 0.19)
 
 _BOX_CORNER_SIGNS = ((-1, 1, -1), (1, 1, -1), (1, -1, -1), (-1, -1, -1),
                      (-1, 1, 1), (1, 1, 1), (1, -1, 1), (-1, -1, 1))
@@ -121,79 +106,161 @@ def class_list_dict() -> Dict[str, str]:
 class SyntheticConfig:
     """Knobs of the synthetic drives (units in the names)."""
 
-    camera_height_m: Tuple[float, float] = (1.74, 1.86)  # road surface at z = -height (view)
-    ego_speed_mps: Tuple[float, float] = (3.0, 13.0)
+    camera_height_m: Tuple[float, float] = (1.45, 2.2)  # road surface at z = -height (view)
+    ego_speed_mps: Tuple[float, float] = (0.0, 14.0)
     camera_delay_us: Tuple[int, int] = (40_000, 60_000)  # camera stamp after the sweep start
-    range_noise_m: float = 0.02  # std of the LiDAR range noise
-    dropout: float = 0.03  # probability that a return is lost
-    foliage_dropout: float = 0.35  # extra loss on tree crowns
     min_box_points: int = 5  # an actor is labelled with at least this many LiDAR points
     max_box_depth_m: float = 80.0  # ... and its centre at most this far ahead
-    empty_scene_probability: float = 0.08  # scenes without any actor
+    empty_scene_probability: float = 0.06  # scenes without any road user
     image_noise: float = 3.0  # std of the pixel noise in 8-bit levels
     png_compress_level: int = 1
+    view_ahead_m: float = 110.0  # the world is built this far ahead of the ego ...
+    view_behind_m: float = 30.0  # ... and this far behind
+    view_side_m: float = 60.0  # ... and this far to each side
 
 
-# ----------------------------------------------------------------------------- scene model
-
-
-@dataclass(frozen=True)
-class RoadLayout:
-    """Cross-section of the street in the road frame (metres, Y left)."""
-
-    edge_right_m: float  # Y of the right curb face (negative)
-    edge_left_m: float  # Y of the left curb face
-    curb_height_m: float  # raised level of sidewalks and grass
-    curb_width_m: float  # curbstone strip on top of the raised level
-    sidewalk_width_m: Tuple[float, float]  # right, left (from the curb face)
-    solid_lines: Tuple[Tuple[float, float], ...]  # (y, width)
-    dashed_lines: Tuple[Tuple[float, float, float, float, float], ...]  # y, width, dash,
-    # period, phase
+# ----------------------------------------------------------------------------- layout
 
 
 @dataclass(frozen=True)
-class FacadeRows:
-    """Facade planes along both sides: segments sorted by start X, per side."""
+class Street:
+    """The main road (a circular arc or a line) and what lines its two sides.
 
-    y_m: Tuple[float, float]  # right (negative), left
-    starts_m: Tuple[np.ndarray, np.ndarray]  # (S_side,) segment start X
-    offset: Tuple[int, int]  # first index of each side in the concatenated arrays
-    heights_m: np.ndarray  # (S,) concatenated right then left
-    is_building: np.ndarray  # (S,) bool; False: hedge / vegetation wall
-    albedo: np.ndarray  # (S, 3)
-    floor_height_m: np.ndarray  # (S,) window rows
-    window_spacing_m: np.ndarray  # (S,) window columns
+    Road coordinates: s along the centreline (0 at the world origin, heading +x), l to the left.
+    """
+
+    curvature: float  # 1 / radius, positive to the left; 0: straight
+    edge_m: Tuple[float, float]  # l of the right (negative) and left road edges
+    lane_width_m: float
+    lanes: Tuple[int, int]  # lanes on the right (ego direction) and on the left
+    side: Tuple[str, str]  # SIDE_KINDS of the right and left sides
+    kerb: Tuple[bool, bool]
+    kerb_height_m: float
+    pavement_m: Tuple[float, float]  # pavement width beyond the kerb (0: none)
+    dashed_centre: bool
+    dash_period_m: float
+    dash_phase_m: float
+    grade: float  # slope along s at s = 0
+    vertical_curve: float  # d(slope)/ds
+    crossfall: float  # slope across the road (drainage)
+    bumps: np.ndarray  # (K, 4) ground undulation waves (amplitude, kx, ky, phase)
+    junction_s_m: Optional[float]  # s of a crossing road's centre, None: no junction
+    junction_half_width_m: float
+
+    def to_road(self, x: np.ndarray, y: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """Return (s, l) of world points."""
+        if abs(self.curvature) < 1e-9:
+            return x, y
+        radius = 1.0 / self.curvature
+        angle = np.arctan2(x, (radius - y) * np.sign(radius))
+        s = angle * abs(radius)
+        l_ = radius - np.sign(radius) * np.hypot(x, radius - y)
+        return s, l_
+
+    def to_world(self, s: np.ndarray, l_: np.ndarray) -> Tuple[np.ndarray, np.ndarray,
+                                                               np.ndarray]:
+        """Return (x, y, heading) of road coordinates."""
+        s, l_ = np.asarray(s, dtype=np.float64), np.asarray(l_, dtype=np.float64)
+        if abs(self.curvature) < 1e-9:
+            return s, l_, np.zeros_like(s)
+        heading = s * self.curvature
+        radius = 1.0 / self.curvature
+        x = (radius - l_) * np.sin(heading)
+        y = radius - (radius - l_) * np.cos(heading)
+        return x, y, heading
+
+    def raised(self, s: np.ndarray, l_: np.ndarray) -> np.ndarray:
+        """Return (N,) bool: beyond a kerb (on the pavement level)."""
+        right = (l_ < self.edge_m[0]) & self.kerb[0]
+        left = (l_ > self.edge_m[1]) & self.kerb[1]
+        return (right | left) & ~self.in_junction(s, l_)
+
+    def in_junction(self, s: np.ndarray, l_: np.ndarray) -> np.ndarray:
+        """Return (N,) bool: on the crossing road."""
+        if self.junction_s_m is None:
+            return np.zeros(np.shape(s), dtype=bool)
+        return np.abs(s - self.junction_s_m) < self.junction_half_width_m
+
+    def height(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Return the ground height at world points."""
+        s, l_ = self.to_road(x, y)
+        z = self.grade * s + 0.5 * self.vertical_curve * s * s - self.crossfall * np.abs(l_)
+        z = z + _waves(x, y, self.bumps)
+        return z + self.kerb_height_m * self.raised(s, l_)
+
+    def surface(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Return the ground surface code (N,) at world points."""
+        s, l_ = self.to_road(x, y)
+        right, left = self.edge_m
+        code = np.full(np.shape(x), VERGE, dtype=np.int64)
+        for index, sign in ((0, -1.0), (1, 1.0)):
+            edge = self.edge_m[index]
+            beyond = sign * (l_ - edge)  # distance past this edge
+            kind = self.side[index]
+            near = (beyond > 0) & (sign * l_ > 0)
+            if kind == 'car_park':
+                code[near & (beyond < 60.0)] = PARKING
+            elif kind == 'rural':
+                code[near & (beyond < 0.8)] = SHOULDER
+            if self.pavement_m[index] > 0:
+                code[near & (beyond < self.pavement_m[index])] = PAVEMENT
+            if self.kerb[index]:
+                code[near & (beyond < 0.25)] = CURB
+        on_road = (l_ >= right) & (l_ <= left)
+        code[on_road] = ROAD
+        line_w = 0.15
+        lines = np.zeros(np.shape(x), dtype=bool)
+        for edge in (right + 0.3, left - 0.3):
+            lines |= np.abs(l_ - edge) < line_w / 2
+        dashed = np.zeros(np.shape(x), dtype=bool)
+        dash = np.mod(s + self.dash_phase_m, self.dash_period_m) < 3.0
+        for k in range(1, self.lanes[0]):
+            dashed |= (np.abs(l_ + k * self.lane_width_m) < line_w / 2) & dash
+        for k in range(1, self.lanes[1]):
+            dashed |= (np.abs(l_ - k * self.lane_width_m) < line_w / 2) & dash
+        if self.lanes[1] > 0:
+            centre = np.abs(l_) < line_w / 2
+            if self.dashed_centre:
+                dashed |= centre & dash
+            else:
+                lines |= centre
+        junction = self.in_junction(s, l_)
+        code[on_road & lines & ~junction] = SOLID
+        code[on_road & dashed & ~junction] = DASHED
+        crossing = junction & (np.abs(l_) < 60.0)
+        code[crossing] = ROAD
+        return code
 
 
-@dataclass(frozen=True)
-class Parts:
-    """Boxes that make up an actor, in its box frame (origin at the geometric centre)."""
-
-    centres_m: np.ndarray  # (P, 3)
-    half_sizes_m: np.ndarray  # (P, 3)
-    albedo: np.ndarray  # (P, 3)
-    reflectance: np.ndarray  # (P,)
-    foliage: np.ndarray  # (P,) bool
+def _waves(x: np.ndarray, y: np.ndarray, waves: np.ndarray) -> np.ndarray:
+    total = np.zeros(np.broadcast(x, y).shape)
+    for amplitude, kx, ky, phase in waves:
+        total = total + amplitude * np.sin(kx * x + ky * y + phase)
+    return total
 
 
-@dataclass(frozen=True)
-class Actor:
-    """A road user or a tree; moves along X at constant speed."""
+@dataclass
+class SceneObject:
+    """An object of a scene: a mesh in its own frame and how it moves."""
 
-    class_name: Optional[str]  # A2D2 box class; None for scenery (not labelled)
-    category: str  # semantic label name, e.g. 'Car 2' or 'Nature object'
-    size_m: Tuple[float, float, float]  # length, width, height
-    x_m: float  # box centre X at t = 0
-    y_m: float  # box centre Y
-    bottom_m: float  # Z of the box bottom (0 on the road, the curb height on sidewalks)
-    yaw: float  # radians about +Z in the road frame
-    speed_x_mps: float  # signed velocity along X
-    parts: Parts
+    mesh: MeshBuilder
+    x_m: float  # footprint centre at t = 0 (world)
+    y_m: float
+    z_m: float  # bottom
+    yaw: float  # heading in the world
+    speed_mps: float  # along the heading
+    box_class: Optional[str]  # A2D2 box class, None: not labelled
+    size_m: Tuple[float, float, float]  # labelled box (length, width, height)
+
+    def pose(self, t: float) -> Tuple[float, float, float]:
+        """Return (x, y, z of the footprint centre) at time ``t``."""
+        return (self.x_m + self.speed_mps * t * math.cos(self.yaw),
+                self.y_m + self.speed_mps * t * math.sin(self.yaw), self.z_m)
 
 
-@dataclass(frozen=True)
+@dataclass
 class Scene:
-    """One synthetic drive: the static street, the actors and the ego motion."""
+    """One synthetic drive: the street, the objects, the ego motion and the sensors."""
 
     name: str  # YYYYMMDD_hhmmss
     seed: int
@@ -201,258 +268,110 @@ class Scene:
     frames: int
     first_frame_number: int
     start_tai_us: int
+    street: Street
+    materials: WorldBuilder  # the material table shared by every frame
+    ground: Tuple[np.ndarray, np.ndarray]  # (V, 3) vertices, (F, 3) faces of the terrain
+    ground_material: int
+    objects: List[SceneObject]
     camera_height_m: float
     ego_speed_mps: float
-    ego_lane_y_m: float
-    sway_amplitude_m: float
-    sway_period_s: float
-    sway_phase: float
-    road: RoadLayout
-    facades: FacadeRows
-    actors: Tuple[Actor, ...]
-    sun_direction: Tuple[float, float, float]  # unit vector towards the sun (road frame)
+    ego_lane_m: float
+    ego_yaw_offset: float
+    lidar: sensors.LidarSetup
+    lidar_phase_steps: Tuple[int, ...]
+    sun_direction: np.ndarray  # (3,) unit vector towards the sun
     exposure: float
     haze_distance_m: float
-    lidar_phase_steps: Tuple[int, ...]  # azimuth step where each lidar's sweep starts
 
-    def ego_pose(self, frame_index: int) -> Tuple[np.ndarray, float]:
-        """Return the camera position (3,) in the road frame and its heading (radians)."""
+    def ego_pose(self, frame_index: int) -> Tuple[np.ndarray, np.ndarray]:
+        """Return the camera position (3,) and the view axes (3, 3) (columns) in the world."""
         t = frame_index * FRAME_PERIOD_US * 1e-6
-        omega = 2.0 * math.pi / self.sway_period_s
-        y = self.ego_lane_y_m + self.sway_amplitude_m * math.sin(omega * t + self.sway_phase)
-        lateral_speed = self.sway_amplitude_m * omega * math.cos(omega * t + self.sway_phase)
-        heading = math.atan2(lateral_speed, self.ego_speed_mps) if self.ego_speed_mps else 0.0
-        return np.array([self.ego_speed_mps * t, y, self.camera_height_m]), heading
+        s = self.ego_speed_mps * t
+        x, y, heading = self.street.to_world(np.array([s]), np.array([self.ego_lane_m]))
+        heading = float(heading[0]) + self.ego_yaw_offset
+        ground = float(self.street.height(x, y)[0])
+        grade = self.street.grade + self.street.vertical_curve * s
+        pitch = math.atan(grade)
+        c, sn = math.cos(heading), math.sin(heading)
+        forward = np.array([c * math.cos(pitch), sn * math.cos(pitch), math.sin(pitch)])
+        left = np.array([-sn, c, 0.0])
+        up = np.cross(forward, left)
+        return (np.array([float(x[0]), float(y[0]), ground + self.camera_height_m]),
+                np.stack([forward, left, up], axis=1))
 
 
-_PartSpec = Tuple[Tuple[float, float, float, float, float, float], Sequence[float], float, bool]
+# ----------------------------------------------------------------------------- scene building
 
 
-def _parts(boxes: Sequence[_PartSpec], size: Tuple[float, float, float]) -> Parts:
-    """Build Parts from (x0, x1, y0, y1, z0, z1 above the box bottom), albedo, reflectance."""
-    bounds = np.array([b[0] for b in boxes], dtype=np.float64)
-    centres = np.stack([(bounds[:, 0] + bounds[:, 1]) / 2, (bounds[:, 2] + bounds[:, 3]) / 2,
-                        (bounds[:, 4] + bounds[:, 5]) / 2 - size[2] / 2], axis=1)
-    halves = np.stack([bounds[:, 1] - bounds[:, 0], bounds[:, 3] - bounds[:, 2],
-                       bounds[:, 5] - bounds[:, 4]], axis=1) / 2
-    return Parts(centres_m=centres, half_sizes_m=halves,
-                 albedo=np.array([b[1] for b in boxes], dtype=np.float64),
-                 reflectance=np.array([b[2] for b in boxes], dtype=np.float64),
-                 foliage=np.array([b[3] for b in boxes], dtype=bool))
+class _Placer:
+    """Places objects without overlaps (rotated footprints, separating-axis test)."""
 
+    def __init__(self, rng: np.random.Generator, scene_materials: WorldBuilder,
+                 street: Street) -> None:
+        self.rng = rng
+        self.materials = scene_materials
+        self.street = street
+        self.objects: List[SceneObject] = []
+        self._footprints: List[np.ndarray] = []  # (4, 2) corners
+        self._counts: Dict[str, int] = {}
 
-def _luminance(colour: Sequence[float]) -> float:
-    return 0.3 * colour[0] + 0.59 * colour[1] + 0.11 * colour[2]
-
-
-def _pick(rng: np.random.Generator, table: Sequence) -> Tuple[float, float, float]:
-    return tuple(table[int(rng.integers(len(table)))])
-
-
-def _normal(rng: np.random.Generator, mean: float, std: float, low: float, high: float) -> float:
-    return float(np.clip(rng.normal(mean, std), low, high))
-
-
-def _car_shape(rng: np.random.Generator, van: bool) -> Tuple[Tuple[float, float, float], Parts]:
-    if van:
-        size = (_normal(rng, 4.85, 0.25, 4.3, 5.4), _normal(rng, 1.95, 0.06, 1.82, 2.08),
-                _normal(rng, 1.8, 0.09, 1.62, 2.0))
-    else:
-        size = (_normal(rng, 4.5, 0.25, 3.9, 5.1), _normal(rng, 1.8, 0.07, 1.65, 1.95),
-                _normal(rng, 1.48, 0.06, 1.35, 1.62))
-    length, width, height = size
-    paint = _pick(rng, _CAR_PAINTS)
-    paint_reflectance = 12.0 + 40.0 * _luminance(paint)
-    belt = (0.55 if van else 0.6) * height
-    cabin = (-0.42, 0.22) if van else (-0.36, 0.16)
-    axle = length / 2 - 0.85
-    boxes = [
-        ((axle - 0.32, axle + 0.32, -width / 2, width / 2, 0.0, 0.64), _TYRE, 4.0, False),
-        ((-axle - 0.32, -axle + 0.32, -width / 2, width / 2, 0.0, 0.64), _TYRE, 4.0, False),
-        ((-length / 2, length / 2, -width / 2 + 0.03, width / 2 - 0.03, 0.3, belt), paint,
-         paint_reflectance, False),
-        ((cabin[0] * length, cabin[1] * length, -width / 2 + 0.12, width / 2 - 0.12, belt,
-          0.93 * height), _GLASS, 6.0, False),
-        ((cabin[0] * length + 0.1, cabin[1] * length - 0.1, -width / 2 + 0.12,
-          width / 2 - 0.12, 0.93 * height, height), paint, paint_reflectance, False),
-    ]
-    return size, _parts(boxes, size)
-
-
-def _truck_shape(rng: np.random.Generator) -> Tuple[Tuple[float, float, float], Parts]:
-    size = (float(rng.uniform(7.5, 10.5)), _normal(rng, 2.48, 0.04, 2.4, 2.55),
-            float(rng.uniform(3.0, 3.6)))
-    length, width, height = size
-    cargo, cab = _pick(rng, _TRUCK_CARGO), _pick(rng, _TRUCK_CAB)
-    boxes = [((x - 0.5, x + 0.5, -width / 2, width / 2, 0.0, 1.0), _TYRE, 4.0, False)
-             for x in (length / 2 - 1.4, -length / 2 + 1.5, -length / 2 + 2.8)]
-    boxes += [
-        ((-length / 2, length / 2, -width / 2 + 0.25, width / 2 - 0.25, 0.55, 1.05), _DARK_METAL,
-         10.0, False),
-        ((length / 2 - 2.2, length / 2 - 0.04, -width / 2, width / 2, 0.6, 0.84 * height), cab,
-         15.0 + 40.0 * _luminance(cab), False),
-        ((length / 2 - 0.6, length / 2, -width / 2 + 0.08, width / 2 - 0.08, 0.52 * height,
-          0.78 * height), _GLASS, 6.0, False),
-        ((-length / 2, length / 2 - 2.4, -width / 2, width / 2, 1.05, height), cargo,
-         30.0 + 50.0 * _luminance(cargo), False),
-    ]
-    return size, _parts(boxes, size)
-
-
-def _pedestrian_shape(rng: np.random.Generator) -> Tuple[Tuple[float, float, float], Parts]:
-    size = (_normal(rng, 0.62, 0.08, 0.45, 0.85), _normal(rng, 0.62, 0.06, 0.48, 0.8),
-            _normal(rng, 1.74, 0.09, 1.5, 1.98))
-    length, width, height = size
-    trousers, jacket, skin = _pick(rng, _CLOTHES), _pick(rng, _CLOTHES), _pick(rng, _SKIN)
-    boxes = [
-        ((-0.3 * length, 0.3 * length, -0.28 * width, 0.28 * width, 0.0, 0.48 * height),
-         trousers, 8.0 + 25.0 * _luminance(trousers), False),
-        ((-0.28 * length, 0.28 * length, -0.45 * width, 0.45 * width, 0.48 * height,
-          0.83 * height), jacket, 8.0 + 25.0 * _luminance(jacket), False),
-        ((-0.1, 0.1, -0.09, 0.09, 0.86 * height, height), skin, 18.0, False),
-    ]
-    return size, _parts(boxes, size)
-
-
-def _cyclist_shape(rng: np.random.Generator) -> Tuple[Tuple[float, float, float], Parts]:
-    size = (_normal(rng, 1.75, 0.08, 1.55, 1.95), _normal(rng, 0.62, 0.05, 0.5, 0.75),
-            _normal(rng, 1.72, 0.06, 1.55, 1.9))
-    length, width, height = size
-    frame, jacket, helmet = _pick(rng, _BRIGHT), _pick(rng, _BRIGHT), _pick(rng, _BRIGHT)
-    trousers = _pick(rng, _CLOTHES)
-    boxes = [
-        ((length / 2 - 0.68, length / 2, -0.03, 0.03, 0.0, 0.68), _TYRE, 110.0, False),
-        ((-length / 2, -length / 2 + 0.68, -0.03, 0.03, 0.0, 0.68), _TYRE, 110.0, False),
-        ((-length / 2 + 0.34, length / 2 - 0.34, -0.04, 0.04, 0.3, 0.85), frame, 35.0, False),
-        ((length / 2 - 0.45, length / 2 - 0.35, -0.45 * width, 0.45 * width, 0.56 * height,
-          0.62 * height), _DARK_METAL, 20.0, False),
-        ((-0.1 * length, 0.12 * length, -0.15, 0.15, 0.22 * height, 0.52 * height), trousers,
-         10.0 + 25.0 * _luminance(trousers), False),
-        ((-0.2 * length, 0.1 * length, -0.4 * width, 0.4 * width, 0.52 * height, 0.84 * height),
-         jacket, 10.0 + 25.0 * _luminance(jacket), False),
-        ((-0.12, 0.06, -0.1, 0.1, 0.85 * height, height), helmet, 25.0, False),
-    ]
-    return size, _parts(boxes, size)
-
-
-def _animal_shape(rng: np.random.Generator) -> Tuple[Tuple[float, float, float], Parts]:
-    size = (_normal(rng, 0.9, 0.1, 0.7, 1.1), _normal(rng, 0.3, 0.03, 0.25, 0.38),
-            _normal(rng, 0.6, 0.06, 0.45, 0.75))
-    length, width, height = size
-    fur = _pick(rng, _SKIN)
-    boxes = [
-        ((-0.35 * length, 0.35 * length, -0.3 * width, 0.3 * width, 0.0, 0.3 * height), fur,
-         15.0, False),
-        ((-0.4 * length, 0.3 * length, -0.5 * width, 0.5 * width, 0.3 * height, 0.75 * height),
-         fur, 15.0, False),
-        ((0.3 * length, 0.5 * length, -0.3 * width, 0.3 * width, 0.6 * height, height), fur,
-         15.0, False),
-    ]
-    return size, _parts(boxes, size)
-
-
-def _tree_shape(rng: np.random.Generator) -> Tuple[Tuple[float, float, float], Parts]:
-    crown = float(rng.uniform(2.5, 4.5))
-    trunk_height = float(rng.uniform(2.3, 3.2))
-    crown_height = float(rng.uniform(2.5, 4.5))
-    size = (crown, crown, trunk_height + crown_height)
-    leaves = (float(rng.uniform(0.1, 0.2)), float(rng.uniform(0.28, 0.42)),
-              float(rng.uniform(0.08, 0.15)))
-    boxes = [
-        ((-0.15, 0.15, -0.15, 0.15, 0.0, trunk_height + 0.3), (0.3, 0.2, 0.12), 12.0, False),
-        ((-crown / 2, crown / 2, -crown / 2, crown / 2, trunk_height,
-          trunk_height + 0.6 * crown_height), leaves, 22.0, True),
-        ((-0.35 * crown, 0.35 * crown, -0.35 * crown, 0.35 * crown,
-          trunk_height + 0.6 * crown_height, trunk_height + crown_height), leaves, 22.0, True),
-    ]
-    return size, _parts(boxes, size)
-
-
-@dataclass
-class _ActorFactory:
-    """Creates actors with per-category instance numbers for the label colours."""
-
-    rng: np.random.Generator
-    counts: Dict[str, int] = field(default_factory=dict)
-
-    def _category(self, base: str) -> str:
-        number = self.counts.get(base, 0)
-        self.counts[base] = number + 1
+    def label(self, base: str) -> str:
+        number = self._counts.get(base, 0)
+        self._counts[base] = number + 1
         return f'{base} {number % _LABEL_NAMES[base] + 1}' if base in _LABEL_NAMES else base
 
-    def make(self, kind: str, x_m: float, y_m: float, bottom_m: float, yaw: float,
-             speed_x_mps: float) -> Actor:
-        rng = self.rng
-        if kind == 'car':
-            van = bool(rng.random() < 0.25)
-            size, parts = _car_shape(rng, van)
-            class_name, base = ('VanSUV' if van else 'Car'), 'Car'
-        elif kind == 'truck':
-            (size, parts), class_name, base = _truck_shape(rng), 'Truck', 'Truck'
-        elif kind == 'pedestrian':
-            (size, parts), class_name, base = _pedestrian_shape(rng), 'Pedestrian', 'Pedestrian'
-        elif kind == 'cyclist':
-            (size, parts), class_name, base = _cyclist_shape(rng), 'Cyclist', 'Bicycle'
-        elif kind == 'animal':
-            (size, parts), class_name, base = _animal_shape(rng), 'Animal', 'Animals'
-        else:
-            (size, parts), class_name, base = _tree_shape(rng), None, 'Nature object'
-        return Actor(class_name=class_name, category=self._category(base), size_m=size,
-                     x_m=x_m, y_m=y_m, bottom_m=bottom_m, yaw=wrap_angle(yaw),
-                     speed_x_mps=speed_x_mps, parts=parts)
+    def free(self, corners: np.ndarray) -> bool:
+        for other in self._footprints:
+            if _overlap(corners, other):
+                return False
+        return True
 
-    def fill_row(self, kinds: Callable[[], str], x_range: Tuple[float, float], y_m: float,
-                 bottom_m: float, heading: float, yaw_jitter: Callable[[], float],
-                 speed_x_mps: float, gap: Callable[[], float], lateral_jitter_m: float,
-                 keep_out: Tuple[float, float] = (0.0, 0.0),
-                 max_half_width_m: float = math.inf) -> List[Actor]:
-        """Place actors one after another along X with the same speed (so they never meet).
+    def put(self, mesh: MeshBuilder, size: Tuple[float, float, float], x: float, y: float,
+            yaw: float, speed: float = 0.0, box_class: Optional[str] = None,
+            margin: float = 0.15, check: bool = True, on_ground: bool = True) -> bool:
+        """Place ``mesh`` at (x, y) with heading ``yaw`` unless it overlaps; return placed."""
+        corners = _footprint(x, y, size[0] + 2 * margin, size[1] + 2 * margin, yaw)
+        if check and not self.free(corners):
+            return False
+        heights = self.street.height(corners[:, 0], corners[:, 1])
+        z = float(heights.min() if on_ground else heights.max())
+        self._footprints.append(corners)
+        self.objects.append(SceneObject(mesh, x, y, z, wrap_angle(yaw), speed, box_class,
+                                        size))
+        return True
 
-        An actor whose rotated footprint would reach further than ``max_half_width_m`` from
-        the row's centre line is straightened (keeps its direction, loses the jitter).
-        """
-        actors = []
-        x = x_range[0] + float(self.rng.uniform(0.0, gap()))
-        while x < x_range[1]:
-            actor = self.make(kinds(), 0.0, 0.0, bottom_m, heading + yaw_jitter(), speed_x_mps)
-            length, width, _ = actor.size_m
-            turn = actor.yaw - heading
-            lateral = float(self.rng.uniform(-lateral_jitter_m, lateral_jitter_m))
-            if (length * abs(math.sin(turn)) + width * abs(math.cos(turn))) / 2 + abs(lateral) \
-                    > max_half_width_m:
-                actor = replace(actor, yaw=wrap_angle(
-                    heading + (math.pi if math.cos(turn) < 0 else 0.0)))
-            footprint = length * abs(math.cos(actor.yaw)) + width * abs(math.sin(actor.yaw))
-            centre = x + footprint / 2
-            if not keep_out[0] - footprint / 2 < centre < keep_out[1] + footprint / 2:
-                actors.append(replace(actor, x_m=centre, y_m=y_m + lateral))
-            x += footprint + gap()
-        return actors
+    def road_user(self, kind: str, x: float, y: float, yaw: float, speed: float = 0.0,
+                  margin: float = 0.15) -> bool:
+        build, box_class, base = shapes.ROAD_USERS[kind]
+        mesh, size = build(self.rng, self.materials, self.label(base))
+        return self.put(mesh, size, x, y, yaw, speed, box_class, margin)
+
+    def scenery(self, mesh: MeshBuilder, x: float, y: float, yaw: float,
+                margin: float = 0.05, check: bool = True) -> bool:
+        low, high = mesh.local_bounds()
+        size = (float(high[0] - low[0]), float(high[1] - low[1]), float(high[2] - low[2]))
+        centre = (low + high) / 2
+        # Move the mesh so its footprint is centred on the origin (placement is by centre).
+        mesh._vertices = [v - (centre[0], centre[1], 0.0) for v in mesh._vertices]
+        return self.put(mesh, size, x, y, yaw, 0.0, None, margin, check)
 
 
-def _facade_rows(rng: np.random.Generator, y_right: float, y_left: float,
-                 x_range: Tuple[float, float]) -> FacadeRows:
-    starts, heights, buildings, albedo, floors, spacing, offsets = [], [], [], [], [], [], []
-    for _ in range(2):
-        offsets.append(len(heights))
-        side_starts = []
-        x = x_range[0]
-        while x < x_range[1]:
-            side_starts.append(x)
-            building = bool(rng.random() < 0.72)
-            buildings.append(building)
-            heights.append(float(rng.uniform(6.0, 20.0) if building else rng.uniform(3.0, 9.0)))
-            albedo.append(_pick(rng, _FACADES) if building else
-                          (float(rng.uniform(0.12, 0.2)), float(rng.uniform(0.28, 0.4)),
-                           float(rng.uniform(0.1, 0.16))))
-            floors.append(float(rng.uniform(2.8, 3.5)))
-            spacing.append(float(rng.uniform(2.2, 3.6)))
-            x += float(rng.uniform(8.0, 28.0))
-        starts.append(np.array(side_starts))
-    return FacadeRows(y_m=(y_right, y_left), starts_m=(starts[0], starts[1]),
-                      offset=(offsets[0], offsets[1]), heights_m=np.array(heights),
-                      is_building=np.array(buildings), albedo=np.array(albedo),
-                      floor_height_m=np.array(floors), window_spacing_m=np.array(spacing))
+def _footprint(x: float, y: float, length: float, width: float, yaw: float) -> np.ndarray:
+    c, s = math.cos(yaw), math.sin(yaw)
+    local = np.array([[1, 1], [1, -1], [-1, -1], [-1, 1]], dtype=np.float64) * (length / 2,
+                                                                               width / 2)
+    return local @ np.array([[c, s], [-s, c]]) + (x, y)
+
+
+def _overlap(a: np.ndarray, b: np.ndarray) -> bool:
+    """Return whether two convex quadrilaterals (4, 2) overlap (separating axis test)."""
+    for poly in (a, b):
+        edges = np.roll(poly, -1, axis=0) - poly
+        normals = np.stack([-edges[:, 1], edges[:, 0]], axis=1)
+        pa, pb = a @ normals.T, b @ normals.T  # (4, 4)
+        if np.any((pa.max(axis=0) < pb.min(axis=0)) | (pb.max(axis=0) < pa.min(axis=0))):
+            return False
+    return True
 
 
 def _scene_name(seed: int, index: int, rng: np.random.Generator) -> Tuple[str, int]:
@@ -464,144 +383,333 @@ def _scene_name(seed: int, index: int, rng: np.random.Generator) -> Tuple[str, i
     return start.strftime('%Y%m%d_%H%M%S'), tai_us
 
 
+def _draw_street(rng: np.random.Generator) -> Street:
+    lane_width = float(rng.uniform(2.8, 3.8))
+    lanes = (int(rng.choice([1, 1, 2, 3])), int(rng.choice([0, 1, 1, 1, 2])))
+    side = tuple(SIDE_KINDS[int(rng.choice(len(SIDE_KINDS), p=_SIDE_WEIGHTS))]
+                 for _ in range(2))
+    margins = [float(rng.uniform(0.3, 3.0)) if rng.random() < 0.6 else 0.3 for _ in range(2)]
+    kerb = tuple(bool(kind in ('urban', 'suburban') or (kind == 'car_park'
+                                                         and rng.random() < 0.5))
+                 for kind in side)
+    pavement = tuple(float(rng.uniform(1.5, 6.0)) if kind in ('urban', 'suburban') else 0.0
+                     for kind in side)
+    curvature = 0.0 if rng.random() < 0.45 else float(rng.uniform(-1.0, 1.0)) / float(
+        rng.uniform(60.0, 400.0))
+    junction = float(rng.uniform(8.0, 60.0)) if rng.random() < 0.3 else None
+    bumps = np.stack([rng.uniform(0.0, 0.08, 4), rng.uniform(-0.3, 0.3, 4),
+                      rng.uniform(-0.3, 0.3, 4), rng.uniform(0.0, 2 * math.pi, 4)], axis=1)
+    return Street(
+        curvature=curvature,
+        edge_m=(-(lanes[0] * lane_width + margins[0]), lanes[1] * lane_width + margins[1]),
+        lane_width_m=lane_width, lanes=lanes, side=side, kerb=kerb,
+        kerb_height_m=float(rng.uniform(0.08, 0.18)), pavement_m=pavement,
+        dashed_centre=bool(rng.random() < 0.5), dash_period_m=float(rng.uniform(6.0, 12.0)),
+        dash_phase_m=float(rng.uniform(0.0, 12.0)),
+        grade=float(rng.normal(0.0, 0.03)), vertical_curve=float(rng.normal(0.0, 0.0006)),
+        crossfall=float(rng.uniform(0.0, 0.025)), bumps=bumps, junction_s_m=junction,
+        junction_half_width_m=float(rng.uniform(4.0, 8.0)))
+
+
+def _ground_mesh(street: Street, config: SyntheticConfig, travel: float,
+                 cell_m: float = 0.5) -> Tuple[np.ndarray, np.ndarray]:
+    """Return the terrain heightfield (vertices (V, 3), faces (F, 3)) around the drive."""
+    xs = np.arange(-config.view_behind_m - 10.0, config.view_ahead_m + travel + 10.0, cell_m)
+    ys = np.arange(-config.view_side_m - 40.0, config.view_side_m + 40.0 + 1e-6, cell_m)
+    gx, gy = np.meshgrid(xs, ys, indexing='ij')
+    # Follow the curve: lay the grid out in road coordinates around the centreline.
+    wx, wy, _ = street.to_world(gx.ravel(), gy.ravel())
+    heights = street.height(wx, wy)
+    vertices = np.stack([wx, wy, heights], axis=1)
+    nx, ny = len(xs), len(ys)
+    index = np.arange(nx * ny).reshape(nx, ny)
+    a, b = index[:-1, :-1].ravel(), index[1:, :-1].ravel()
+    c, d = index[1:, 1:].ravel(), index[:-1, 1:].ravel()
+    faces = np.concatenate([np.stack([a, b, c], axis=1), np.stack([a, c, d], axis=1)])
+    return vertices, faces.astype(np.int32)
+
+
 def build_scene(seed: int, index: int, frames: int,
                 config: SyntheticConfig = SyntheticConfig()) -> Scene:
     """Return scene ``index`` of the drives of ``seed`` (deterministic, independent of others)."""
     rng = np.random.default_rng(np.random.SeedSequence([seed, index, 0]))
     name, start_tai_us = _scene_name(seed, index, rng)
-    lane_width = float(rng.uniform(3.2, 3.6))
-    lanes_same, lanes_opposite = int(rng.integers(1, 3)), int(rng.integers(1, 3))
-    # Strip between the driving lanes and the curb, per side (right, left).
-    strips = [str(rng.choice(['parking', 'bike', 'parking_bike', 'none'],
-                             p=[0.3, 0.35, 0.25, 0.1])) for _ in range(2)]
-    strip_width = {'parking': 2.7, 'bike': 1.6, 'parking_bike': 4.3, 'none': 0.4}
-    edge_right = -(lanes_same * lane_width + strip_width[strips[0]])
-    edge_left = lanes_opposite * lane_width + strip_width[strips[1]]
-    curb_height = float(rng.uniform(0.1, 0.16))
-    sidewalks = (float(rng.uniform(3.2, 4.5)), float(rng.uniform(3.2, 4.5)))
-    grass = tuple(0.0 if rng.random() < 0.4 else float(rng.uniform(1.5, 5.0)) for _ in range(2))
-    solid_width, dashed_width = float(rng.uniform(0.22, 0.3)), float(rng.uniform(0.18, 0.24))
-    solid = [(-lanes_same * lane_width, solid_width), (lanes_opposite * lane_width, solid_width)]
-    if strips[0] == 'parking_bike':
-        solid.append((edge_right + strip_width['parking'], solid_width))
-    if strips[1] == 'parking_bike':
-        solid.append((edge_left - strip_width['parking'], solid_width))
-    dashed = []
-    period, phase = float(rng.uniform(8.0, 12.0)), float(rng.uniform(0.0, 12.0))
-    if rng.random() < 0.5:
-        solid.append((0.0, solid_width))
-    else:
-        dashed.append((0.0, dashed_width, 3.0, period, phase))
-    if lanes_same == 2:
-        dashed.append((-lane_width, dashed_width, 3.0, period, phase))
-    if lanes_opposite == 2:
-        dashed.append((lane_width, dashed_width, 3.0, period, phase))
-    road = RoadLayout(edge_right_m=edge_right, edge_left_m=edge_left, curb_height_m=curb_height,
-                      curb_width_m=0.25, sidewalk_width_m=sidewalks,
-                      solid_lines=tuple(solid), dashed_lines=tuple(dashed))
-
-    ego_speed = float(rng.uniform(*config.ego_speed_mps))
-    ego_lane = int(rng.integers(lanes_same))
-    ego_lane_y = -(ego_lane + 0.5) * lane_width
+    street = _draw_street(rng)
+    materials = WorldBuilder()
+    ground_material = materials.material('RD normal street', (0.3, 0.3, 0.32), 0.1)
+    placer = _Placer(rng, materials, street)
+    ego_speed = float(rng.uniform(*config.ego_speed_mps)) if rng.random() < 0.85 else 0.0
     duration = frames * FRAME_PERIOD_US * 1e-6
     travel = ego_speed * duration
-    facade_y = (edge_right - sidewalks[0] - grass[0], edge_left + sidewalks[1] + grass[1])
-    facades = _facade_rows(rng, facade_y[0], facade_y[1], (-60.0, travel + 200.0))
+    lane_w = street.lane_width_m
+    ego_lane = -(int(rng.integers(street.lanes[0])) + 0.5) * lane_w
+    # Keep the ego's own path free.
+    ego_corners = _footprint(travel / 2 + 1.0, ego_lane, travel + 6.5, 2.2, 0.0)
+    placer._footprints.append(ego_corners)
+    s_low, s_high = -config.view_behind_m, config.view_ahead_m + travel
 
-    factory = _ActorFactory(rng)
-    actors: List[Actor] = []
+    def world(s: float, l_: float, yaw_road: float = 0.0) -> Tuple[float, float, float]:
+        x, y, heading = street.to_world(np.array([s]), np.array([l_]))
+        return float(x[0]), float(y[0]), float(heading[0]) + yaw_road
 
-    def span(speed: float) -> Tuple[float, float]:
-        relative = (speed - ego_speed) * duration  # drift relative to the ego over the drive
-        return -25.0 - max(0.0, relative), 125.0 - min(0.0, relative)
-
-    def jitter(std: float) -> Callable[[], float]:
-        return lambda: float(rng.normal(0.0, std))
-
-    def vehicle_kind() -> str:
-        return 'truck' if rng.random() < 0.18 else 'car'
-
+    busy = float(rng.uniform(0.2, 1.0))  # traffic and people density of this scene
     empty = bool(rng.random() < config.empty_scene_probability)
     if not empty:
-        for lane in range(lanes_same):
-            speed = ego_speed if lane == ego_lane else max(0.0, ego_speed + rng.uniform(-3, 4))
-            keep_out = (-14.0, 7.0) if lane == ego_lane else (0.0, 0.0)
-            low, high = span(speed)
-            actors += factory.fill_row(
-                vehicle_kind, (low, high), -(lane + 0.5) * lane_width, 0.0, 0.0, jitter(0.015),
-                speed, lambda: 8.0 + float(rng.exponential(18.0)), 0.1,
-                keep_out=keep_out, max_half_width_m=lane_width / 2 - 0.05)
-        for lane in range(lanes_opposite):
-            speed = -float(rng.uniform(7.0, 14.0))
-            low, high = span(speed)
-            actors += factory.fill_row(
-                vehicle_kind, (low, high), (lane + 0.5) * lane_width, 0.0, math.pi,
-                jitter(0.015), speed, lambda: 10.0 + float(rng.exponential(25.0)), 0.1,
-                max_half_width_m=lane_width / 2 - 0.05)
-        for side, strip in enumerate(strips):
-            sign = -1.0 if side == 0 else 1.0
-            edge = edge_right if side == 0 else edge_left
-            heading = 0.0 if side == 0 else math.pi
-            if strip in ('parking', 'parking_bike'):
-                centre_y = edge - sign * strip_width['parking'] / 2
-                low, high = span(0.0)
+        _place_traffic(rng, placer, street, world, s_low, s_high, ego_speed, ego_lane, busy)
+    for side in (0, 1):
+        _place_side(rng, placer, street, world, side, s_low, s_high, busy, empty)
+    if street.junction_s_m is not None:
+        _place_junction(rng, placer, street, world, busy, empty)
 
-                def parked_yaw() -> float:
-                    turned = math.pi if rng.random() < 0.1 else 0.0  # parked the other way
-                    return turned + float(rng.uniform(-0.3, 0.3) if rng.random() < 0.2
-                                          else rng.normal(0.0, 0.03))
-
-                actors += factory.fill_row(
-                    lambda: 'truck' if rng.random() < 0.1 else 'car', (low, high), centre_y,
-                    0.0, heading, parked_yaw, 0.0,
-                    lambda: (float(rng.uniform(6.0, 25.0)) if rng.random() < 0.15
-                             else 0.8 + float(rng.exponential(2.0))), 0.05,
-                    max_half_width_m=strip_width['parking'] / 2 + 0.05)
-            if strip in ('bike', 'parking_bike'):
-                centre_y = edge - sign * (strip_width[strip] - 0.8)
-                speed = -sign * float(rng.uniform(3.0, 7.0))
-                low, high = span(speed)
-                actors += factory.fill_row(
-                    lambda: 'cyclist', (low, high), centre_y, 0.0, heading, jitter(0.03), speed,
-                    lambda: 4.0 + float(rng.exponential(14.0)), 0.1, max_half_width_m=0.7)
-            # Sidewalk: people waiting at the curb (any yaw), two walking rows.
-            curb_y = edge + sign * 0.6
-            low, high = span(0.0)
-            actors += factory.fill_row(
-                lambda: 'animal' if rng.random() < 0.04 else 'pedestrian', (low, high), curb_y,
-                curb_height, 0.0, lambda: float(rng.uniform(-math.pi, math.pi)), 0.0,
-                lambda: 3.0 + float(rng.exponential(22.0)), 0.05)
-            for row_y, direction in ((edge + sign * 1.7, 1.0),
-                                     (edge + sign * (sidewalks[side] - 0.6), -1.0)):
-                speed = direction * float(rng.uniform(1.0, 1.6))
-                low, high = span(speed)
-                actors += factory.fill_row(
-                    lambda: 'pedestrian', (low, high), row_y, curb_height,
-                    0.0 if direction > 0 else math.pi, jitter(0.1), speed,
-                    lambda: 2.5 + float(rng.exponential(18.0)), 0.1)
-    for side in range(2):
-        if grass[side] >= 1.5 and rng.random() < 0.8:
-            sign = -1.0 if side == 0 else 1.0
-            edge = edge_right if side == 0 else edge_left
-            y = edge + sign * (sidewalks[side] + grass[side] / 2)
-            actors += factory.fill_row(
-                lambda: 'tree', (-40.0, travel + 180.0), y, curb_height, 0.0, jitter(0.3), 0.0,
-                lambda: float(rng.uniform(4.0, 14.0)), max(0.0, min(0.3, grass[side] / 2 - 1.3)))
-
-    elevation = float(rng.uniform(0.45, 1.05))
+    camera_height = float(rng.uniform(*config.camera_height_m))
+    lidar = sensors.draw_setup(rng, camera_height)
+    elevation = float(rng.uniform(0.3, 1.2))
     azimuth = float(rng.uniform(-math.pi, math.pi))
-    sun = (math.cos(elevation) * math.cos(azimuth), math.cos(elevation) * math.sin(azimuth),
-           math.sin(elevation))
+    sun = np.array([math.cos(elevation) * math.cos(azimuth),
+                    math.cos(elevation) * math.sin(azimuth), math.sin(elevation)])
     return Scene(
         name=name, seed=seed, index=index, frames=frames,
         first_frame_number=int(rng.integers(0, 3000)), start_tai_us=start_tai_us,
-        camera_height_m=float(rng.uniform(*config.camera_height_m)), ego_speed_mps=ego_speed,
-        ego_lane_y_m=ego_lane_y, sway_amplitude_m=float(rng.uniform(0.0, 0.3)),
-        sway_period_s=float(rng.uniform(6.0, 15.0)),
-        sway_phase=float(rng.uniform(0.0, 2.0 * math.pi)), road=road, facades=facades,
-        actors=tuple(actors), sun_direction=sun, exposure=float(rng.uniform(0.85, 1.1)),
-        haze_distance_m=float(rng.uniform(250.0, 600.0)),
-        lidar_phase_steps=tuple(int(p) for p in rng.integers(0, VLP16_AZIMUTH_STEPS, 5)))
+        street=street, materials=materials, ground=_ground_mesh(street, config, travel),
+        ground_material=ground_material, objects=placer.objects,
+        camera_height_m=camera_height, ego_speed_mps=ego_speed, ego_lane_m=ego_lane,
+        ego_yaw_offset=float(rng.normal(0.0, 0.02)), lidar=lidar,
+        lidar_phase_steps=tuple(int(p) for p in rng.integers(0, lidar.azimuth_steps, 5)),
+        sun_direction=sun, exposure=float(rng.uniform(0.75, 1.15)),
+        haze_distance_m=float(rng.uniform(200.0, 700.0)))
+
+
+def _vehicle_kind(rng: np.random.Generator, heavy: float = 0.12) -> str:
+    roll = rng.random()
+    if roll < heavy:
+        return 'bus' if rng.random() < 0.3 else 'truck'
+    return str(rng.choice(['car', 'car', 'small', 'suv', 'van']))
+
+
+def _place_traffic(rng, placer: _Placer, street: Street, world, s_low: float, s_high: float,
+                   ego_speed: float, ego_lane: float, busy: float) -> None:
+    """Vehicles in the lanes (both ways), cyclists at the road edge."""
+    lane_w = street.lane_width_m
+    for direction, count in ((1.0, street.lanes[0]), (-1.0, street.lanes[1])):
+        for lane in range(count):
+            l_ = -direction * (lane + 0.5) * lane_w
+            speed = max(0.0, float(rng.normal(ego_speed, 3.0))) if direction > 0 else float(
+                rng.uniform(0.0, 15.0))
+            s = s_low + float(rng.uniform(0.0, 15.0))
+            while s < s_high:
+                kind = _vehicle_kind(rng)
+                x, y, heading = world(s, l_ + float(rng.normal(0.0, 0.2)))
+                yaw = heading + (0.0 if direction > 0 else math.pi) + float(rng.normal(0, 0.03))
+                placer.road_user(kind, x, y, yaw, speed, margin=0.5)
+                s += float(rng.uniform(5.0, 12.0) + rng.exponential(25.0 / busy))
+    for side, sign in ((0, -1.0), (1, 1.0)):
+        if rng.random() < 0.4 * busy and (side == 0 or street.lanes[1] > 0):
+            s = s_low + float(rng.uniform(0.0, 30.0))
+            while s < s_high:
+                l_ = street.edge_m[side] - sign * float(rng.uniform(0.5, 1.0))
+                x, y, heading = world(s, l_)
+                yaw = heading + (0.0 if side == 0 else math.pi) + float(rng.normal(0, 0.08))
+                placer.road_user('cyclist', x, y, yaw, float(rng.uniform(2.0, 7.0)))
+                s += float(rng.uniform(4.0, 10.0) + rng.exponential(40.0 / busy))
+    # People crossing the road, now and then.
+    for _ in range(int(rng.poisson(0.8 * busy))):
+        s = float(rng.uniform(3.0, 45.0))
+        l_ = float(rng.uniform(street.edge_m[0], street.edge_m[1]))
+        x, y, heading = world(s, l_)
+        placer.road_user(str(rng.choice(['pedestrian', 'pedestrian', 'standing'])), x, y,
+                         heading + float(rng.choice([-1.0, 1.0])) * math.pi / 2
+                         + float(rng.normal(0, 0.3)), float(rng.uniform(0.8, 1.6)))
+
+
+def _place_side(rng, placer: _Placer, street: Street, world, side: int, s_low: float,
+                s_high: float, busy: float, empty: bool) -> None:
+    """Parked cars, pavement life, street furniture, vegetation and buildings of one side."""
+    sign = -1.0 if side == 0 else 1.0
+    edge = street.edge_m[side]
+    kind = street.side[side]
+    pavement = street.pavement_m[side]
+    facing = 0.0 if side == 0 else math.pi  # parked along the traffic of that side
+
+    def at(s: float, beyond: float, yaw_road: float = 0.0) -> Tuple[float, float, float]:
+        return world(s, edge + sign * beyond, yaw_road)
+
+    # Parallel parking at the road edge (inside the road margin or on the carriageway).
+    if not empty and rng.random() < (0.7 if kind in ('urban', 'suburban') else 0.25):
+        s = s_low + float(rng.uniform(0.0, 5.0))
+        while s < s_high:
+            if rng.random() < 0.8:
+                x, y, heading = at(s, -1.1)
+                turned = math.pi if rng.random() < 0.15 else 0.0
+                placer.road_user(_vehicle_kind(rng, 0.06), x, y,
+                                 heading + facing + turned + float(rng.normal(0, 0.05)))
+            s += float(rng.uniform(4.5, 7.5) + (rng.exponential(8.0) if rng.random() < 0.3
+                                                  else 0.0))
+    # Kerb-line furniture: poles, lamps, signs, bollards, trees.
+    line = 0.6 if pavement else float(rng.uniform(0.8, 2.5))
+    s = s_low + float(rng.uniform(0.0, 8.0))
+    while s < s_high:
+        roll = rng.random()
+        x, y, heading = at(s, line + float(rng.normal(0, 0.1)))
+        if roll < 0.3:
+            placer.scenery(shapes.tree(rng, placer.materials), x, y, float(rng.uniform(0, 6.3)),
+                           check=False)
+        elif roll < 0.55:
+            placer.scenery(shapes.pole(rng, placer.materials,
+                                       str(rng.choice(['lamp', 'sign', 'pole', 'light']))),
+                           x, y, heading + (math.pi if side == 0 else 0.0) + math.pi / 2,
+                           check=False)
+        elif roll < 0.7:
+            placer.scenery(shapes.small_object(rng, placer.materials, 'bollard'), x, y, 0.0)
+        s += float(rng.uniform(3.0, 25.0))
+    # Pavement life: people walking and standing, parked bicycles, bins, benches.
+    if pavement:
+        if not empty:
+            for _ in range(int(rng.poisson(busy * 10))):
+                s, beyond = float(rng.uniform(s_low, s_high)), float(rng.uniform(0.8, pavement))
+                x, y, heading = at(s, beyond)
+                roll = rng.random()
+                if roll < 0.6:
+                    placer.road_user('pedestrian', x, y, heading + float(rng.choice([0, math.pi]))
+                                     + float(rng.normal(0, 0.15)), float(rng.uniform(0.8, 1.7)))
+                elif roll < 0.85:
+                    group = int(rng.integers(1, 4))
+                    for k in range(group):
+                        placer.road_user('standing', x + float(rng.normal(0, 0.6)),
+                                         y + float(rng.normal(0, 0.6)),
+                                         float(rng.uniform(-math.pi, math.pi)))
+                else:
+                    placer.road_user('cyclist', x, y, heading + float(rng.choice([0, math.pi])),
+                                     float(rng.uniform(0.0, 4.0)))
+        for _ in range(int(rng.poisson(6))):
+            s, beyond = float(rng.uniform(s_low, s_high)), float(rng.uniform(0.4, pavement))
+            x, y, heading = at(s, beyond)
+            what = str(rng.choice(['bicycle', 'bicycle', 'bin', 'bench', 'bollard', 'cone']))
+            placer.scenery(shapes.small_object(rng, placer.materials, what), x, y,
+                           heading + float(rng.choice([0.0, math.pi / 2, math.pi])))
+    # Beyond the pavement: buildings, gardens, fields, car parks.
+    start = pavement + (0.0 if pavement else 0.8)
+    if kind == 'urban':
+        _building_row(rng, placer, at, s_low, s_high, start + float(rng.uniform(0.0, 1.0)),
+                      side, (8.0, 25.0))
+    elif kind == 'suburban':
+        boundary = start + float(rng.uniform(0.5, 3.0))
+        _boundary_row(rng, placer, at, s_low, s_high, boundary, side)
+        _building_row(rng, placer, at, s_low, s_high, boundary + float(rng.uniform(3.0, 15.0)),
+                      side, (5.0, 10.0))
+        _scatter_vegetation(rng, placer, at, s_low, s_high, boundary + 1.0, 20.0, 0.3)
+    elif kind == 'rural':
+        if rng.random() < 0.5:  # guard rail in 8 m pieces (follows curves)
+            for s in np.arange(s_low, s_high, 8.0):
+                x, y, heading = at(float(s) + 4.0, 0.5)
+                placer.scenery(shapes.fence(rng, placer.materials, 8.0, 'guardrail'), x, y,
+                               heading + (0.0 if side == 1 else math.pi), check=False)
+        _scatter_vegetation(rng, placer, at, s_low, s_high, start + 1.0, 45.0,
+                            float(rng.uniform(0.1, 1.0)))
+    else:
+        _car_park(rng, placer, at, s_low, s_high, start + 1.0, side, busy, empty)
+
+
+def _building_row(rng, placer: _Placer, at, s_low: float, s_high: float, beyond: float,
+                  side: int, height_range: Tuple[float, float]) -> None:
+    s = s_low - 10.0
+    while s < s_high:
+        length = float(rng.uniform(8.0, 30.0))
+        if rng.random() < 0.15:  # gap: a side street, a yard, a car park entrance
+            s += length
+            continue
+        depth = float(rng.uniform(8.0, 20.0))
+        setback = float(rng.uniform(0.0, 0.8)) if rng.random() < 0.7 else float(
+            rng.uniform(1.0, 4.0))
+        mesh = shapes.building(rng, placer.materials, length, depth,
+                               float(rng.uniform(*height_range)))
+        # The facade (y = 0 of the mesh, facing -y) looks at the road.
+        x, y, heading = at(s + length / 2, beyond + setback + depth / 2)
+        mesh._vertices = [v - (0.0, depth / 2, 0.0) for v in mesh._vertices]
+        yaw = heading + (0.0 if side == 1 else math.pi)
+        placer.put(mesh, (length, depth, 1.0), x, y, yaw, check=False)
+        s += length + (float(rng.uniform(0.0, 3.0)) if rng.random() < 0.4 else 0.0)
+
+
+def _boundary_row(rng, placer: _Placer, at, s_low: float, s_high: float, beyond: float,
+                  side: int) -> None:
+    s = s_low
+    while s < s_high:
+        length = float(rng.uniform(6.0, 25.0))
+        kind = str(rng.choice(['hedge', 'mesh', 'wood', 'wall', 'none']))
+        x, y, heading = at(s + length / 2, beyond)
+        if kind == 'hedge':
+            placer.scenery(shapes.bush(rng, placer.materials, length), x, y, heading,
+                           check=False)
+        elif kind != 'none':
+            placer.scenery(shapes.fence(rng, placer.materials, length, kind), x, y, heading,
+                           check=False)
+        s += length + float(rng.uniform(2.0, 6.0))  # gates and drives
+
+
+def _scatter_vegetation(rng, placer: _Placer, at, s_low: float, s_high: float, beyond: float,
+                        depth: float, density: float) -> None:
+    for _ in range(int(rng.poisson(density * (s_high - s_low) * depth / 40.0))):
+        s, b = float(rng.uniform(s_low, s_high)), beyond + float(rng.uniform(0.0, depth))
+        x, y, _ = at(s, b)
+        mesh = (shapes.tree(rng, placer.materials) if rng.random() < 0.55
+                else shapes.bush(rng, placer.materials))
+        placer.scenery(mesh, x, y, float(rng.uniform(0, 6.3)), check=False)
+    if rng.random() < 0.3:
+        s = float(rng.uniform(s_low, s_high))
+        placer.scenery(shapes.pole(rng, placer.materials, 'pole'), *at(s, beyond + 0.5)[:2],
+                       0.0, check=False)
+
+
+def _car_park(rng, placer: _Placer, at, s_low: float, s_high: float, beyond: float,
+              side: int, busy: float, empty: bool) -> None:
+    """Rows of bays (perpendicular or angled), lamp posts, people between the cars."""
+    angle = float(rng.choice([math.pi / 2, math.pi / 2, math.pi / 3, 0.0]))
+    bay_w, bay_l = float(rng.uniform(2.4, 2.8)), float(rng.uniform(4.8, 5.5))
+    aisle = float(rng.uniform(5.5, 7.0))
+    occupancy = float(rng.uniform(0.3, 0.95))
+    row_beyond = beyond + bay_l / 2
+    for _ in range(int(rng.integers(1, 5))):
+        s = s_low + float(rng.uniform(0.0, 3.0))
+        step = bay_w / max(math.sin(angle), 0.4) if angle else bay_l + 1.0
+        while s < s_high:
+            if not empty and rng.random() < occupancy:
+                x, y, heading = at(s, row_beyond + float(rng.normal(0, 0.1)))
+                yaw = heading + angle + float(rng.choice([0.0, math.pi])) + float(
+                    rng.normal(0, 0.06))
+                placer.road_user(_vehicle_kind(rng, 0.05), x, y, yaw)
+            elif rng.random() < 0.08:
+                x, y, _ = at(s, row_beyond)
+                placer.scenery(shapes.pole(rng, placer.materials, 'lamp'), x, y, 0.0)
+            s += step
+        if not empty:
+            for _ in range(int(rng.poisson(2 * busy))):
+                s = float(rng.uniform(s_low, s_high))
+                x, y, heading = at(s, row_beyond + bay_l / 2 + aisle / 2)
+                placer.road_user(str(rng.choice(['pedestrian', 'standing'])), x, y,
+                                 float(rng.uniform(-math.pi, math.pi)), float(
+                                     rng.uniform(0.0, 1.5)))
+        row_beyond += bay_l + (aisle if rng.random() < 0.6 else 0.0)
+
+
+def _place_junction(rng, placer: _Placer, street: Street, world, busy: float,
+                    empty: bool) -> None:
+    """Traffic lights at the corners and traffic on the crossing road."""
+    s_j, half = street.junction_s_m, street.junction_half_width_m
+    for s_corner in (s_j - half - 1.0, s_j + half + 1.0):
+        for side in (0, 1):
+            sign = -1.0 if side == 0 else 1.0
+            x, y, heading = world(s_corner, street.edge_m[side] + sign * 0.8)
+            placer.scenery(shapes.pole(rng, placer.materials, 'light'), x, y,
+                           heading + (math.pi if s_corner < s_j else 0.0), check=False)
+    if empty:
+        return
+    for _ in range(int(rng.poisson(3 * busy))):
+        l_ = float(rng.uniform(-50.0, 50.0))
+        offset = float(rng.uniform(-half + 1.5, half - 1.5))
+        x, y, heading = world(s_j + offset, l_)
+        placer.road_user(_vehicle_kind(rng), x, y,
+                         heading + (math.pi / 2 if offset > 0 else -math.pi / 2)
+                         + float(rng.normal(0, 0.05)), float(rng.uniform(0.0, 12.0)), margin=0.5)
 
 
 # ----------------------------------------------------------------------------- sensors
@@ -611,37 +719,20 @@ def build_scene(seed: int, index: int, frames: int,
 class PixelRays:
     """View-frame unit rays of every pixel of the distorted image, row-major (H * W,)."""
 
-    dx: np.ndarray  # float32
-    dy: np.ndarray
-    dz: np.ndarray
-    u: np.ndarray  # normalised undistorted coordinates (-y / x, -z / x), float32
-    v: np.ndarray
+    directions: np.ndarray  # (H * W, 3) float64
     hood: np.ndarray  # bool: pixels covered by the ego car's bonnet
 
 
 @dataclass(frozen=True)
-class LidarRays:
-    """The VLP-16 rays that can land in the camera image, view frame, sorted by lidar id."""
-
-    origins: np.ndarray  # (R, 3) float64
-    directions: np.ndarray  # (R, 3) float64 unit
-    lidar_id: np.ndarray  # (R,) int64, index into LIDAR_IDS
-    azimuth_step: np.ndarray  # (R,) int64, 0..1799
-    laser: np.ndarray  # (R,) int64, 0..15
-    azimuth: np.ndarray  # (R,) float64 radians in [0, 2 pi)
-
-
-@dataclass(frozen=True)
 class SensorRig:
-    """The front-center camera and the five lidars for one image size."""
+    """The front-center camera for one image size and its pixel rays."""
 
     camera: CameraModel
     pixels: PixelRays
-    lidar: LidarRays
 
     @staticmethod
     def build(image_size: Tuple[int, int] = NATIVE_RESOLUTION) -> 'SensorRig':
-        """Precompute pixel and lidar rays for images of ``image_size`` (width, height)."""
+        """Precompute pixel rays for images of ``image_size`` (width, height)."""
         camera = CameraModel.front_center(image_size)
         width, height = image_size
         rows, cols = np.meshgrid(np.arange(height, dtype=np.float64),
@@ -649,361 +740,240 @@ class SensorRig:
         u, v = camera.undistort(rows.ravel(), cols.ravel())
         norm = np.sqrt(1.0 + u * u + v * v)
         hood_top = height * (0.975 + 0.015 * ((cols.ravel() - width / 2) / (width / 2)) ** 2)
-        pixels = PixelRays(
-            dx=(1.0 / norm).astype(np.float32), dy=(-u / norm).astype(np.float32),
-            dz=(-v / norm).astype(np.float32), u=u.astype(np.float32), v=v.astype(np.float32),
-            hood=rows.ravel() >= hood_top)
-        return SensorRig(camera=camera, pixels=pixels, lidar=_lidar_rays(camera))
+        return SensorRig(camera=camera, pixels=PixelRays(
+            directions=np.stack([1.0 / norm, -u / norm, -v / norm], axis=1),
+            hood=rows.ravel() >= hood_top))
 
 
-def _lidar_rays(camera: CameraModel) -> LidarRays:
+@dataclass(frozen=True)
+class _LidarRays:
+    """A scene's LiDAR rays in the camera view frame."""
+
+    origins: np.ndarray  # (R, 3)
+    directions: np.ndarray  # (R, 3) unit
+    lidar_id: np.ndarray  # (R,) int64 index into LIDAR_IDS
+    laser: np.ndarray  # (R,) int64
+    step: np.ndarray  # (R,) int64 azimuth step
+    azimuth: np.ndarray  # (R,) float64 radians in [0, 2 pi)
+
+
+#: The sensor id written for a single (non-A2D2) LiDAR.
+_SINGLE_LIDAR_ID = LIDAR_IDS.index('front_center')
+
+
+def _lidar_rays(setup: sensors.LidarSetup) -> _LidarRays:
+    directions, laser, step, azimuth = sensors.sensor_rays(setup)
+    if setup.pattern != sensors.A2D2_RIG:
+        rotation, translation = sensors.sensor_pose(setup)
+        count = len(directions)
+        return _LidarRays(np.repeat(translation[None], count, axis=0), directions @ rotation.T,
+                          np.full(count, _SINGLE_LIDAR_ID, dtype=np.int64), laser, step,
+                          azimuth)
     camera_view = camera_calibration('front_center').view.to_json()
-    k = camera.cam_matrix
-    tan_h = max(k.cx + 0.5, camera.width - 0.5 - k.cx) / k.fx + 0.35
-    tan_v = max(k.cy + 0.5, camera.height - 0.5 - k.cy) / k.fy + 0.35
-    steps = np.arange(VLP16_AZIMUTH_STEPS)
-    azimuth = steps * (2.0 * math.pi / VLP16_AZIMUTH_STEPS)
-    elevation = np.radians(np.array(VLP16_ELEVATIONS_DEG))
-    step_grid, laser_grid = np.meshgrid(steps, np.arange(len(elevation)), indexing='ij')
-    step_grid, laser_grid = step_grid.ravel(), laser_grid.ravel()
-    local = np.stack([np.cos(elevation[laser_grid]) * np.cos(azimuth[step_grid]),
-                      np.cos(elevation[laser_grid]) * np.sin(azimuth[step_grid]),
-                      np.sin(elevation[laser_grid])], axis=1)  # (1800 * 16, 3)
     blocks = []
     for ident, name in enumerate(LIDAR_IDS):
+        # The A2D2 lidars look sideways and backwards too: cast all around, keep what is ahead.
+        d, la, st, az = sensors.sensor_rays(replace(setup, half_azimuth_rad=math.pi))
         transform = view_to_view(lidar_view(name).to_json(), camera_view)
-        directions = local @ transform[:3, :3].T
-        forward = directions[:, 0]
-        with np.errstate(divide='ignore', invalid='ignore'):
-            keep = ((forward > 0.05) & (np.abs(directions[:, 1] / forward) < tan_h)
-                    & (np.abs(directions[:, 2] / forward) < tan_v))
+        rotated = d @ transform[:3, :3].T
+        keep = rotated[:, 0] > 0.05
         count = int(keep.sum())
-        blocks.append((np.repeat(transform[None, :3, 3], count, axis=0), directions[keep],
-                       np.full(count, ident), step_grid[keep], laser_grid[keep]))
-    origins, directions, ids, steps_kept, lasers = (np.concatenate(p) for p in zip(*blocks))
-    return LidarRays(origins=origins, directions=directions, lidar_id=ids.astype(np.int64),
-                     azimuth_step=steps_kept.astype(np.int64), laser=lasers.astype(np.int64),
-                     azimuth=steps_kept * (2.0 * math.pi / VLP16_AZIMUTH_STEPS))
+        blocks.append((np.repeat(transform[None, :3, 3], count, axis=0), rotated[keep],
+                       np.full(count, ident, dtype=np.int64), la[keep], st[keep], az[keep]))
+    return _LidarRays(*(np.concatenate(p) for p in zip(*blocks)))
 
 
-# ----------------------------------------------------------------------------- ray casting
-
-
-@dataclass
-class _Hits:
-    """Nearest hit per ray (road frame)."""
-
-    t: np.ndarray  # distance along the unit ray, inf = none
-    code: np.ndarray  # int32 surface code (row of the frame's surface table)
-    face: np.ndarray  # int8 face code (normal), in the part's frame for part hits
-
-    @staticmethod
-    def empty(count: int, dtype) -> '_Hits':
-        return _Hits(t=np.full(count, np.inf, dtype=dtype), code=np.zeros(count, np.int32),
-                     face=np.full(count, _UP, dtype=np.int8))
-
-    def update(self, rays: np.ndarray, t: np.ndarray, code, face) -> None:
-        """Keep the hits of ``rays`` (indices) that are nearer than the current ones."""
-        closer = t < self.t[rays]
-        chosen = rays[closer]
-        self.t[chosen] = t[closer]
-        self.code[chosen] = code[closer] if np.ndim(code) else code
-        self.face[chosen] = face[closer] if np.ndim(face) else face
+# ----------------------------------------------------------------------------- frames
 
 
 @dataclass(frozen=True)
-class _SurfaceTable:
-    """Properties of every surface code of one frame (static, facade segments, parts)."""
+class _Frame:
+    """The world of one frame and the camera pose in it."""
 
-    albedo: np.ndarray  # (K, 3) float32
-    label_rgb: np.ndarray  # (K, 3) uint8 A2D2 label colour
-    category_id: np.ndarray  # (K,) uint8 category id, 255 = ignore
-    reflectance: np.ndarray  # (K,) float64 LiDAR reflectance at normal incidence
-    foliage: np.ndarray  # (K,) bool
-    owner: np.ndarray  # (K,) int64 actor index, -1 for static surfaces and facades
-    cos_yaw: np.ndarray  # (K,) rotation of face normals into the road frame
-    sin_yaw: np.ndarray
-    sun_dot: np.ndarray  # (K, 6) float32 max(0, normal(face) . sun)
+    world: World
+    ground_material: int
+    position: np.ndarray  # (3,) camera position
+    axes: np.ndarray  # (3, 3) view axes (columns) in the world
+    objects: Tuple[SceneObject, ...]
+    centres: np.ndarray  # (A, 3) world box centres
+    t: float
 
 
-@dataclass(frozen=True)
-class _World:
-    """Actors of one frame in the road frame, and the surface table."""
+def _frame_world(scene: Scene, frame_index: int) -> _Frame:
+    t = frame_index * FRAME_PERIOD_US * 1e-6
+    position, axes = scene.ego_pose(frame_index)
+    builder = WorldBuilder()
+    builder.materials = scene.materials.materials
+    vertices, faces = scene.ground
+    builder.append(vertices, faces, np.full(len(faces), scene.ground_material, np.int32), -1)
+    centres = np.zeros((len(scene.objects), 3))
+    for index, obj in enumerate(scene.objects):
+        x, y, z = obj.pose(t)
+        centres[index] = (x, y, z + obj.size_m[2] / 2)
+        obj.mesh.place(rotation_z(obj.yaw), (x, y, z), index, builder)
+    return _Frame(builder.build(), scene.ground_material, position, axes,
+                  tuple(scene.objects), centres, t)
 
-    centres: np.ndarray  # (P, 3) part centres
-    half_sizes: np.ndarray  # (P, 3)
-    cos_yaw: np.ndarray  # (P,)
-    sin_yaw: np.ndarray  # (P,)
-    slices: Tuple[Tuple[int, int], ...]  # part range per actor
-    actors: Tuple[Actor, ...]
-    actor_centres: np.ndarray  # (A, 3) box centres
-    part_offset: int  # surface code of part 0
-    table: _SurfaceTable
+
+def _to_view(points: np.ndarray, frame: _Frame) -> np.ndarray:
+    return (points - frame.position) @ frame.axes
+
+
+def _surface_properties(scene: Scene, frame: _Frame, hits: Hits, points: np.ndarray
+                        ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray,
+                                   np.ndarray]:
+    """Return per hit: albedo (R, 3), reflectance, retro, label name index, texture amplitude."""
+    materials = frame.world.materials
+    face = np.where(hits.hit, hits.face, 0)
+    material = frame.world.mesh.material[face]
+    albedo = np.array([m.albedo for m in materials], dtype=np.float64)[material]
+    reflectance = np.array([m.reflectance for m in materials])[material]
+    retro = np.array([m.retro for m in materials])[material]
+    texture = np.array([m.texture for m in materials])[material]
+    labels = np.array([_LABEL_INDEX[m.label] for m in materials])[material]
+    on_ground = hits.hit & (material == frame.ground_material)
+    if on_ground.any():
+        code = scene.street.surface(points[on_ground, 0], points[on_ground, 1])
+        table = GROUND_SURFACES
+        albedo[on_ground] = np.array([row[1] for row in table])[code]
+        reflectance[on_ground] = np.array([row[2] for row in table])[code]
+        retro[on_ground] = np.array([row[3] for row in table])[code]
+        labels[on_ground] = np.array([_LABEL_INDEX[row[0]] for row in table])[code]
+        texture[on_ground] = 0.12
+    return albedo, reflectance, retro, labels, texture
+
+
+_LABEL_NAMES_ALL = tuple(name for _, name in SEMANTIC_COLOURS)
+_LABEL_INDEX = {name: index for index, name in enumerate(_LABEL_NAMES_ALL)}
+_LABEL_RGB = np.array([hex_to_rgb(colour) for colour, _ in SEMANTIC_COLOURS], dtype=np.uint8)
 
 
 def _category_id(name: str) -> int:
     category = name.rsplit(' ', 1)[0] if name[-1].isdigit() else name
-    return 255 if category == 'Ego car' else SEMANTIC_CATEGORIES.index(category)
+    return IGNORE_INDEX if category == 'Ego car' else SEMANTIC_CATEGORIES.index(category)
 
 
-def _frame_world(scene: Scene, frame_index: int, ego_x: float) -> _World:
-    t = frame_index * FRAME_PERIOD_US * 1e-6
-    chosen, centres, halves, yaws, owners, slices, actor_centres = [], [], [], [], [], [], []
-    parts_total = 0
-    for actor in scene.actors:
-        x = actor.x_m + actor.speed_x_mps * t
-        reach = 0.5 * max(actor.size_m[0], actor.size_m[1])
-        if x - ego_x + reach < -25.0 or x - ego_x - reach > 140.0:
-            continue
-        centre = np.array([x, actor.y_m, actor.bottom_m + actor.size_m[2] / 2])
-        c, s = math.cos(actor.yaw), math.sin(actor.yaw)
-        local = actor.parts.centres_m
-        centres.append(np.stack([centre[0] + c * local[:, 0] - s * local[:, 1],
-                                 centre[1] + s * local[:, 0] + c * local[:, 1],
-                                 centre[2] + local[:, 2]], axis=1))
-        halves.append(actor.parts.half_sizes_m)
-        yaws.append(np.full(len(local), actor.yaw))
-        owners.append(np.full(len(local), len(chosen)))
-        slices.append((parts_total, parts_total + len(local)))
-        parts_total += len(local)
-        chosen.append(actor)
-        actor_centres.append(centre)
-
-    colours = _label_colours()
-    facades = scene.facades
-    facade_names = np.where(facades.is_building, 'Buildings', 'Nature object')
-    part_names = [actor.category for actor in chosen for _ in range(len(actor.parts.foliage))]
-    names = [name for name, _, _ in _STATIC_SURFACES] + list(facade_names) + part_names
-    yaw = np.concatenate([np.zeros(FACADE_OFFSET + len(facade_names))] + yaws)
-    sun = np.array(scene.sun_direction)
-    sun_local = np.stack([np.cos(yaw) * sun[0] + np.sin(yaw) * sun[1],
-                          -np.sin(yaw) * sun[0] + np.cos(yaw) * sun[1],
-                          np.full(len(yaw), sun[2])], axis=1)
-    parts = [actor.parts for actor in chosen]
-    table = _SurfaceTable(
-        albedo=np.concatenate([np.array([a for _, a, _ in _STATIC_SURFACES]), facades.albedo]
-                              + [p.albedo for p in parts]).astype(np.float32),
-        label_rgb=np.array([colours[name] for name in names], dtype=np.uint8),
-        category_id=np.array([_category_id(name) for name in names], dtype=np.uint8),
-        reflectance=np.concatenate([
-            [r for _, _, r in _STATIC_SURFACES],
-            np.where(facades.is_building, _BUILDING_REFLECTANCE, _HEDGE_REFLECTANCE)]
-            + [p.reflectance for p in parts]),
-        foliage=np.concatenate([np.zeros(FACADE_OFFSET + len(facade_names), dtype=bool)]
-                               + [p.foliage for p in parts]),
-        owner=np.concatenate([np.full(FACADE_OFFSET + len(facade_names), -1)] + owners),
-        cos_yaw=np.cos(yaw), sin_yaw=np.sin(yaw),
-        sun_dot=np.clip(sun_local @ np.array(_FACE_NORMALS).T, 0.0, 1.0).astype(np.float32))
-
-    def join(arrays: list, shape: Tuple[int, ...]) -> np.ndarray:
-        return np.concatenate(arrays).astype(np.float64) if arrays else np.zeros(shape)
-
-    part_yaw = join(yaws, (0,))
-    return _World(centres=join(centres, (0, 3)), half_sizes=join(halves, (0, 3)),
-                  cos_yaw=np.cos(part_yaw), sin_yaw=np.sin(part_yaw), slices=tuple(slices),
-                  actors=tuple(chosen),
-                  actor_centres=np.array(actor_centres, dtype=np.float64).reshape(-1, 3),
-                  part_offset=FACADE_OFFSET + len(facade_names), table=table)
+_LABEL_CATEGORY = np.array([_category_id(name) for name in _LABEL_NAMES_ALL], dtype=np.uint8)
 
 
-def _cast_ground(origin: Sequence, d: Sequence[np.ndarray], road: RoadLayout,
-                 hits: _Hits) -> None:
-    """Road (with markings), curb faces and the raised sidewalk / grass level."""
-    rays = np.nonzero(d[2] < -1e-6)[0]  # only rays going down reach the ground
-    ox, oy, oz = (value[rays] if np.ndim(value) else value for value in origin)
-    dx, dy, dz = (component[rays] for component in d)
-    inv_dz = 1.0 / dz
-    t_top = (road.curb_height_m - oz) * inv_dz
-    y_top = oy + t_top * dy
-    t_low = -oz * inv_dz
-    y_low = oy + t_low * dy
-    raised_left = y_top > road.edge_left_m
-    raised_right = y_top < road.edge_right_m
-    raised = raised_left | raised_right
-    face_left = ~raised & (y_low > road.edge_left_m)
-    face_right = ~raised & (y_low < road.edge_right_m)
-    faces = face_left | face_right
+def _gaussian_levels(std: float) -> np.ndarray:
+    """Return 256 equiprobable N(0, std) values (a random byte indexes one: Gaussian noise)."""
+    normal = statistics.NormalDist(0.0, std)
+    return np.array([normal.inv_cdf((i + 0.5) / 256) for i in range(256)], dtype=np.float32)
+
+
+def _render_camera(scene: Scene, frame: _Frame, rig: SensorRig, rng: np.random.Generator,
+                   config: SyntheticConfig):
+    """Return (image, label, semantic ids, visible pixels per object)."""
+    directions = rig.pixels.directions @ frame.axes.T  # (P, 3) world
+    hits = frame.world.cast(frame.position, directions)
+    points = frame.position + np.where(hits.hit, hits.distance, 0.0)[:, None] * directions
+    albedo, _, _, labels, texture = _surface_properties(scene, frame, hits, points)
+    sky = ~hits.hit
+    labels[sky] = _LABEL_INDEX['Sky']
+    labels[rig.pixels.hood] = _LABEL_INDEX['Ego car']
+    owner = np.where(hits.hit, frame.world.mesh.owner[np.where(hits.hit, hits.face, 0)], -1)
+    owner[rig.pixels.hood] = -1
+    visible = np.bincount(owner[owner >= 0], minlength=len(frame.objects))
+
+    # Shading: ambient + sun, cast shadows, procedural texture, haze.
+    lit = np.nonzero(hits.hit)[0]
+    sun = scene.sun_direction
+    facing = np.clip(hits.normal[lit] @ sun, 0.0, 1.0)
+    shadow_rays = frame.world.cast(points[lit] + hits.normal[lit] * 0.02,
+                                   np.broadcast_to(sun, (len(lit), 3)).copy(),
+                                   max_distance=150.0)
+    facing[shadow_rays.hit] = 0.0
+    noise = hash_noise(points[lit], 0.35, scene.index) * 0.6 + hash_noise(
+        points[lit], 0.07, scene.index + 1) * 0.4
+    colour = np.zeros((len(directions), 3), dtype=np.float32)
+    shade = (0.35 + 0.65 * facing) * (1.0 + texture[lit] * noise)
+    haze = 1.0 - np.exp(-hits.distance[lit] / scene.haze_distance_m)
+    colour[lit] = (albedo[lit] * (shade * (1.0 - haze))[:, None]
+                   + haze[:, None] * _HORIZON).astype(np.float32)
+    sky_rays = np.nonzero(sky)[0]
+    elevation = np.clip(directions[sky_rays, 2] * 3.0, 0.0, 1.0)[:, None]
+    colour[sky_rays] = _HORIZON + (_ZENITH - _HORIZON) * elevation.astype(np.float32)
+    colour[rig.pixels.hood] = (0.1, 0.11, 0.13)
+    colour *= np.float32(255.0 * scene.exposure)
+    colour += _gaussian_levels(config.image_noise)[
+        np.frombuffer(rng.bytes(colour.size), dtype=np.uint8)].reshape(colour.shape)
+    colour += np.float32(0.5)
+    image = np.clip(colour, 0.0, 255.0).astype(np.uint8)
+    shape = (rig.camera.height, rig.camera.width)
+    return (image.reshape(shape + (3,)), _LABEL_RGB[labels].reshape(shape + (3,)),
+            _LABEL_CATEGORY[labels].reshape(shape), visible)
+
+
+def _scan_lidar(scene: Scene, frame: _Frame, rays: _LidarRays, rng: np.random.Generator):
+    """Cast the LiDAR; return (points in the view frame (R, 3), intensity, owner, valid)."""
+    setup = scene.lidar
+    origins = frame.position + rays.origins @ frame.axes.T
+    directions = rays.directions @ frame.axes.T
+    count = len(directions)
+    hits = frame.world.cast(origins, directions, rng=rng, max_distance=setup.max_range_m)
+    points = origins + np.where(hits.hit, hits.distance, 0.0)[:, None] * directions
+    _, reflectance, retro, _, _ = _surface_properties(scene, frame, hits, points)
+    incidence = np.abs(np.einsum('ij,ij->i', hits.normal, directions))
+    range_noise = rng.normal(0.0, setup.range_noise_m, count)
+    lost = rng.random(count)
+    distance = np.where(hits.hit, hits.distance, 0.0)
+    loss = sensors.drop_probability(setup, distance, incidence, reflectance)
+    valid = hits.hit & (distance >= setup.min_range_m) & (lost >= loss)
+    values = sensors.intensity(setup, reflectance, retro, incidence, distance, rng)
+    measured = origins + (distance + range_noise)[:, None] * directions
+    owner = np.where(hits.hit, frame.world.mesh.owner[np.where(hits.hit, hits.face, 0)], -1)
+    return _to_view(measured, frame), values, owner, valid
+
+
+def render_frame(scene: Scene, frame_index: int, rig: SensorRig,
+                 config: SyntheticConfig = SyntheticConfig()) -> 'SyntheticFrame':
+    """Render frame ``frame_index`` of ``scene`` (deterministic for the scene's seed)."""
+    rng = np.random.default_rng(np.random.SeedSequence([scene.seed, scene.index,
+                                                        1 + frame_index]))
+    frame = _frame_world(scene, frame_index)
+    sweep_start = (scene.start_tai_us + frame_index * FRAME_PERIOD_US
+                   + int(rng.integers(-300, 301)))
+    camera_stamp = sweep_start + int(rng.integers(config.camera_delay_us[0],
+                                                  config.camera_delay_us[1] + 1))
+    rays = _lidar_rays(scene.lidar)
+    points_view, reflectance, owner, valid = _scan_lidar(scene, frame, rays, rng)
+    image, label, semantic, visible = _render_camera(scene, frame, rig, rng, config)
+
+    camera = rig.camera
+    ahead = points_view[:, 0] > 0.5
     with np.errstate(divide='ignore', invalid='ignore'):
-        t_face = np.where(face_left, road.edge_left_m - oy, road.edge_right_m - oy) / dy
-    t = np.where(raised, t_top, np.where(faces, t_face, t_low))
-
-    offset = np.where(raised_left, y_top - road.edge_left_m, road.edge_right_m - y_top)
-    sidewalk = np.where(raised_left, road.sidewalk_width_m[1], road.sidewalk_width_m[0])
-    code = np.where(offset < road.curb_width_m, CURB,
-                    np.where(offset < sidewalk, SIDEWALK, GRASS)).astype(np.int32)
-    code[faces] = CURB
-    flat = np.nonzero(~raised & ~faces)[0]
-    flat_y = y_low[flat]
-    flat_code = np.full(len(flat), ROAD, dtype=np.int32)
-    for y, width in road.solid_lines:
-        flat_code[np.abs(flat_y - y) < width / 2] = SOLID_LINE
-    if road.dashed_lines:
-        flat_x = (ox[flat] if np.ndim(ox) else ox) + t_low[flat] * dx[flat]
-        for y, width, dash, period, phase in road.dashed_lines:
-            on_line = np.abs(flat_y - y) < width / 2
-            on_line[on_line] = np.mod(flat_x[on_line] - phase, period) < dash
-            flat_code[on_line] = DASHED_LINE
-    code[flat] = flat_code
-    face = np.where(face_left, _TOWARD_RIGHT, np.where(face_right, _TOWARD_LEFT, _UP))
-    hits.update(rays, t, code, face.astype(np.int8))
-
-
-def _cast_facades(origin: Sequence, d: Sequence[np.ndarray], facades: FacadeRows,
-                  hits: _Hits) -> None:
-    """Facade planes Y = const on both sides; a segment is hit below its height."""
-    for side in range(2):
-        rays = np.nonzero(d[1] < -1e-6 if side == 0 else d[1] > 1e-6)[0]
-        ox, oy, oz = (value[rays] if np.ndim(value) else value for value in origin)
-        dx, dy, dz = (component[rays] for component in d)
-        t = (facades.y_m[side] - oy) / dy
-        x = ox + t * dx
-        z = oz + t * dz
-        starts = facades.starts_m[side]
-        segment = (np.clip(np.searchsorted(starts, x, side='right') - 1, 0, len(starts) - 1)
-                   + facades.offset[side])
-        hit = np.nonzero((t > 0) & (z <= facades.heights_m[segment]))[0]
-        segment, x, z = segment[hit], x[hit], z[hit]
-        floor = np.mod(z, facades.floor_height_m[segment]) / facades.floor_height_m[segment]
-        column = (np.mod(x, facades.window_spacing_m[segment])
-                  / facades.window_spacing_m[segment])
-        window = (facades.is_building[segment] & (floor > 0.3) & (floor < 0.75)
-                  & (column > 0.25) & (column < 0.75))
-        code = np.where(window, WINDOW, FACADE_OFFSET + segment).astype(np.int32)
-        hits.update(rays[hit], t[hit], code, _TOWARD_LEFT if side == 0 else _TOWARD_RIGHT)
-
-
-def _cast_parts(origin: np.ndarray, d: Sequence[np.ndarray], world: _World, start: int,
-                stop: int, chunk: int = 1 << 16) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Slab test of rays against parts [start, stop); returns (t, part, face) of the nearest.
-
-    Args:
-        origin: (3,) or (R, 3) ray origins (road frame).
-        d: dx, dy, dz (R,) unit directions.
-        world: the frame's parts.
-        start: first part to test.
-        stop: one past the last part.
-        chunk: rays per vectorised block (bounds the (rays, parts) temporaries).
-    """
-    count = len(d[0])
-    t = np.empty(count, dtype=d[0].dtype)
-    part = np.empty(count, dtype=np.int32)
-    face = np.empty(count, dtype=np.int8)
-    origin = np.asarray(origin)
-    for first in range(0, count, chunk):
-        block = slice(first, min(first + chunk, count))
-        block_origin = origin[block] if origin.ndim == 2 else origin
-        t[block], part[block], face[block] = _slab_test(
-            block_origin, [component[block] for component in d], world, start, stop)
-    return t, part, face
-
-
-def _slab_test(origin: np.ndarray, d: Sequence[np.ndarray], world: _World, start: int,
-               stop: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    dtype = d[0].dtype
-    dx, dy, dz = (component[:, None] for component in d)  # (R, 1)
-    c = world.cos_yaw[start:stop].astype(dtype)
-    s = world.sin_yaw[start:stop].astype(dtype)
-    half = world.half_sizes[start:stop].astype(dtype)
-    rel = (origin[..., None, :] - world.centres[start:stop]).astype(dtype)  # (P, 3) | (R, P, 3)
-    local_origin = (c * rel[..., 0] + s * rel[..., 1], -s * rel[..., 0] + c * rel[..., 1],
-                    rel[..., 2])
-    local_dir = (c * dx + s * dy, -s * dx + c * dy, np.broadcast_to(dz, (len(dz), len(c))))
-    t_enter = np.full(local_dir[0].shape, -np.inf, dtype=dtype)  # (R, P)
-    t_exit = np.full(local_dir[0].shape, np.inf, dtype=dtype)
-    entering_sign = np.zeros(local_dir[0].shape, dtype=bool)
-    axis = np.zeros(local_dir[0].shape, dtype=np.int8)
-    for a in range(3):
-        direction = local_dir[a]
-        positive = direction >= 0
-        safe = np.where(positive, np.maximum(direction, 1e-12), np.minimum(direction, -1e-12))
-        bound = np.where(positive, half[:, a], -half[:, a])
-        near = (-bound - local_origin[a]) / safe
-        far = (bound - local_origin[a]) / safe
-        larger = near > t_enter
-        t_enter = np.where(larger, near, t_enter)
-        axis = np.where(larger, np.int8(a), axis)
-        entering_sign = np.where(larger, positive, entering_sign)
-        t_exit = np.minimum(t_exit, far)
-    hit = (t_enter <= t_exit) & (t_enter > 1e-4)
-    t = np.where(hit, t_enter, np.inf)
-    best = np.argmin(t, axis=1)
-    rows = np.arange(len(best))
-    face = (axis[rows, best] * 2 + entering_sign[rows, best]).astype(np.int8)
-    return t[rows, best], (best + start).astype(np.int32), face
-
-
-def _box_corners(centre: np.ndarray, size: Sequence[float], yaw: float) -> np.ndarray:
-    """Return the (8, 3) corners in the documented A2D2 order."""
-    offsets = np.array(_BOX_CORNER_SIGNS, dtype=np.float64) * np.asarray(size) / 2
-    c, s = math.cos(yaw), math.sin(yaw)
-    rotation = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
-    return centre + offsets @ rotation.T
-
-
-def _part_corners(world: _World) -> np.ndarray:
-    """Return the (P, 8, 3) corners of every part (road frame)."""
-    offsets = np.array(_BOX_CORNER_SIGNS, dtype=np.float64) * world.half_sizes[:, None, :]
-    c, s = world.cos_yaw[:, None], world.sin_yaw[:, None]
-    return world.centres[:, None, :] + np.stack(
-        [c * offsets[..., 0] - s * offsets[..., 1], s * offsets[..., 0] + c * offsets[..., 1],
-         offsets[..., 2]], axis=-1)
-
-
-def _clip_near(corners: np.ndarray, near_m: float = 0.05) -> np.ndarray:
-    """Return the vertices of boxes (B, 8, 3) clipped to x >= near_m (view frame), (V, 3)."""
-    edges = np.array(_BOX_EDGES)
-    a, b = corners[:, edges[:, 0]], corners[:, edges[:, 1]]  # (B, 12, 3)
-    crossing = (a[..., 0] - near_m) * (b[..., 0] - near_m) < 0
-    with np.errstate(divide='ignore', invalid='ignore'):
-        fraction = (near_m - a[..., 0]) / (b[..., 0] - a[..., 0])
-        intersections = a + fraction[..., None] * (b - a)
-    inside = corners.reshape(-1, 3)
-    return np.concatenate([inside[inside[:, 0] >= near_m], intersections[crossing]])
-
-
-def _to_view(points_road: np.ndarray, position: np.ndarray, heading: float) -> np.ndarray:
-    c, s = math.cos(heading), math.sin(heading)
-    rel = points_road - position
-    return np.stack([c * rel[..., 0] + s * rel[..., 1], -s * rel[..., 0] + c * rel[..., 1],
-                     rel[..., 2]], axis=-1)
-
-
-def _pixel_block(camera: CameraModel, pixels: PixelRays, vertices_view: np.ndarray,
-                 u_bounds: Tuple[float, float], v_bounds: Tuple[float, float]
-                 ) -> Optional[np.ndarray]:
-    """Return flat indices of the pixels whose rays may hit the convex hull of the vertices."""
-    if len(vertices_view) == 0:
-        return None
-    u = -vertices_view[:, 1] / vertices_view[:, 0]
-    v = -vertices_view[:, 2] / vertices_view[:, 0]
-    u0, u1 = max(u.min(), u_bounds[0]), min(u.max(), u_bounds[1])
-    v0, v1 = max(v.min(), v_bounds[0]), min(v.max(), v_bounds[1])
-    if u0 > u1 or v0 > v1:
-        return None
-    # The rectangle's outline, plus where it crosses the axes (extremes of radial distortion).
-    samples = np.linspace(0.0, 1.0, 9)
-    along_u, along_v = u0 + (u1 - u0) * samples, v0 + (v1 - v0) * samples
-    axis_u, axis_v = min(max(0.0, u0), u1), min(max(0.0, v0), v1)
-    edge_u = np.concatenate([along_u, along_u, np.full(9, u0), np.full(9, u1),
-                             [axis_u, axis_u, u0, u1]])
-    edge_v = np.concatenate([np.full(9, v0), np.full(9, v1), along_v, along_v,
-                             [v0, v1, axis_v, axis_v]])
-    rows, cols = camera.distort(edge_u, edge_v)
-    r0 = max(int(math.floor(rows.min())) - 2, 0)
-    r1 = min(int(math.ceil(rows.max())) + 2, camera.height - 1)
-    c0 = max(int(math.floor(cols.min())) - 2, 0)
-    c1 = min(int(math.ceil(cols.max())) + 2, camera.width - 1)
-    if r0 > r1 or c0 > c1:
-        return None
-    index = (np.arange(r0, r1 + 1)[:, None] * camera.width + np.arange(c0, c1 + 1)).ravel()
-    margin = 1e-3
-    inside = ((pixels.u[index] >= u0 - margin) & (pixels.u[index] <= u1 + margin)
-              & (pixels.v[index] >= v0 - margin) & (pixels.v[index] <= v1 + margin))
-    index = index[inside]
-    return index if len(index) else None
-
-
-# ----------------------------------------------------------------------------- rendering
+        row, col = camera.project_undistorted(np.where(ahead[:, None], points_view, 1.0))
+    in_image = ahead & (col >= 0.0) & (col < camera.width) & (row >= 0.0) & (row < camera.height)
+    keep = valid & (in_image if scene.lidar.fov_crop else ahead)
+    steps = scene.lidar.azimuth_steps
+    phases = np.array(scene.lidar_phase_steps)[rays.lidar_id]
+    firing = np.mod(rays.step - phases, steps)
+    stamps = sweep_start + np.floor(firing * (FRAME_PERIOD_US / steps)
+                                    + rays.laser * LASER_INTERVAL_US).astype(np.int64)
+    order = np.lexsort((rays.laser, firing, rays.lidar_id))
+    order = order[keep[order]]
+    points = points_view[order]
+    lidar = {
+        'points': points,
+        'reflectance': reflectance[order],
+        'row': row[order],
+        'col': col[order],
+        'depth': points[:, 0].copy(),
+        'distance': np.linalg.norm(points, axis=1),
+        'lidar_id': rays.lidar_id[order].astype(np.float64),
+        'timestamp': stamps[order],
+        'azimuth': rays.azimuth[order],
+    }
+    points_per_object = np.bincount(owner[order][owner[order] >= 0],
+                                    minlength=len(frame.objects))
+    boxes, box_points = _label_boxes(frame, camera, points_per_object, visible, config)
+    info = {'cam_name': 'front_center', 'cam_tstamp': int(camera_stamp),
+            'lidar_ids': {str(i): name for i, name in enumerate(LIDAR_IDS)}}
+    return SyntheticFrame(scene=scene.name,
+                          frame_id=f'{scene.first_frame_number + frame_index:09d}',
+                          lidar=lidar, boxes=boxes, camera_info=info, image=image, label=label,
+                          semantic_ids=semantic, box_points=box_points)
 
 
 @dataclass(frozen=True)
@@ -1021,225 +991,48 @@ class SyntheticFrame:
     box_points: Dict[str, int]  # label3D key -> LiDAR points on the actor
 
 
-def _gaussian_levels(std: float) -> np.ndarray:
-    """Return 256 equiprobable N(0, std) values (a random byte indexes one: Gaussian noise)."""
-    normal = statistics.NormalDist(0.0, std)
-    return np.array([normal.inv_cdf((i + 0.5) / 256) for i in range(256)], dtype=np.float32)
+def box_corners(centre: np.ndarray, size: Sequence[float], yaw: float) -> np.ndarray:
+    """Return the (8, 3) corners in the documented A2D2 order."""
+    offsets = np.array(_BOX_CORNER_SIGNS, dtype=np.float64) * np.asarray(size) / 2
+    return centre + offsets @ rotation_z(yaw).T
 
 
-_LARGE_BLOCK_PIXELS = 40_000  # above: test parts one by one on their own pixel blocks
-
-
-def _render_camera(scene: Scene, world: _World, position: np.ndarray, heading: float,
-                   rig: SensorRig, rng: np.random.Generator, config: SyntheticConfig):
-    """Return (image, label, semantic ids, silhouette and visible pixel counts per actor)."""
-    pixels, camera = rig.pixels, rig.camera
-    c, s = np.float32(math.cos(heading)), np.float32(math.sin(heading))
-    d = (c * pixels.dx - s * pixels.dy, s * pixels.dx + c * pixels.dy, pixels.dz)
-    origin = tuple(float(p) for p in position)
-    count = len(pixels.dx)
-    hits = _Hits.empty(count, np.float32)
-    _cast_ground(origin, d, scene.road, hits)
-    _cast_facades(origin, d, scene.facades, hits)
-
-    bounds = ((float(pixels.u.min()), float(pixels.u.max())),
-              (float(pixels.v.min()), float(pixels.v.max())))
-    part_corners = _to_view(_part_corners(world), position, heading)  # (P, 8, 3)
-    silhouette = np.zeros(len(world.actors), dtype=np.int64)
-    shadow = np.zeros(count, dtype=bool)
-    covered = np.zeros(count, dtype=bool)  # scratch: pixels on the current actor
-    origin_array = np.array(origin)
-    for index, (start, stop) in enumerate(world.slices):
-        actor = world.actors[index]
-        box = _to_view(_box_corners(world.actor_centres[index], actor.size_m, actor.yaw),
-                       position, heading)
-        block = _pixel_block(camera, pixels, _clip_near(box[None]), *bounds)
-        if block is None:
-            continue
-        if len(block) * (stop - start) <= _LARGE_BLOCK_PIXELS * 2:
-            part_blocks = [(block, start, stop)]
-        else:
-            part_blocks = [(_pixel_block(camera, pixels, _clip_near(part_corners[p:p + 1]),
-                                         *bounds), p, p + 1) for p in range(start, stop)]
-        touched = []
-        for rays, first, last in part_blocks:
-            if rays is None:
-                continue
-            t, part, face = _cast_parts(origin_array, [component[rays] for component in d],
-                                        world, first, last)
-            on_actor = rays[np.isfinite(t)]
-            silhouette[index] += len(on_actor) - int(np.count_nonzero(covered[on_actor]))
-            covered[on_actor] = True
-            touched.append(on_actor)
-            hits.update(rays, t, world.part_offset + part, face)
-        for on_actor in touched:
-            covered[on_actor] = False
-        if silhouette[index]:
-            # Contact shadow: the (enlarged) footprint on the ground level below the actor.
-            footprint = _to_view(_box_corners(
-                world.actor_centres[index] - (0.0, 0.0, actor.size_m[2] / 2),
-                (actor.size_m[0] + 0.4, actor.size_m[1] + 0.4, 0.0), actor.yaw),
-                position, heading)
-            rays = _pixel_block(camera, pixels, _clip_near(footprint[None]), *bounds)
-            if rays is None:
-                continue
-            dx, dy, dz = (component[rays] for component in d)
-            ground_t = (actor.bottom_m - origin[2]) / np.minimum(dz, -1e-6)
-            gx = origin[0] + ground_t * dx - world.actor_centres[index, 0]
-            gy = origin[1] + ground_t * dy - world.actor_centres[index, 1]
-            cy, sy = math.cos(actor.yaw), math.sin(actor.yaw)
-            under = ((dz < -1e-6) & (np.abs(cy * gx + sy * gy) < actor.size_m[0] / 2 + 0.2)
-                     & (np.abs(-sy * gx + cy * gy) < actor.size_m[1] / 2 + 0.2))
-            shadow[rays[under]] = True
-    hits.code[pixels.hood] = EGO_HOOD
-    hits.face[pixels.hood] = _UP
-
-    table, code = world.table, hits.code
-    label = table.label_rgb[code]
-    semantic = table.category_id[code]
-    owner = table.owner[code]
-    visible = np.bincount(owner[owner >= 0], minlength=len(world.actors))
-
-    shade = 0.45 + 0.55 * table.sun_dot[code, hits.face]
-    shade[shadow & (code >= ROAD) & (code <= GRASS)] *= np.float32(0.55)
-    sky = code == SKY
-    haze = 1.0 - np.exp(-hits.t / np.float32(scene.haze_distance_m))
-    haze[sky] = 0.0
-    horizon = np.array(_HORIZON, dtype=np.float32)
-    colour = table.albedo[code] * (shade * (1.0 - haze))[:, None] + haze[:, None] * horizon
-    sky_rays = np.nonzero(sky)[0]
-    elevation = np.clip(d[2][sky_rays] * 3.0, 0.0, 1.0)[:, None]
-    colour[sky_rays] = horizon + (np.array(_ZENITH, dtype=np.float32) - horizon) * elevation
-    colour *= np.float32(255.0 * scene.exposure)
-    noise = _gaussian_levels(config.image_noise)[
-        np.frombuffer(rng.bytes(colour.size), dtype=np.uint8)].reshape(colour.shape)
-    colour += noise
-    colour += np.float32(0.5)
-    image = np.clip(colour, 0.0, 255.0).astype(np.uint8)
-    shape = (camera.height, camera.width)
-    return (image.reshape(shape + (3,)), label.reshape(shape + (3,)), semantic.reshape(shape),
-            silhouette, visible)
-
-
-def _scan_lidar(scene: Scene, world: _World, position: np.ndarray, heading: float,
-                rig: SensorRig, rng: np.random.Generator, config: SyntheticConfig):
-    """Cast the lidar rays; return (points_view (R, 3), reflectance, owner per ray, valid)."""
-    rays = rig.lidar
-    c, s = math.cos(heading), math.sin(heading)
-    rotation = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
-    origins = position + rays.origins @ rotation.T
-    directions = rays.directions @ rotation.T
-    d = (directions[:, 0], directions[:, 1], directions[:, 2])
-    count = len(directions)
-    hits = _Hits.empty(count, np.float64)
-    _cast_ground((origins[:, 0], origins[:, 1], origins[:, 2]), d, scene.road, hits)
-    _cast_facades((origins[:, 0], origins[:, 1], origins[:, 2]), d, scene.facades, hits)
-    for index, (start, stop) in enumerate(world.slices):
-        # Cull with the actor's bounding sphere, then slab-test the candidate rays.
-        radius = 0.5 * math.hypot(*world.actors[index].size_m) + 0.05
-        rel = world.actor_centres[index] - origins  # (R, 3)
-        along = np.einsum('ij,ij->i', rel, directions)
-        miss = np.einsum('ij,ij->i', rel, rel) - along * along
-        candidates = np.nonzero((along > -radius) & (miss < radius * radius)
-                                & (along - radius < hits.t))[0]
-        if len(candidates):
-            t, part, face = _cast_parts(origins[candidates], [c[candidates] for c in d],
-                                        world, start, stop)
-            hits.update(candidates, t, world.part_offset + part, face)
-
-    table, code = world.table, hits.code
-    local = np.array(_FACE_NORMALS)[hits.face]
-    cos_yaw, sin_yaw = table.cos_yaw[code], table.sin_yaw[code]
-    normals = np.stack([cos_yaw * local[:, 0] - sin_yaw * local[:, 1],
-                        sin_yaw * local[:, 0] + cos_yaw * local[:, 1], local[:, 2]], axis=1)
-    incidence = np.abs(np.einsum('ij,ij->i', normals, directions))
-
-    # Random draws for every ray (same count every frame): noise, dropout, intensity jitter.
-    range_noise = rng.normal(0.0, config.range_noise_m, count)
-    lost = rng.random(count)
-    gain = rng.normal(1.0, 0.08, count)
-    offset = rng.normal(0.0, 1.0, count)
-    far = np.clip(hits.t / VLP16_MAX_RANGE_M, 0.0, 1.0)
-    loss = config.dropout + config.foliage_dropout * table.foliage[code] + 0.3 * far ** 4
-    valid = np.isfinite(hits.t) & (hits.t <= VLP16_MAX_RANGE_M) & (lost >= loss)
-    distance = np.where(valid, hits.t + range_noise, 0.0)
-    points_view = _to_view(origins + distance[:, None] * directions, position, heading)
-    reflectance = np.clip(np.rint(table.reflectance[code] * (0.5 + 0.5 * incidence) * gain
-                                  + offset), 0, 255)
-    return points_view, reflectance.astype(np.int64), table.owner[code], valid
-
-
-def render_frame(scene: Scene, frame_index: int, rig: SensorRig,
-                 config: SyntheticConfig = SyntheticConfig()) -> SyntheticFrame:
-    """Render frame ``frame_index`` of ``scene`` (deterministic for the scene's seed)."""
-    rng = np.random.default_rng(np.random.SeedSequence([scene.seed, scene.index,
-                                                        1 + frame_index]))
-    position, heading = scene.ego_pose(frame_index)
-    world = _frame_world(scene, frame_index, float(position[0]))
-    sweep_start = (scene.start_tai_us + frame_index * FRAME_PERIOD_US
-                   + int(rng.integers(-300, 301)))
-    camera_stamp = sweep_start + int(rng.integers(config.camera_delay_us[0],
-                                                  config.camera_delay_us[1] + 1))
-
-    points_view, reflectance, owner, valid = _scan_lidar(scene, world, position, heading, rig,
-                                                         rng, config)
-    image, label, semantic, silhouette, visible = _render_camera(
-        scene, world, position, heading, rig, rng, config)
-
-    camera = rig.camera
+def _clip_near(corners: np.ndarray, near_m: float = 0.05) -> np.ndarray:
+    """Return the vertices of boxes (B, 8, 3) clipped to x >= near_m (view frame), (V, 3)."""
+    edges = np.array(_BOX_EDGES)
+    a, b = corners[:, edges[:, 0]], corners[:, edges[:, 1]]  # (B, 12, 3)
+    crossing = (a[..., 0] - near_m) * (b[..., 0] - near_m) < 0
     with np.errstate(divide='ignore', invalid='ignore'):
-        row, col = camera.project_undistorted(points_view)
-    keep = (valid & (points_view[:, 0] > 0.0) & (col >= 0.0) & (col < camera.width)
-            & (row >= 0.0) & (row < camera.height))
-    rays = rig.lidar
-    phases = np.array(scene.lidar_phase_steps)[rays.lidar_id]
-    firing = np.mod(rays.azimuth_step - phases, VLP16_AZIMUTH_STEPS)
-    stamps = sweep_start + np.floor(firing * (FRAME_PERIOD_US / VLP16_AZIMUTH_STEPS)
-                                    + rays.laser * VLP16_LASER_INTERVAL_US).astype(np.int64)
-    order = np.lexsort((rays.laser, firing, rays.lidar_id))
-    order = order[keep[order]]
-    points = points_view[order]
-    lidar = {
-        'points': points,
-        'reflectance': reflectance[order],
-        'row': row[order],
-        'col': col[order],
-        'depth': points[:, 0].copy(),
-        'distance': np.linalg.norm(points, axis=1),
-        'lidar_id': rays.lidar_id[order].astype(np.float64),
-        'timestamp': stamps[order],
-        'azimuth': rays.azimuth[order],
-    }
-    points_per_actor = np.bincount(owner[order][owner[order] >= 0],
-                                   minlength=len(world.actors))
-    boxes, box_points = _label_boxes(world, position, heading, camera, points_per_actor,
-                                     silhouette, visible, config)
-    info = {'cam_name': 'front_center', 'cam_tstamp': int(camera_stamp),
-            'lidar_ids': {str(i): name for i, name in enumerate(LIDAR_IDS)}}
-    return SyntheticFrame(scene=scene.name,
-                          frame_id=f'{scene.first_frame_number + frame_index:09d}',
-                          lidar=lidar, boxes=boxes, camera_info=info, image=image, label=label,
-                          semantic_ids=semantic, box_points=box_points)
+        fraction = (near_m - a[..., 0]) / (b[..., 0] - a[..., 0])
+        intersections = a + fraction[..., None] * (b - a)
+    inside = corners.reshape(-1, 3)
+    return np.concatenate([inside[inside[:, 0] >= near_m], intersections[crossing]])
 
 
-def _label_boxes(world: _World, position: np.ndarray, heading: float, camera: CameraModel,
-                 points_per_actor: np.ndarray, silhouette: np.ndarray, visible: np.ndarray,
-                 config: SyntheticConfig) -> Tuple[Dict[str, dict], Dict[str, int]]:
+def _label_boxes(frame: _Frame, camera: CameraModel, points_per_object: np.ndarray,
+                 visible: np.ndarray, config: SyntheticConfig
+                 ) -> Tuple[Dict[str, dict], Dict[str, int]]:
     boxes, box_points = {}, {}
-    for index, actor in enumerate(world.actors):
-        centre = _to_view(world.actor_centres[index], position, heading)
-        if (actor.class_name is None or points_per_actor[index] < config.min_box_points
+    heading = math.atan2(frame.axes[1, 0], frame.axes[0, 0])
+    for index, obj in enumerate(frame.objects):
+        centre = _to_view(frame.centres[index], frame)
+        if (obj.box_class is None or points_per_object[index] < config.min_box_points
                 or not 0.0 < centre[0] <= config.max_box_depth_m):
             continue
-        yaw = wrap_angle(actor.yaw - heading)
-        corners = _box_corners(centre, actor.size_m, yaw)
+        yaw = wrap_angle(obj.yaw - heading)
+        corners = box_corners(centre, obj.size_m, yaw)
         vertices = _clip_near(corners[None])
-        row, col = camera.project_undistorted(vertices)
-        bbox = [float(col.min()), float(row.min()), float(col.max()), float(row.max())]
+        with np.errstate(divide='ignore', invalid='ignore'):
+            row, col = camera.project_undistorted(vertices)
+        if len(vertices):
+            bbox = [float(col.min()), float(row.min()), float(col.max()), float(row.max())]
+        else:
+            bbox = [0.0, 0.0, 0.0, 0.0]
         area = max(bbox[2] - bbox[0], 1e-9) * max(bbox[3] - bbox[1], 1e-9)
         inside = (max(0.0, min(bbox[2], camera.width) - max(bbox[0], 0.0))
                   * max(0.0, min(bbox[3], camera.height) - max(bbox[1], 0.0)))
-        occlusion = 1.0 - visible[index] / silhouette[index] if silhouette[index] else 1.0
+        # Occlusion: visible pixels against a filled silhouette of ~60 % of the in-image box.
+        occlusion = 1.0 - min(1.0, visible[index] / max(0.6 * inside, 1.0))
         key = f'box_{len(boxes)}'
         boxes[key] = {
             '2d_bbox': bbox,
@@ -1247,14 +1040,14 @@ def _label_boxes(world: _World, position: np.ndarray, heading: float, camera: Ca
             'alpha': 0.0,
             'axis': [0.0, 0.0, 1.0 if yaw >= 0.0 else -1.0],
             'center': centre.tolist(),
-            'class': actor.class_name,
+            'class': obj.box_class,
             'id': len(boxes),
             'occlusion': round(float(occlusion), 2),
             'rot_angle': abs(yaw),
-            'size': [float(v) for v in actor.size_m],
+            'size': [float(v) for v in obj.size_m],
             'truncation': round(1.0 - inside / area, 2),
         }
-        box_points[key] = int(points_per_actor[index])
+        box_points[key] = int(points_per_object[index])
     return boxes, box_points
 
 
