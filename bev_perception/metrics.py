@@ -17,6 +17,13 @@ Detection (nuScenes-style matching, COCO-style area):
     - A class without ground truth in the whole set has AP NaN and is left out of the mAP;
       a class with ground truth but no predictions has AP 0.
     - mAP per threshold = mean over classes with AP; ``map`` = mean over thresholds.
+    - Ignore regions (optional, per prediction, as KITTI treats DontCare areas): a prediction
+      flagged ``ignorable`` takes part in the matching; where it matches a ground truth box it
+      counts as usual, where it does not it is dropped from that threshold's ranking (neither
+      a true nor a false positive).
+    - Operating point (``DetectionMetrics.at_score``): precision and recall of the predictions
+      scoring ``>=`` a score threshold, read off the ranked curve. Matching goes in descending
+      score order, so it equals evaluating only those predictions.
 
 Semantics:
     - A confusion matrix over pixels whose ground truth is not the ignore index (rows: ground
@@ -68,8 +75,8 @@ def interpolated_average_precision(recall: np.ndarray, precision: np.ndarray) ->
     return float(interpolated.mean())
 
 
-def match_frame(pred_centres_m: np.ndarray, pred_scores: np.ndarray,
-                gt_centres_m: np.ndarray, threshold_m: float) -> np.ndarray:
+def match_frame_indices(pred_centres_m: np.ndarray, pred_scores: np.ndarray,
+                        gt_centres_m: np.ndarray, threshold_m: float) -> np.ndarray:
     """Greedily match one frame's predictions of one class to its ground truth.
 
     Args:
@@ -79,12 +86,13 @@ def match_frame(pred_centres_m: np.ndarray, pred_scores: np.ndarray,
         threshold_m: largest centre distance of a match, metres (inclusive).
 
     Returns:
-        (P,) bool, True where the prediction is a true positive (in input order).
+        (P,) int64, the index of the ground truth box each prediction claims, -1 for none
+        (in input order).
     """
     num_pred = len(pred_scores)
-    is_true_positive = np.zeros(num_pred, dtype=bool)
+    matched_gt = np.full(num_pred, -1, dtype=np.int64)
     if num_pred == 0 or len(gt_centres_m) == 0:
-        return is_true_positive
+        return matched_gt
     distances = np.linalg.norm(
         pred_centres_m[:, None, :2] - gt_centres_m[None, :, :2], axis=-1)  # (P, G)
     gt_taken = np.zeros(len(gt_centres_m), dtype=bool)
@@ -93,8 +101,14 @@ def match_frame(pred_centres_m: np.ndarray, pred_scores: np.ndarray,
         nearest = int(np.argmin(candidates))
         if candidates[nearest] <= threshold_m:
             gt_taken[nearest] = True
-            is_true_positive[pred_index] = True
-    return is_true_positive
+            matched_gt[pred_index] = nearest
+    return matched_gt
+
+
+def match_frame(pred_centres_m: np.ndarray, pred_scores: np.ndarray,
+                gt_centres_m: np.ndarray, threshold_m: float) -> np.ndarray:
+    """Return (P,) bool, True where a prediction is a true positive (``match_frame_indices``)."""
+    return match_frame_indices(pred_centres_m, pred_scores, gt_centres_m, threshold_m) >= 0
 
 
 @dataclass(frozen=True)
@@ -118,6 +132,42 @@ class PrecisionRecallCurve:
 
 
 @dataclass(frozen=True)
+class OperatingPoint:
+    """Detection counts and rates of one class at one score and distance threshold.
+
+    Attributes:
+        true_positives: predictions scoring >= the threshold that match a ground truth box.
+        false_positives: the other evaluated predictions scoring >= the threshold.
+        num_gt: ground truth boxes of the class.
+        precision: TP / (TP + FP), NaN without predictions.
+        recall: TP / num_gt, NaN without ground truth.
+    """
+
+    true_positives: int
+    false_positives: int
+    num_gt: int
+    precision: float
+    recall: float
+
+    def to_dict(self) -> dict:
+        """Return plain types for JSON (NaN as None)."""
+        return {'true_positives': self.true_positives,
+                'false_positives': self.false_positives, 'num_gt': self.num_gt,
+                'precision': _nan_to_none(self.precision), 'recall': _nan_to_none(self.recall)}
+
+
+def operating_point(curve: PrecisionRecallCurve, num_gt: int,
+                    score_threshold: float) -> OperatingPoint:
+    """Return the counts and rates of the predictions scoring >= ``score_threshold``."""
+    count = int(np.count_nonzero(curve.scores >= score_threshold))  # scores are descending
+    true_positives = int(round(curve.recall[count - 1] * max(num_gt, 1))) if count else 0
+    return OperatingPoint(
+        true_positives=true_positives, false_positives=count - true_positives, num_gt=num_gt,
+        precision=true_positives / count if count else float('nan'),
+        recall=true_positives / num_gt if num_gt else float('nan'))
+
+
+@dataclass(frozen=True)
 class DetectionMetrics:
     """BEV detection results; see the module docstring for the definitions.
 
@@ -129,7 +179,7 @@ class DetectionMetrics:
         map: mean of map_by_threshold.
         curves: curves[class_name][threshold_m] for plotting.
         num_gt: ground truth boxes per class.
-        num_pred: predictions per class.
+        num_pred: predictions per class (ignorable ones included).
         num_frames: frames added.
     """
 
@@ -161,6 +211,12 @@ class DetectionMetrics:
                                 for name, per in self.curves.items()}
         return result
 
+    def at_score(self, score_threshold: float) -> Dict[str, Dict[float, OperatingPoint]]:
+        """Return the operating point per class and distance threshold at a score threshold."""
+        return {name: {t: operating_point(curve, self.num_gt[name], score_threshold)
+                       for t, curve in per_threshold.items()}
+                for name, per_threshold in self.curves.items()}
+
 
 def _check_boxes(boxes: np.ndarray, labels: np.ndarray, what: str,
                  num_classes: int) -> Tuple[np.ndarray, np.ndarray]:
@@ -184,14 +240,17 @@ class DetectionAccumulator:
         self.class_names = tuple(class_names)
         self.thresholds_m = tuple(float(t) for t in thresholds_m)
         num_classes = len(self.class_names)
-        self._scores: List[List[np.ndarray]] = [[] for _ in range(num_classes)]
+        self._scores: List[List[List[np.ndarray]]] = [
+            [[] for _ in self.thresholds_m] for _ in range(num_classes)]
+        self._num_pred = np.zeros(num_classes, dtype=np.int64)
         self._true_positives: List[List[List[np.ndarray]]] = [
             [[] for _ in self.thresholds_m] for _ in range(num_classes)]
         self._num_gt = np.zeros(num_classes, dtype=np.int64)
         self._num_frames = 0
 
     def add(self, pred_boxes: np.ndarray, pred_scores: np.ndarray, pred_labels: np.ndarray,
-            gt_boxes: np.ndarray, gt_labels: np.ndarray) -> None:
+            gt_boxes: np.ndarray, gt_labels: np.ndarray,
+            pred_ignorable: Optional[np.ndarray] = None) -> None:
         """Add one frame.
 
         Args:
@@ -200,6 +259,8 @@ class DetectionAccumulator:
             pred_labels: (P,) class indices into class_names.
             gt_boxes: (G, 7) ground truth boxes.
             gt_labels: (G,) class indices into class_names.
+            pred_ignorable: (P,) bool, True where an unmatched prediction is not evaluated
+                (in an ignore region; see the module docstring); None: none.
         """
         num_classes = len(self.class_names)
         pred_boxes, pred_labels = _check_boxes(pred_boxes, pred_labels, 'predicted', num_classes)
@@ -207,6 +268,11 @@ class DetectionAccumulator:
         pred_scores = np.asarray(pred_scores, dtype=np.float64).reshape(-1)
         if len(pred_scores) != len(pred_boxes):
             raise ValueError(f'{len(pred_scores)} scores for {len(pred_boxes)} predicted boxes')
+        ignorable = (np.zeros(len(pred_scores), dtype=bool) if pred_ignorable is None
+                     else np.asarray(pred_ignorable, dtype=bool).reshape(-1))
+        if len(ignorable) != len(pred_scores):
+            raise ValueError(f'{len(ignorable)} ignorable flags for {len(pred_scores)} '
+                             'predicted boxes')
         for label in range(num_classes):
             pred_mask = pred_labels == label
             gt_mask = gt_labels == label
@@ -214,10 +280,14 @@ class DetectionAccumulator:
             if not pred_mask.any():
                 continue
             scores = pred_scores[pred_mask]
-            self._scores[label].append(scores)
+            self._num_pred[label] += len(scores)
             for threshold_index, threshold_m in enumerate(self.thresholds_m):
-                self._true_positives[label][threshold_index].append(match_frame(
-                    pred_boxes[pred_mask, :2], scores, gt_boxes[gt_mask, :2], threshold_m))
+                is_true_positive = match_frame(
+                    pred_boxes[pred_mask, :2], scores, gt_boxes[gt_mask, :2], threshold_m)
+                evaluated = is_true_positive | ~ignorable[pred_mask]  # (P_c,)
+                self._scores[label][threshold_index].append(scores[evaluated])
+                self._true_positives[label][threshold_index].append(
+                    is_true_positive[evaluated])
         self._num_frames += 1
 
     def compute(self) -> DetectionMetrics:
@@ -226,13 +296,13 @@ class DetectionAccumulator:
         curves: Dict[str, Dict[float, PrecisionRecallCurve]] = {}
         num_pred: Dict[str, int] = {}
         for label, name in enumerate(self.class_names):
-            scores = (np.concatenate(self._scores[label]) if self._scores[label]
-                      else np.zeros(0))
-            order = np.argsort(-scores, kind='stable')
-            num_pred[name] = int(len(scores))
+            num_pred[name] = int(self._num_pred[label])
             num_gt = int(self._num_gt[label])
             ap[name], curves[name] = {}, {}
             for threshold_index, threshold_m in enumerate(self.thresholds_m):
+                score_parts = self._scores[label][threshold_index]
+                scores = np.concatenate(score_parts) if score_parts else np.zeros(0)
+                order = np.argsort(-scores, kind='stable')
                 parts = self._true_positives[label][threshold_index]
                 true_positive = (np.concatenate(parts) if parts else np.zeros(0, bool))[order]
                 cumulative_tp = np.cumsum(true_positive)
