@@ -1,23 +1,36 @@
-"""Tests of training.evaluate: metric wiring with an oracle runtime, CLI outputs, mIoU variant."""
+"""Tests of training.evaluate: metric wiring, CLI outputs, ignore regions, semantic summaries.
+
+Oracle runtimes check the wiring on A2D2-format and real-dev KITTI frames; the CLI runs on a
+tiny synthetic root, the real-dev KITTI root with the shipped weights and a root without LiDAR.
+"""
 
 import dataclasses
 import json
+import math
 import os
+import shutil
 import subprocess
 import sys
 
-from bev_perception.metrics import SemanticAccumulator
+from bev_perception.metrics import DetectionAccumulator, SemanticAccumulator
 from bev_perception.model.config import ModelConfig
 from bev_perception.model.network import BEVFusionNet
+from bev_perception.node_params import parameter_spec
 from bev_perception.weights import save_weights
 import numpy as np
 import pytest
 import torch
-from training import synthetic
-from training.a2d2 import A2D2Dataset
-from training.evaluate import evaluate, gt_present_miou, in_grid, write_report
+from training import kitti, synthetic
+from training.a2d2 import A2D2Dataset, list_scenes
+from training.evaluate import (
+    eval_frame, evaluate, gt_present_miou, in_grid, intensity_gain, NODE_SCORE_THRESHOLD,
+    ROAD_CATEGORY, semantic_summary, SemanticOnlyFrames, write_report)
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SHIPPED_WEIGHTS = os.path.join(REPO, 'bev_perception', 'weights', 'default.safetensors')
+REAL_DEV = os.environ.get('BEV_REAL_DEV_DIR', os.path.join(REPO, '..', 'shared', 'real-dev'))
+KITTI_ROOT = os.path.join(REAL_DEV, 'kitti')
+KITTI_FRAMES = ('000000', '000001', '000002', '000114', '000134')
 
 
 @pytest.fixture(scope='module')
@@ -121,3 +134,182 @@ def test_cli_evaluates_weights_and_writes_report(tiny_root, tmp_path):
     assert set(document['detection']['fused']['ap']) == set(config.detection_classes)
     assert document['semantic']['num_evaluated_pixels'] > 0
     assert (out / 'pr_curves.png').exists() and (out / 'semantic_iou.png').exists()
+
+
+# ----------------------------------------------------------------------------- ignore regions
+
+
+def test_ignorable_predictions_count_only_when_matched():
+    accumulator = DetectionAccumulator(('car',), (1.0,))
+    gt = np.array([[10.0, 0.0, 0, 4, 2, 1.5, 0]])
+    predictions = np.array([[10.2, 0.0, 0, 4, 2, 1.5, 0],  # matches, ignorable: counts
+                            [30.0, 5.0, 0, 4, 2, 1.5, 0],  # unmatched, ignorable: dropped
+                            [40.0, 5.0, 0, 4, 2, 1.5, 0]])  # unmatched, evaluated: FP
+    accumulator.add(predictions, np.array([0.9, 0.8, 0.7]), np.zeros(3, np.int64), gt,
+                    np.zeros(1, np.int64), pred_ignorable=np.array([True, True, False]))
+    metrics = accumulator.compute()
+    assert metrics.num_pred['car'] == 3
+    np.testing.assert_allclose(metrics.curves['car'][1.0].precision, [1.0, 0.5])
+    assert metrics.ap['car'][1.0] == pytest.approx(1.0)
+    points = metrics.at_score(0.75)['car'][1.0]
+    assert (points.true_positives, points.false_positives) == (1, 0)
+    assert points.precision == 1.0 and points.recall == 1.0
+    points = metrics.at_score(0.5)['car'][1.0]
+    assert (points.true_positives, points.false_positives, points.precision) == (1, 1, 0.5)
+    empty = metrics.at_score(0.95)['car'][1.0]
+    assert empty.true_positives == 0 and math.isnan(empty.precision) and empty.recall == 0.0
+    with pytest.raises(ValueError, match='ignorable flags'):
+        accumulator.add(predictions, np.ones(3), np.zeros(3, np.int64), gt,
+                        np.zeros(1, np.int64), pred_ignorable=np.ones(2, bool))
+
+
+def test_node_score_threshold_is_the_node_default():
+    assert NODE_SCORE_THRESHOLD == parameter_spec('score_thresholds').default[0]
+    assert intensity_gain(0.0, ModelConfig()) == 1.0
+    assert intensity_gain(1.0, ModelConfig()) == pytest.approx(255.0)
+
+
+# ----------------------------------------------------------------------------- KITTI
+
+
+@pytest.fixture(scope='module')
+def kitti_root():
+    """Return the real-dev KITTI root beside the checkout (skip without it)."""
+    if not os.path.isdir(KITTI_ROOT):
+        pytest.skip(f'real-dev KITTI frames not found at {KITTI_ROOT} (../shared/real-dev '
+                    'beside the checkout, or set BEV_REAL_DEV_DIR)')
+    return KITTI_ROOT
+
+
+class KittiOracle:
+    """Fused: the evaluated ground truth plus a car outside the camera's view (ignorable).
+
+    LiDAR-only: the ground truth plus a truck 15 m ahead, 6 m right: a false positive (no
+    truck in range; the place is clear of the DontCare areas).
+    """
+
+    def __init__(self, dataset, config):
+        self.config = config
+        self.truth = {}
+        for index in range(len(dataset)):
+            frame = eval_frame(dataset[index], config)
+            self.truth[len(frame.points)] = frame
+
+    def run_batch(self, frames, score_threshold=None):
+        results = []
+        for points, image in frames:
+            frame = self.truth[len(points)]
+            extra_box = np.array([[10.0, 30.0, -1.0, 4.0, 1.8, 1.5, 0.0] if image is not None
+                                  else [15.0, -6.0, -1.0, 8.0, 2.5, 3.0, 0.0]], np.float32)
+            extra_label = 0 if image is not None else 1
+            boxes = np.concatenate([frame.gt_boxes, extra_box])
+            scores = np.concatenate([np.linspace(0.9, 0.5, len(frame.gt_boxes)), [0.95]])
+            labels = np.concatenate([frame.gt_labels, [extra_label]]).astype(np.int64)
+            results.append(_Result(boxes, scores, labels, None))
+        return results
+
+
+def test_kitti_scope_with_an_oracle(kitti_root, tmp_path):
+    config = ModelConfig()
+    dataset = kitti.KittiDataset(kitti_root, classes=config.detection_classes)
+    result = evaluate(KittiOracle(dataset, config), dataset, batch_size=2, show_progress=False,
+                      render_dir=str(tmp_path / 'renders'))
+    assert result.num_frames == 5 and result.semantic is None
+    fused, lidar_only = result.fused, result.lidar_only
+    assert fused.num_gt == {'car': 15, 'truck': 0, 'pedestrian': 9, 'cyclist': 7}
+    for metrics in (fused, lidar_only):
+        for name in ('car', 'pedestrian', 'cyclist'):
+            assert metrics.ap[name][0.5] == pytest.approx(1.0), name
+    fused_points = fused.at_score(NODE_SCORE_THRESHOLD)
+    assert all(per[2.0].false_positives == 0 for per in fused_points.values())
+    assert fused_points['car'][2.0].recall == 1.0
+    truck = lidar_only.at_score(NODE_SCORE_THRESHOLD)['truck'][2.0]
+    assert (truck.true_positives, truck.false_positives, truck.precision) == (0, 5, 0.0)
+    outcomes = {(o.name, o.run): o for o in result.frames}
+    assert outcomes[('000114', 'fused')].ignored == 1
+    assert outcomes[('000114', 'lidar_only')].false_positives == 1
+    assert outcomes[('000114', 'fused')].matched_gt == 12
+    assert len(os.listdir(tmp_path / 'renders')) == 10
+
+
+def test_cli_evaluates_kitti_lidar_only_with_the_shipped_weights(kitti_root, tmp_path):
+    if not os.path.exists(SHIPPED_WEIGHTS):
+        pytest.skip(f'{SHIPPED_WEIGHTS} does not exist yet (run `make weights`)')
+    out = tmp_path / 'kitti'
+    completed = subprocess.run(
+        [sys.executable, '-m', 'training.evaluate', '--weights', SHIPPED_WEIGHTS, '--data',
+         kitti_root, '--lidar-only', '--out', str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    summary = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert summary['frames'] == 5 and summary['map_2m_fused'] is None
+    assert 0.0 <= summary['map_2m_lidar_only'] <= 1.0
+    with open(out / 'metrics.json', encoding='utf-8') as stream:
+        document = json.load(stream)
+    assert document['format'] == 'kitti' and document['runs'] == ['lidar_only']
+    assert tuple(document['extrinsic_translation_m']) == kitti.KITTI_EXTRINSIC.translation_m
+    assert document['intensity_scale'] == kitti.KITTI_INTENSITY_SCALE
+    assert document['operating_threshold'] == NODE_SCORE_THRESHOLD
+    detection = document['detection']['lidar_only']
+    assert detection['num_gt']['car'] == 15 and sum(detection['num_pred'].values()) > 0
+    for name, per_threshold in detection['at_operating_threshold'].items():
+        for point in per_threshold.values():
+            for key in ('recall', 'precision'):
+                assert point[key] is None or 0.0 <= point[key] <= 1.0, (name, key)
+    for value in detection['ap'].values():
+        assert all(v is None or 0.0 <= v <= 1.0 for v in value.values())
+    assert 'fused' not in document['detection'] and document['semantic'] is None
+    assert '| lidar_only | car | 15 |' in (out / 'metrics.md').read_text()
+    for name in ['pr_curves.png'] + [f'renders/{i}_lidar_only.png' for i in KITTI_FRAMES]:
+        with open(out / name, 'rb') as stream:
+            assert stream.read(8) == b'\x89PNG\r\n\x1a\n', name
+
+
+# ----------------------------------------------------------------------------- semantic only
+
+
+def test_cli_evaluates_a_root_without_lidar_on_its_semantics(tiny_root, tmp_path):
+    root = tmp_path / 'camera_lidar_semantic'
+    root.mkdir()
+    shutil.copy(os.path.join(tiny_root, 'class_list.json'), root / 'class_list.json')
+    for scene in list_scenes(tiny_root):
+        for folder in ('camera', 'label'):  # no lidar, no label3D, no camera JSON
+            source = os.path.join(tiny_root, scene, folder, 'cam_front_center')
+            target = root / scene / folder / 'cam_front_center'
+            target.mkdir(parents=True)
+            for name in os.listdir(source):
+                if name.endswith('.png'):
+                    shutil.copy(os.path.join(source, name), target / name)
+    frames = SemanticOnlyFrames(root)
+    assert len(frames) == 4 and frames[0].semantic.shape == frames[0].image.shape[:2]
+    torch.manual_seed(0)
+    config = ModelConfig.tiny()
+    weights = tmp_path / 'tiny.safetensors'
+    save_weights(weights, BEVFusionNet(config).eval(), config, {'note': 'untrained'})
+    out = tmp_path / 'eval'
+    completed = subprocess.run(
+        [sys.executable, '-m', 'training.evaluate', '--weights', str(weights), '--data',
+         str(root), '--out', str(out)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    with open(out / 'metrics.json', encoding='utf-8') as stream:
+        document = json.load(stream)
+    assert document['format'] == 'a2d2 (semantic only)' and document['detection'] == {}
+    semantic = document['semantic']
+    for key in ('pixel_accuracy', 'one_class_baseline', 'miou', 'miou_gt_present'):
+        assert 0.0 <= semantic[key] <= 1.0, key
+    assert semantic['one_class_baseline_category'] in config.semantic_classes
+    assert semantic['num_evaluated_pixels'] > 0
+    assert 'one-class baseline' in (out / 'metrics.md').read_text()
+    assert len([n for n in os.listdir(out / 'renders') if n.endswith('_semantic.png')]) == 4
+
+
+def test_semantic_summary_baseline_and_road():
+    names = ('Sky', ROAD_CATEGORY, 'Car')
+    accumulator = SemanticAccumulator(3, class_names=names)
+    gt = np.array([[1, 1, 1, 0, 2, 2]], np.uint8)
+    accumulator.add(np.array([[1, 1, 0, 0, 1, 2]], np.uint8), gt)
+    summary = semantic_summary(accumulator.compute())
+    assert summary['one_class_baseline'] == pytest.approx(0.5)
+    assert summary['one_class_baseline_category'] == ROAD_CATEGORY
+    assert summary['pixel_accuracy'] == pytest.approx(4 / 6)
+    assert summary['road_iou'] == pytest.approx(2 / 4)
