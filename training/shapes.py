@@ -247,7 +247,11 @@ def person(rng: Rng, wb: WorldBuilder, label: str, pose: str = 'walk',
     if rng.random() < 0.25:  # backpack
         b.box((-0.28 * scale, -0.15, 1.0 * scale), (-0.1 * scale, 0.15, 1.4 * scale),
               wb.material(label, pick(rng, CLOTHES), 0.3))
-    return _finish(b)
+    mesh, (length, width, height) = _finish(b)
+    # Annotators draw people with room for the swinging limbs (KITTI and nuScenes boxes of
+    # pedestrians are about 0.6-0.9 m by 0.55-0.7 m, whatever the pose).
+    return mesh, (max(length, float(rng.uniform(0.55, 0.9))),
+                  max(width, float(rng.uniform(0.55, 0.7))), height)
 
 
 def bicycle(rng: Rng, wb: WorldBuilder, label: str, b: MeshBuilder) -> float:
