@@ -70,6 +70,18 @@ $(BENCH_STAMP): $(DEPS_STAMP)
 bench: setup $(BENCH_STAMP)
 	$(RUN) $(LOCAL_DDS) python -m bev_perception.tools.bench --out out/bench
 
+# Real-data evaluation of the shipped weights on ../shared/real-dev (beside the checkout):
+# KITTI LiDAR-only and fused (the extrinsic and intensity scale are training.evaluate's
+# KITTI defaults, see training/kitti.py) and the semantic head on the A2D2 camera frames.
+REAL_DEV ?= ../shared/real-dev
+.PHONY: eval-real
+eval-real: setup
+	$(RUN) python -m training.evaluate --weights bev_perception/weights/default.safetensors \
+		--data $(REAL_DEV)/kitti --format kitti --out out/eval_real/kitti
+	$(RUN) python -m training.evaluate --weights bev_perception/weights/default.safetensors \
+		--data $(REAL_DEV)/a2d2/camera_lidar_semantic --format a2d2 --semantic-only \
+		--out out/eval_real/a2d2_semantic
+
 lint: setup
 	$(RUN) python -m pytest test/test_lint.py -q
 
