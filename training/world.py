@@ -198,10 +198,11 @@ def triangulate(polygon: np.ndarray) -> np.ndarray:
             a, b, c = polygon[i], polygon[j], polygon[k]
             if cross(a, b, c) <= 1e-12:
                 continue  # reflex or degenerate corner
-            if any(cross(a, b, polygon[m]) > 0 and cross(b, c, polygon[m]) > 0
-                   and cross(c, a, polygon[m]) > 0
-                   for m in remaining if m not in (i, j, k)):
-                continue  # another vertex inside the ear
+            if any(cross(a, b, polygon[m]) >= 0 and cross(b, c, polygon[m]) >= 0
+                   and cross(c, a, polygon[m]) >= 0
+                   for m in remaining if m not in (i, j, k)
+                   and min(np.abs(polygon[m] - p).sum() for p in (a, b, c)) > 1e-12):
+                continue  # another vertex inside the ear or on its border
             triangles.append((i, j, k))
             remaining.pop(position)
             break
@@ -310,7 +311,7 @@ class World:
                 through = np.nonzero(hit & (draw < transmit))[0]
                 if not len(through):
                     break
-                travelled[through] += distance[through] + _EPSILON_M
+                travelled[through] = distance[through] + _EPSILON_M  # distances are totals
                 start = origins[through] + travelled[through, None] * directions[through]
                 d2, f2, n2 = self._run(start, directions[through],
                                        max_distance - travelled[through])

@@ -1,0 +1,106 @@
+"""The synthetic world's meshes, ray caster and shapes."""
+
+import math
+
+import numpy as np
+import pytest
+from training import shapes
+from training.world import MAX_PASSES, MeshBuilder, rotation_z, triangulate, WorldBuilder
+
+
+def _world(transmit=0.0):
+    """Return a world with a 2 m cube at x in [4, 6] and a pane (transmit) at x = 2."""
+    builder = WorldBuilder()
+    solid = builder.material('Buildings', (0.5, 0.5, 0.5), 0.5)
+    pane = builder.material('Buildings', (0.1, 0.1, 0.1), 0.1, transmit=transmit)
+    mesh = MeshBuilder()
+    mesh.box((4.0, -1.0, -1.0), (6.0, 1.0, 1.0), solid)
+    mesh.box((2.0, -1.0, -1.0), (2.01, 1.0, 1.0), pane)
+    mesh.place(np.eye(3), (0.0, 0.0, 0.0), 7, builder)
+    return builder.build()
+
+
+def test_cast_returns_nearest_hit_distance_normal_and_owner():
+    world = _world()
+    directions = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0],
+                           [math.cos(0.3), math.sin(0.3), 0.0]])
+    hits = world.cast(np.zeros(3), directions)
+    assert hits.distance[0] == pytest.approx(2.0, abs=1e-4)
+    assert not hits.hit[1] and math.isinf(hits.distance[1])
+    assert hits.distance[2] == pytest.approx(2.0 / math.cos(0.3), abs=1e-4)
+    np.testing.assert_allclose(hits.normal[0], (-1.0, 0.0, 0.0), atol=1e-6)
+    assert world.mesh.owner[hits.face[0]] == 7
+
+
+def test_transparent_surfaces_pass_rays_with_their_probability():
+    rays = np.tile([1.0, 0.0, 0.0], (4000, 1))
+    opaque = _world(0.0).cast(np.zeros(3), rays, rng=np.random.default_rng(0))
+    assert np.allclose(opaque.distance, 2.0, atol=1e-3)
+    clear = _world(1.0).cast(np.zeros(3), rays, rng=np.random.default_rng(0))
+    assert np.allclose(clear.distance, 4.0, atol=1e-2)
+    half = _world(0.5).cast(np.zeros(3), rays, rng=np.random.default_rng(0))
+    behind = np.isclose(half.distance, 4.0, atol=1e-2).mean()
+    assert 0.45 < behind < 0.55
+    # The camera (no rng) always stops at the first surface.
+    assert np.allclose(_world(1.0).cast(np.zeros(3), rays).distance, 2.0, atol=1e-3)
+    assert MAX_PASSES >= 2
+
+
+def test_triangulate_concave_polygon_covers_its_area():
+    # An L shape (area 3) with a reflex corner.
+    polygon = np.array([(0, 0), (2, 0), (2, 1), (1, 1), (1, 2), (0, 2)], dtype=float)
+    triangles = triangulate(polygon)
+    assert triangles.shape == (4, 3)
+    a, b, c = (polygon[triangles[:, k]] for k in range(3))
+    area = 0.5 * np.abs((b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1])
+                        - (b[:, 1] - a[:, 1]) * (c[:, 0] - a[:, 0]))
+    assert area.sum() == pytest.approx(3.0)
+    with pytest.raises(ValueError, match='simple'):
+        triangulate(polygon[::-1])
+
+
+@pytest.mark.parametrize('kind', sorted(shapes.ROAD_USERS))
+def test_road_users_have_plausible_boxes_that_hold_the_mesh(kind):
+    builder = WorldBuilder()
+    build, box_class, base = shapes.ROAD_USERS[kind]
+    mesh, (length, width, height) = build(np.random.default_rng(3), builder, f'{base} 1')
+    low, high = mesh.local_bounds()
+    assert low[2] == pytest.approx(0.0) and high[2] == pytest.approx(height)
+    assert length >= high[0] - low[0] - 1e-9
+    limits = {'Car': (3.2, 5.3, 1.3, 1.7), 'VanSUV': (4.0, 6.1, 1.5, 2.7),
+              'Truck': (5.0, 12.5, 2.4, 4.1), 'Bus': (8.5, 18.5, 2.7, 3.7),
+              'Pedestrian': (0.3, 1.0, 0.95, 2.05), 'Cyclist': (1.4, 2.0, 1.3, 2.1)}
+    low_l, high_l, low_h, high_h = limits[box_class]
+    assert low_l <= length <= high_l and low_h <= height <= high_h
+    labels = {m.label for m in builder.materials}
+    assert labels == {f'{base} 1'}
+
+
+def test_car_glass_lets_lidar_through_and_body_does_not():
+    builder = WorldBuilder()
+    mesh, (length, width, height) = shapes.car(np.random.default_rng(1), builder, 'Car 1')
+    mesh.place(rotation_z(0.0), (10.0, 0.0, 0.0), 0, builder)
+    world = builder.build()
+    transmit = {m.transmit for m in world.materials}
+    assert 0.0 in transmit and max(transmit) > 0.5
+    # A ray from the side at window height reaches glass; at door height, the body.
+    window = world.cast(np.array([10.0, -10.0, height - 0.25]), np.array([[0.0, 1.0, 0.0]]))
+    door = world.cast(np.array([10.0, -10.0, 0.6]), np.array([[0.0, 1.0, 0.0]]))
+    assert world.materials[world.mesh.material[window.face[0]]].transmit > 0.5
+    assert world.materials[world.mesh.material[door.face[0]]].transmit == 0.0
+
+
+def test_scenery_is_unlabelled_clutter():
+    builder = WorldBuilder()
+    rng = np.random.default_rng(5)
+    for mesh in (shapes.tree(rng, builder), shapes.bush(rng, builder, 6.0),
+                 shapes.pole(rng, builder, 'sign'), shapes.fence(rng, builder, 10.0, 'mesh'),
+                 shapes.fence(rng, builder, 10.0, 'guardrail'),
+                 shapes.small_object(rng, builder, 'bicycle'),
+                 shapes.building(rng, builder, 20.0, 10.0, 12.0)):
+        low, high = mesh.local_bounds()
+        assert (high - low).min() > 0.0
+    labels = {m.label for m in builder.materials}
+    assert labels <= {'Nature object', 'Poles', 'Traffic sign 1', 'Grid structure', 'Sidebars',
+                      'Small vehicles 1', 'Buildings'}
+    assert any(m.transmit > 0 for m in builder.materials if m.label == 'Nature object')
