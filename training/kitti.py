@@ -96,9 +96,10 @@ IGNORED_BOX_TYPES: Tuple[str, ...] = ('Tram', 'Misc')
 IGNORE_MARGIN_M = 1.0
 
 #: Ground height in the Velodyne frame measured on the real-dev frames: median z of the points
-#: 3-8 m ahead within 2 m of the x axis is -1.66, -1.69, -1.70, -1.66, -1.62 m (frames 000000,
-#: 000001, 000002, 000114, 000134); the HDL-64E's nominal mounting height is 1.73 m.
-KITTI_GROUND_Z_M = -1.67
+#: 3-8 m ahead within 2 m of the x axis is -1.66, -1.68, -1.70, -1.66, -1.62 m (frames 000000,
+#: 000001, 000002, 000114, 000134; mean and median -1.66); the HDL-64E's nominal mounting
+#: height, 1.73 m, is measured to the road further out.
+KITTI_GROUND_Z_M = -1.66
 
 #: Road height in the model frame of the shipped weights: their synthetic A2D2-format training
 #: scenes put the front camera 1.74-1.86 m above the road (``synthetic.SensorRig``), mean 1.80.
@@ -198,7 +199,7 @@ def wrap_to_pi(angles: np.ndarray) -> np.ndarray:
 
 #: The extrinsic used for KITTI: the HDL-64E frame is already x forward, y left, z up, so only
 #: the height changes: it lowers the measured road (KITTI_GROUND_Z_M) to where the shipped
-#: weights saw it in training (MODEL_GROUND_Z_M), i.e. z -0.13 m.
+#: weights saw it in training (MODEL_GROUND_Z_M), i.e. z -0.14 m.
 KITTI_EXTRINSIC = SensorExtrinsic(
     translation_m=(0.0, 0.0, round(MODEL_GROUND_Z_M - KITTI_GROUND_Z_M, 2)))
 

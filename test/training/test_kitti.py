@@ -129,7 +129,7 @@ def test_ground_lies_where_the_extrinsic_puts_it(frames):
                              & (np.abs(frame.points[:, 1]) < 2.0)]
         assert len(ahead) > 500, frame.frame_id
         assert np.median(ahead[:, 2]) == pytest.approx(kitti.MODEL_GROUND_Z_M, abs=0.1)
-    assert kitti.KITTI_EXTRINSIC.translation_m == (0.0, 0.0, -0.13)
+    assert kitti.KITTI_EXTRINSIC.translation_m == (0.0, 0.0, -0.14)
 
 
 def test_round_trip_and_projection(frames):
