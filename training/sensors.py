@@ -135,7 +135,7 @@ def sensor_pose(setup: LidarSetup) -> Tuple[np.ndarray, np.ndarray]:
 def intensity(setup: LidarSetup, reflectance: np.ndarray, retro: np.ndarray,
               incidence_cos: np.ndarray, distance: np.ndarray,
               rng: np.random.Generator) -> np.ndarray:
-    """Return the 8-bit intensity (R,) int64 of returns under the setup's intensity model."""
+    """Return the 8-bit intensity, (R,) int64, of returns under the setup's intensity model."""
     count = len(reflectance)
     noise = rng.normal(1.0, 0.08, count)
     offset = rng.normal(0.0, 1.0, count)

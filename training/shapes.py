@@ -61,14 +61,14 @@ def _wheels(b: MeshBuilder, wb: WorldBuilder, label: str, axles_x: Sequence[floa
     tyre = wb.material(label, TYRE, 0.08, texture=0.02)
     for x in axles_x:
         for side in (-1.0, 1.0):
-            b.primitive('cylinder', (x, side * (track / 2), radius), (2 * radius, 2 * radius,
-                                                                     width),
+            diameter = 2 * radius
+            b.primitive('cylinder', (x, side * (track / 2), radius), (diameter, diameter, width),
                         tyre, rotation=np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0],
                                                  [0.0, 1.0, 0.0]]), detail=10)
 
 
 def car(rng: Rng, wb: WorldBuilder, label: str, kind: str = 'car') -> Tuple[MeshBuilder, Size]:
-    """Return a car ('car', 'small', 'suv' or 'van') with bonnet, glass cabin, arches, wheels."""
+    """Return a car, small car, SUV or van with bonnet, glass cabin, wheel arches and wheels."""
     if kind == 'small':
         length, width, height = (clipped_normal(rng, 3.7, 0.2, 3.3, 4.1),
                                  clipped_normal(rng, 1.68, 0.05, 1.55, 1.8),
@@ -190,8 +190,7 @@ def truck(rng: Rng, wb: WorldBuilder, label: str, kind: str = 'truck'
             b.box((-half, -width / 2, 1.0), (half - cab_len - 0.2, width / 2, 1.1), cargo)
             for y in (-width / 2, width / 2 - 0.05):
                 b.box((-half, y, 1.1), (half - cab_len - 0.2, y + 0.05, 1.1 + wall_h), cargo)
-        axles = (half - 1.3, -half + 1.5) if length < 8 else (half - 1.3, -half + 1.5,
-                                                               -half + 2.9)
+        axles = (half - 1.3, -half + 1.5) + (() if length < 8 else (-half + 2.9,))
     _wheels(b, wb, label, axles, width - 0.3, 0.5, 0.35)
     mesh, size = _finish(b)
     return mesh, size
@@ -255,7 +254,7 @@ def person(rng: Rng, wb: WorldBuilder, label: str, pose: str = 'walk',
 
 
 def bicycle(rng: Rng, wb: WorldBuilder, label: str, b: MeshBuilder) -> float:
-    """Add a bicycle (wheels with spokes, frame, bars) to ``b``; return the saddle height."""
+    """Add a bicycle to ``b``: spoked wheels, frame, bars; return the saddle height."""
     frame = wb.material(label, pick(rng, CAR_PAINTS), 0.4)
     spokes = wb.material(label, METAL, 0.3, transmit=0.85, texture=0.0)
     tyre = wb.material(label, TYRE, 0.08)

@@ -358,8 +358,8 @@ class _Placer:
 
 def _footprint(x: float, y: float, length: float, width: float, yaw: float) -> np.ndarray:
     c, s = math.cos(yaw), math.sin(yaw)
-    local = np.array([[1, 1], [1, -1], [-1, -1], [-1, 1]], dtype=np.float64) * (length / 2,
-                                                                               width / 2)
+    signs = np.array([[1, 1], [1, -1], [-1, -1], [-1, 1]], dtype=np.float64)
+    local = signs * (length / 2, width / 2)
     return local @ np.array([[c, s], [-s, c]]) + (x, y)
 
 
@@ -389,9 +389,8 @@ def _draw_street(rng: np.random.Generator) -> Street:
     side = tuple(SIDE_KINDS[int(rng.choice(len(SIDE_KINDS), p=_SIDE_WEIGHTS))]
                  for _ in range(2))
     margins = [float(rng.uniform(0.3, 3.0)) if rng.random() < 0.6 else 0.3 for _ in range(2)]
-    kerb = tuple(bool(kind in ('urban', 'suburban') or (kind == 'car_park'
-                                                         and rng.random() < 0.5))
-                 for kind in side)
+    kerb = tuple(bool(kind in ('urban', 'suburban')
+                      or (kind == 'car_park' and rng.random() < 0.5)) for kind in side)
     pavement = tuple(float(rng.uniform(1.5, 6.0)) if kind in ('urban', 'suburban') else 0.0
                      for kind in side)
     curvature = 0.0 if rng.random() < 0.45 else float(rng.uniform(-1.0, 1.0)) / float(
@@ -542,8 +541,8 @@ def _place_side(rng, placer: _Placer, street: Street, world, side: int, s_low: f
                 turned = math.pi if rng.random() < 0.15 else 0.0
                 placer.road_user(_vehicle_kind(rng, 0.06), x, y,
                                  heading + facing + turned + float(rng.normal(0, 0.05)))
-            s += float(rng.uniform(4.5, 7.5) + (rng.exponential(8.0) if rng.random() < 0.3
-                                                  else 0.0))
+            spacing = float(rng.uniform(4.5, 7.5))
+            s += spacing + (float(rng.exponential(8.0)) if rng.random() < 0.3 else 0.0)
     # Kerb-line furniture: poles, lamps, signs, bollards, trees.
     line = 0.6 if pavement else float(rng.uniform(0.8, 2.5))
     s = s_low + float(rng.uniform(0.0, 8.0))

@@ -226,7 +226,7 @@ class WorldBuilder:
 
     def material(self, label: str, albedo: Sequence[float], reflectance: float,
                  transmit: float = 0.0, retro: bool = False, texture: float = 0.1) -> int:
-        """Return the index of a material (created on first use)."""
+        """Return the index of the material with these properties (created on first use)."""
         key = Material(label, tuple(float(a) for a in albedo), float(reflectance),
                        float(transmit), bool(retro), float(texture))
         if key not in self._index:
@@ -282,8 +282,8 @@ class World:
         self.transmit = np.array([m.transmit for m in materials], dtype=np.float64)
 
     def _run(self, origins: np.ndarray, directions: np.ndarray,
-             max_distance: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray,
-                                                                  np.ndarray]:
+             max_distance: Optional[np.ndarray] = None
+             ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
         result = self._scene.run(
             np.ascontiguousarray(origins, dtype=np.float32),
             np.ascontiguousarray(directions, dtype=np.float32),
@@ -322,14 +322,6 @@ class World:
         facing = np.einsum('ij,ij->i', normal, directions)
         normal[facing > 0] *= -1.0
         return Hits(distance=distance, face=face, normal=normal)
-
-
-def sum_of_waves(x: np.ndarray, y: np.ndarray, waves: np.ndarray) -> np.ndarray:
-    """Return sum_k a_k sin(kx_k x + ky_k y + phase_k) for ``waves`` (K, 4) rows (a, kx, ky, phi)."""
-    total = np.zeros(np.broadcast(x, y).shape)
-    for amplitude, kx, ky, phase in waves:
-        total = total + amplitude * np.sin(kx * x + ky * y + phase)
-    return total
 
 
 def hash_noise(points: np.ndarray, cell_m: float, seed: int) -> np.ndarray:

@@ -379,8 +379,8 @@ def test_render_frame_matches_written_files(root):
 def test_frames_form_a_drive():
     scene = synthetic.build_scene(3, 0, 10)
     (start, _), (later, axes) = scene.ego_pose(0), scene.ego_pose(5)
-    assert np.linalg.norm(later[:2] - start[:2]) == pytest.approx(scene.ego_speed_mps * 0.5,
-                                                                   rel=0.01)
+    travelled = np.linalg.norm(later[:2] - start[:2])
+    assert travelled == pytest.approx(scene.ego_speed_mps * 0.5, rel=0.01)
     np.testing.assert_allclose(axes.T @ axes, np.eye(3), atol=1e-9)
     rig = synthetic.SensorRig.build((48, 30))
     first, second = (synthetic.render_frame(scene, k, rig) for k in (0, 1))
