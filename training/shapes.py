@@ -48,7 +48,7 @@ def _finish(builder: MeshBuilder) -> Tuple[MeshBuilder, Size]:
     """Re-centre the footprint on the origin with the bottom at z = 0; return (mesh, size)."""
     low, high = builder.local_bounds()
     shift = np.array([-(low[0] + high[0]) / 2, -(low[1] + high[1]) / 2, -low[2]])
-    builder._vertices = [v + shift for v in builder._vertices]
+    builder.shift(shift)
     extent = high - low
     return builder, (float(extent[0]), float(extent[1]), float(extent[2]))
 

@@ -352,7 +352,7 @@ class _Placer:
         size = (float(high[0] - low[0]), float(high[1] - low[1]), float(high[2] - low[2]))
         centre = (low + high) / 2
         # Move the mesh so its footprint is centred on the origin (placement is by centre).
-        mesh._vertices = [v - (centre[0], centre[1], 0.0) for v in mesh._vertices]
+        mesh.shift((-centre[0], -centre[1], 0.0))
         return self.put(mesh, size, x, y, yaw, 0.0, None, margin, check)
 
 
@@ -623,7 +623,7 @@ def _building_row(rng, placer: _Placer, at, s_low: float, s_high: float, beyond:
                                float(rng.uniform(*height_range)))
         # The facade (y = 0 of the mesh, facing -y) looks at the road.
         x, y, heading = at(s + length / 2, beyond + setback + depth / 2)
-        mesh._vertices = [v - (0.0, depth / 2, 0.0) for v in mesh._vertices]
+        mesh.shift((0.0, -depth / 2, 0.0))
         yaw = heading + (0.0 if side == 1 else math.pi)
         placer.put(mesh, (length, depth, 1.0), x, y, yaw, check=False)
         s += length + (float(rng.uniform(0.0, 3.0)) if rng.random() < 0.4 else 0.0)

@@ -175,6 +175,10 @@ class MeshBuilder:
         into.append(vertices, faces, np.concatenate(self._material), owner)
         return vertices
 
+    def shift(self, offset: Sequence[float]) -> None:
+        """Move everything added so far by ``offset`` (3,) in the local frame."""
+        self._vertices = [v + np.asarray(offset, dtype=np.float64) for v in self._vertices]
+
     def local_bounds(self) -> Tuple[np.ndarray, np.ndarray]:
         """Return (min, max) corners (3,) of what was added, in the local frame."""
         vertices = np.concatenate(self._vertices)
