@@ -211,6 +211,19 @@ class DetectionMetrics:
                                 for name, per in self.curves.items()}
         return result
 
+    def overall_at_score(self, score_threshold: float, threshold_m: float) -> OperatingPoint:
+        """Return the operating point of all classes together (counts summed over classes)."""
+        points = [per_threshold[threshold_m]
+                  for per_threshold in self.at_score(score_threshold).values()]
+        true_positives = sum(p.true_positives for p in points)
+        false_positives = sum(p.false_positives for p in points)
+        num_gt = sum(p.num_gt for p in points)
+        predicted = true_positives + false_positives
+        return OperatingPoint(
+            true_positives=true_positives, false_positives=false_positives, num_gt=num_gt,
+            precision=true_positives / predicted if predicted else float('nan'),
+            recall=true_positives / num_gt if num_gt else float('nan'))
+
     def at_score(self, score_threshold: float) -> Dict[str, Dict[float, OperatingPoint]]:
         """Return the operating point per class and distance threshold at a score threshold."""
         return {name: {t: operating_point(curve, self.num_gt[name], score_threshold)

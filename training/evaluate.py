@@ -375,8 +375,17 @@ class EvaluationResult:
                 return None
             return (metrics.map_by_threshold.get(HEADLINE_THRESHOLD_M, float('nan'))
                     if at_threshold else metrics.map)
+        def overall(metrics: Optional[DetectionMetrics], key: str) -> Optional[float]:
+            if metrics is None:
+                return None
+            return getattr(metrics.overall_at_score(self.operating_threshold,
+                                                    HEADLINE_THRESHOLD_M), key)
         semantic = semantic_summary(self.semantic) if self.semantic is not None else {}
         return {
+            'recall_fused': plain(overall(self.fused, 'recall')),
+            'precision_fused': plain(overall(self.fused, 'precision')),
+            'recall_lidar_only': plain(overall(self.lidar_only, 'recall')),
+            'precision_lidar_only': plain(overall(self.lidar_only, 'precision')),
             'map_2m_fused': plain(detection(self.fused, True)),
             'map_2m_lidar_only': plain(detection(self.lidar_only, True)),
             'map_fused': plain(detection(self.fused, False)),
@@ -707,6 +716,11 @@ def markdown(result: EvaluationResult, extra: Mapping[str, Any]) -> str:
                     f'{point.false_positives} | {_number(point.recall)} | '
                     f'{_number(point.precision)} | '
                     + ' | '.join(_number(metrics.ap[name][t]) for t in distances) + ' |')
+            point = metrics.overall_at_score(threshold, HEADLINE_THRESHOLD_M)
+            lines.append(
+                f'| {run} | **all** | {point.num_gt} | {point.true_positives} | '
+                f'{point.false_positives} | {_number(point.recall)} | '
+                f'{_number(point.precision)} | ' + ' | '.join('' for _ in distances) + ' |')
             lines.append(f'| {run} | **mAP** | | | | | | ' + ' | '.join(
                 _number(metrics.map_by_threshold[t]) for t in distances) + ' |')
     if result.semantic is not None:

@@ -163,6 +163,21 @@ def test_ignorable_predictions_count_only_when_matched():
                         np.zeros(1, np.int64), pred_ignorable=np.ones(2, bool))
 
 
+def test_overall_operating_point_sums_the_classes():
+    accumulator = DetectionAccumulator(('car', 'pedestrian'), (2.0,))
+    gt = np.array([[10.0, 0.0, 0, 4, 2, 1.5, 0], [20.0, 3.0, 0, 0.6, 0.6, 1.7, 0],
+                   [30.0, -3.0, 0, 0.6, 0.6, 1.7, 0]])
+    predictions = np.array([[10.3, 0.0, 0, 4, 2, 1.5, 0], [20.2, 3.0, 0, 0.6, 0.6, 1.7, 0],
+                            [50.0, 0.0, 0, 4, 2, 1.5, 0]])
+    accumulator.add(predictions, np.array([0.9, 0.8, 0.7]), np.array([0, 1, 0]), gt,
+                    np.array([0, 1, 1]))
+    point = accumulator.compute().overall_at_score(0.5, 2.0)
+    assert (point.true_positives, point.false_positives, point.num_gt) == (2, 1, 3)
+    assert point.recall == pytest.approx(2 / 3) and point.precision == pytest.approx(2 / 3)
+    point = accumulator.compute().overall_at_score(0.85, 2.0)
+    assert (point.true_positives, point.false_positives) == (1, 0)
+
+
 def test_node_score_threshold_is_the_node_default():
     assert NODE_SCORE_THRESHOLD == parameter_spec('score_thresholds').default[0]
     assert intensity_gain(0.0, ModelConfig()) == 1.0
