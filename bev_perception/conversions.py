@@ -25,8 +25,30 @@ from sensor_msgs.msg import Image, PointCloud2, PointField
 from std_msgs.msg import ColorRGBA, Header
 
 
+#: Why a PointCloud2 is refused (``ConversionError.kind``): a requested field is absent, named
+#: twice, of an unknown datatype, of count != 1 or past point_step; point_step is 0, row_step
+#: shorter than a row, or the data length disagrees with the layout.
+CLOUD_REJECTIONS: Tuple[str, ...] = (
+    'missing_field', 'duplicate_field', 'unknown_datatype', 'field_count', 'field_offset',
+    'point_step', 'row_step', 'data_size')
+#: Why an Image is refused (``ConversionError.kind``): an encoding not read here, no pixels
+#: (height or width 0), step shorter than a row, or the data length disagrees with the layout.
+IMAGE_REJECTIONS: Tuple[str, ...] = ('encoding', 'empty', 'step', 'data_size')
+
+
 class ConversionError(ValueError):
-    """A message cannot be converted: missing field, unsupported encoding or bad layout."""
+    """A message cannot be converted: missing field, unsupported encoding or bad layout.
+
+    Attributes:
+        kind: why, for messages read by the node: one of CLOUD_REJECTIONS or IMAGE_REJECTIONS
+            ('invalid' for the message builders' argument errors).
+        field: the PointCloud2 field concerned, or '' when the problem is not one field's.
+    """
+
+    def __init__(self, message: str, kind: str = 'invalid', field: str = '') -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.field = field
 
 
 #: numpy base type of each PointField datatype constant.
@@ -91,27 +113,38 @@ def _field_byte_order(msg: PointCloud2) -> str:
 
 def _structured_point_dtype(msg: PointCloud2, names: Sequence[str]) -> np.dtype:
     """Return a structured dtype (itemsize = point_step) holding only the named fields."""
-    by_name = {field.name: field for field in msg.fields}
+    by_name: Dict[str, List[PointField]] = {}
+    for field in msg.fields:
+        by_name.setdefault(field.name, []).append(field)
     formats = []
     offsets = []
     for name in names:
         if name not in by_name:
             present = ', '.join(repr(field.name) for field in msg.fields) or 'none'
             raise ConversionError(
-                f'PointCloud2 has no field {name!r}; fields present: {present}')
-        field = by_name[name]
+                f'PointCloud2 has no field {name!r}; fields present: {present}',
+                'missing_field', name)
+        if len(by_name[name]) > 1:  # which one is meant? Reading either could be wrong.
+            raise ConversionError(
+                f'PointCloud2 has {len(by_name[name])} fields named {name!r} (offsets '
+                + ', '.join(str(field.offset) for field in by_name[name])
+                + '): ambiguous layout', 'duplicate_field', name)
+        field = by_name[name][0]
         if field.datatype not in POINT_FIELD_DTYPES:
             raise ConversionError(
-                f'PointCloud2 field {name!r} has unknown datatype {field.datatype}')
+                f'PointCloud2 field {name!r} has unknown datatype {field.datatype}',
+                'unknown_datatype', name)
         if field.count != 1:
             raise ConversionError(
                 f'PointCloud2 field {name!r} has count {field.count}; only fields with '
-                'count 1 can be read as a column')
+                'count 1 can be read as a column', 'field_count', name)
         base = POINT_FIELD_DTYPES[field.datatype].newbyteorder(_field_byte_order(msg))
+        if msg.point_step <= 0:
+            raise ConversionError(f'PointCloud2 point_step is {msg.point_step}', 'point_step')
         if field.offset + base.itemsize > msg.point_step:
             raise ConversionError(
                 f'PointCloud2 field {name!r} (offset {field.offset}, {base.itemsize} bytes) '
-                f'does not fit in point_step {msg.point_step}')
+                f'does not fit in point_step {msg.point_step}', 'field_offset', name)
         formats.append(base)
         offsets.append(field.offset)
     return np.dtype({'names': list(names), 'formats': formats, 'offsets': offsets,
@@ -124,16 +157,16 @@ def _check_cloud_layout(msg: PointCloud2) -> None:
         return
     if msg.point_step <= 0:
         raise ConversionError(
-            f'PointCloud2 point_step is {msg.point_step} for {num_points} points')
+            f'PointCloud2 point_step is {msg.point_step} for {num_points} points', 'point_step')
     if msg.row_step < msg.width * msg.point_step:
         raise ConversionError(
             f'PointCloud2 row_step {msg.row_step} is smaller than width {msg.width} x '
-            f'point_step {msg.point_step}')
+            f'point_step {msg.point_step}', 'row_step')
     expected = msg.row_step * msg.height
     if len(msg.data) != expected:
         raise ConversionError(
             f'PointCloud2 data has {len(msg.data)} bytes, expected row_step {msg.row_step} x '
-            f'height {msg.height} = {expected}')
+            f'height {msg.height} = {expected}', 'data_size')
 
 
 def pointcloud2_to_structured(msg: PointCloud2, fields: Sequence[str]) -> np.ndarray:
@@ -143,7 +176,9 @@ def pointcloud2_to_structured(msg: PointCloud2, fields: Sequence[str]) -> np.nda
     where flattening copies. Values keep their wire dtype and byte order.
 
     Raises:
-        ConversionError: a field is missing, has count != 1 or the layout is inconsistent.
+        ConversionError: a requested field is missing, named more than once, of an unknown
+            datatype, has count != 1 or lies past point_step, or the layout is inconsistent
+            (``kind`` says which, one of CLOUD_REJECTIONS).
     """
     if len(set(fields)) != len(fields):
         raise ConversionError(f'requested PointCloud2 fields repeat a name: {tuple(fields)}')
@@ -196,8 +231,9 @@ def pointcloud2_to_array_with_stats(
         CloudArray with points (N, k) float32.
 
     Raises:
-        ConversionError: a field is missing (the message names the fields present), has
-            count != 1, or data length disagrees with width/height/row_step/point_step.
+        ConversionError: a field is missing (the message names the fields present), named
+            more than once, has count != 1, or data length disagrees with
+            width/height/row_step/point_step (``kind``: one of CLOUD_REJECTIONS).
     """
     structured = pointcloud2_to_structured(msg, fields)
     num_input = len(structured)
@@ -301,6 +337,36 @@ def _supported_encodings() -> str:
     return ', '.join(IMAGE_ENCODING_CHANNELS)
 
 
+def check_image(msg: Image) -> int:
+    """Check that an Image can be read by image_to_rgb(); return its channels per pixel.
+
+    The one validation of camera images, shared by the node, the bag tools and the benchmark.
+
+    Raises:
+        ConversionError: unsupported encoding (the message lists the supported ones), no
+            pixels (height or width 0), or ``step``/data length inconsistent with width and
+            height (``kind``: one of IMAGE_REJECTIONS).
+    """
+    encoding = msg.encoding.lower()
+    if encoding not in IMAGE_ENCODING_CHANNELS:
+        raise ConversionError(
+            f'unsupported image encoding {msg.encoding!r}; supported: {_supported_encodings()}',
+            'encoding')
+    channels = IMAGE_ENCODING_CHANNELS[encoding]
+    height, width = msg.height, msg.width
+    if height == 0 or width == 0:
+        raise ConversionError(f'image has no pixels ({width} x {height})', 'empty')
+    if msg.step < width * channels:
+        raise ConversionError(
+            f'image step {msg.step} is smaller than width {width} x {channels} channels',
+            'step')
+    if len(msg.data) != msg.step * height:
+        raise ConversionError(
+            f'image data has {len(msg.data)} bytes, expected step {msg.step} x height {height} '
+            f'= {msg.step * height}', 'data_size')
+    return channels
+
+
 def image_to_rgb(msg: Image) -> np.ndarray:
     """Return an Image message as (H, W, 3) uint8 RGB.
 
@@ -308,26 +374,15 @@ def image_to_rgb(msg: Image) -> np.ndarray:
     For rgb8, bgr8, rgba8 and bgra8 the result is a view of ``msg.data`` (no copy; possibly
     non-contiguous, with a negative channel stride for bgr: call ``np.ascontiguousarray``
     before ``torch.from_numpy``, and copy before writing). mono8 is replicated into a new array.
+    ``is_bigendian`` does not matter for these 8-bit encodings.
 
     Raises:
-        ConversionError: unsupported encoding (the message lists the supported ones), or
+        ConversionError: see check_image(): unsupported encoding, an image without pixels, or
             ``step``/data length inconsistent with width and height.
     """
+    channels = check_image(msg)
     encoding = msg.encoding.lower()
-    if encoding not in IMAGE_ENCODING_CHANNELS:
-        raise ConversionError(
-            f'unsupported image encoding {msg.encoding!r}; supported: {_supported_encodings()}')
-    channels = IMAGE_ENCODING_CHANNELS[encoding]
     height, width = msg.height, msg.width
-    if msg.step < width * channels:
-        raise ConversionError(
-            f'image step {msg.step} is smaller than width {width} x {channels} channels')
-    if len(msg.data) != msg.step * height:
-        raise ConversionError(
-            f'image data has {len(msg.data)} bytes, expected step {msg.step} x height {height} '
-            f'= {msg.step * height}')
-    if height * width == 0:
-        return np.zeros((height, width, 3), dtype=np.uint8)
     pixels = np.ndarray(shape=(height, width, channels), dtype=np.uint8,
                         buffer=memoryview(msg.data).cast('B'),
                         strides=(msg.step, channels, 1))  # (H, W, C) view

@@ -8,9 +8,17 @@ frame, paired with the buffered image whose stamp is nearest to ``cloud stamp +
 image_time_offset_s`` (the camera's expected delay after the LiDAR sweep: 40-60 ms on A2D2) if
 that distance is at most ``max_image_age_s``, else LiDAR-only. Because images arrive after the
 cloud they belong to, a cloud may wait up to ``max_image_wait_s`` (receive time) for an image
-stamped at or after its target time; once such an image is buffered no later image can be nearer,
-so the pairing is final. A stamp that steps backwards by more than ``time_jump_threshold_s``
-in either stream (a looping bag, a restarted driver) resets the buffer.
+stamped at or after its target time; once such an image is buffered, and it or the image before
+it lies within ``max_image_age_s`` of the target, no later image can be nearer, so the pairing
+is final. (An image far past the target alone does not end the wait: it may be a stamp outlier
+whose successors step back to the cloud's time.)
+
+A stamp that steps backwards by more than ``time_jump_threshold_s`` in either stream (a looping
+bag, a restarted driver, one outlier stamped far ahead) is a time jump: the images of the old
+timeline (stamped ahead of the new stamp by more than ``max(max_image_age_s,
+time_jump_threshold_s)``) leave the buffer, and a cloud waiting for its image is released with
+the old images unless the new image is nearer to it (then it belongs to the new timeline and
+keeps waiting).
 """
 
 import bisect
@@ -135,13 +143,18 @@ class LidarTriggeredSync(Generic[Payload]):
         self.counters.images += 1
         if (self._last_image_stamp is not None
                 and stamp_s < self._last_image_stamp - self._settings.time_jump_threshold_s):
-            released += self._time_jump()
+            if self._pending is not None and self._image_stamps:
+                target_s = self._pending[0] + self._target_offset()
+                if abs(self._image_stamps[-1] - target_s) <= abs(stamp_s - target_s):
+                    released += self.flush()  # the waiting cloud belongs to the old images
+            self._time_jump(stamp_s)
         self._last_image_stamp = stamp_s
         index = bisect.bisect_right(self._image_stamps, stamp_s)
         self._image_stamps.insert(index, stamp_s)
         self._images.insert(index, image)
         self._image_used.insert(index, False)
-        if self._pending is not None and stamp_s >= self._pending[0] + self._target_offset():
+        if (self._pending is not None
+                and self._pairing_is_final(self._pending[0] + self._target_offset())):
             released.append(self._release_pending(waited_out=False))
         self._trim_buffer()
         return released
@@ -152,14 +165,14 @@ class LidarTriggeredSync(Generic[Payload]):
         self.counters.clouds += 1
         if (self._last_cloud_stamp is not None
                 and stamp_s < self._last_cloud_stamp - self._settings.time_jump_threshold_s):
-            released += self._time_jump()
+            released += self.flush()  # the waiting cloud belongs to the old images
+            self._time_jump(stamp_s + self._target_offset())
         self._last_cloud_stamp = stamp_s
         if self._pending is not None:  # a newer cloud ends the wait of the older one
             released.append(self._release_pending(waited_out=True))
         self._pending = (stamp_s, cloud, now_s)
-        if (self._settings.max_image_wait_s <= 0.0 or (
-                self._image_stamps
-                and self._image_stamps[-1] >= stamp_s + self._target_offset())):
+        if (self._settings.max_image_wait_s <= 0.0
+                or self._pairing_is_final(stamp_s + self._target_offset())):
             released.append(self._release_pending(waited_out=False))
         return released
 
@@ -184,11 +197,30 @@ class LidarTriggeredSync(Generic[Payload]):
     def _target_offset(self) -> float:
         return self._settings.image_time_offset_s
 
-    def _time_jump(self) -> List[SyncedFrame]:
-        released = self.flush()
-        self.reset()
+    def _pairing_is_final(self, target_s: float) -> bool:
+        """Return True when no image still to come can pair better with ``target_s``.
+
+        Images arrive in stamp order (up to reordering below the jump threshold), so once one
+        is stamped at or after the target the later ones are further away; it must lie, or the
+        image before it must lie, within ``max_image_age_s``, so that a lone outlier far ahead
+        does not end the wait.
+        """
+        index = bisect.bisect_left(self._image_stamps, target_s)
+        if index == len(self._image_stamps):
+            return False
+        age_s = self._settings.max_image_age_s
+        return (self._image_stamps[index] - target_s <= age_s
+                or (index > 0 and target_s - self._image_stamps[index - 1] <= age_s))
+
+    def _time_jump(self, new_time_s: float) -> None:
+        """Forget the old timeline: images ahead of ``new_time_s`` and both last stamps."""
+        margin_s = max(self._settings.max_image_age_s, self._settings.time_jump_threshold_s)
+        keep = bisect.bisect_right(self._image_stamps, new_time_s + margin_s)
+        self.counters.images_unused += self._image_used[keep:].count(False)
+        del self._image_stamps[keep:], self._images[keep:], self._image_used[keep:]
+        self._last_cloud_stamp = None
+        self._last_image_stamp = None
         self.counters.time_jumps += 1
-        return released
 
     def _trim_buffer(self) -> None:
         while len(self._images) > self._settings.image_buffer_size:

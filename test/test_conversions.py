@@ -5,11 +5,11 @@ import struct
 
 from bev_perception.a2d2_classes import IGNORE_INDEX, SEMANTIC_PALETTE
 from bev_perception.conversions import (
-    array_to_pointcloud2, box_to_pose, boxes_to_poses, ConversionError, default_class_colour,
-    detections_to_markers, detections_to_msg, IMAGE_ENCODING_CHANNELS, image_to_rgb,
-    label_info_msg, pointcloud2_to_array, pointcloud2_to_array_with_stats, quaternion_to_yaw,
-    rgb_to_image, semantic_to_color, semantic_to_mono8, structured_to_pointcloud2,
-    yaw_to_quaternion)
+    array_to_pointcloud2, box_to_pose, boxes_to_poses, check_image, CLOUD_REJECTIONS,
+    ConversionError, default_class_colour, detections_to_markers, detections_to_msg,
+    IMAGE_ENCODING_CHANNELS, IMAGE_REJECTIONS, image_to_rgb, label_info_msg,
+    pointcloud2_to_array, pointcloud2_to_array_with_stats, quaternion_to_yaw, rgb_to_image,
+    semantic_to_color, semantic_to_mono8, structured_to_pointcloud2, yaw_to_quaternion)
 from builtin_interfaces.msg import Time
 import numpy as np
 import pytest
@@ -258,6 +258,56 @@ def test_inconsistent_layouts_raise():
         array_to_pointcloud2(np.zeros((3, 2)), make_header(), fields=('x', 'y', 'z'))
 
 
+def test_a_field_named_twice_is_ambiguous():
+    points = np.arange(12, dtype=np.float32).reshape(3, 4)
+    msg = array_to_pointcloud2(points, make_header())
+    msg.fields.append(PointField(name='x', offset=12, datatype=PointField.FLOAT32, count=1))
+    with pytest.raises(ConversionError, match=r"2 fields named 'x' \(offsets 0, 12\)") as error:
+        pointcloud2_to_array(msg)
+    assert (error.value.kind, error.value.field) == ('duplicate_field', 'x')
+    # A field that is not read may repeat (padding fields of some drivers do).
+    msg.fields[-1].name = '_'
+    msg.fields.append(PointField(name='_', offset=12, datatype=PointField.UINT8, count=4))
+    np.testing.assert_array_equal(pointcloud2_to_array(msg), points)
+
+
+def cloud_rejection(change):
+    """Return the kind and field of the ConversionError for the good cloud after ``change``."""
+    msg = array_to_pointcloud2(np.ones((4, 4), np.float32), make_header())
+    change(msg)
+    with pytest.raises(ConversionError) as error:
+        pointcloud2_to_array_with_stats(msg)
+    return error.value.kind, error.value.field
+
+
+def test_every_cloud_rejection_names_its_reason_and_field():
+    def field(index, **values):
+        def change(msg):
+            for name, value in values.items():
+                setattr(msg.fields[index], name, value)
+        return change
+
+    def layout(**values):
+        return lambda msg: [setattr(msg, name, value) for name, value in values.items()]
+
+    def duplicate(msg):
+        msg.fields.append(PointField(name='z', offset=0, datatype=PointField.FLOAT32, count=1))
+
+    cases = {
+        'missing_field': (field(3, name='i'), 'intensity'),
+        'duplicate_field': (duplicate, 'z'),
+        'unknown_datatype': (field(1, datatype=42), 'y'),
+        'field_count': (field(0, count=0), 'x'),
+        'field_offset': (field(3, offset=13), 'intensity'),
+        'point_step': (layout(point_step=0), ''),
+        'row_step': (layout(row_step=63), ''),
+        'data_size': (layout(data=array.array('B', bytes(65))), ''),
+    }
+    assert set(cases) == set(CLOUD_REJECTIONS)
+    for kind, (change, field_name) in cases.items():
+        assert cloud_rejection(change) == (kind, field_name), kind
+
+
 # ----------------------------------------------------------------------------------------------
 # Image
 # ----------------------------------------------------------------------------------------------
@@ -326,6 +376,35 @@ def test_unknown_encoding_is_named_with_the_supported_ones():
     assert all(name in str(error.value) for name in IMAGE_ENCODING_CHANNELS)
     with pytest.raises(ConversionError, match="'yuv422'"):
         rgb_to_image(random_rgb(), make_header(), 'yuv422')
+
+
+@pytest.mark.parametrize('height, width', [(0, 0), (0, 5), (3, 0)])
+def test_images_without_pixels_are_refused(height, width):
+    msg = Image(header=make_header('camera'), height=height, width=width, encoding='rgb8',
+                step=3 * width, data=array.array('B'))
+    with pytest.raises(ConversionError, match=rf'no pixels \({width} x {height}\)') as error:
+        image_to_rgb(msg)
+    assert error.value.kind == 'empty'
+
+
+def test_every_image_rejection_names_its_reason():
+    def rejected(**values):
+        msg = rgb_to_image(random_rgb(), make_header(), 'rgb8')
+        for name, value in values.items():
+            setattr(msg, name, value)
+        with pytest.raises(ConversionError) as error:
+            check_image(msg)
+        return error.value.kind
+
+    kinds = {
+        'encoding': rejected(encoding='nv12'),
+        'empty': rejected(height=0, data=array.array('B')),
+        'step': rejected(step=14),
+        'data_size': rejected(data=array.array('B', bytes(44))),
+    }
+    assert set(kinds) == set(IMAGE_REJECTIONS)
+    assert all(kind == expected for expected, kind in kinds.items()), kinds
+    assert check_image(rgb_to_image(random_rgb(), make_header(), 'bgra8')) == 4
 
 
 def test_inconsistent_image_layouts_raise():

@@ -103,6 +103,39 @@ def test_time_jump_backwards_resets_the_buffer():
     assert frame.lidar_only and sync.counters.time_jumps == 2
 
 
+def test_an_image_stamped_far_ahead_does_not_take_the_next_clouds_images():
+    sync = make_sync(max_image_wait_s=0.1, max_image_age_s=0.1)
+    sync.add_image(10.05, 'good', 0.0)
+    assert sync.add_cloud(10.0, 'a', 0.0)[0].image == 'good'
+    assert sync.add_image(1e7, 'outlier', 0.1) == []
+    # The outlier is past the next cloud's target, but far from it: the cloud waits ...
+    assert sync.add_cloud(10.2, 'b', 0.2) == [] and sync.has_pending_cloud
+    # ... for its image, which steps back (a time jump) and completes it.
+    (frame,) = sync.add_image(10.25, 'its image', 0.21)
+    assert (frame.cloud, frame.image) == ('b', 'its image')
+    assert sync.counters.time_jumps == 1 and sync.buffered_images == 2  # the outlier left
+
+
+def test_a_cloud_stamped_far_ahead_leaves_the_images_of_the_clouds_after_it():
+    sync = make_sync(max_image_wait_s=0.1, max_image_age_s=0.1)
+    assert sync.add_cloud(1e7, 'outlier', 0.0) == []
+    (frame,) = sync.poll(0.2)
+    assert frame.cloud == 'outlier' and frame.lidar_only
+    sync.add_image(10.05, 'good', 0.25)  # arrives before its cloud
+    (frame,) = sync.add_cloud(10.0, 'a', 0.3)  # steps back: a jump that keeps 'good'
+    assert (frame.cloud, frame.image) == ('a', 'good') and sync.counters.time_jumps == 1
+
+
+def test_a_cloud_waiting_when_an_old_image_arrives_is_released_with_its_own_images():
+    sync = make_sync(max_image_wait_s=1.0, max_image_age_s=0.1)
+    sync.add_image(100.02, 'previous', 0.0)
+    assert sync.add_cloud(100.0, 'waiting', 0.0) == []
+    # An image from long ago: the waiting cloud belongs with the images before it.
+    (frame,) = sync.add_image(5.0, 'old', 0.1)
+    assert (frame.cloud, frame.image) == ('waiting', 'previous')
+    assert sync.counters.time_jumps == 1 and sync.buffered_images == 1
+
+
 def test_small_backwards_steps_are_reordering_not_jumps():
     sync = make_sync(image_time_offset_s=0.0, max_image_age_s=0.05)
     sync.add_image(10.2, 'b', 0.0)
