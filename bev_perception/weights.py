@@ -6,7 +6,9 @@ intensity scale, image input size and normalisation, provenance and metrics. Loa
 unpickles anything: the header is parsed as JSON and the tensors are read by safetensors.
 """
 
+from dataclasses import dataclass
 import json
+import math
 import os
 import struct
 from typing import Any, Dict, Optional, Tuple, Union
@@ -34,6 +36,82 @@ PathLike = Union[str, os.PathLike]
 
 class WeightsError(Exception):
     """A weights file cannot be used; the message names the file and the problem."""
+
+
+@dataclass(frozen=True)
+class _Range:
+    """Allowed values of a metadata number (every element, for lists)."""
+
+    low: float
+    high: float
+    integer: bool = False
+    low_open: bool = False  # low itself is not allowed (must be above it)
+
+    def allows(self, value: Any) -> bool:
+        """Return True for a number of the right type inside the range (never NaN or inf)."""
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        if self.integer and not isinstance(value, int):
+            return False
+        if not math.isfinite(value):
+            return False
+        return (self.low < value if self.low_open else self.low <= value) and value <= self.high
+
+    def describe(self) -> str:
+        """Return the rule as words, e.g. 'an integer in [1, 4096]'."""
+        kind = 'an integer' if self.integer else 'a finite number'
+        return f'{kind} in {"(" if self.low_open else "["}{self.low:g}, {self.high:g}]'
+
+
+_CHANNELS = _Range(1, 4096, integer=True)
+#: Ranges of the model config's numbers, by dotted path under ``config`` (a key absent from the
+#: file takes its valid default). Their upper limits lie far above any trained model and keep
+#: a corrupt file from building a network that cannot fit in memory.
+CONFIG_RANGES: Dict[str, _Range] = {
+    'grid.x_range_m': _Range(-10000.0, 10000.0),
+    'grid.y_range_m': _Range(-10000.0, 10000.0),
+    'grid.z_range_m': _Range(-10000.0, 10000.0),
+    'grid.pillar_size_m': _Range(0.0, 100.0, low_open=True),
+    'grid.max_points_per_pillar': _Range(1, 4096, integer=True),
+    'grid.max_pillars': _Range(1, 10_000_000, integer=True),
+    'point.intensity_scale': _Range(0.0, 1.0e6, low_open=True),
+    'camera.input_hw': _Range(32, 8192, integer=True),
+    'camera.mean': _Range(-1000.0, 1000.0),
+    'camera.std': _Range(0.0, 1000.0, low_open=True),
+    'lidar_encoder.pfn_channels': _CHANNELS,
+    'lidar_encoder.backbone_channels': _CHANNELS,
+    'lidar_encoder.backbone_out_channels': _CHANNELS,
+    'lidar_encoder.backbone_stride': _Range(1, 64, integer=True),
+    'lidar_encoder.full_res_blocks': _Range(0, 64, integer=True),
+    'lidar_encoder.out_blocks': _Range(0, 64, integer=True),
+    'camera_encoder.stem_channels': _CHANNELS,
+    'camera_encoder.stage_channels': _CHANNELS,
+    'fusion.num_heads': _Range(1, 64, integer=True),
+    'fusion.ffn_ratio': _Range(1, 64, integer=True),
+    'fusion.gate_init': _Range(-1000.0, 1000.0),
+    'fusion.bev_wavelengths_m': _Range(0.0, 1.0e6, low_open=True),
+    'fusion.camera_wavelengths': _Range(0.0, 1.0e6, low_open=True),
+    'head.shared_channels': _CHANNELS,
+    'head.tower_channels': _CHANNELS,
+    'head.semantic_channels': _CHANNELS,
+    'head.heatmap_bias_init': _Range(-100.0, 100.0),
+    'head.max_objects': _Range(1, 10000, integer=True),
+    'head.score_threshold': _Range(0.0, 1.0),
+    'head.nms.radius_m': _Range(0.0, 1000.0),
+    'head.nms.iou_threshold': _Range(0.0, 1.0),
+}
+#: Largest BEV canvas side (cells) and number of detection classes accepted.
+MAX_CANVAS_CELLS = 8192
+MAX_DETECTION_CLASSES = 1000
+#: Semantic class ids travel as mono8 pixels, with 255 kept for ignored pixels.
+MAX_SEMANTIC_CLASSES = 255
+#: Top-level metadata entries that repeat a config value: (key, config path).
+_CONFIG_COPIES = (
+    ('detection_classes', 'detection_classes'), ('semantic_classes', 'semantic_classes'),
+    ('semantic_palette', 'semantic_palette'), ('point_features', 'point.features'),
+    ('intensity_scale', 'point.intensity_scale'), ('image_input_hw', 'camera.input_hw'),
+    ('image_mean', 'camera.mean'), ('image_std', 'camera.std'),
+)
 
 
 def build_metadata(config: ModelConfig, provenance: Dict[str, Any],
@@ -119,17 +197,52 @@ def read_header(path: PathLike) -> Dict[str, Any]:
     return header
 
 
-def read_metadata(path: PathLike) -> Dict[str, Any]:
-    """Return the bev_perception metadata document of a weights file, without the tensors."""
+def _field_error(path: str, field: str, value: Any, expected: str) -> WeightsError:
+    text = repr(value) if not isinstance(value, (dict, list)) or len(repr(value)) < 60 else (
+        f'a {type(value).__name__} of {len(value)}')
+    return WeightsError(f'{path}: metadata field {field} is {text}; it must be {expected}')
+
+
+def _config_value(data: Any, dotted: str) -> Tuple[bool, Any]:
+    """Return (present, value) of a dotted path in the raw config document."""
+    value = data
+    for key in dotted.split('.'):
+        if not isinstance(value, dict) or key not in value:
+            return False, None
+        value = value[key]
+    return True, value
+
+
+def _check_names(path: str, field: str, names: Any, limit: int) -> None:
+    if not isinstance(names, (list, tuple)) or not 1 <= len(names) <= limit:
+        raise _field_error(path, field, names, f'a list of 1 to {limit} names')
+    seen = set()
+    for index, name in enumerate(names):
+        if not isinstance(name, str) or not name.strip():
+            raise _field_error(path, f'{field}[{index}]', name, 'a non-empty string')
+        if name.lower() in seen:
+            raise _field_error(path, f'{field}[{index}]', name,
+                               'unique (names are compared in lower case)')
+        seen.add(name.lower())
+
+
+def validate_metadata(metadata: Any, path: PathLike = '<metadata>') -> ModelConfig:
+    """Check a whole metadata document and return its model config.
+
+    Checks the format version, every number of the model config (type, finite, range:
+    ``CONFIG_RANGES``), the config's own consistency, the class names (non-empty, unique,
+    at most ``MAX_SEMANTIC_CLASSES`` semantic classes), the palette (0..255 per channel), the
+    top-level copies of config values (they must equal the config) and the types of
+    ``provenance`` and ``metrics``.
+
+    Args:
+        metadata: the parsed JSON document.
+        path: the file, for the messages.
+
+    Raises:
+        WeightsError: the first problem found, naming the file and the field.
+    """
     path = os.fspath(path)
-    header = read_header(path)
-    text = (header.get('__metadata__') or {}).get(METADATA_KEY)
-    if text is None:
-        raise WeightsError(f'{path}: missing metadata (no {METADATA_KEY!r} key in the header)')
-    try:
-        metadata = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise WeightsError(f'{path}: metadata is not valid JSON: {error}') from error
     if not isinstance(metadata, dict):
         raise WeightsError(f'{path}: metadata is not a JSON object')
     version = metadata.get('format_version')
@@ -139,8 +252,80 @@ def read_metadata(path: PathLike) -> Dict[str, Any]:
         raise WeightsError(
             f'{path}: format version {version} is newer than this code supports '
             f'({FORMAT_VERSION}); update bev_perception')
+    if version < 1:
+        raise _field_error(path, 'format_version', version, f'in [1, {FORMAT_VERSION}]')
     if 'config' not in metadata:
         raise WeightsError(f'{path}: metadata lacks the model config')
+    raw = metadata['config']
+    if not isinstance(raw, dict):
+        raise _field_error(path, 'config', raw, 'an object (the model config)')
+    for dotted, allowed in CONFIG_RANGES.items():
+        present, value = _config_value(raw, dotted)
+        if not present:
+            continue
+        values = value if isinstance(value, (list, tuple)) else [value]
+        for index, item in enumerate(values):
+            if not allowed.allows(item):
+                where = f'config.{dotted}' + (f'[{index}]' if values is value else '')
+                raise _field_error(path, where, item, allowed.describe())
+    try:
+        config = ModelConfig.from_dict(raw)
+    except (ValueError, TypeError, ArithmeticError) as error:
+        raise WeightsError(f'{path}: invalid model config in metadata: {error}') from error
+    rows, cols = config.grid.canvas_hw
+    if max(rows, cols) > MAX_CANVAS_CELLS:
+        raise _field_error(path, 'config.grid.pillar_size_m', config.grid.pillar_size_m,
+                           f'large enough for at most {MAX_CANVAS_CELLS} cells per side of '
+                           f'the point range (it gives {rows} x {cols})')
+    _check_names(path, 'config.detection_classes', list(config.detection_classes),
+                 MAX_DETECTION_CLASSES)
+    _check_names(path, 'config.semantic_classes', list(config.semantic_classes),
+                 MAX_SEMANTIC_CLASSES)
+    for index, colour in enumerate(config.semantic_palette):
+        if not all(0 <= channel <= 255 for channel in colour):
+            raise _field_error(path, f'config.semantic_palette[{index}]', list(colour),
+                               'three integers in [0, 255] (R, G, B)')
+    document = config.to_dict()
+    for key, dotted in _CONFIG_COPIES:
+        if key not in metadata:
+            continue
+        expected = _config_value(document, dotted)[1]
+        value = metadata[key]
+        if isinstance(expected, float):
+            agrees = (isinstance(value, (int, float)) and not isinstance(value, bool)
+                      and math.isfinite(value) and math.isclose(value, expected, rel_tol=1e-9))
+        else:
+            agrees = value == expected
+        if not agrees:
+            raise _field_error(path, key, value, f'equal to config.{dotted} ({expected!r})')
+    for key in ('provenance', 'metrics'):
+        if metadata.get(key) is not None and not isinstance(metadata[key], dict):
+            raise _field_error(path, key, metadata[key], 'an object or null')
+    return config
+
+
+def _read_document(path: str) -> Dict[str, Any]:
+    """Return the parsed metadata document of a weights file (not yet validated)."""
+    header = read_header(path)
+    text = (header.get('__metadata__') or {}).get(METADATA_KEY)
+    if text is None:
+        raise WeightsError(f'{path}: missing metadata (no {METADATA_KEY!r} key in the header)')
+    if not isinstance(text, str):
+        raise WeightsError(f'{path}: metadata is not a string in the safetensors header')
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as error:
+        raise WeightsError(f'{path}: metadata is not valid JSON: {error}') from error
+
+
+def read_metadata(path: PathLike) -> Dict[str, Any]:
+    """Return the bev_perception metadata document of a weights file, without the tensors.
+
+    The document is validated in full (``validate_metadata``).
+    """
+    path = os.fspath(path)
+    metadata = _read_document(path)
+    validate_metadata(metadata, path)
     return metadata
 
 
@@ -157,14 +342,14 @@ def load_weights(path: PathLike, device: Union[str, torch.device] = 'cpu'
 
     Raises:
         WeightsError: unreadable, truncated or non-safetensors file, missing metadata, newer
-            format version, invalid config, missing/unexpected tensors or shape mismatches.
+            format version, invalid metadata (see ``validate_metadata``), missing/unexpected
+            tensors, shape mismatches or non-finite values.
     """
     path = os.fspath(path)
-    metadata = read_metadata(path)
-    try:
-        config = ModelConfig.from_dict(metadata['config'])
-    except (ValueError, TypeError) as error:
-        raise WeightsError(f'{path}: invalid model config in metadata: {error}') from error
+    if os.path.isdir(path):
+        raise WeightsError(f'{path}: is a directory, not a weights file')
+    metadata = _read_document(path)
+    config = validate_metadata(metadata, path)
     try:
         tensors = load_file(path, device='cpu')
     except (SafetensorError, OSError, ValueError) as error:
@@ -186,5 +371,8 @@ def load_weights(path: PathLike, device: Union[str, torch.device] = 'cpu'
                 f'model {tuple(value.shape)}')
         if tensors[name].dtype != value.dtype:
             tensors[name] = tensors[name].to(value.dtype)
+        if tensors[name].is_floating_point() and not bool(torch.isfinite(tensors[name]).all()):
+            bad = int((~torch.isfinite(tensors[name])).sum())
+            raise WeightsError(f'{path}: tensor {name} has {bad} non-finite values (NaN or inf)')
     model.load_state_dict(tensors, strict=True)
     return model.to(device).eval(), config, metadata

@@ -1,15 +1,17 @@
 """Deployable weights: exact round trip, metadata, and clear errors for bad files."""
 
 import json
+import math
 import os
 import pickle
+import re
 import struct
 
 from bev_perception.model.config import HeadConfig, ModelConfig
 from bev_perception.model.network import BEVFusionNet
 from bev_perception.weights import (
     build_metadata, FORMAT_VERSION, load_weights, METADATA_KEY, read_metadata, save_weights,
-    WeightsError)
+    validate_metadata, WeightsError)
 import pytest
 from safetensors.torch import save_file
 import torch
@@ -165,3 +167,93 @@ def test_pickles_are_never_unpickled(tmp_path):
     torch.save(_trained_like_model().state_dict(), tmp_path / 'checkpoint.pt')
     _expect_error(tmp_path / 'checkpoint.pt', 'safetensors')
     assert not marker.exists()
+
+
+def _set(dotted, value):
+    """Return an edit setting a dotted path (list indices as numbers) of the metadata."""
+    def edit(document):
+        keys = [int(key) if key.isdigit() else key for key in dotted.split('.')]
+        target = document
+        for key in keys[:-1]:
+            target = target[key]
+        target[keys[-1]] = value
+    return edit
+
+
+#: name -> (edit of the metadata, text the error must contain after the file name)
+BAD_METADATA = {
+    'max_objects_0': (_set('config.head.max_objects', 0),
+                      'metadata field config.head.max_objects is 0; it must be an integer in '
+                      '[1, 10000]'),
+    'max_objects_negative': (_set('config.head.max_objects', -1),
+                             'config.head.max_objects is -1'),
+    'max_objects_text': (_set('config.head.max_objects', '20'),
+                         "config.head.max_objects is '20'; it must be an integer"),
+    'intensity_scale_nan': (_set('config.point.intensity_scale', math.nan),
+                            'config.point.intensity_scale is nan; it must be a finite number '
+                            'in (0, 1e+06]'),
+    'intensity_scale_zero': (_set('config.point.intensity_scale', 0.0),
+                             'config.point.intensity_scale is 0.0'),
+    'copied_intensity_scale_nan': (_set('intensity_scale', math.nan),
+                                   'metadata field intensity_scale is nan; it must be equal to '
+                                   'config.point.intensity_scale'),
+    'palette_300': (_set('config.semantic_palette.3', [300, 0, 0]),
+                    'config.semantic_palette[3] is [300, 0, 0]; it must be three integers in '
+                    '[0, 255]'),
+    'palette_negative': (_set('config.semantic_palette.0.2', -1),
+                         'config.semantic_palette[0] is [255, 0, -1]'),
+    'num_heads_0': (_set('config.fusion.num_heads', 0), 'config.fusion.num_heads is 0'),
+    'stage_channels_0': (_set('config.camera_encoder.stage_channels.2', 0),
+                         'config.camera_encoder.stage_channels[2] is 0'),
+    'std_inf': (_set('config.camera.std.1', math.inf), 'config.camera.std[1] is inf'),
+    'score_threshold_2': (_set('config.head.score_threshold', 2.0),
+                          'config.head.score_threshold is 2.0'),
+    'nms_radius_negative': (_set('config.head.nms.radius_m.0', -1.0),
+                            'config.head.nms.radius_m[0] is -1.0'),
+    'grid_too_fine': (_set('config.grid.pillar_size_m', 0.001),
+                      'config.grid.pillar_size_m is 0.001; it must be large enough for at most '
+                      '8192 cells'),
+    'class_named_twice': (_set('config.detection_classes.1', 'CAR'),
+                          "config.detection_classes[1] is 'CAR'; it must be unique"),
+    'class_without_name': (_set('config.detection_classes.2', ' '),
+                           "config.detection_classes[2] is ' '; it must be a non-empty string"),
+    'copied_classes_differ': (_set('detection_classes', ['bus']),
+                              "detection_classes is ['bus']; it must be equal to "
+                              'config.detection_classes'),
+    'copied_input_size_differs': (_set('image_input_hw', [64, 64]),
+                                  'image_input_hw is [64, 64]'),
+    'provenance_list': (_set('provenance', ['a']), 'provenance is [\'a\']; it must be an object'),
+    'config_list': (_set('config', []), 'config is []; it must be an object'),
+    'format_version_0': (_set('format_version', 0), 'format_version is 0'),
+}
+
+
+@pytest.mark.parametrize('name', sorted(BAD_METADATA))
+def test_invalid_metadata_is_refused_naming_the_file_and_field(tmp_path, name):
+    edit, expected = BAD_METADATA[name]
+    document = build_metadata(CONFIG, PROVENANCE)
+    edit(document)
+    path = tmp_path / f'{name}.safetensors'
+    _rewrite(path, metadata=document)
+    for reader in (load_weights, read_metadata):
+        with pytest.raises(WeightsError, match=re.escape(f'{path}: ')) as error:
+            reader(path)
+        assert expected in str(error.value), str(error.value)
+        assert '\n' not in str(error.value)
+
+
+def test_valid_metadata_gives_its_config():
+    assert validate_metadata(build_metadata(CONFIG, PROVENANCE)) == CONFIG
+    lite = build_metadata(ModelConfig.lite(), {})
+    del lite['intensity_scale'], lite['provenance']  # copies and provenance are optional
+    assert validate_metadata(lite, 'lite.safetensors') == ModelConfig.lite()
+
+
+def test_non_finite_tensors_and_directories_are_refused(tmp_path):
+    state = _state()
+    name = 'detection_head.towers.heatmap.1.weight'
+    state[name] = state[name].clone()
+    state[name].view(-1)[3] = float('nan')
+    _rewrite(tmp_path / 'nan.safetensors', tensors=state)
+    _expect_error(tmp_path / 'nan.safetensors', f'tensor {name} has 1 non-finite values')
+    _expect_error(tmp_path, 'is a directory, not a weights file')
