@@ -18,15 +18,36 @@ Topics (node-private names, remap them in the launch file):
 Threads: the executor runs the (non-blocking) callbacks and timers; one worker thread converts,
 runs inference and publishes. They meet in a latest-wins slot of depth 1, so a slow model drops
 old frames (counted) instead of building latency.
+
+Malformed input never stops the node: a refused cloud or image is counted (``bad_clouds`` /
+``bad_images`` and one counter per reason, ``bad_cloud_<reason>`` / ``bad_image_<reason>``) and
+warned about (at most every ``WARNING_PERIOD_S`` per reason) with its topic, stamp and field.
+Start-up problems end ``main`` with exit code 1 and one ``cannot start: ...`` line; SIGINT and
+SIGTERM end it cleanly with exit code 0 at any time, from the import of this module on when it
+is the program.
 """
 
 from dataclasses import dataclass, field, replace
 import math
 import os
+import re
+import signal
+import sys
 import threading
 import time
 import traceback
 from typing import Any, Dict, List, Optional, Tuple
+
+# Started as the perception_node program (its console script, or python -m): until main() takes
+# over, SIGINT and SIGTERM end the start-up at once with exit code 0 and no traceback (importing
+# torch and rclpy below takes seconds). Other importers keep their own signal handling.
+if __name__ == '__main__' or os.path.basename((sys.argv or [''])[0]) == 'perception_node':
+    def _stop_while_importing(signum, frame):
+        """Leave quietly with exit code 0: nothing has been started yet."""
+        sys.exit(0)
+
+    signal.signal(signal.SIGINT, _stop_while_importing)
+    signal.signal(signal.SIGTERM, _stop_while_importing)
 
 from bev_perception import conversions
 from bev_perception.inference import FrameResult, InferenceRuntime
@@ -43,6 +64,7 @@ import rclpy
 from rclpy.clock import Clock, ClockType
 from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image, PointCloud2
@@ -63,6 +85,10 @@ MARKER_COLOURS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40),
                   (23, 190, 207), (127, 127, 127))
 #: Scaled intensities above this mean the intensity_scale does not fit the driver.
 MAX_PLAUSIBLE_SCALED_INTENSITY = 1.5
+#: Signals that stop the node cleanly (exit code 0).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+#: Longest frame id quoted in a warning.
+MAX_QUOTED_CHARS = 80
 
 INPUT_POINTCLOUD_TOPIC = '~/input/pointcloud'
 INPUT_IMAGE_TOPIC = '~/input/image'
@@ -80,6 +106,14 @@ LATENCY_TOPIC = '~/debug/end_to_end_latency_ms'
 
 class StartupError(Exception):
     """The node cannot start; the message says why and what to change."""
+
+
+class StopRequested(SystemExit):
+    """SIGINT or SIGTERM arrived: stop cleanly. A SystemExit with code 0, never a traceback."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(0)
+        self.signum = signum
 
 
 def shipped_weights_candidates(profile: str = 'default') -> List[str]:
@@ -101,12 +135,17 @@ def resolve_weights_path(weights_path: str, profile: str = 'default') -> str:
     """Return the weights file to load (``weights_path``, else the profile's shipped file).
 
     Raises:
-        StartupError: the file does not exist.
+        StartupError: the file does not exist, is a directory or is not a regular file.
     """
     if weights_path:
         path = os.path.expanduser(weights_path)
-        if not os.path.isfile(path):
+        if os.path.isdir(path):
+            raise StartupError(f'weights_path {weights_path!r} is a directory, not a weights '
+                               'file')
+        if not os.path.exists(path):
             raise StartupError(f'weights_path {weights_path!r} does not exist')
+        if not os.path.isfile(path):
+            raise StartupError(f'weights_path {weights_path!r} is not a regular file')
         return path
     candidates = shipped_weights_candidates(profile)
     for path in candidates:
@@ -286,7 +325,25 @@ class Counters:
     time_jumps: int = 0
     over_budget: int = 0
     inference_errors: int = 0
+    # Refused clouds by reason (conversions.CLOUD_REJECTIONS); their sum is bad_clouds.
+    bad_cloud_missing_field: int = 0
+    bad_cloud_duplicate_field: int = 0
+    bad_cloud_unknown_datatype: int = 0
+    bad_cloud_field_count: int = 0
+    bad_cloud_field_offset: int = 0
+    bad_cloud_point_step: int = 0
+    bad_cloud_row_step: int = 0
+    bad_cloud_data_size: int = 0
+    # Refused images by reason (conversions.IMAGE_REJECTIONS); their sum is bad_images.
+    bad_image_encoding: int = 0
+    bad_image_empty: int = 0
+    bad_image_step: int = 0
+    bad_image_data_size: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def names(self) -> Tuple[str, ...]:
+        """Return the counter names, in declaration order."""
+        return tuple(name for name in self.__dataclass_fields__ if name != 'lock')
 
     def add(self, **increments: int) -> None:
         """Add to named counters."""
@@ -297,8 +354,7 @@ class Counters:
     def snapshot(self) -> Dict[str, int]:
         """Return a consistent copy of all counts."""
         with self.lock:
-            return {name: getattr(self, name) for name in self.__dataclass_fields__
-                    if name != 'lock'}
+            return {name: getattr(self, name) for name in self.names()}
 
 
 @dataclass(frozen=True)
@@ -347,6 +403,18 @@ class PerceptionNode(Node):
         self.counters = Counters()
         self._stopping = threading.Event()
         self._worker: Optional[threading.Thread] = None
+        self._input_topics = {'cloud': INPUT_POINTCLOUD_TOPIC, 'image': INPUT_IMAGE_TOPIC}
+        try:
+            self._start_up()
+        except BaseException:  # a start-up error or a stop signal: leave nothing running
+            try:
+                self.destroy_node()
+            except Exception:  # noqa: B902 - the context may be gone already
+                pass
+            raise
+
+    def _start_up(self) -> None:
+        """Load the weights, check the parameters, warm up, then advertise and subscribe."""
         settings = self._declare_parameters()
         weights_path = resolve_weights_path(settings.weights_path, settings.profile)
         if settings.cpu_threads:
@@ -377,7 +445,11 @@ class PerceptionNode(Node):
         self._previous_marker_count = 0
 
         started = time.perf_counter()
-        self._runtime.warmup()
+        try:
+            self._runtime.warmup()
+        except (RuntimeError, ValueError) as error:
+            raise StartupError(f'the model of the weights {weights_path} fails on a synthetic '
+                               f'frame: {type(error).__name__}: {error}') from error
         warmup_s = time.perf_counter() - started
 
         self._create_publishers(settings)
@@ -473,6 +545,8 @@ class PerceptionNode(Node):
             PointCloud2, INPUT_POINTCLOUD_TOPIC, self._on_cloud, qos)
         self._image_sub = self.create_subscription(
             Image, INPUT_IMAGE_TOPIC, self._on_image, qos)
+        self._input_topics = {'cloud': self._cloud_sub.topic_name,
+                              'image': self._image_sub.topic_name}
         self._sync_timer = self.create_timer(SYNC_POLL_PERIOD_S, self._on_sync_poll,
                                              clock=self._steady_clock)
 
@@ -517,7 +591,7 @@ class PerceptionNode(Node):
         try:
             conversions.pointcloud2_to_structured(msg, self._cloud_fields())
         except conversions.ConversionError as error:
-            self._bad_input('bad_clouds', f'ignoring a malformed point cloud: {error}')
+            self._reject('cloud', msg, error)
             return False
         return True
 
@@ -525,11 +599,31 @@ class PerceptionNode(Node):
         try:
             return ImagePayload(header=msg.header, rgb=conversions.image_to_rgb(msg))
         except conversions.ConversionError as error:
-            self._bad_input('bad_images', f'ignoring an image: {error}')
+            self._reject('image', msg, error)
             return None
 
-    def _bad_input(self, counter: str, message: str) -> None:
-        self.counters.add(**{counter: 1})
+    def _reject(self, stream: str, msg: Any, error: conversions.ConversionError) -> None:
+        """Count a refused cloud or image by reason; warn (per reason) with topic and stamp.
+
+        Args:
+            stream: 'cloud' or 'image'.
+            msg: the refused message.
+            error: why (``kind`` picks the counter ``bad_<stream>_<kind>``).
+        """
+        counter = f'bad_{stream}_{error.kind}'
+        increments = {'bad_clouds' if stream == 'cloud' else 'bad_images': 1}
+        if counter in self.counters.names():
+            increments[counter] = 1
+        self.counters.add(**increments)
+        stamp = msg.header.stamp
+        frame_id = msg.header.frame_id
+        if len(frame_id) > MAX_QUOTED_CHARS:
+            frame_id = frame_id[:MAX_QUOTED_CHARS] + '...'
+        where = (f'on {self._input_topics[stream]} (stamp {stamp.sec}.{stamp.nanosec:09d}, '
+                 f'frame {frame_id!r}' + (f', field {error.field!r}' if error.field else '')
+                 + ')')
+        what = 'a malformed point cloud' if stream == 'cloud' else 'an image'
+        message = f'ignoring {what} {where}: {error} [{counter}]'
         self._last_error = message
         self._warn(counter, message)
 
@@ -670,7 +764,7 @@ class PerceptionNode(Node):
         try:
             cloud = conversions.pointcloud2_to_array_with_stats(msg, self._cloud_fields())
         except conversions.ConversionError as error:
-            self._bad_input('bad_clouds', f'ignoring a malformed point cloud: {error}')
+            self._reject('cloud', msg, error)
             return None
         points = cloud.points
         self.counters.add(non_finite_points=cloud.num_non_finite)
@@ -772,7 +866,8 @@ class PerceptionNode(Node):
         with self.counters.lock:
             processing, self._processing_ms = self._processing_ms, []
             latency = self._last_latency_ms
-        problems = [f'{delta[name]} {text}' for name, text in WARN_COUNTERS if delta[name]]
+        problems = [f'{delta[name]} {text}' + _reasons(name, delta)
+                    for name, text in WARN_COUNTERS if delta[name]]
         worker_alive = self._worker is not None and self._worker.is_alive()
         if delta['inference_errors'] or not worker_alive:
             level = DiagnosticStatus.ERROR
@@ -821,6 +916,16 @@ class PerceptionNode(Node):
         super().destroy_node()
 
 
+def _reasons(counter: str, delta: Dict[str, int]) -> str:
+    """Return ' (reason n, ...)' of the per-reason counts behind bad_clouds / bad_images."""
+    prefix = {'bad_clouds': 'bad_cloud_', 'bad_images': 'bad_image_'}.get(counter)
+    if prefix is None:
+        return ''
+    reasons = [f'{name[len(prefix):]} {count}' for name, count in delta.items()
+               if name.startswith(prefix) and count]
+    return f' ({", ".join(reasons)})' if reasons else ''
+
+
 def _with_subscribers(publisher: Any) -> bool:
     """Return True for an enabled publisher that has a matched subscription."""
     return publisher is not None and publisher.get_subscription_count() > 0
@@ -845,30 +950,104 @@ def resize_ids_nearest(ids: np.ndarray, size_hw: Tuple[int, int]) -> np.ndarray:
     return np.take(np.take(ids, cols, axis=1), rows, axis=0)
 
 
+def params_files(args: List[str]) -> List[str]:
+    """Return the ``--params-file`` paths among the ROS arguments of a command line."""
+    paths = []
+    ros_args = False
+    for index, arg in enumerate(args):
+        if arg == '--ros-args':
+            ros_args = True
+        elif arg == '--':
+            ros_args = False
+        elif ros_args and arg == '--params-file' and index + 1 < len(args):
+            paths.append(args[index + 1])
+    return paths
+
+
+def check_params_files(args: List[str]) -> Optional[str]:
+    """Return why a ``--params-file`` of a command line is unusable (missing, not YAML), or None.
+
+    rclpy.init would refuse it with an RCLError; this names the file and the YAML problem.
+    """
+    for path in params_files(args):
+        if not os.path.exists(path):
+            return f'params file {path!r} does not exist'
+        if not os.path.isfile(path):
+            return f'params file {path!r} is not a file'
+        try:
+            import yaml
+
+            with open(path, encoding='utf-8') as stream:
+                yaml.safe_load(stream)
+        except ImportError:
+            return None  # no PyYAML: rclpy.init will say it
+        except (OSError, UnicodeDecodeError) as read_error:
+            return f'cannot read params file {path!r}: {read_error}'
+        except yaml.YAMLError as yaml_error:
+            mark = getattr(yaml_error, 'problem_mark', None)
+            problem = getattr(yaml_error, 'problem', None) or str(yaml_error)
+            place = '' if mark is None else f' (line {mark.line + 1}, column {mark.column + 1})'
+            return f'params file {path!r} is not valid YAML: {problem}{place}'
+    return None
+
+
+def explain_init_error(error: Exception, args: List[str]) -> str:
+    """Say in one line why rclpy.init refused a command line."""
+    problem = check_params_files(args)
+    if problem is not None:
+        return problem
+    text = ' '.join(str(error).split())
+    text = re.sub(r', at \S+:\d+', '', text)  # rcl's source locations
+    return f'invalid ROS arguments: {text}'
+
+
+def _raise_stop(signum: int, frame: Any) -> None:
+    raise StopRequested(signum)
+
+
+def _ignore_signal(signum: int, frame: Any) -> None:
+    pass  # stopping already: let the clean-up finish
+
+
 def main(args: Optional[List[str]] = None) -> int:
-    """Run the node until SIGINT/SIGTERM; return the process exit code."""
-    rclpy.init(args=args)
+    """Run the node until SIGINT/SIGTERM; return the process exit code.
+
+    0 after a signal (at any moment: during start-up too), 1 with one ``cannot start: ...``
+    line when the command line, a parameter or the weights are unusable.
+    """
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, _raise_stop)  # rclpy.init chains its own handlers to these
+    logger = rclpy.logging.get_logger('perception_node')
     node = None
+    command_line = list(sys.argv if args is None else args)
     try:
+        problem = check_params_files(command_line)
+        if problem is not None:
+            logger.fatal(f'cannot start: {problem}')
+            return 1
+        try:
+            rclpy.init(args=args)
+        except _rclpy.RCLError as error:
+            logger.fatal(f'cannot start: {explain_init_error(error, command_line)}')
+            return 1
         node = PerceptionNode()
         executor = SingleThreadedExecutor()
         executor.add_node(node)
         executor.spin()
     except StartupError as error:
-        rclpy.logging.get_logger('perception_node').fatal(f'cannot start: {error}')
+        logger.fatal(f'cannot start: {error}')
         return 1
-    except (KeyboardInterrupt, ExternalShutdownException):
+    except (StopRequested, KeyboardInterrupt, ExternalShutdownException):
         pass
     except Exception:  # noqa: B902 - a signal during start-up invalidates the context
         if rclpy.ok():
             raise
     finally:
-        try:
-            if node is not None:
-                node.destroy_node()
-            rclpy.try_shutdown()
-        except KeyboardInterrupt:
-            pass  # a second Ctrl-C during clean-up: leave without a traceback
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, _ignore_signal)
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
     return 0
 
 

@@ -16,10 +16,12 @@ import sys
 import time
 import types
 
-from bev_perception.conversions import array_to_pointcloud2, quaternion_to_yaw, rgb_to_image
+from bev_perception.conversions import (array_to_pointcloud2, CLOUD_REJECTIONS,
+                                        IMAGE_REJECTIONS, quaternion_to_yaw, rgb_to_image)
 from bev_perception.inference import FrameResult, OverflowCounts
 from bev_perception.model.config import ModelConfig
-from bev_perception.node import (Extrinsic, FrameSettings, ImagePayload, MARKER_COLOURS,
+from bev_perception.node import (check_params_files, Counters, explain_init_error, Extrinsic,
+                                 FrameSettings, ImagePayload, MARKER_COLOURS, params_files,
                                  PerceptionNode, points_for_model, resize_ids_nearest,
                                  resolve_weights_path, rotation_from_rpy, rotation_to_quaternion,
                                  StartupError)
@@ -193,6 +195,44 @@ def test_weights_lookup_errors_name_the_file(tmp_path):
     assert resolve_weights_path(str(present), 'lite') == str(present)  # the file wins
     with pytest.raises(StartupError, match="profile 'huge' is not one of default, lite"):
         resolve_weights_path('', 'huge')
+    with pytest.raises(StartupError, match=f"weights_path '{tmp_path}' is a directory"):
+        resolve_weights_path(str(tmp_path))
+    with pytest.raises(StartupError, match='is not a regular file'):
+        resolve_weights_path('/dev/null')
+
+
+def test_params_file_problems_are_named(tmp_path):
+    good = tmp_path / 'good.yaml'
+    good.write_text('/**:\n  ros__parameters:\n    device: cpu\n')
+    broken = tmp_path / 'broken.yaml'
+    broken.write_text('/**:\n  ros__parameters:\n    device: [cpu\n')
+    missing = tmp_path / 'missing.yaml'
+    command = ['perception_node', '--params-file', 'not/a/ros/arg', '--ros-args', '-p', 'a:=1',
+               '--params-file', str(good), '--params-file', str(broken), '--', 'x']
+    assert params_files(command) == [str(good), str(broken)]
+    assert check_params_files(['n', '--ros-args', '--params-file', str(good)]) is None
+    assert check_params_files(['n', '--ros-args', '--params-file', str(missing)]) == (
+        f'params file {str(missing)!r} does not exist')
+    assert check_params_files(['n', '--ros-args', '--params-file', str(tmp_path)]) == (
+        f'params file {str(tmp_path)!r} is not a file')
+    problem = check_params_files(command)
+    assert problem.startswith(f'params file {str(broken)!r} is not valid YAML: ')
+    assert problem.endswith('(line 4, column 1)')
+    rcl_text = ("failed to initialize rcl: Couldn't parse remap rule: '-r foo'. Error: "
+                'Expected lexeme type (19) not found, search ended at index 3, at '
+                '/project/src/rcl/lexer_lookahead.c:233, at /project/src/rcl/arguments.c:415')
+    assert explain_init_error(RuntimeError(rcl_text), ['n', '--ros-args', '-r', 'foo']) == (
+        "invalid ROS arguments: failed to initialize rcl: Couldn't parse remap rule: '-r foo'. "
+        'Error: Expected lexeme type (19) not found, search ended at index 3')
+
+
+def test_every_rejection_reason_has_its_counter():
+    names = Counters().names()
+    for reason in CLOUD_REJECTIONS:
+        assert f'bad_cloud_{reason}' in names
+    for reason in IMAGE_REJECTIONS:
+        assert f'bad_image_{reason}' in names
+    assert len(set(names)) == len(names)
 
 
 @pytest.mark.parametrize('profile', SHIPPED_PROFILES)
@@ -609,10 +649,57 @@ def test_sigterm_stops_the_node_cleanly(node_process, peer):
 
 # ------------------------------------------------------------------------------ start-up errors
 
+def weights_with_metadata(source, path, dotted, value):
+    """Write ``source``'s tensors to ``path`` with one metadata value changed (dotted path)."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    from bev_perception.weights import METADATA_KEY, read_metadata
+
+    document = read_metadata(source)
+    keys = [int(key) if key.isdigit() else key for key in dotted.split('.')]
+    target = document
+    for key in keys[:-1]:
+        target = target[key]
+    target[keys[-1]] = value
+    save_file(load_file(source), str(path), metadata={METADATA_KEY: json.dumps(document)})
+    return str(path)
+
+
 def test_start_up_errors_are_clear(tiny_weights, ros_env, tmp_path):
     corrupt = tmp_path / 'corrupt.safetensors'
     corrupt.write_bytes(b'not a safetensors file at all')
+    broken_yaml = tmp_path / 'broken.yaml'
+    broken_yaml.write_text('/**:\n  ros__parameters:\n    device: [cpu\n')
+    missing_yaml = tmp_path / 'missing.yaml'
+
+    def with_params_file(path):
+        command = node_command(tiny_weights[0])
+        command[command.index('--params-file') + 1] = str(path)
+        return command
+
+    def bad_weights(name, dotted, value):
+        path = weights_with_metadata(tiny_weights[0], tmp_path / f'{name}.safetensors', dotted,
+                                     value)
+        return node_command(path)
+
     cases = {
+        'params_file_missing': (with_params_file(missing_yaml),
+                                [f'params file {str(missing_yaml)!r} does not exist']),
+        'params_file_not_yaml': (with_params_file(broken_yaml),
+                                 [f'params file {str(broken_yaml)!r} is not valid YAML',
+                                  'line 4']),
+        'weights_directory': (node_command(str(tmp_path)),
+                              ['is a directory, not a weights file']),
+        'max_objects_0': (bad_weights('zero', 'config.head.max_objects', 0),
+                          ['zero.safetensors', 'config.head.max_objects is 0']),
+        'max_objects_negative': (bad_weights('negative', 'config.head.max_objects', -1),
+                                 ['negative.safetensors', 'config.head.max_objects is -1']),
+        'intensity_scale_nan': (bad_weights('nan', 'config.point.intensity_scale', math.nan),
+                                ['nan.safetensors', 'config.point.intensity_scale is nan']),
+        'palette_300': (bad_weights('palette', 'config.semantic_palette.3', [300, 0, 0]),
+                        ['palette.safetensors', 'config.semantic_palette[3] is [300, 0, 0]']),
         'contradiction': (node_command(tiny_weights[0], '-p', 'score_thresholds:=[0.1, 0.2]'),
                           ['parameters contradict the weights', 'score_thresholds has 2 values',
                            'car, truck, pedestrian, cyclist']),
@@ -625,17 +712,23 @@ def test_start_up_errors_are_clear(tiny_weights, ros_env, tmp_path):
     except ImportError:
         cases['approximate'] = (node_command(tiny_weights[0], '-p', 'sync_policy:=approximate'),
                                 ['message_filters', "sync_policy 'lidar_triggered'"])
-    processes = {name: subprocess.Popen(command, env=ros_env, stdout=subprocess.PIPE,
-                                        stderr=subprocess.STDOUT, text=True)
-                 for name, (command, _) in cases.items()}
-    started = time.monotonic()
-    for name, process in processes.items():
-        try:
-            output, _ = process.communicate(timeout=max(5.0, 90.0 - (time.monotonic() - started)))
-        except subprocess.TimeoutExpired:
-            process.kill()
-            pytest.fail(f'{name}: the node did not stop on a start-up error')
-        assert process.returncode == 1, f'{name}: {output}'
-        assert 'cannot start' in output and 'Traceback' not in output, f'{name}: {output}'
-        for expected in cases[name][1]:
-            assert expected in output, f'{name}: {expected!r} not in {output}'
+    names = list(cases)
+    for first in range(0, len(names), 4):  # four at a time: each imports torch
+        processes = {name: subprocess.Popen(cases[name][0], env=ros_env, stdout=subprocess.PIPE,
+                                            stderr=subprocess.STDOUT, text=True)
+                     for name in names[first:first + 4]}
+        started = time.monotonic()
+        for name, process in processes.items():
+            try:
+                output, _ = process.communicate(
+                    timeout=max(5.0, 90.0 - (time.monotonic() - started)))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                pytest.fail(f'{name}: the node did not stop on a start-up error')
+            assert process.returncode == 1, f'{name}: {output}'
+            assert 'Traceback' not in output, f'{name}: {output}'
+            assert output.count('cannot start') == 1, f'{name}: {output}'
+            for expected in cases[name][1]:
+                assert expected in output, f'{name}: {expected!r} not in {output}'
+            if name == 'max_objects_negative':
+                assert 'max_detections' not in output, output

@@ -222,7 +222,7 @@ BAD_METADATA = {
                               'config.detection_classes'),
     'copied_input_size_differs': (_set('image_input_hw', [64, 64]),
                                   'image_input_hw is [64, 64]'),
-    'provenance_list': (_set('provenance', ['a']), 'provenance is [\'a\']; it must be an object'),
+    'provenance_list': (_set('provenance', ['a']), "provenance is ['a']; it must be an object"),
     'config_list': (_set('config', []), 'config is []; it must be an object'),
     'format_version_0': (_set('format_version', 0), 'format_version is 0'),
 }
