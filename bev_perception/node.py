@@ -540,6 +540,10 @@ class PerceptionNode(Node):
                 self._filter_subscribers, settings.approximate_queue_size,
                 settings.approximate_slop_s)
             self._approximate.registerCallback(self._on_approximate_pair)
+            for stream, subscriber in zip(('cloud', 'image'), self._filter_subscribers):
+                subscription = getattr(subscriber, 'sub', None)  # the rclpy subscription
+                self._input_topics[stream] = getattr(subscription, 'topic_name',
+                                                     self._input_topics[stream])
             return
         self._cloud_sub = self.create_subscription(
             PointCloud2, INPUT_POINTCLOUD_TOPIC, self._on_cloud, qos)

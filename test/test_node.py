@@ -597,7 +597,7 @@ def test_diagnostics_warn_on_bad_input(peer, scene_frames):
     def warned():
         status, _ = peer.latest_counters()
         return status is not None and status.level == DiagnosticStatus.WARN and (
-            'malformed clouds' in status.message)
+            'malformed clouds (missing_field' in status.message)
     for _ in range(3):
         if peer.spin_until(warned, 3.0):
             break
