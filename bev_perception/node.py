@@ -619,17 +619,19 @@ class PerceptionNode(Node):
         if counter in self.counters.names():
             increments[counter] = 1
         self.counters.add(**increments)
+        what = 'a malformed point cloud' if stream == 'cloud' else 'an image'
+        message = f'ignoring {what} {self._where(stream, msg, error.field)}: {error} [{counter}]'
+        self._last_error = message
+        self._warn(counter, message)
+
+    def _where(self, stream: str, msg: Any, field_name: str = '') -> str:
+        """Return 'on <topic> (stamp <s>, frame <id>[, field <name>])' of an input message."""
         stamp = msg.header.stamp
         frame_id = msg.header.frame_id
         if len(frame_id) > MAX_QUOTED_CHARS:
             frame_id = frame_id[:MAX_QUOTED_CHARS] + '...'
-        where = (f'on {self._input_topics[stream]} (stamp {stamp.sec}.{stamp.nanosec:09d}, '
-                 f'frame {frame_id!r}' + (f', field {error.field!r}' if error.field else '')
-                 + ')')
-        what = 'a malformed point cloud' if stream == 'cloud' else 'an image'
-        message = f'ignoring {what} {where}: {error} [{counter}]'
-        self._last_error = message
-        self._warn(counter, message)
+        return (f'on {self._input_topics[stream]} (stamp {stamp.sec}.{stamp.nanosec:09d}, '
+                f'frame {frame_id!r}' + (f', field {field_name!r}' if field_name else '') + ')')
 
     def _on_cloud(self, msg: PointCloud2) -> None:
         self.counters.add(clouds_in=1)
@@ -639,7 +641,7 @@ class PerceptionNode(Node):
         frames = self._sync.add_cloud(
             stamp_to_seconds(msg.header.stamp.sec, msg.header.stamp.nanosec), msg,
             time.monotonic())
-        self._after_sync(jumps, frames)
+        self._after_sync(jumps, frames, 'cloud', msg)
 
     def _on_image(self, msg: Image) -> None:
         self.counters.add(images_in=1)
@@ -650,17 +652,20 @@ class PerceptionNode(Node):
         frames = self._sync.add_image(
             stamp_to_seconds(msg.header.stamp.sec, msg.header.stamp.nanosec), payload,
             time.monotonic())
-        self._after_sync(jumps, frames)
+        self._after_sync(jumps, frames, 'image', msg)
 
     def _on_sync_poll(self) -> None:
         self._dispatch(self._sync.poll(time.monotonic()))
 
-    def _after_sync(self, jumps_before: int, frames: List[SyncedFrame]) -> None:
+    def _after_sync(self, jumps_before: int, frames: List[SyncedFrame], stream: str,
+                    msg: Any) -> None:
         jumps = self._sync.counters.time_jumps - jumps_before
         if jumps:
             self.counters.add(time_jumps=jumps)
-            self._warn('time_jumps', 'input stamps jumped backwards (bag loop or driver '
-                                     'restart?): synchronisation buffers reset')
+            self._warn('time_jumps', f'the stamp of the message {self._where(stream, msg)} '
+                       'steps back by more than time_jump_threshold_s (bag loop, driver '
+                       'restart, or the stamps before it were ahead): synchronisation buffers '
+                       'reset')
         self._dispatch(frames)
 
     def _on_approximate_pair(self, cloud: PointCloud2, image: Image) -> None:
@@ -774,8 +779,9 @@ class PerceptionNode(Node):
         self.counters.add(non_finite_points=cloud.num_non_finite)
         if len(points) == 0:
             self.counters.add(empty_clouds=1)
-            self._warn('empty_clouds', f'empty point cloud ({cloud.num_input_points} points, '
-                       f'{cloud.num_non_finite} non-finite): publishing no boxes')
+            self._warn('empty_clouds', f"empty point cloud {self._where('cloud', msg)} "
+                       f'({cloud.num_input_points} points, {cloud.num_non_finite} non-finite): '
+                       'publishing no boxes')
         num_finite = len(points)
         points, subsampled = points_for_model(points, frame_settings)
         if subsampled:
