@@ -717,18 +717,28 @@ def test_start_up_errors_are_clear(tiny_weights, ros_env, tmp_path):
         processes = {name: subprocess.Popen(cases[name][0], env=ros_env, stdout=subprocess.PIPE,
                                             stderr=subprocess.STDOUT, text=True)
                      for name in names[first:first + 4]}
-        started = time.monotonic()
-        for name, process in processes.items():
-            try:
-                output, _ = process.communicate(
-                    timeout=max(5.0, 90.0 - (time.monotonic() - started)))
-            except subprocess.TimeoutExpired:
-                process.kill()
-                pytest.fail(f'{name}: the node did not stop on a start-up error')
-            assert process.returncode == 1, f'{name}: {output}'
-            assert 'Traceback' not in output, f'{name}: {output}'
-            assert output.count('cannot start') == 1, f'{name}: {output}'
-            for expected in cases[name][1]:
-                assert expected in output, f'{name}: {expected!r} not in {output}'
-            if name == 'max_objects_negative':
-                assert 'max_detections' not in output, output
+        try:
+            check_start_up_errors(processes, cases)
+        finally:
+            for process in processes.values():  # a node that started after all: stop it
+                if process.poll() is None:
+                    process.kill()
+                    process.communicate()
+
+
+def check_start_up_errors(processes, cases):
+    """Check that each process ended with exit code 1 and the expected 'cannot start' line."""
+    started = time.monotonic()
+    for name, process in processes.items():
+        try:
+            output, _ = process.communicate(
+                timeout=max(5.0, 90.0 - (time.monotonic() - started)))
+        except subprocess.TimeoutExpired:
+            pytest.fail(f'{name}: the node did not stop on a start-up error')
+        assert process.returncode == 1, f'{name}: {output}'
+        assert 'Traceback' not in output, f'{name}: {output}'
+        assert output.count('cannot start') == 1, f'{name}: {output}'
+        for expected in cases[name][1]:
+            assert expected in output, f'{name}: {expected!r} not in {output}'
+        if name == 'max_objects_negative':
+            assert 'max_detections' not in output, output

@@ -75,6 +75,30 @@ def test_a_signal_stops_the_start_up_cleanly(point, ros_env, tmp_path):
     for signum in (signal.SIGINT, signal.SIGTERM):
         log_path = tmp_path / f'{signum.name}.log'
         runs[signum] = (_start(ros_env, log_path), log_path)
+    try:
+        states = _signal_at(point, runs)
+        for signum, (process, log_path) in runs.items():
+            try:
+                exit_code = process.wait(timeout=30.0)
+            except subprocess.TimeoutExpired:
+                pytest.fail(f'{signum.name} at {point!r}: the node did not stop within 30 s')
+            output = _read(log_path)
+            context = f'{signum.name} at {point!r} ({states[signum]}):\n{output[-3000:]}'
+            assert exit_code == 0, context
+            assert 'Traceback' not in output and 'KeyboardInterrupt' not in output, context
+            if point == 'import':
+                assert not states[signum]['torch loaded'], context
+            if point != 'spinning':
+                assert not states[signum]['ready'] and 'ready:' not in output, context
+    finally:
+        for process, _ in runs.values():
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+
+def _signal_at(point, runs):
+    """Send each run its signal once it reaches ``point``; return what was seen at that moment."""
     pending = dict(runs)
     deadline = time.monotonic() + 120.0
     states = {}
@@ -86,20 +110,5 @@ def test_a_signal_stops_the_start_up_cleanly(point, ros_env, tmp_path):
                 process.send_signal(signum)
                 del pending[signum]
         time.sleep(0.002)
-    for process, _ in pending.values():
-        process.kill()
     assert not pending, f'the start-up never reached {point!r}'
-    for signum, (process, log_path) in runs.items():
-        try:
-            exit_code = process.wait(timeout=30.0)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            pytest.fail(f'{signum.name} at {point!r}: the node did not stop within 30 s')
-        output = _read(log_path)
-        context = f'{signum.name} at {point!r} ({states[signum]}):\n{output[-3000:]}'
-        assert exit_code == 0, context
-        assert 'Traceback' not in output and 'KeyboardInterrupt' not in output, context
-        if point == 'import':
-            assert not states[signum]['torch loaded'], context
-        if point != 'spinning':
-            assert not states[signum]['ready'] and 'ready:' not in output, context
+    return states
