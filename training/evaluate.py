@@ -375,11 +375,13 @@ class EvaluationResult:
                 return None
             return (metrics.map_by_threshold.get(HEADLINE_THRESHOLD_M, float('nan'))
                     if at_threshold else metrics.map)
+
         def overall(metrics: Optional[DetectionMetrics], key: str) -> Optional[float]:
             if metrics is None:
                 return None
             return getattr(metrics.overall_at_score(self.operating_threshold,
                                                     HEADLINE_THRESHOLD_M), key)
+
         semantic = semantic_summary(self.semantic) if self.semantic is not None else {}
         return {
             'recall_fused': plain(overall(self.fused, 'recall')),
