@@ -317,7 +317,8 @@ def tree(rng: Rng, wb: WorldBuilder) -> MeshBuilder:
     b = MeshBuilder()
     bark = wb.material('Nature object', (0.25, 0.18, 0.12), float(rng.uniform(0.2, 0.4)))
     leaves = wb.material('Nature object', pick(rng, FOLIAGE), float(rng.uniform(0.2, 0.5)),
-                         transmit=float(rng.uniform(0.2, 0.6)), texture=0.35)
+                         transmit=float(rng.uniform(0.2, 0.6)), texture=0.35,
+                         scatter_m=float(rng.uniform(0.3, 1.2)))
     trunk_h = float(rng.uniform(1.5, 4.5))
     trunk_r = float(rng.uniform(0.08, 0.35))
     b.primitive('cylinder', (0.0, 0.0, trunk_h / 2), (2 * trunk_r, 2 * trunk_r, trunk_h),
@@ -341,7 +342,8 @@ def bush(rng: Rng, wb: WorldBuilder, length: float = 0.0) -> MeshBuilder:
     """Return a bush, or a hedge of ``length`` metres."""
     b = MeshBuilder()
     leaves = wb.material('Nature object', pick(rng, FOLIAGE), float(rng.uniform(0.2, 0.5)),
-                         transmit=float(rng.uniform(0.05, 0.3)), texture=0.35)
+                         transmit=float(rng.uniform(0.05, 0.3)), texture=0.35,
+                         scatter_m=float(rng.uniform(0.1, 0.5)))
     if length:
         height, depth = float(rng.uniform(0.6, 2.5)), float(rng.uniform(0.5, 1.5))
         pieces = max(1, int(length / 1.5))

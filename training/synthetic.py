@@ -59,7 +59,7 @@ from training.world import hash_noise, Hits, MeshBuilder, rotation_z, World, Wor
 # ----------------------------------------------------------------------------- constants
 
 #: Changes whenever the generated world changes (data made by another version is regenerated).
-WORLD_VERSION = 2
+WORLD_VERSION = 3
 FRAME_PERIOD_US = 100_000  # 10 Hz lidar sweeps
 TAI_MINUS_UTC_S = 37
 LASER_INTERVAL_US = 2.304
@@ -146,6 +146,9 @@ class Street:
     bumps: np.ndarray  # (K, 4) ground undulation waves (amplitude, kx, ky, phase)
     junction_s_m: Optional[float]  # s of a crossing road's centre, None: no junction
     junction_half_width_m: float
+    # Terrain beyond each side (right, left): (start past the edge m, slope, run m); the ground
+    # rises (embankment, hillside) or falls (ditch, valley) by slope * run at most.
+    banks: Tuple[Tuple[float, float, float], Tuple[float, float, float]]
 
     def to_road(self, x: np.ndarray, y: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         """Return (s, l) of world points."""
@@ -186,6 +189,10 @@ class Street:
         s, l_ = self.to_road(x, y)
         z = self.grade * s + 0.5 * self.vertical_curve * s * s - self.crossfall * np.abs(l_)
         z = z + _waves(x, y, self.bumps)
+        for index, sign in ((0, -1.0), (1, 1.0)):
+            start, slope, run = self.banks[index]
+            beyond = sign * (l_ - self.edge_m[index]) - start
+            z = z + slope * np.clip(beyond, 0.0, run)
         return z + self.kerb_height_m * self.raised(s, l_)
 
     def surface(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -398,6 +405,10 @@ def _draw_street(rng: np.random.Generator) -> Street:
     junction = float(rng.uniform(8.0, 60.0)) if rng.random() < 0.3 else None
     bumps = np.stack([rng.uniform(0.0, 0.08, 4), rng.uniform(-0.3, 0.3, 4),
                       rng.uniform(-0.3, 0.3, 4), rng.uniform(0.0, 2 * math.pi, 4)], axis=1)
+    banks = tuple((pavement[k] + float(rng.uniform(0.5, 8.0)),
+                   float(rng.uniform(-0.35, 0.5)) if side[k] in ('rural', 'suburban')
+                   and rng.random() < 0.6 else 0.0, float(rng.uniform(2.0, 25.0)))
+                  for k in range(2))
     return Street(
         curvature=curvature,
         edge_m=(-(lanes[0] * lane_width + margins[0]), lanes[1] * lane_width + margins[1]),
@@ -407,7 +418,7 @@ def _draw_street(rng: np.random.Generator) -> Street:
         dash_phase_m=float(rng.uniform(0.0, 12.0)),
         grade=float(rng.normal(0.0, 0.03)), vertical_curve=float(rng.normal(0.0, 0.0006)),
         crossfall=float(rng.uniform(0.0, 0.025)), bumps=bumps, junction_s_m=junction,
-        junction_half_width_m=float(rng.uniform(4.0, 8.0)))
+        junction_half_width_m=float(rng.uniform(4.0, 8.0)), banks=banks)
 
 
 def _ground_mesh(street: Street, config: SyntheticConfig, travel: float,
@@ -502,14 +513,20 @@ def _place_traffic(rng, placer: _Placer, street: Street, world, s_low: float, s_
                 placer.road_user(kind, x, y, yaw, speed, margin=0.5)
                 s += float(rng.uniform(5.0, 12.0) + rng.exponential(25.0 / busy))
     for side, sign in ((0, -1.0), (1, 1.0)):
-        if rng.random() < 0.4 * busy and (side == 0 or street.lanes[1] > 0):
-            s = s_low + float(rng.uniform(0.0, 30.0))
+        if rng.random() < 0.7 * busy and (side == 0 or street.lanes[1] > 0):
+            s = s_low + float(rng.uniform(0.0, 20.0))
             while s < s_high:
                 l_ = street.edge_m[side] - sign * float(rng.uniform(0.5, 1.0))
                 x, y, heading = world(s, l_)
                 yaw = heading + (0.0 if side == 0 else math.pi) + float(rng.normal(0, 0.08))
-                placer.road_user('cyclist', x, y, yaw, float(rng.uniform(2.0, 7.0)))
-                s += float(rng.uniform(4.0, 10.0) + rng.exponential(40.0 / busy))
+                for rider in range(1 if rng.random() < 0.7 else int(rng.integers(2, 5))):
+                    # Riders in a group follow each other, sometimes two abreast.
+                    along = -rider * float(rng.uniform(2.0, 3.0))
+                    beside = -sign * 0.8 * (rider % 2) * (rng.random() < 0.5)
+                    placer.road_user('cyclist', x + along * math.cos(yaw) - beside * math.sin(yaw),
+                                     y + along * math.sin(yaw) + beside * math.cos(yaw), yaw,
+                                     float(rng.uniform(2.0, 7.0)))
+                s += float(rng.uniform(4.0, 10.0) + rng.exponential(25.0 / busy))
     # People crossing the road, now and then.
     for _ in range(int(rng.poisson(0.8 * busy))):
         s = float(rng.uniform(3.0, 45.0))
@@ -567,10 +584,10 @@ def _place_side(rng, placer: _Placer, street: Street, world, side: int, s_low: f
                 s, beyond = float(rng.uniform(s_low, s_high)), float(rng.uniform(0.8, pavement))
                 x, y, heading = at(s, beyond)
                 roll = rng.random()
-                if roll < 0.6:
+                if roll < 0.5:
                     placer.road_user('pedestrian', x, y, heading + float(rng.choice([0, math.pi]))
                                      + float(rng.normal(0, 0.15)), float(rng.uniform(0.8, 1.7)))
-                elif roll < 0.85:
+                elif roll < 0.75:
                     group = int(rng.integers(1, 4))
                     for k in range(group):
                         placer.road_user('standing', x + float(rng.normal(0, 0.6)),
@@ -587,6 +604,8 @@ def _place_side(rng, placer: _Placer, street: Street, world, side: int, s_low: f
                            heading + float(rng.choice([0.0, math.pi / 2, math.pi])))
     # Beyond the pavement: buildings, gardens, fields, car parks.
     start = pavement + (0.0 if pavement else 0.8)
+    if kind in ('rural', 'suburban') and rng.random() < 0.5:
+        _vegetation_belt(rng, placer, at, s_low, s_high, start + float(rng.uniform(0.3, 2.0)))
     if kind == 'urban':
         _building_row(rng, placer, at, s_low, s_high, start + float(rng.uniform(0.0, 1.0)),
                       side, (8.0, 25.0))
@@ -645,6 +664,19 @@ def _boundary_row(rng, placer: _Placer, at, s_low: float, s_high: float, beyond:
         s += length + float(rng.uniform(2.0, 6.0))  # gates and drives
 
 
+def _vegetation_belt(rng, placer: _Placer, at, s_low: float, s_high: float,
+                     beyond: float) -> None:
+    """A dense, irregular strip of bushes and small trees along the roadside."""
+    s = s_low
+    while s < s_high:
+        x, y, _ = at(s, beyond + float(rng.uniform(0.0, 2.5)))
+        mesh = (shapes.bush(rng, placer.materials) if rng.random() < 0.75
+                else shapes.tree(rng, placer.materials))
+        placer.scenery(mesh, x, y, float(rng.uniform(0, 6.3)), check=False)
+        s += float(rng.uniform(0.8, 4.0)) + (float(rng.uniform(3.0, 15.0))
+                                             if rng.random() < 0.15 else 0.0)
+
+
 def _scatter_vegetation(rng, placer: _Placer, at, s_low: float, s_high: float, beyond: float,
                         depth: float, density: float) -> None:
     for _ in range(int(rng.poisson(density * (s_high - s_low) * depth / 40.0))):
@@ -684,7 +716,7 @@ def _car_park(rng, placer: _Placer, at, s_low: float, s_high: float, beyond: flo
             for _ in range(int(rng.poisson(2 * busy))):
                 s = float(rng.uniform(s_low, s_high))
                 x, y, heading = at(s, row_beyond + bay_l / 2 + aisle / 2)
-                placer.road_user(str(rng.choice(['pedestrian', 'standing'])), x, y,
+                placer.road_user(str(rng.choice(['pedestrian', 'standing', 'cyclist'])), x, y,
                                  float(rng.uniform(-math.pi, math.pi)), float(
                                      rng.uniform(0.0, 1.5)))
         row_beyond += bay_l + (aisle if rng.random() < 0.6 else 0.0)
@@ -915,6 +947,9 @@ def _scan_lidar(scene: Scene, frame: _Frame, rays: _LidarRays, rng: np.random.Ge
     _, reflectance, retro, _, _ = _surface_properties(scene, frame, hits, points)
     incidence = np.abs(np.einsum('ij,ij->i', hits.normal, directions))
     range_noise = rng.normal(0.0, setup.range_noise_m, count)
+    # Leaves return from inside the crown, not from its hull: a volumetric scatter.
+    scatter = frame.world.scatter_m[frame.world.mesh.material[np.where(hits.hit, hits.face, 0)]]
+    range_noise += rng.random(count) * scatter
     lost = rng.random(count)
     distance = np.where(hits.hit, hits.distance, 0.0)
     loss = sensors.drop_probability(setup, distance, incidence, reflectance)

@@ -42,6 +42,7 @@ class Material:
     transmit: float = 0.0  # probability that a LiDAR ray passes through
     retro: bool = False  # retro-reflective (signs, number plates): bright at any incidence
     texture: float = 0.1  # amplitude of the procedural albedo variation
+    scatter_m: float = 0.0  # LiDAR returns land up to this far behind the surface (foliage)
 
 
 @dataclass
@@ -229,10 +230,11 @@ class WorldBuilder:
         self._parts: List[Tuple[np.ndarray, np.ndarray, np.ndarray, int]] = []
 
     def material(self, label: str, albedo: Sequence[float], reflectance: float,
-                 transmit: float = 0.0, retro: bool = False, texture: float = 0.1) -> int:
+                 transmit: float = 0.0, retro: bool = False, texture: float = 0.1,
+                 scatter_m: float = 0.0) -> int:
         """Return the index of the material with these properties (created on first use)."""
         key = Material(label, tuple(float(a) for a in albedo), float(reflectance),
-                       float(transmit), bool(retro), float(texture))
+                       float(transmit), bool(retro), float(texture), float(scatter_m))
         if key not in self._index:
             self._index[key] = len(self.materials)
             self.materials.append(key)
@@ -284,6 +286,7 @@ class World:
         self._scene = rtcore_scene.EmbreeScene()
         TriangleMesh(self._scene, mesh.vertices[mesh.faces])
         self.transmit = np.array([m.transmit for m in materials], dtype=np.float64)
+        self.scatter_m = np.array([m.scatter_m for m in materials], dtype=np.float64)
 
     def _run(self, origins: np.ndarray, directions: np.ndarray,
              max_distance: Optional[np.ndarray] = None

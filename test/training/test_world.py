@@ -103,4 +103,5 @@ def test_scenery_is_unlabelled_clutter():
     labels = {m.label for m in builder.materials}
     assert labels <= {'Nature object', 'Poles', 'Traffic sign 1', 'Grid structure', 'Sidebars',
                       'Small vehicles 1', 'Buildings'}
-    assert any(m.transmit > 0 for m in builder.materials if m.label == 'Nature object')
+    foliage = [m for m in builder.materials if m.label == 'Nature object' and m.transmit > 0]
+    assert foliage and all(m.scatter_m > 0 for m in foliage), 'leaves scatter returns'
