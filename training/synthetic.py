@@ -666,7 +666,7 @@ def _boundary_row(rng, placer: _Placer, at, s_low: float, s_high: float, beyond:
 
 def _vegetation_belt(rng, placer: _Placer, at, s_low: float, s_high: float,
                      beyond: float) -> None:
-    """A dense, irregular strip of bushes and small trees along the roadside."""
+    """Plant a dense, irregular strip of bushes and small trees along the roadside."""
     s = s_low
     while s < s_high:
         x, y, _ = at(s, beyond + float(rng.uniform(0.0, 2.5)))
