@@ -232,18 +232,19 @@ def test_dataset_frames(root, intended):
 
 
 def test_dataset_class_map_split_and_lidar_only(root):
-    only_people = dict.fromkeys(BOX_CLASSES)
-    only_people['Pedestrian'] = 'person'
-    dataset = a2d2.A2D2Dataset(root, split='val', val_scenes=1, class_map=only_people,
-                               classes=('person',), load_image=False, load_semantic=False)
+    only_cars = dict.fromkeys(BOX_CLASSES)
+    only_cars['Car'] = 'saloon'
+    dataset = a2d2.A2D2Dataset(root, split='val', val_scenes=1, class_map=only_cars,
+                               classes=('saloon',), load_image=False, load_semantic=False)
     assert len(dataset) == FRAMES
     assert {scene for scene, _ in dataset.frame_keys} == {a2d2.list_scenes(root)[-1]}
     frames = [dataset[i] for i in range(len(dataset))]
     assert all(f.image is None and f.semantic is None for f in frames)
     assert all((f.labels == 0).all() for f in frames)
     assert sum(len(f.labels) for f in frames) > 0
+    lengths = np.concatenate([f.boxes[:, 3] for f in frames])
     heights = np.concatenate([f.boxes[:, 5] for f in frames])
-    assert (heights > 1.4).all() and (heights < 2.1).all(), 'only pedestrians are left'
+    assert (lengths > 3.2).all() and (heights < 1.7).all(), 'only cars are left'
     with pytest.raises(ValueError, match='not in classes'):
         a2d2.A2D2Dataset(root, classes=('car',))
 
