@@ -23,7 +23,7 @@ import math
 import os
 import re
 import types
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import zipfile
 import zlib
 
@@ -550,20 +550,22 @@ class A2D2Dataset:
 
 
 class SkippingDataset:
-    """Map-style view of an A2D2Dataset whose corrupt frames come out as None (reported).
+    """Map-style view of a dataset whose corrupt frames come out as None (reported).
+
+    Works for any dataset with ``safe_getitem`` (A2D2, KITTI, camera-only A2D2 frames).
 
     Pair it with ``collate_frames``. In DataLoader worker processes the reports are logged by
     the worker; ``skipped`` of the parent object only sees reports made in its own process.
     """
 
-    def __init__(self, dataset: A2D2Dataset):
+    def __init__(self, dataset: Any):
         self.dataset = dataset
 
     def __len__(self) -> int:
         """Return the number of indexed frames."""
         return len(self.dataset)
 
-    def __getitem__(self, index: int) -> Optional[Frame]:
+    def __getitem__(self, index: int) -> Optional[Any]:
         """Return the frame or None when one of its files is corrupt."""
         return self.dataset.safe_getitem(index)
 

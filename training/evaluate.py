@@ -81,7 +81,7 @@ from training import kitti
 from training.a2d2 import (
     A2D2Dataset, CAMERA_FOLDER, CAMERA_TOKEN, collate_frames, CorruptFrameError,
     DEFAULT_CLASS_MAP, FILE_KINDS, frame_path, list_scenes, PathLike, read_image,
-    SemanticDecoder)
+    SemanticDecoder, SkippingDataset)
 from training.train import load_checkpoint, model_from_checkpoint
 
 LOGGER = logging.getLogger(__name__)
@@ -282,22 +282,9 @@ class SemanticOnlyFrames:
             self._report(error.path, f'{error.reason}; frame skipped')
             return None
 
-    def skipping(self) -> '_Skipping':
+    def skipping(self) -> SkippingDataset:
         """Return a view for a DataLoader whose items are a frame or None (corrupt)."""
-        return _Skipping(self)
-
-
-class _Skipping:
-    """Map-style view whose corrupt frames come out as None (reported by the dataset)."""
-
-    def __init__(self, dataset: SemanticOnlyFrames):
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> Optional[SemanticFrame]:
-        return self.dataset.safe_getitem(index)
+        return SkippingDataset(self)
 
 
 def has_lidar(root: PathLike, scenes: Optional[Sequence[str]] = None) -> bool:

@@ -72,7 +72,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
-from training.a2d2 import CorruptFrameError, PathLike, read_image
+from training.a2d2 import CorruptFrameError, PathLike, read_image, SkippingDataset
 
 LOGGER = logging.getLogger(__name__)
 
@@ -607,21 +607,6 @@ class KittiDataset:
             self._report(error.path, f'{error.reason}; frame skipped')
             return None
 
-    def skipping(self) -> 'SkippingKitti':
+    def skipping(self) -> SkippingDataset:
         """Return a view for a DataLoader whose items are a KittiFrame or None (corrupt)."""
-        return SkippingKitti(self)
-
-
-class SkippingKitti:
-    """Map-style view of a KittiDataset whose corrupt frames come out as None (reported)."""
-
-    def __init__(self, dataset: KittiDataset):
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        """Return the number of indexed frames."""
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> Optional[KittiFrame]:
-        """Return the frame or None when one of its files is corrupt."""
-        return self.dataset.safe_getitem(index)
+        return SkippingDataset(self)
