@@ -32,6 +32,7 @@ import shutil
 import struct
 from typing import Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
+from bev_perception.geometry import quaternion_to_yaw, rotation_to_quaternion
 import numpy as np
 from rosbags.interfaces import (MessageDefinitionFormat, Qos, QosDurability, QosHistory,
                                 QosLiveliness, QosReliability, QosTime)
@@ -314,7 +315,7 @@ class MessageFactory:
         stamped = []
         for parent, child, matrix in transforms:
             matrix = np.asarray(matrix, dtype=np.float64)
-            x, y, z, w = rotation_matrix_to_quaternion(matrix[:3, :3])
+            x, y, z, w = rotation_to_quaternion(matrix[:3, :3])
             translation = types['geometry_msgs/msg/Vector3'](
                 x=float(matrix[0, 3]), y=float(matrix[1, 3]), z=float(matrix[2, 3]))
             rotation = types['geometry_msgs/msg/Quaternion'](x=x, y=y, z=z, w=w)
@@ -323,30 +324,6 @@ class MessageFactory:
                 transform=types['geometry_msgs/msg/Transform'](
                     translation=translation, rotation=rotation)))
         return types[TF_TYPE](transforms=stamped)
-
-
-def rotation_matrix_to_quaternion(rotation: np.ndarray) -> Tuple[float, float, float, float]:
-    """Return the unit quaternion (x, y, z, w), w >= 0, of a (3, 3) rotation matrix."""
-    r = np.asarray(rotation, dtype=np.float64)
-    trace = float(np.trace(r))
-    if trace > 0.0:
-        scale = 2.0 * math.sqrt(1.0 + trace)
-        quaternion = ((r[2, 1] - r[1, 2]) / scale, (r[0, 2] - r[2, 0]) / scale,
-                      (r[1, 0] - r[0, 1]) / scale, 0.25 * scale)
-    else:
-        axis = int(np.argmax(np.diag(r)))
-        i, j, k = axis, (axis + 1) % 3, (axis + 2) % 3
-        scale = 2.0 * math.sqrt(max(1.0 + r[i, i] - r[j, j] - r[k, k], 1e-12))
-        values = [0.0, 0.0, 0.0, 0.0]
-        values[i] = 0.25 * scale
-        values[j] = (r[j, i] + r[i, j]) / scale
-        values[k] = (r[k, i] + r[i, k]) / scale
-        values[3] = (r[k, j] - r[j, k]) / scale
-        quaternion = tuple(values)
-    norm = math.sqrt(sum(v * v for v in quaternion))
-    sign = -1.0 if quaternion[3] < 0 else 1.0
-    x, y, z, w = (float(sign * v / norm) for v in quaternion)
-    return x, y, z, w
 
 
 # ------------------------------------------------------------------------------- reading
@@ -360,12 +337,6 @@ class DetectionArrays:
     boxes: np.ndarray  # (K, 7) float32 x, y, z, length, width, height (m), yaw (rad)
     scores: np.ndarray  # (K,) float32
     class_ids: List[str]  # (K,) hypothesis class ids as written
-
-
-def quaternion_yaw(x: float, y: float, z: float, w: float) -> float:
-    """Return the yaw (rad, (-pi, pi]) of a quaternion (z angle of the z-y-x Euler angles)."""
-    yaw = math.atan2(2.0 * (w * z + x * y), 1.0 - 2.0 * (y * y + z * z))
-    return math.pi if yaw <= -math.pi else yaw
 
 
 def detections_from_msg(msg) -> DetectionArrays:
@@ -383,8 +354,8 @@ def detections_from_msg(msg) -> DetectionArrays:
         orientation = center.orientation
         boxes[index] = (center.position.x, center.position.y, center.position.z,
                         size.x, size.y, size.z,
-                        quaternion_yaw(orientation.x, orientation.y, orientation.z,
-                                       orientation.w))
+                        float(quaternion_to_yaw((orientation.x, orientation.y, orientation.z,
+                                                 orientation.w))))
         if len(detection.results):
             scores[index] = detection.results[0].hypothesis.score
             class_ids.append(str(detection.results[0].hypothesis.class_id))

@@ -18,6 +18,7 @@ import sys
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 import zlib
 
+from bev_perception.geometry import yaw_to_quaternion
 from builtin_interfaces.msg import Duration
 from geometry_msgs.msg import Point, Pose, PoseWithCovariance, Quaternion, Vector3
 import numpy as np
@@ -494,24 +495,6 @@ def semantic_to_color(ids: np.ndarray, palette: np.ndarray, header: Header,
 # --------------------------------------------------------------------------------------------
 # Detections
 # --------------------------------------------------------------------------------------------
-
-def yaw_to_quaternion(yaw) -> np.ndarray:
-    """Return the quaternion(s) (..., 4) as x, y, z, w of a rotation by ``yaw`` rad about +z."""
-    half = 0.5 * np.asarray(yaw, dtype=np.float64)
-    zeros = np.zeros_like(half)
-    return np.stack([zeros, zeros, np.sin(half), np.cos(half)], axis=-1)  # (..., 4)
-
-
-def quaternion_to_yaw(quaternion) -> np.ndarray:
-    """Return the yaw (rad about +z, in (-pi, pi]) of quaternion(s) (..., 4) given as x, y, z, w.
-
-    For rotations that are not pure yaw this is the z angle of the z-y-x Euler decomposition.
-    """
-    q = np.asarray(quaternion, dtype=np.float64)
-    x, y, z, w = q[..., 0], q[..., 1], q[..., 2], q[..., 3]
-    yaw = np.arctan2(2.0 * (w * z + x * y), 1.0 - 2.0 * (y * y + z * z))
-    return np.where(yaw <= -np.pi, yaw + 2.0 * np.pi, yaw)
-
 
 def _check_detections(boxes: np.ndarray, scores: np.ndarray,
                       class_names: Sequence[str]) -> Tuple[np.ndarray, np.ndarray]:

@@ -8,8 +8,9 @@ from bev_perception.conversions import (
     array_to_pointcloud2, box_to_pose, boxes_to_poses, check_image, CLOUD_REJECTIONS,
     ConversionError, default_class_colour, detections_to_markers, detections_to_msg,
     IMAGE_ENCODING_CHANNELS, IMAGE_REJECTIONS, image_to_rgb, label_info_msg,
-    pointcloud2_to_array, pointcloud2_to_array_with_stats, quaternion_to_yaw, rgb_to_image,
-    semantic_to_color, semantic_to_mono8, structured_to_pointcloud2, yaw_to_quaternion)
+    pointcloud2_to_array, pointcloud2_to_array_with_stats, rgb_to_image,
+    semantic_to_color, semantic_to_mono8, structured_to_pointcloud2)
+from bev_perception.geometry import quaternion_to_yaw, yaw_to_quaternion
 from builtin_interfaces.msg import Time
 import numpy as np
 import pytest

@@ -66,13 +66,14 @@ import re
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from bev_perception.a2d2_classes import IGNORE_INDEX
+from bev_perception.geometry import box_outline_xy
 from bev_perception.inference import InferenceRuntime
 from bev_perception.metrics import (
     DEFAULT_DISTANCE_THRESHOLDS_M, DetectionAccumulator, DetectionMetrics, match_frame_indices,
     SemanticAccumulator, SemanticMetrics)
 from bev_perception.model.config import ModelConfig
 from bev_perception.node_params import parameter_spec
-from bev_perception.tools.report import box_outline_xy, plot_pr_curves
+from bev_perception.tools.report import plot_pr_curves
 from bev_perception.weights import load_weights
 import numpy as np
 import torch

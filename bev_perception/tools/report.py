@@ -19,11 +19,10 @@ import math
 import os
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from bev_perception.geometry import box_outline_xy
 from bev_perception.metrics import DetectionMetrics, SemanticMetrics
 import numpy as np
 
-#: Box corner offsets (length, width signs) in drawing order, closed.
-_CORNER_SIGNS = np.array([[1, 1], [1, -1], [-1, -1], [-1, 1], [1, 1]], dtype=np.float64)
 _GT_COLOUR = '#1b9e77'
 _PRED_COLOUR = '#d95f02'
 
@@ -179,15 +178,6 @@ def plot_latency_histogram(samples: Mapping[str, Sequence[float]], path: str) ->
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return True
-
-
-def box_outline_xy(box: Sequence[float]) -> np.ndarray:
-    """Return the closed BEV outline (5, 2) x, y of a box (7,), plus nothing else."""
-    x, y, _, length, width, _, yaw = (float(v) for v in box[:7])
-    local = _CORNER_SIGNS * np.array([0.5 * length, 0.5 * width])  # (5, 2)
-    cos_yaw, sin_yaw = math.cos(yaw), math.sin(yaw)
-    rotation = np.array([[cos_yaw, -sin_yaw], [sin_yaw, cos_yaw]])
-    return local @ rotation.T + np.array([x, y])
 
 
 def plot_bev_strip(frames: Sequence[StripFrame], path: str,
