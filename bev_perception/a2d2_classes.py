@@ -113,15 +113,3 @@ def _palette() -> Tuple[Tuple[int, int, int], ...]:
 
 #: One RGB colour per category (the colour of its first instance), for colourised output.
 SEMANTIC_PALETTE: Tuple[Tuple[int, int, int], ...] = _palette()
-
-
-def colour_to_category_id() -> Dict[Tuple[int, int, int], int]:
-    """Map each of the 55 RGB label colours to its category id (IGNORE_INDEX for ignored ones)."""
-    table = {}
-    for colour, name in SEMANTIC_COLOURS:
-        category = category_of(name)
-        if category in IGNORED_CATEGORIES:
-            table[hex_to_rgb(colour)] = IGNORE_INDEX
-        else:
-            table[hex_to_rgb(colour)] = SEMANTIC_CATEGORIES.index(category)
-    return table

@@ -516,16 +516,21 @@ def box_to_pose(box: Sequence[float]) -> Pose:
     return pose
 
 
-def boxes_to_poses(boxes: np.ndarray) -> List[Pose]:
-    """Return ``box_to_pose`` of every box (K, 7), with the numpy work done once for all."""
+def boxes_to_poses(boxes: np.ndarray, quaternions: Optional[np.ndarray] = None) -> List[Pose]:
+    """Return the poses of boxes (K, 7), with the numpy work done once for all.
+
+    The orientation is ``quaternions`` (K, 4) x, y, z, w when given, else the yaw's.
+    """
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 7)
-    quaternions = yaw_to_quaternion(boxes[:, 6]).tolist()  # (K, 4) x, y, z, w
+    if quaternions is None:
+        quaternions = yaw_to_quaternion(boxes[:, 6])
+    quaternions = np.asarray(quaternions, dtype=np.float64).reshape(-1, 4).tolist()
     return [Pose(position=Point(x=x, y=y, z=z), orientation=Quaternion(x=qx, y=qy, z=qz, w=qw))
             for (x, y, z), (qx, qy, qz, qw) in zip(boxes[:, :3].tolist(), quaternions)]
 
 
 def detections_to_msg(header: Header, boxes: np.ndarray, scores: np.ndarray,
-                      class_names: Sequence[str]):
+                      class_names: Sequence[str], quaternions: Optional[np.ndarray] = None):
     """Build a vision_msgs/Detection3DArray.
 
     Args:
@@ -533,6 +538,7 @@ def detections_to_msg(header: Header, boxes: np.ndarray, scores: np.ndarray,
         boxes: (K, 7) boxes in the header's frame.
         scores: (K,) confidences in [0, 1].
         class_names: K class names, written lower-case as ``hypothesis.class_id``.
+        quaternions: (K, 4) x, y, z, w box orientations; None: the yaw column's.
 
     Each detection has one result whose ``pose.pose`` is the box pose (the same Pose object as
     ``bbox.center``); ``bbox.size`` is (length, width, height); ``Detection3D.id`` (a tracking
@@ -547,8 +553,8 @@ def detections_to_msg(header: Header, boxes: np.ndarray, scores: np.ndarray,
     bbox_template = BoundingBox3D()
     result_template = ObjectHypothesisWithPose()
     detections = []
-    for pose, box, score, name in zip(boxes_to_poses(boxes), boxes.tolist(), scores.tolist(),
-                                      class_names):
+    for pose, box, score, name in zip(boxes_to_poses(boxes, quaternions), boxes.tolist(),
+                                      scores.tolist(), class_names):
         result = copy.copy(result_template)
         result.hypothesis = ObjectHypothesis(class_id=str(name).lower(), score=score)
         result.pose = PoseWithCovariance(pose=pose)  # its own covariance array
@@ -579,7 +585,7 @@ def detections_to_markers(header: Header, boxes: np.ndarray, scores: np.ndarray,
                           class_names: Sequence[str], previous_count: int,
                           class_colours: Optional[Mapping[str, Sequence[int]]] = None,
                           namespace: str = 'bev_perception', lifetime_s: float = 0.0,
-                          box_alpha: float = 0.4):
+                          box_alpha: float = 0.4, quaternions: Optional[np.ndarray] = None):
     """Build a visualization_msgs/MarkerArray of boxes and labels for stock RViz2.
 
     Detection i gets a translucent CUBE with id 2 * i and a TEXT_VIEW_FACING label
@@ -600,6 +606,7 @@ def detections_to_markers(header: Header, boxes: np.ndarray, scores: np.ndarray,
         namespace: marker namespace.
         lifetime_s: marker lifetime in seconds; 0 keeps markers until deleted.
         box_alpha: opacity of the cubes.
+        quaternions: (K, 4) x, y, z, w box orientations; None: the yaw column's.
     """
     from visualization_msgs.msg import Marker, MarkerArray
 
@@ -616,7 +623,7 @@ def detections_to_markers(header: Header, boxes: np.ndarray, scores: np.ndarray,
     rgb_by_name: Dict[str, Tuple[float, float, float]] = {}
     markers = []
     for index, (pose, box, score, name) in enumerate(zip(
-            boxes_to_poses(boxes), boxes.tolist(), scores.tolist(), class_names)):
+            boxes_to_poses(boxes, quaternions), boxes.tolist(), scores.tolist(), class_names)):
         name = str(name).lower()
         if name not in rgb_by_name:
             rgb_by_name[name] = tuple(

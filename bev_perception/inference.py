@@ -31,7 +31,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from bev_perception.model.config import ModelConfig, NMSConfig
 from bev_perception.model.decode import decode_padded, PaddedDetections, score_threshold_tensor
@@ -47,10 +47,6 @@ LOGGER = logging.getLogger(__name__)
 #: Keys of ``FrameResult.timings_ms``, in pipeline order.
 TIMING_KEYS = ('preprocess',) + STAGES + (
     'cuda_graph', 'decode', 'semantic_resize', 'postprocess', 'total')
-
-#: Stages that run inside the CUDA graph when ``cuda_graphs`` is on.
-GRAPHED_STAGES = ('backbone', 'camera_encoder', 'fusion', 'detection_head', 'semantic_head',
-                  'decode')
 
 #: The fixed-shape network stages ``torch_compile`` compiles (attributes of BEVFusionNet).
 COMPILED_MODULES = ('backbone', 'camera_encoder', 'fusion', 'detection_head', 'semantic_head')
@@ -177,19 +173,22 @@ class InferenceRuntime:
         compile_backend: the ``torch.compile`` backend ('inductor'; 'eager' or 'aot_eager'
             only trace, for tests).
         cuda_graphs: replay batch-1 frames as CUDA graphs (CUDA only; off with a notice on CPU).
+        notify: receives each fallback notice once (default: this module's logger); the
+            notices are also kept in ``notices``.
     """
 
     def __init__(self, model: BEVFusionNet, config: ModelConfig,
                  metadata: Optional[Dict[str, Any]] = None, *,
                  device: Union[str, torch.device] = 'cpu', precision: str = 'fp32',
                  torch_compile: bool = False, compile_backend: str = 'inductor',
-                 cuda_graphs: bool = False) -> None:
+                 cuda_graphs: bool = False, notify: Callable[[str], Any] = LOGGER.warning
+                 ) -> None:
         self.device, self.precision, self.notices = resolve_device(device, precision)
         if cuda_graphs and self.device.type != 'cuda':
             self.notices.append('cuda_graphs needs CUDA: running without CUDA graphs')
             cuda_graphs = False
         for notice in self.notices:
-            LOGGER.warning(notice)
+            notify(notice)
         self.config = config
         self.metadata = metadata or {}
         self.model = model.to(self.device).eval()

@@ -7,13 +7,18 @@ set-parameters callback) and the README parameter table is generated from it
 ``descriptor()`` imports ``rcl_interfaces`` when called.
 """
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, make_dataclass
 import math
+import os
 import re
 import sys
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from bev_perception.sync import SyncSettings
+
+#: Shipped weights by profile, ``weights/<profile>.safetensors`` in the package: ``default``
+#: (``make weights``) and ``lite``, the CPU profile (``make weights-lite``).
+SHIPPED_PROFILES = ('default', 'lite')
 
 #: Parameter types, named as in ``ros2 param describe``.
 PARAMETER_KINDS = ('bool', 'integer', 'double', 'string', 'integer_array', 'double_array')
@@ -120,14 +125,14 @@ PARAMETERS: Tuple[ParameterSpec, ...] = (
     ParameterSpec(
         'weights_path', 'string', '',
         'Deployable weights file (.safetensors with metadata). Empty: the shipped weights of '
-        '`profile` (next to the module, or in the package share directory).',
+        '`profile` (installed with the package).',
         'Model', read_only=True),
     ParameterSpec(
         'profile', 'string', 'default',
         'Shipped weights used when `weights_path` is empty: `default` (`default.safetensors`) '
         'or `lite` (`lite.safetensors`, the CPU profile: about a third of the compute, for '
         'machines without a GPU; see README "Performance").',
-        'Model', choices=('default', 'lite'), read_only=True),
+        'Model', choices=SHIPPED_PROFILES, read_only=True),
     ParameterSpec(
         'device', 'string', 'cuda',
         'Torch device: `cuda`, `cuda:N` or `cpu`. Without a usable GPU the node falls back to '
@@ -301,50 +306,17 @@ def parameter_spec(name: str) -> ParameterSpec:
     return _SPECS[name]
 
 
-@dataclass(frozen=True)
-class NodeSettings:
-    """All parameter values of the node, one field per entry of PARAMETERS."""
+#: Python type of each parameter kind (NodeSettings' field types).
+_PYTHON_TYPES = {'bool': bool, 'integer': int, 'double': float, 'string': str,
+                 'integer_array': Tuple[int, ...], 'double_array': Tuple[float, ...]}
 
-    weights_path: str
-    profile: str
-    device: str
-    precision: str
-    torch_compile: bool
-    cuda_graphs: bool
-    cpu_threads: int
-    score_thresholds: Tuple[float, ...]
-    max_detections: int
-    nms_kind: str
-    nms_radius_scale: float
-    nms_iou_threshold: float
-    intensity_field: str
-    intensity_scale: float
-    max_points: int
-    extrinsic_translation_m: Tuple[float, float, float]
-    extrinsic_rpy_rad: Tuple[float, float, float]
-    qos_depth: int
-    input_reliability: str
-    sync_policy: str
-    max_image_age_s: float
-    image_time_offset_s: float
-    max_image_wait_s: float
-    image_buffer_size: int
-    time_jump_threshold_s: float
-    approximate_queue_size: int
-    approximate_slop_s: float
-    publish_detections: bool
-    publish_semantic: bool
-    publish_semantic_color: bool
-    publish_markers: bool
-    publish_debug: bool
-    semantic_output_hw: Tuple[int, int]
-    skip_when_no_subscribers: bool
-    inference_budget_ms: float
-    diagnostics_period_s: float
+
+class _SettingsBehaviour:
+    """Methods of NodeSettings (its fields come from PARAMETERS)."""
 
     @classmethod
     def from_values(cls, values: Mapping[str, Any],
-                    num_classes: Optional[int] = None) -> 'NodeSettings':
+                    num_classes: Optional[int] = None) -> Any:
         """Build settings from parameter values; missing names take their defaults.
 
         Raises:
@@ -371,7 +343,7 @@ class NodeSettings:
         return cls(**kwargs)
 
     @classmethod
-    def defaults(cls) -> 'NodeSettings':
+    def defaults(cls) -> Any:
         """Return the settings with every parameter at its default."""
         return cls.from_values({})
 
@@ -393,6 +365,14 @@ class NodeSettings:
         if len(self.score_thresholds) == 1:
             return self.score_thresholds * num_classes
         return self.score_thresholds
+
+
+#: All parameter values of the node: one frozen field per entry of PARAMETERS, in its order
+#: (bool, int, float, str, or tuples for arrays).
+NodeSettings = make_dataclass(
+    'NodeSettings', [(spec.name, _PYTHON_TYPES[spec.kind]) for spec in PARAMETERS],
+    bases=(_SettingsBehaviour,), frozen=True, namespace={'__module__': __name__})
+NodeSettings.__doc__ = 'All parameter values of the node, one field per entry of PARAMETERS.'
 
 
 def check_against_model(settings: NodeSettings, detection_classes: Sequence[str],
@@ -486,6 +466,59 @@ def markdown_table() -> str:
                          f'{constraints} | {spec.description} |')
         lines.append('')
     return '\n'.join(lines)
+
+
+# ------------------------------------------------------------------ command line
+
+def params_files(args: List[str]) -> List[str]:
+    """Return the ``--params-file`` paths among the ROS arguments of a command line."""
+    paths = []
+    ros_args = False
+    for index, arg in enumerate(args):
+        if arg == '--ros-args':
+            ros_args = True
+        elif arg == '--':
+            ros_args = False
+        elif ros_args and arg == '--params-file' and index + 1 < len(args):
+            paths.append(args[index + 1])
+    return paths
+
+
+def check_params_files(args: List[str]) -> Optional[str]:
+    """Return why a ``--params-file`` of a command line is unusable (missing, not YAML), or None.
+
+    rclpy.init would refuse it with an RCLError; this names the file and the YAML problem.
+    """
+    for path in params_files(args):
+        if not os.path.exists(path):
+            return f'params file {path!r} does not exist'
+        if not os.path.isfile(path):
+            return f'params file {path!r} is not a file'
+        try:
+            import yaml
+
+            with open(path, encoding='utf-8') as stream:
+                yaml.safe_load(stream)
+        except ImportError:
+            return None  # no PyYAML: rclpy.init will say it
+        except (OSError, UnicodeDecodeError) as read_error:
+            return f'cannot read params file {path!r}: {read_error}'
+        except yaml.YAMLError as yaml_error:
+            mark = getattr(yaml_error, 'problem_mark', None)
+            problem = getattr(yaml_error, 'problem', None) or str(yaml_error)
+            place = '' if mark is None else f' (line {mark.line + 1}, column {mark.column + 1})'
+            return f'params file {path!r} is not valid YAML: {problem}{place}'
+    return None
+
+
+def explain_init_error(error: Exception, args: List[str]) -> str:
+    """Say in one line why rclpy.init refused a command line."""
+    problem = check_params_files(args)
+    if problem is not None:
+        return problem
+    text = ' '.join(str(error).split())
+    text = re.sub(r', at \S+:\d+', '', text)  # rcl's source locations
+    return f'invalid ROS arguments: {text}'
 
 
 def main() -> None:

@@ -15,6 +15,7 @@ from typing import Any, Dict, Optional, Tuple, Union
 
 from bev_perception.model.config import ModelConfig
 from bev_perception.model.network import BEVFusionNet
+from bev_perception.node_params import SHIPPED_PROFILES
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 import torch
@@ -25,9 +26,6 @@ FORMAT_VERSION = 1
 METADATA_KEY = 'bev_perception'
 #: Largest safetensors header accepted (bytes), against corrupted length fields.
 _MAX_HEADER_BYTES = 100 * 1024 * 1024
-#: Shipped weights by profile, ``weights/<profile>.safetensors`` in the package: ``default``
-#: (``make weights``) and ``lite``, the CPU profile (``make weights-lite``).
-SHIPPED_PROFILES = ('default', 'lite')
 #: Folder of the shipped weights inside the package.
 SHIPPED_WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'weights')
 
@@ -376,3 +374,49 @@ def load_weights(path: PathLike, device: Union[str, torch.device] = 'cpu'
             raise WeightsError(f'{path}: tensor {name} has {bad} non-finite values (NaN or inf)')
     model.load_state_dict(tensors, strict=True)
     return model.to(device).eval(), config, metadata
+
+
+def shipped_weights_path(profile: str = 'default') -> str:
+    """Return where the package keeps a profile's shipped weights (the file may be missing).
+
+    Raises:
+        WeightsError: an unknown profile.
+    """
+    if profile not in SHIPPED_PROFILES:
+        raise WeightsError(f'profile {profile!r} is not one of {", ".join(SHIPPED_PROFILES)}')
+    return os.path.join(SHIPPED_WEIGHTS_DIR, f'{profile}.safetensors')
+
+
+def resolve_weights_path(weights_path: str, profile: str = 'default') -> str:
+    """Return the weights file to load: ``weights_path``, else the profile's shipped file.
+
+    Raises:
+        WeightsError: the file does not exist, is a directory or is not a regular file.
+    """
+    if not weights_path:
+        path = shipped_weights_path(profile)
+        if not os.path.isfile(path):
+            make = 'make weights' if profile == 'default' else f'make weights-{profile}'
+            raise WeightsError(f'weights_path is empty and the shipped {profile!r} weights '
+                               f'{path} are missing; run `{make}` or set weights_path')
+        return path
+    path = os.path.expanduser(weights_path)
+    if os.path.isdir(path):
+        raise WeightsError(f'weights_path {weights_path!r} is a directory, not a weights file')
+    if not os.path.exists(path):
+        raise WeightsError(f'weights_path {weights_path!r} does not exist')
+    if not os.path.isfile(path):
+        raise WeightsError(f'weights_path {weights_path!r} is not a regular file')
+    return path
+
+
+def describe_provenance(metadata: Dict[str, Any]) -> str:
+    """Return one line on where weights come from: data, date and source revision."""
+    provenance = metadata.get('provenance') or {}
+    dataset = provenance.get('dataset')
+    if isinstance(dataset, dict):  # the training data config: its root names the data
+        dataset = dataset.get('root') or dataset.get('name')
+    parts = [f'{name} {value}' for name, value in (
+        ('data', dataset), ('date', provenance.get('date')),
+        ('git', provenance.get('git_revision') or provenance.get('git_rev'))) if value]
+    return ', '.join(parts) or 'no provenance recorded'

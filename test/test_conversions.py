@@ -10,7 +10,7 @@ from bev_perception.conversions import (
     IMAGE_ENCODING_CHANNELS, IMAGE_REJECTIONS, image_to_rgb, label_info_msg,
     pointcloud2_to_array, pointcloud2_to_array_with_stats, rgb_to_image,
     semantic_to_color, semantic_to_mono8, structured_to_pointcloud2)
-from bev_perception.geometry import quaternion_to_yaw, yaw_to_quaternion
+from bev_perception.geometry import quaternion_to_yaw
 from builtin_interfaces.msg import Time
 import numpy as np
 import pytest
@@ -426,20 +426,6 @@ def test_inconsistent_image_layouts_raise():
 # ----------------------------------------------------------------------------------------------
 # Builders
 # ----------------------------------------------------------------------------------------------
-
-def test_yaw_quaternion_round_trip_including_near_pi():
-    eps = 1e-6
-    yaws = np.array([0.0, 0.3, -2.0, np.pi - eps, -np.pi + eps, np.pi, 3.0, -3.1])
-    quaternions = yaw_to_quaternion(yaws)
-    assert quaternions.shape == (8, 4)
-    np.testing.assert_allclose(np.linalg.norm(quaternions, axis=1), 1.0)
-    np.testing.assert_array_equal(quaternions[:, :2], 0.0)  # rotation about z only
-    np.testing.assert_allclose(quaternion_to_yaw(quaternions), yaws, atol=1e-12)
-    np.testing.assert_allclose(quaternion_to_yaw(-quaternions), yaws, atol=1e-12)  # q ~ -q
-    assert quaternion_to_yaw(yaw_to_quaternion(-np.pi)) == pytest.approx(np.pi)  # (-pi, pi]
-    assert quaternion_to_yaw(yaw_to_quaternion(np.pi)) == pytest.approx(np.pi)
-    assert quaternion_to_yaw([0.0, 0.0, np.sin(0.25), np.cos(0.25)]) == pytest.approx(0.5)
-
 
 def detections():
     """Return boxes (3, 7), scores and names of three detections."""

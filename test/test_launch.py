@@ -9,7 +9,7 @@ import ast
 import fnmatch
 import os
 
-from bev_perception import node
+from bev_perception import node, topics
 from bev_perception.node_params import PARAMETERS
 import pytest
 
@@ -77,7 +77,7 @@ def test_params_file_and_rviz_config_exist_and_are_installed(launch, setup_py):
 def test_remappings_name_the_node_topics(launch):
     constants, _ = launch
     remappings = constants['REMAPPINGS']
-    assert set(remappings) == {node.INPUT_POINTCLOUD_TOPIC, node.INPUT_IMAGE_TOPIC}
+    assert set(remappings) == set(topics.INPUT_TOPICS.values())
     assert set(remappings.values()) <= set(constants['ARGUMENTS'])
 
 
@@ -142,4 +142,5 @@ def test_rviz_config_shows_the_launch_topics(launch):
     assert markers['Topic']['Value'] == node_prefix + '/output/markers'
     assert list(markers['Namespaces']) == ['bev_perception']
     image = displays['rviz_default_plugins/Image']['Topic']['Value']
-    assert image == node_prefix + node.OUTPUT_TOPICS['semantic_color'][1:]
+    assert image == topics.resolve(topics.OUTPUT_TOPICS['semantic_color'][1])
+    assert node_prefix == '/' + topics.NODE_NAME

@@ -3,8 +3,9 @@
 import dataclasses
 import os
 
-from bev_perception.node_params import (check_against_model, descriptor, markdown_table,
-                                        NodeSettings, parameter_spec, PARAMETERS,
+from bev_perception.node_params import (check_against_model, check_params_files, descriptor,
+                                        explain_init_error, markdown_table, NodeSettings,
+                                        parameter_spec, PARAMETERS, params_files,
                                         validate_value)
 import pytest
 import yaml
@@ -100,8 +101,8 @@ def test_params_file_declares_only_known_parameters_with_exact_types():
         document = yaml.safe_load(handle)
     values = document['/**']['ros__parameters']
     assert set(values) == {spec.name for spec in PARAMETERS}
-    settings = NodeSettings.from_values(values)  # raises with the reasons when invalid
-    assert settings.sync_policy == 'lidar_triggered'
+    # The shipped file states every default: a value drifting from the schema fails here.
+    assert NodeSettings.from_values(values) == NodeSettings.defaults()
     for spec in PARAMETERS:
         value = values[spec.name]
         items = value if spec.kind.endswith('_array') else [value]
@@ -139,3 +140,28 @@ def test_readme_table_is_generated_from_the_schema():
     inside = text.split(TABLE_BEGIN, 1)[1].split(TABLE_END, 1)[0]
     assert inside.strip() == table.strip(), (
         'README.md: regenerate the table with python -m bev_perception.node_params')
+
+
+def test_params_file_problems_are_named(tmp_path):
+    good = tmp_path / 'good.yaml'
+    good.write_text('/**:\n  ros__parameters:\n    device: cpu\n')
+    broken = tmp_path / 'broken.yaml'
+    broken.write_text('/**:\n  ros__parameters:\n    device: [cpu\n')
+    missing = tmp_path / 'missing.yaml'
+    command = ['perception_node', '--params-file', 'not/a/ros/arg', '--ros-args', '-p', 'a:=1',
+               '--params-file', str(good), '--params-file', str(broken), '--', 'x']
+    assert params_files(command) == [str(good), str(broken)]
+    assert check_params_files(['n', '--ros-args', '--params-file', str(good)]) is None
+    assert check_params_files(['n', '--ros-args', '--params-file', str(missing)]) == (
+        f'params file {str(missing)!r} does not exist')
+    assert check_params_files(['n', '--ros-args', '--params-file', str(tmp_path)]) == (
+        f'params file {str(tmp_path)!r} is not a file')
+    problem = check_params_files(command)
+    assert problem.startswith(f'params file {str(broken)!r} is not valid YAML: ')
+    assert problem.endswith('(line 4, column 1)')
+    rcl_text = ("failed to initialize rcl: Couldn't parse remap rule: '-r foo'. Error: "
+                'Expected lexeme type (19) not found, search ended at index 3, at '
+                '/project/src/rcl/lexer_lookahead.c:233, at /project/src/rcl/arguments.c:415')
+    assert explain_init_error(RuntimeError(rcl_text), ['n', '--ros-args', '-r', 'foo']) == (
+        "invalid ROS arguments: failed to initialize rcl: Couldn't parse remap rule: '-r foo'. "
+        'Error: Expected lexeme type (19) not found, search ended at index 3')

@@ -10,8 +10,9 @@ import struct
 from bev_perception.model.config import HeadConfig, ModelConfig
 from bev_perception.model.network import BEVFusionNet
 from bev_perception.weights import (
-    build_metadata, FORMAT_VERSION, load_weights, METADATA_KEY, read_metadata, save_weights,
-    validate_metadata, WeightsError)
+    build_metadata, describe_provenance, FORMAT_VERSION, load_weights, METADATA_KEY,
+    read_metadata, resolve_weights_path, save_weights, SHIPPED_PROFILES, validate_metadata,
+    WeightsError)
 import pytest
 from safetensors.torch import save_file
 import torch
@@ -257,3 +258,34 @@ def test_non_finite_tensors_and_directories_are_refused(tmp_path):
     _rewrite(tmp_path / 'nan.safetensors', tensors=state)
     _expect_error(tmp_path / 'nan.safetensors', f'tensor {name} has 1 non-finite values')
     _expect_error(tmp_path, 'is a directory, not a weights file')
+
+
+def test_weights_lookup_errors_name_the_file(tmp_path):
+    with pytest.raises(WeightsError, match='does not exist'):
+        resolve_weights_path(str(tmp_path / 'missing.safetensors'))
+    present = tmp_path / 'w.safetensors'
+    present.write_bytes(b'x')
+    assert resolve_weights_path(str(present)) == str(present)
+    assert resolve_weights_path(str(present), 'lite') == str(present)  # the file wins
+    with pytest.raises(WeightsError, match="profile 'huge' is not one of default, lite"):
+        resolve_weights_path('', 'huge')
+    with pytest.raises(WeightsError, match=f"weights_path '{tmp_path}' is a directory"):
+        resolve_weights_path(str(tmp_path))
+    with pytest.raises(WeightsError, match='is not a regular file'):
+        resolve_weights_path('/dev/null')
+
+
+@pytest.mark.parametrize('profile', SHIPPED_PROFILES)
+def test_empty_weights_path_picks_the_profiles_shipped_file(profile):
+    path = resolve_weights_path('', profile)
+    assert os.path.basename(path) == f'{profile}.safetensors'
+    config = ModelConfig.from_dict(read_metadata(path)['config'])
+    assert (config == ModelConfig.lite()) == (profile == 'lite')
+
+
+def test_provenance_is_one_readable_line():
+    metadata = {'provenance': {'dataset': {'root': 'data/synthetic/train', 'split': None},
+                               'date': '2026-12-03', 'git_revision': 'abc123'}}
+    assert describe_provenance(metadata) == (
+        'data data/synthetic/train, date 2026-12-03, git abc123')
+    assert describe_provenance({}) == 'no provenance recorded'

@@ -21,8 +21,9 @@ Frames:
   homogeneous matrices); the image pixel is ``P2 · p_rect`` divided by its third component.
   So ``p_velo = inv(R0_rect · Tr_velo_to_cam) · p_rect``.
 * Model frame: ``p_model = R p_velo + t`` with the node's extrinsic (``extrinsic_rpy_rad``,
-  ``extrinsic_translation_m``; ``SensorExtrinsic`` here, the ROS-free twin of the node's
-  ``Extrinsic``). ``KITTI_EXTRINSIC`` is the one chosen for KITTI (see there).
+  ``extrinsic_translation_m``; ``SensorExtrinsic`` here holds those parameters and maps with
+  the node's own ``bev_perception.pipeline.Extrinsic``). ``KITTI_EXTRINSIC`` is the one
+  chosen for KITTI (see there).
 
 Box conversion (model convention: (7,) x, y, z of the geometric centre, length, width,
 height, yaw about +z):
@@ -70,6 +71,8 @@ import os
 import types
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
+from bev_perception.geometry import wrap_angle
+from bev_perception.pipeline import Extrinsic
 import numpy as np
 from PIL import Image
 from training.a2d2 import CorruptFrameError, PathLike, read_image, SkippingDataset
@@ -118,42 +121,24 @@ _CALIB_KEYS: Mapping[str, Tuple[Tuple[str, ...], Tuple[int, int]]] = types.Mappi
 # ----------------------------------------------------------------------------- extrinsic
 
 
-def rotation_from_rpy(roll: float, pitch: float, yaw: float) -> np.ndarray:
-    """Return R = Rz(yaw) Ry(pitch) Rx(roll) (3, 3) float64, as the node's parameters define it."""
-    cr, sr, cp, sp, cy, sy = (math.cos(roll), math.sin(roll), math.cos(pitch),
-                              math.sin(pitch), math.cos(yaw), math.sin(yaw))
-    return np.array([
-        [cy * cp, cy * sp * sr - sy * cr, cy * sp * cr + sy * sr],
-        [sy * cp, sy * sp * sr + cy * cr, sy * sp * cr - cy * sr],
-        [-sp, cp * sr, cp * cr],
-    ])
-
-
 @dataclass(frozen=True)
 class SensorExtrinsic:
-    """Cloud frame -> model frame, ``p_model = R p_cloud + t``, as the node's extrinsic.
-
-    The same meaning and the same arithmetic as the node's ``extrinsic_translation_m`` and
-    ``extrinsic_rpy_rad`` parameters (``bev_perception.node.Extrinsic``, which lives in the
-    rclpy node module; test_kitti.py checks that both agree).
+    """Cloud frame -> model frame as the node's ``extrinsic_*`` parameters give it.
 
     Attributes:
         translation_m: position (x, y, z) of the cloud frame's origin in the model frame.
         rpy_rad: roll, pitch, yaw of R = Rz(yaw) Ry(pitch) Rx(roll).
+
+    The arithmetic is the node's own (``bev_perception.pipeline.Extrinsic``).
     """
 
     translation_m: Tuple[float, float, float] = (0.0, 0.0, 0.0)
     rpy_rad: Tuple[float, float, float] = (0.0, 0.0, 0.0)
 
     @property
-    def rotation(self) -> np.ndarray:
-        """Return R (3, 3) float64."""
-        return rotation_from_rpy(*self.rpy_rad)
-
-    @property
-    def translation(self) -> np.ndarray:
-        """Return t (3,) float64, metres."""
-        return np.asarray(self.translation_m, dtype=np.float64)
+    def transform(self) -> Extrinsic:
+        """Return the node's transform for these parameters."""
+        return Extrinsic.from_parameters(self.translation_m, self.rpy_rad)
 
     @property
     def is_identity(self) -> bool:
@@ -162,39 +147,15 @@ class SensorExtrinsic:
 
     def points_to_model(self, points: np.ndarray) -> np.ndarray:
         """Return a copy of (N, >=3) points with x, y, z mapped into the model frame."""
-        result = np.array(points, copy=True)
-        if not self.is_identity and len(result):
-            xyz = result[:, :3].astype(np.float64)  # (N, 3)
-            result[:, :3] = xyz @ self.rotation.T + self.translation
-        return result
+        return self.transform.points_to_model(np.array(points, copy=True))
 
     def points_from_model(self, points: np.ndarray) -> np.ndarray:
         """Return (N, 3) float64 cloud-frame x, y, z of model-frame (N, >=3) points."""
-        xyz = np.asarray(points, dtype=np.float64)[:, :3]  # (N, 3)
-        return (xyz - self.translation) @ self.rotation  # R^T (p - t), row-wise
+        return self.transform.points_from_model(points)
 
     def boxes_to_model(self, boxes: np.ndarray) -> np.ndarray:
-        """Return (K, 7) float32 boxes mapped into the model frame.
-
-        Centres go through ``R c + t``; the yaw turns by the heading of the rotated length
-        axis (exact when R keeps z up, the heading of the tilted box otherwise).
-        """
-        boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 7)  # (K, 7)
-        result = boxes.copy()
-        if self.is_identity or not len(boxes):
-            return result.astype(np.float32)
-        rotation = self.rotation
-        result[:, :3] = boxes[:, :3] @ rotation.T + self.translation
-        heading = np.stack([np.cos(boxes[:, 6]), np.sin(boxes[:, 6]),
-                            np.zeros(len(boxes))], axis=1) @ rotation.T  # (K, 3)
-        result[:, 6] = wrap_to_pi(np.arctan2(heading[:, 1], heading[:, 0]))
-        return result.astype(np.float32)
-
-
-def wrap_to_pi(angles: np.ndarray) -> np.ndarray:
-    """Return angles (radians) wrapped to (-pi, pi]."""
-    angles = np.asarray(angles, dtype=np.float64)
-    return np.pi - np.mod(np.pi - angles, 2.0 * np.pi)
+        """Return (K, 7) float32 boxes mapped into the model frame."""
+        return self.transform.boxes_to_model(boxes)
 
 
 #: The extrinsic used for KITTI: the HDL-64E frame is already x forward, y left, z up, so only
@@ -329,7 +290,7 @@ class KittiObject:
         centre = calibration.rect_to_velodyne(np.array([[x, y - 0.5 * self.height, z]]))[0]
         length_axis = np.array([math.cos(self.rotation_y), 0.0, -math.sin(self.rotation_y)])
         heading = calibration.rect_to_velo[:3, :3] @ length_axis  # (3,)
-        yaw = float(wrap_to_pi(math.atan2(heading[1], heading[0])))
+        yaw = float(wrap_angle(math.atan2(heading[1], heading[0])))
         return np.array([*centre, self.length, self.width, self.height, yaw])
 
 

@@ -9,7 +9,7 @@ result does not depend on the order of the points, and the subsample is spread e
 """
 
 import math
-from typing import Dict, List, NamedTuple, Sequence, Tuple
+from typing import List, NamedTuple, Sequence, Tuple
 
 from bev_perception.model.config import GridConfig
 import torch
@@ -265,10 +265,3 @@ class Voxelizer(nn.Module):
             non_finite_dropped=non_finite, out_of_range_dropped=out_of_range,
             points_capped=points_capped, pillars_capped=pillars_capped)
         return pillars, counts
-
-
-def split_counts(counts: VoxelizerCounts) -> List[Dict[str, int]]:
-    """Return one {field: int} dict per sample (host sync)."""
-    columns = {name: value.tolist() for name, value in counts._asdict().items()}
-    batch_size = len(counts.non_finite_dropped)
-    return [{name: values[i] for name, values in columns.items()} for i in range(batch_size)]

@@ -53,18 +53,16 @@ from bev_perception import conversions
 from bev_perception.bag_io import (BagError, BagReader, BagTopics, BagWriter,
                                    cdr_header_stamp_ns, DEFAULT_TOPICS, DetectionArrays,
                                    detections_from_msg, DETECTIONS_TYPE,
-                                   IMAGE_TYPE, mono8_to_array, POINTCLOUD_TYPE, quaternion_yaw,
+                                   IMAGE_TYPE, mono8_to_array, POINTCLOUD_TYPE,
                                    stamp_ns)
-from bev_perception.inference import FrameResult, InferenceRuntime
+from bev_perception.inference import InferenceRuntime
 from bev_perception.metrics import DetectionAccumulator, SemanticAccumulator
-from bev_perception.model.config import ModelConfig
-from bev_perception.node import (FrameSettings, points_for_model, resolve_weights_path,
-                                 StartupError)
-from bev_perception.node_params import check_against_model, NodeSettings, PARAMETERS
+from bev_perception.node_params import NodeSettings, PARAMETERS
+from bev_perception import pipeline
 from bev_perception.sync import LidarTriggeredSync, stamp_to_seconds
 from bev_perception.tools.report import (percentiles, PlotData, StripFrame, write_json,
                                          write_report)
-from bev_perception.weights import WeightsError
+from bev_perception.weights import resolve_weights_path, WeightsError
 import numpy as np
 from tqdm import tqdm
 import yaml
@@ -226,35 +224,17 @@ class FrameOutput:
                 'scores': [float(v) for v in self.scores], 'class_names': list(self.class_names)}
 
 
-def as_published(boxes: np.ndarray, quaternions: Optional[np.ndarray]) -> np.ndarray:
-    """Return boxes (K, 7) float32 exactly as a subscriber decodes them from the node's message.
+def prepare_cloud(msg, frame_pipeline: pipeline.FramePipeline) -> pipeline.PreparedCloud:
+    """Return a cloud message prepared for the network as the node prepares it.
 
-    The node writes the yaw as a quaternion (``conversions.box_to_pose``) or, for a tilted
-    extrinsic, the given quaternions; ``detections_from_msg`` reads the yaw back.
-    """
-    result = np.asarray(boxes, dtype=np.float32).reshape(-1, 7).copy()  # (K, 7)
-    for index in range(len(result)):
-        if quaternions is None:
-            quaternion = conversions.yaw_to_quaternion(float(result[index, 6]))
-        else:
-            quaternion = quaternions[index]
-        result[index, 6] = quaternion_yaw(*(float(v) for v in quaternion))
-    return result
-
-
-def prepare_points(msg, frame_settings: FrameSettings) -> Tuple[np.ndarray, int]:
-    """Return ((N, 4) float32 model-frame points, non-finite count) as the node prepares them.
-
-    Fields x, y, z and ``intensity_field`` are read (non-finite rows dropped), then the node's own
-    ``points_for_model`` subsamples, scales the intensity and applies the extrinsic.
+    Fields x, y, z and ``intensity_field`` are read (non-finite rows dropped), then the
+    pipeline subsamples, scales the intensity and applies the extrinsic.
 
     Raises:
         conversions.ConversionError: a malformed cloud.
     """
-    fields = ('x', 'y', 'z', frame_settings.settings.intensity_field)
-    cloud = conversions.pointcloud2_to_array_with_stats(msg, fields)
-    points, _ = points_for_model(cloud.points, frame_settings)
-    return points, cloud.num_non_finite
+    fields = ('x', 'y', 'z', frame_pipeline.settings.intensity_field)
+    return frame_pipeline.prepare(conversions.pointcloud2_to_array_with_stats(msg, fields).points)
 
 
 def _downscale(pixels: np.ndarray, width: int = STRIP_IMAGE_WIDTH) -> np.ndarray:
@@ -543,12 +523,13 @@ def _class_map(options: EvalOptions, runtime: InferenceRuntime
     return weights_class_map(runtime.metadata)
 
 
-def _load_runtime(options: EvalOptions, settings: NodeSettings
-                  ) -> Tuple[InferenceRuntime, str]:
+def _load_pipeline(options: EvalOptions, settings: NodeSettings
+                   ) -> Tuple[pipeline.FramePipeline, str]:
+    """Load the weights as the node does; return the frame pipeline and the weights path."""
     try:
         weights = resolve_weights_path(options.weights or settings.weights_path,
                                        settings.profile)
-    except StartupError as error:
+    except WeightsError as error:
         raise EvalError(str(error)) from None
     try:
         runtime = InferenceRuntime.from_weights(
@@ -556,11 +537,10 @@ def _load_runtime(options: EvalOptions, settings: NodeSettings
             torch_compile=settings.torch_compile, cuda_graphs=settings.cuda_graphs)
     except WeightsError as error:
         raise EvalError(f'cannot load the weights: {error}') from None
-    errors = check_against_model(settings, runtime.config.detection_classes,
-                                 runtime.config.head.max_objects)
-    if errors:
-        raise EvalError(f'parameters contradict the weights {weights}: ' + '; '.join(errors))
-    return runtime, weights
+    try:
+        return pipeline.FramePipeline(runtime, settings), weights
+    except ValueError as error:
+        raise EvalError(f'parameters contradict the weights {weights}: {error}') from None
 
 
 def _check_topics(bag: BagReader, topics: BagTopics, notes: List[str]) -> Dict[str, bool]:
@@ -585,19 +565,18 @@ def _check_topics(bag: BagReader, topics: BagTopics, notes: List[str]) -> Dict[s
     return used
 
 
-def inside_grid(boxes_cloud: np.ndarray, frame_settings: FrameSettings,
-                config: ModelConfig) -> np.ndarray:
+def inside_grid(boxes_cloud: np.ndarray, frame_pipeline: pipeline.FramePipeline) -> np.ndarray:
     """Return (K,) bool: box centres inside the model's BEV grid (x, y, in the model frame)."""
-    centres = frame_settings.extrinsic.points_to_model(
+    centres = frame_pipeline.frame_settings.extrinsic.points_to_model(
         np.asarray(boxes_cloud, dtype=np.float64).reshape(-1, 7)[:, :3].copy())  # (K, 3)
-    return config.grid.contains_xy(centres)
+    return frame_pipeline.runtime.config.grid.contains_xy(centres)
 
 
 def _load_gt_detections(bag: BagReader, topic: str, evaluation: Evaluation,
-                        frame_settings: FrameSettings, config: ModelConfig) -> None:
+                        frame_pipeline: pipeline.FramePipeline) -> None:
     for item in bag.messages([topic]):
         arrays = detections_from_msg(item.message)
-        evaluation.add_gt_detections(arrays, inside_grid(arrays.boxes, frame_settings, config))
+        evaluation.add_gt_detections(arrays, inside_grid(arrays.boxes, frame_pipeline))
 
 
 def _timing_stats(samples: Mapping[str, List[float]]) -> Dict[str, Dict[str, Optional[float]]]:
@@ -610,28 +589,14 @@ def _write_frames(path: str, outputs: Mapping[int, FrameOutput]) -> None:
             stream.write(json.dumps(outputs[stamp].to_json()) + '\n')
 
 
-def _apply_nms(runtime: InferenceRuntime, frame_settings: FrameSettings) -> None:
-    """Use the node's NMS settings, as the node's worker does."""
-    if runtime.config.head.nms != frame_settings.nms:
-        runtime.config = replace(runtime.config,
-                                 head=replace(runtime.config.head, nms=frame_settings.nms))
-
-
 # ------------------------------------------------------------------------------ offline
 
-def _run_frame(runtime: InferenceRuntime, frame_settings: FrameSettings, points: np.ndarray,
-               rgb: Optional[np.ndarray]) -> FrameResult:
-    return runtime(points, rgb, score_thresholds=frame_settings.score_thresholds,
-                   max_detections=frame_settings.max_detections)
-
-
-def _output(stamp: int, image_stamp: Optional[int], result: FrameResult,
-            frame_settings: FrameSettings) -> FrameOutput:
-    boxes, quaternions = frame_settings.extrinsic.boxes_to_cloud(result.boxes)
+def _record(stamp: int, image_stamp: Optional[int], output: pipeline.FrameOutput) -> FrameOutput:
+    """Return a frame's outputs as a subscriber of the node's messages reads them."""
     return FrameOutput(stamp_ns=stamp, image_stamp_ns=image_stamp,
-                       boxes=as_published(boxes, quaternions),
-                       scores=np.asarray(result.scores, dtype=np.float32),
-                       class_names=list(result.class_names))
+                       boxes=output.published_boxes(),
+                       scores=np.asarray(output.scores, dtype=np.float32),
+                       class_names=list(output.class_names))
 
 
 def evaluate_offline(options: EvalOptions) -> Dict[str, Any]:
@@ -643,16 +608,14 @@ def evaluate_offline(options: EvalOptions) -> Dict[str, Any]:
     notes: List[str] = []
     with BagReader(options.bag) as bag:
         used = _check_topics(bag, options.topics, notes)
-        runtime, weights = _load_runtime(options, settings)
+        frame_pipeline, weights = _load_pipeline(options, settings)
+        runtime = frame_pipeline.runtime
         config = runtime.config
-        frame_settings = FrameSettings.build(settings, config)
-        _apply_nms(runtime, frame_settings)
         mapper = ClassMapper(config.detection_classes, _class_map(options, runtime))
         runs = RUNS_OFFLINE if options.lidar_only_pass else RUNS_OFFLINE[:1]
         evaluation = Evaluation(config.detection_classes, config.semantic_classes, mapper, runs)
         if used['gt_detections']:
-            _load_gt_detections(bag, options.topics.gt_detections, evaluation, frame_settings,
-                                config)
+            _load_gt_detections(bag, options.topics.gt_detections, evaluation, frame_pipeline)
         total = bag.message_counts[options.topics.pointcloud]
         if options.max_frames is not None:
             total = min(total, options.max_frames)
@@ -669,7 +632,7 @@ def evaluate_offline(options: EvalOptions) -> Dict[str, Any]:
             for frame in frames:
                 convert_started = time.perf_counter()
                 try:
-                    points, _ = prepare_points(frame.cloud, frame_settings)
+                    cloud = prepare_cloud(frame.cloud, frame_pipeline)
                 except conversions.ConversionError:
                     counts['bad_clouds'] += 1
                     continue
@@ -677,26 +640,25 @@ def evaluate_offline(options: EvalOptions) -> Dict[str, Any]:
                 rgb = None if frame.image is None else np.ascontiguousarray(frame.image[1])
                 image_stamp = None if frame.image is None else frame.image[0]
                 convert_ms = (time.perf_counter() - convert_started) * 1e3
-                result = _run_frame(runtime, frame_settings, points, rgb)
+                output = frame_pipeline.run(cloud, rgb)
+                result = output.result
                 counts['frames'] += 1
-                counts['empty_clouds'] += int(len(points) == 0)
+                counts['empty_clouds'] += int(len(cloud.points) == 0)
                 counts['lidar_only' if result.lidar_only else 'fused'] += 1
                 for stage, value in (('convert', convert_ms), *result.timings_ms.items()):
                     timings.setdefault(stage, []).append(value)
-                output = _output(stamp, image_stamp, result, frame_settings)
-                evaluation.add_prediction(runs[0], output)
+                record = _record(stamp, image_stamp, output)
+                evaluation.add_prediction(runs[0], record)
                 if strip.wants(cloud_index.get(stamp, -1)):
                     gt = evaluation.gt_detections.get(stamp, (np.zeros((0, 7)), None))[0]
-                    strip.add_cloud(stamp, points, gt)
-                    strip.add_prediction(output)
+                    strip.add_cloud(stamp, cloud.points, gt)
+                    strip.add_prediction(record)
                 if result.semantic is not None:
                     evaluation.add_semantic_prediction(image_stamp, result.semantic)
                     strip.add_semantic(image_stamp, result.semantic)
                 if len(runs) > 1:
-                    alone = result if rgb is None else _run_frame(
-                        runtime, frame_settings, points, None)
-                    evaluation.add_prediction(runs[1], _output(stamp, None, alone,
-                                                               frame_settings))
+                    alone = output if rgb is None else frame_pipeline.run(cloud, None)
+                    evaluation.add_prediction(runs[1], _record(stamp, None, alone))
 
         input_topics = [options.topics.pointcloud]
         if used['image']:
@@ -1037,16 +999,16 @@ def evaluate_live(options: EvalOptions) -> Dict[str, Any]:
     with BagReader(options.bag) as bag:
         used = _check_topics(bag, options.topics, notes)
         # The evaluator loads the same weights for the class names, grid and palette only.
-        runtime, weights = _load_runtime(
+        frame_pipeline, weights = _load_pipeline(
             replace(options, device='cpu'),
             replace(settings, device='cpu', torch_compile=False, cuda_graphs=False))
+        runtime = frame_pipeline.runtime
         config = runtime.config
         mapper = ClassMapper(config.detection_classes, _class_map(options, runtime))
         evaluation = Evaluation(config.detection_classes, config.semantic_classes, mapper,
                                 ('fused',))
         if used['gt_detections']:
-            _load_gt_detections(bag, options.topics.gt_detections, evaluation,
-                                FrameSettings.build(settings, config), config)
+            _load_gt_detections(bag, options.topics.gt_detections, evaluation, frame_pipeline)
         total = bag.message_counts[options.topics.pointcloud]
         if options.max_frames is not None:
             total = min(total, options.max_frames)

@@ -1,0 +1,113 @@
+"""The node's health counters and the status they give, without ROS.
+
+Every count is cumulative since start-up. Once per diagnostics period the node compares the
+counts with the previous period's (``HealthReport.update``): the level and message say what
+changed, the values carry the totals.
+"""
+
+from dataclasses import dataclass, field
+import threading
+from typing import Dict, List, Mapping, Tuple
+
+#: Status levels, as diagnostic_msgs/DiagnosticStatus names them.
+OK, WARN, ERROR = 'OK', 'WARN', 'ERROR'
+
+#: Counters whose increase within a diagnostics period makes the status WARN, with wording.
+WARN_COUNTERS = (
+    ('bad_clouds', 'malformed clouds'), ('bad_images', 'malformed images'),
+    ('empty_clouds', 'empty clouds'), ('dropped_frames', 'dropped frames'),
+    ('lidar_only_frames', 'LiDAR-only frames'), ('unpaired_clouds', 'clouds without image'),
+    ('points_subsampled', 'points subsampled'), ('pillars_capped', 'pillars capped'),
+    ('intensity_out_of_range', 'intensity out of range'), ('time_jumps', 'time jumps back'),
+    ('over_budget', 'frames over budget'),
+)
+
+
+@dataclass
+class Counters:
+    """Cumulative counts shown in diagnostics; every update holds the lock."""
+
+    clouds_in: int = 0
+    images_in: int = 0
+    frames_out: int = 0
+    fused_frames: int = 0
+    lidar_only_frames: int = 0
+    dropped_frames: int = 0
+    skipped_frames: int = 0
+    unpaired_clouds: int = 0  # approximate sync: the pair's image was refused
+    bad_clouds: int = 0
+    bad_images: int = 0
+    empty_clouds: int = 0
+    non_finite_points: int = 0
+    points_out_of_range: int = 0
+    points_subsampled: int = 0  # above max_points (node)
+    pillar_points_capped: int = 0  # above the model's points per pillar (by design, no warning)
+    pillars_capped: int = 0  # above the model's max_pillars
+    intensity_out_of_range: int = 0
+    time_jumps: int = 0
+    over_budget: int = 0
+    inference_errors: int = 0
+    # Refused clouds by reason (conversions.CLOUD_REJECTIONS); their sum is bad_clouds.
+    bad_cloud_missing_field: int = 0
+    bad_cloud_duplicate_field: int = 0
+    bad_cloud_unknown_datatype: int = 0
+    bad_cloud_field_count: int = 0
+    bad_cloud_field_offset: int = 0
+    bad_cloud_point_step: int = 0
+    bad_cloud_row_step: int = 0
+    bad_cloud_data_size: int = 0
+    # Refused images by reason (conversions.IMAGE_REJECTIONS); their sum is bad_images.
+    bad_image_encoding: int = 0
+    bad_image_empty: int = 0
+    bad_image_step: int = 0
+    bad_image_data_size: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def names(self) -> Tuple[str, ...]:
+        """Return the counter names, in declaration order."""
+        return tuple(name for name in self.__dataclass_fields__ if name != 'lock')
+
+    def add(self, **increments: int) -> None:
+        """Add to named counters."""
+        with self.lock:
+            for name, value in increments.items():
+                setattr(self, name, getattr(self, name) + value)
+
+    def snapshot(self) -> Dict[str, int]:
+        """Return a consistent copy of all counts."""
+        with self.lock:
+            return {name: getattr(self, name) for name in self.names()}
+
+
+class HealthReport:
+    """Turns successive counter snapshots into a level and a one-line message."""
+
+    def __init__(self) -> None:
+        self._previous: Dict[str, int] = {}
+
+    def update(self, counts: Mapping[str, int], worker_alive: bool) -> Tuple[str, str]:
+        """Return (level, message) for the change since the previous call."""
+        delta = {name: counts[name] - self._previous.get(name, 0) for name in counts}
+        self._previous = dict(counts)
+        problems = [f'{delta[name]} {text}' + _reasons(name, delta)
+                    for name, text in WARN_COUNTERS if delta[name]]
+        if delta['inference_errors'] or not worker_alive:
+            problems.insert(0, f'{delta["inference_errors"]} failed frames'
+                            if worker_alive else 'inference worker stopped')
+            return ERROR, ', '.join(problems)
+        if problems:
+            return WARN, ', '.join(problems)
+        if counts['clouds_in'] == 0:
+            return WARN, 'no point cloud received yet'
+        return OK, (f'{delta["frames_out"]} frames ({delta["fused_frames"]} fused) since last '
+                    'report')
+
+
+def _reasons(counter: str, delta: Mapping[str, int]) -> str:
+    """Return ' (reason n, ...)' of the per-reason counts behind bad_clouds / bad_images."""
+    prefix = {'bad_clouds': 'bad_cloud_', 'bad_images': 'bad_image_'}.get(counter)
+    if prefix is None:
+        return ''
+    reasons: List[str] = [f'{name[len(prefix):]} {count}' for name, count in delta.items()
+                          if name.startswith(prefix) and count]
+    return f' ({", ".join(reasons)})' if reasons else ''
