@@ -18,6 +18,9 @@ setup(
     # Only the node's package is installed; training/ is source-only and vision_msgs in
     # interfaces/ is never installed from here.
     packages=find_packages(include=[PACKAGE, PACKAGE + '.*']),
+    # The shipped weights are installed once, as package data next to the module: the node
+    # finds them there (bev_perception.weights.SHIPPED_WEIGHTS_DIR) after `colcon build` and
+    # after `pip install` alike.
     package_data={PACKAGE: ['weights/*.safetensors']},
     data_files=[
         ('share/ament_index/resource_index/packages', ['resource/' + PACKAGE]),
@@ -25,7 +28,6 @@ setup(
         ('share/' + PACKAGE + '/launch', _files('launch/*.launch.py')),
         ('share/' + PACKAGE + '/config', _files('config/*.yaml') + _files('config/*.rviz')
          + _files('config/*.xml')),
-        ('share/' + PACKAGE + '/weights', _files(PACKAGE + '/weights/*.safetensors')),
     ],
     install_requires=['setuptools'],
     extras_require={'test': ['pytest']},
