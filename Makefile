@@ -51,8 +51,10 @@ $(IFACES_STAMP): $(DEPS_STAMP) $(wildcard interfaces/vision_msgs/msg/*.msg) \
 test: setup
 	$(RUN) $(LOCAL_DDS) python -m pytest test -ra
 
+# The synthetic drive comes from training/ (source only); the demo replays it through the node.
 demo: setup
-	$(RUN) $(LOCAL_DDS) python -m bev_perception.tools.demo --out out/demo
+	$(RUN) python -m training.demo_drive --out out/demo/drive_bag
+	$(RUN) $(LOCAL_DDS) python -m bev_perception.tools.demo --bag out/demo/drive_bag --out out/demo
 
 weights: setup
 	$(RUN) python -m training.make_weights
@@ -68,7 +70,9 @@ $(BENCH_STAMP): $(DEPS_STAMP)
 	touch $@
 
 bench: setup $(BENCH_STAMP)
-	$(RUN) $(LOCAL_DDS) python -m bev_perception.tools.bench --out out/bench
+	$(RUN) python -m training.demo_drive --frames 40 --workers 1 --out out/bench/node_replay/drive_bag
+	$(RUN) $(LOCAL_DDS) python -m bev_perception.tools.bench --out out/bench \
+		--node-bag out/bench/node_replay/drive_bag
 
 # Real-data evaluation of the shipped weights on ../shared/real-dev (beside the checkout):
 # KITTI LiDAR-only and fused (the extrinsic and intensity scale are training.evaluate's

@@ -6,6 +6,7 @@ by every subprocess a test starts (nodes, peers). `BEV_TEST_ROS_DOMAIN_ID` overr
 
 import os
 
+from bev_perception.tools.replay import LOCAL_DDS
 import pytest
 
 
@@ -15,11 +16,7 @@ def _domain_id_for_this_run() -> int:
     return int(override) if override else 1 + os.getpid() % 100
 
 
-LOCAL_DDS_ENV = {
-    'ROS_AUTOMATIC_DISCOVERY_RANGE': 'LOCALHOST',
-    'ROS_LOCALHOST_ONLY': '1',
-    'ROS_DOMAIN_ID': str(_domain_id_for_this_run()),
-}
+LOCAL_DDS_ENV = dict(LOCAL_DDS, ROS_DOMAIN_ID=str(_domain_id_for_this_run()))
 os.environ.update(LOCAL_DDS_ENV)
 
 

@@ -17,7 +17,7 @@ import time
 
 from bev_perception.conversions import array_to_pointcloud2, rgb_to_image
 from bev_perception.outputs import MARKER_COLOURS
-from bev_perception.tools.demo import stop_node
+from bev_perception.tools.replay import stop_node
 import numpy as np
 import pytest
 from ros_testing import wait_until

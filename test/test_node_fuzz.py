@@ -25,7 +25,7 @@ import time
 from bev_perception.conversions import (array_to_pointcloud2, CLOUD_REJECTIONS,
                                         IMAGE_REJECTIONS, rgb_to_image,
                                         structured_to_pointcloud2)
-from bev_perception.tools.demo import stop_node
+from bev_perception.tools.replay import stop_node
 import numpy as np
 import pytest
 from ros_testing import wait_until

@@ -4,6 +4,7 @@
                          [--precisions fp32,fp16] [--inputs front,surround] [--iterations N]
                          [--warmup N] [--quick] [--skip-node] [--skip-side-by-side]
                          [--skip-fast-path] [--cpu-compile] [--weights CONFIG=PATH ...]
+                         [--node-bag BAG [--node-frames N]]
 
 Sections (each in ``bench.json`` and as a table in ``bench.md`` in ``--out``):
 
@@ -26,34 +27,38 @@ Sections (each in ``bench.json`` and as a table in ``bench.md`` in ``--out``):
   ``make bench`` installs the spconv CPU wheel).
 * **conversion**: PointCloud2 -> (N, 4) float32 by a plain per-point Python loop, by a
   structured-numpy copy per column, and by the zero-copy path (``conversions``).
-* **node**: ``perception_node`` end to end on a synthetic drive replayed at 10 Hz
-  (``bev_perception_eval --live --rate 1``): rate kept, latency percentiles, dropped frames.
+* **node**: ``perception_node`` end to end on a bag (``--node-bag``, e.g. the synthetic
+  drive ``python -m training.demo_drive`` writes; ``make bench`` does) replayed at its recorded
+  rate (``bev_perception_eval --live --rate 1``): rate kept, latency percentiles, dropped frames.
+  Without ``--node-bag`` the section is not measured, and the bench says so.
 
 Inputs are synthetic and deterministic (LiDAR-like rings hitting a ground plane, walls and
 cars; a noise image). Weights: ``--weights CONFIG=PATH``, else the shipped weights when their
 config is that config, else random initialisation (timings do not depend on the values, except
-decode and message building through the number of detections, which is reported).
+decode and message building through the number of detections, which is reported). Timing
+statistics are ``report.percentiles`` (count, mean, p50, p95, p99, max; ms, 3 decimals).
 """
 
 import argparse
 import ctypes
-import importlib.util
 import json
 import math
 import os
 import platform
 import re
-import shutil
 import struct
 import sys
 import time
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from bev_perception import conversions
+from bev_perception.bag_io import BagError, resolve_bag_path
 from bev_perception.inference import InferenceRuntime, TIMING_KEYS
 from bev_perception.model.config import GridConfig, ModelConfig
 from bev_perception.model.network import BEVFusionNet, STAGES
 from bev_perception.model.voxelizer import Voxelizer
+from bev_perception.tools import replay
+from bev_perception.tools.report import percentiles as _percentiles
 from bev_perception.weights import (load_weights, read_metadata, save_weights, SHIPPED_PROFILES,
                                     SHIPPED_WEIGHTS_DIR)
 import numpy as np
@@ -63,8 +68,6 @@ import torch
 CONFIGS: Dict[str, Callable[[], ModelConfig]] = {
     'default': ModelConfig, 'lite': ModelConfig.lite, 'tiny': ModelConfig.tiny}
 CONFIG_NAMES = ('default', 'lite', 'shipped', 'tiny')
-#: Training recipe of the shipped weights (used for 'shipped' until the weights exist).
-SHIPPED_RECIPE = os.path.join('training', 'configs', 'synthetic.yaml')
 
 #: A2D2's camera image size (height, width).
 A2D2_IMAGE_HW = (1208, 1920)
@@ -98,9 +101,6 @@ BENCH_STAGES = (
 FAST_PATH_VARIANTS = {
     'eager': (False, False), 'compile': (True, False), 'cuda_graphs': (False, True),
     'compile+cuda_graphs': (True, True)}
-
-#: Frames of the synthetic drive replayed into the node.
-NODE_FRAMES = 40
 
 
 # ------------------------------------------------------------------------------ machine
@@ -202,13 +202,8 @@ def input_specs(quick: bool) -> Dict[str, Dict[str, Any]]:
 # ------------------------------------------------------------------------------ statistics
 
 def percentiles(values: Sequence[float]) -> Dict[str, Optional[float]]:
-    """Return p50, p95, mean (ms, 3 decimals) and n of ``values``."""
-    if not len(values):
-        return {'p50': None, 'p95': None, 'mean': None, 'n': 0}
-    array = np.asarray(values, dtype=np.float64)
-    return {'p50': round(float(np.percentile(array, 50)), 3),
-            'p95': round(float(np.percentile(array, 95)), 3),
-            'mean': round(float(array.mean()), 3), 'n': int(array.size)}
+    """Return ``report.percentiles`` of timing samples (ms) to 3 decimals."""
+    return _percentiles(values, digits=3)
 
 
 def _time_ms(function: Callable[[], Any], iterations: int, warmup: int) -> List[float]:
@@ -297,8 +292,7 @@ def model_and_weights(config_name: str, weights: Mapping[str, str]
             model, config, _ = load_weights(shipped, device='cpu')
             return model, config, os.path.relpath(shipped)
     torch.manual_seed(0)
-    origin = 'random init' + (f' ({SHIPPED_RECIPE} config)' if config_name == 'shipped' else '')
-    return BEVFusionNet(config).eval(), config, origin
+    return BEVFusionNet(config).eval(), config, 'random init'
 
 
 def model_config(config_name: str) -> ModelConfig:
@@ -307,24 +301,17 @@ def model_config(config_name: str) -> ModelConfig:
 
 
 def shipped_config() -> ModelConfig:
-    """Return the shipped weights' config, else that of their training recipe.
+    """Return the model config recorded in the shipped default weights' metadata.
 
     Raises:
-        ValueError: neither the weights nor the recipe (a source checkout) is there.
+        ValueError: the shipped weights are not installed.
     """
     shipped = shipped_weights_path()
-    if shipped:
-        return ModelConfig.from_dict(read_metadata(shipped)['config'])
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    recipe = os.path.join(root, SHIPPED_RECIPE)
-    try:
-        from training.train import load_config
-    except ImportError:
-        load_config = None
-    if load_config is None or not os.path.isfile(recipe):
-        raise ValueError('--configs shipped needs the shipped weights or, in a source '
-                         f'checkout, {SHIPPED_RECIPE}')
-    return load_config(recipe).model.build()
+    if shipped is None:
+        raise ValueError('--configs shipped needs the shipped weights '
+                         f'({os.path.join(SHIPPED_WEIGHTS_DIR, "default.safetensors")}: '
+                         'missing; `make weights` trains them)')
+    return ModelConfig.from_dict(read_metadata(shipped)['config'])
 
 
 def shipped_weights_path(profile: str = 'default') -> Optional[str]:
@@ -593,33 +580,26 @@ def _node_weights(config_name: str, weights: Mapping[str, str], out_dir: str
     return path, weights_from
 
 
-def bench_node(config_names: Sequence[str], device: str, frames: int,
-               image_size: Tuple[int, int], weights: Mapping[str, str], out_dir: str,
-               cpu_threads: int = 0, startup_timeout_s: float = 300.0) -> List[Dict[str, Any]]:
-    """Replay a synthetic drive into perception_node at 10 Hz for each config.
+def bench_node(config_names: Sequence[str], device: str, bag: str, weights: Mapping[str, str],
+               out_dir: str, frames: Optional[int] = None, cpu_threads: int = 0,
+               startup_timeout_s: float = 300.0) -> List[Dict[str, Any]]:
+    """Replay ``bag`` into perception_node at its recorded rate for each config.
 
-    ``cpu_threads`` goes to the node's ``cpu_threads`` parameter (0: torch's default).
+    ``frames`` limits the clouds replayed (None: all); ``cpu_threads`` goes to the node's
+    ``cpu_threads`` parameter (0: torch's default).
     """
-    from bev_perception.tools import demo
     from bev_perception.tools.evaluate_bag import EvalOptions, evaluate_live
 
-    os.environ.update(demo.local_dds_env(1 + os.getpid() % 100))
-    os.environ.update(demo.large_message_dds_env())
-    bag_dir = os.path.join(out_dir, 'node_replay', 'drive_bag')
-    data_dir = os.path.join(out_dir, 'node_replay', 'drive')
-    started = time.perf_counter()
-    demo.generate_drive(demo.DemoConfig(out_dir=out_dir, frames=frames, image_size=image_size,
-                                        workers=1), data_dir, bag_dir)
-    shutil.rmtree(data_dir, ignore_errors=True)
-    print(f'[bench] wrote the {frames}-frame drive bag in {time.perf_counter() - started:.0f} s',
-          flush=True)
+    os.environ.update(replay.local_dds_env(replay.default_domain_id()))
+    os.environ.update(replay.large_message_dds_env())
+    image_size = _bag_image_size(bag)
     rows = []
     for config_name in config_names:
         path, weights_from = _node_weights(config_name, weights, out_dir)
         report_dir = os.path.join(out_dir, 'node_replay', config_name)
         options = EvalOptions(
-            bag=bag_dir, out=report_dir, weights=path, device=device, live=True, rate=1.0,
-            progress=False, startup_timeout_s=startup_timeout_s,
+            bag=bag, out=report_dir, weights=path, device=device, live=True, rate=1.0,
+            max_frames=frames, progress=False, startup_timeout_s=startup_timeout_s,
             overrides={'input_reliability': 'reliable', 'device': device,
                        'cpu_threads': cpu_threads})
         load_before = load_average()
@@ -630,8 +610,8 @@ def bench_node(config_names: Sequence[str], device: str, frames: int,
         output_rate = live.get('output_rate_hz')
         rows.append({
             'config': config_name, 'device': report.get('device', device),
-            'weights': weights_from, 'frames': frames, 'image_size': list(image_size),
-            'cpu_threads': cpu_threads or None, 'rate': 1.0,
+            'weights': weights_from, 'bag': bag, 'frames': live['clouds_published'],
+            'image_size': image_size, 'cpu_threads': cpu_threads or None, 'rate': 1.0,
             'input_rate_hz': _rounded(input_rate),
             'output_rate_hz': _rounded(output_rate),
             'clouds_published': live['clouds_published'],
@@ -644,6 +624,19 @@ def bench_node(config_names: Sequence[str], device: str, frames: int,
             'report': os.path.relpath(os.path.join(report_dir, 'report.md'), out_dir),
             'load_average_before': load_before, 'load_average': load_average()})
     return rows
+
+
+def _bag_image_size(bag: str) -> Optional[List[int]]:
+    """Return [width, height] of the bag's first camera image (None without one)."""
+    from bev_perception.bag_io import BagReader, DEFAULT_TOPICS, IMAGE_TYPE
+
+    with BagReader(bag) as reader:
+        if not reader.has_topic(DEFAULT_TOPICS.image):
+            return None
+        for item in reader.messages([DEFAULT_TOPICS.image], raw=True):
+            msg = reader.deserialize(item.message, IMAGE_TYPE, item.topic)
+            return [int(msg.width), int(msg.height)]
+    return None
 
 
 def _rounded(value: Optional[float], digits: int = 2) -> Optional[float]:
@@ -798,10 +791,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--skip-side-by-side', action='store_true',
                         help='no voxelizer / conversion comparisons')
     parser.add_argument('--skip-node', action='store_true', help='no node replay')
-    parser.add_argument('--node-frames', type=int, default=NODE_FRAMES,
-                        help=f'frames of the replayed drive (default {NODE_FRAMES})')
-    parser.add_argument('--node-image-size', type=int, nargs=2, default=(960, 604),
-                        metavar=('WIDTH', 'HEIGHT'), help='camera image size of the drive')
+    parser.add_argument('--node-bag',
+                        help='bag replayed into the node (topics of a converted A2D2 scene, '
+                             'e.g. the synthetic drive `python -m training.demo_drive` writes); '
+                             'without it the node replay is not measured')
+    parser.add_argument('--node-frames', type=int,
+                        help='clouds of the bag replayed (default: all)')
     return parser
 
 
@@ -824,6 +819,11 @@ def run(args: argparse.Namespace, command: str) -> Dict[str, Any]:
     if iterations < 1 or warmup < 0:
         raise ValueError('--iterations must be at least 1 and --warmup at least 0')
     specs = input_specs(args.quick)
+    if args.node_bag and not args.skip_node:
+        try:
+            resolve_bag_path(args.node_bag)
+        except BagError as error:
+            raise ValueError(f'--node-bag: {error}') from None
     if args.threads:
         torch.set_num_threads(args.threads)
     os.makedirs(args.out, exist_ok=True)
@@ -841,6 +841,12 @@ def run(args: argparse.Namespace, command: str) -> Dict[str, Any]:
             'out/bench_cuda`')
     if 'fp16' in precisions and not gpu:
         not_measured.append('fp16 (CUDA only; the CPU runs fp32)')
+    if not args.skip_node and not args.node_bag:
+        missing = ('node replay: no --node-bag given (a bag to replay into perception_node, '
+                   'e.g. `python -m training.demo_drive --frames 40 --workers 1 --out BAG` in a '
+                   'source checkout, as `make bench` does; or --skip-node)')
+        not_measured.append(missing)
+        print(f'[bench] WARNING: {missing}', file=sys.stderr, flush=True)
 
     def log(message: str) -> None:
         print(f'[bench] {message} (load {load_average()[0]:.1f})', flush=True)
@@ -885,18 +891,12 @@ def run(args: argparse.Namespace, command: str) -> Dict[str, Any]:
         log('PointCloud2 conversion')
         report['conversion'] = bench_conversion(surround, iterations,
                                                 loop_iterations=min(iterations, 3))
-    run_node = not args.skip_node
-    if run_node and importlib.util.find_spec('training') is None:
-        run_node = False  # the replayed drive comes from the repository's training package
-        not_measured.append("node replay: the synthetic drive needs the repository's training "
-                            'package; run `python -m bev_perception.tools.bench` (or `make '
-                            'bench`) from the repository root')
-    if run_node:
+    if not args.skip_node and args.node_bag:
         node_configs = [name for name in configs if name != 'tiny']
-        log(f'node replay at 10 Hz: {node_configs}')
+        log(f'node replay of {args.node_bag} at its recorded rate: {node_configs}')
         report['node'] = bench_node(node_configs, 'cuda' if 'cuda' in devices else 'cpu',
-                                    args.node_frames, tuple(args.node_image_size), weights,
-                                    args.out, cpu_threads=args.threads)
+                                    args.node_bag, weights, args.out, frames=args.node_frames,
+                                    cpu_threads=args.threads)
     report['machine']['load_average_at_end'] = load_average()
     with open(os.path.join(args.out, 'bench.json'), 'w', encoding='utf-8') as stream:
         json.dump(report, stream, indent=2)

@@ -1,15 +1,17 @@
-"""``make demo``: replay a synthetic A2D2 drive as a rosbag2 through the perception node.
+"""``make demo``: replay a drive bag through the perception node and score it on its ground truth.
 
-    python -m bev_perception.tools.demo --out out/demo
+    python -m training.demo_drive --out out/demo/drive_bag     # the synthetic drive (checkout)
+    python -m bev_perception.tools.demo --bag out/demo/drive_bag --out out/demo
 
-Steps: generate a short A2D2-format drive (``training.synthetic``, run from the repository
-root), convert it to a rosbag2 (``training.to_bag``: PointCloud2 + Image + ground truth with the
-recorded stamps), start ``perception_node`` (console script, shipped weights,
-``use_sim_time``), replay the bag into it at the recorded rate (with ``/clock``; reliable QoS
-like ``ros2 bag play``, since best effort over UDP drops megabyte images unless the socket
-buffers are raised), record its outputs (and write them as a second bag), then write
-``summary.json``, ``summary.md``, ``bev.png`` (points, predicted and true boxes) and
-``camera_semantic.png`` (camera image, predicted and true semantics) to the output folder.
+The bag is a converted A2D2 scene (``training.to_bag``; topics ``bag_io.DEFAULT_TOPICS``):
+PointCloud2, Image, CameraInfo, and ground truth (Detection3DArray with the training class
+names, mono8 semantic ids) with the recorded stamps. The demo starts ``perception_node``
+(console script, shipped weights, ``use_sim_time``), replays every topic of the bag into it at
+the recorded rate with ``/clock`` (reliable QoS like ``ros2 bag play``, since best effort over
+UDP drops megabyte images unless the socket buffers are raised) and records its outputs (into
+``outputs_bag``) through ``bev_perception.tools.replay``, then writes ``summary.json``,
+``summary.md``, ``bev.png`` (points, predicted and true boxes) and ``camera_semantic.png``
+(camera image, predicted and true semantics) to the output folder.
 
 Every process started here keeps DDS on this machine (``ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST``,
 ``ROS_LOCALHOST_ONLY=1``) in a domain of its own (``--domain-id``, default from the process id).
@@ -17,44 +19,35 @@ Every process started here keeps DDS on this machine (``ROS_AUTOMATIC_DISCOVERY_
 
 import argparse
 from dataclasses import dataclass, field
-import importlib
 import json
 import math
 import os
 import shutil
-import signal
-import subprocess
 import sys
-import tempfile
-import threading
 import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from bev_perception import conversions
-from bev_perception.bag_io import BagReader, BagWriter, cdr_header_stamp_ns, DEFAULT_TOPICS
+from bev_perception.bag_io import (BagError, BagReader, BagWriter, cdr_header_stamp_ns,
+                                   DEFAULT_TOPICS, detections_from_msg, DETECTIONS_TYPE,
+                                   IMAGE_TYPE, mono8_to_array, POINTCLOUD_TYPE, stamp_ns)
 from bev_perception.metrics import DetectionAccumulator, match_frame, SemanticAccumulator
-from bev_perception.node import resolve_weights_path, StartupError
+from bev_perception.tools import replay
+from bev_perception.tools.report import (percentiles, plot_bev, plot_camera_semantics,
+                                         StripFrame)
+from bev_perception.topics import INPUT_TOPICS
+from bev_perception.weights import resolve_weights_path, WeightsError
 import numpy as np
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CLOUD_TOPIC = DEFAULT_TOPICS.pointcloud
-IMAGE_TOPIC = DEFAULT_TOPICS.image
-CLOCK_TOPIC = '/clock'
-NODE_NAME = 'perception_node'
 MATCH_DISTANCE_M = 2.0
 DISTANCE_THRESHOLDS_M = (0.5, 1.0, 2.0, 4.0)
-CLOCK_PERIOD_S = 0.01
-#: Seed of the demo drive; outside the seeds the shipped weights were trained on.
-DEMO_SEED = 880_001
-OUTPUT_TOPICS = {
-    'detections': ('vision_msgs/msg/Detection3DArray', f'/{NODE_NAME}/output/detections'),
-    'semantic': ('sensor_msgs/msg/Image', f'/{NODE_NAME}/output/semantic'),
-    'semantic_color': ('sensor_msgs/msg/Image', f'/{NODE_NAME}/output/semantic_color'),
-    'markers': ('visualization_msgs/msg/MarkerArray', f'/{NODE_NAME}/output/markers'),
-    'label_info': ('vision_msgs/msg/LabelInfo', f'/{NODE_NAME}/output/label_info'),
-    'timings': ('diagnostic_msgs/msg/DiagnosticArray', f'/{NODE_NAME}/debug/timings'),
-    'diagnostics': ('diagnostic_msgs/msg/DiagnosticArray', '/diagnostics'),
-}
+#: Node outputs recorded into the outputs bag (with /diagnostics).
+RECORDED_OUTPUTS = ('detections', 'semantic', 'semantic_color', 'markers', 'label_info',
+                    'timings')
+#: The replay ends when every cloud was answered or no output came for this long, seconds.
+DRAIN_QUIET_S = 4.0
+#: A file in the bag folder describing the drive (``training.demo_drive`` writes it).
+DRIVE_DESCRIPTION = 'drive.json'
 
 
 @dataclass(frozen=True)
@@ -62,50 +55,38 @@ class DemoConfig:
     """Settings of one demo run."""
 
     out_dir: str
-    frames: int = 60
-    seed: int = DEMO_SEED
-    image_size: Tuple[int, int] = (960, 604)  # (width, height), A2D2's aspect ratio
+    bag: str
     weights: str = ''  # empty: the shipped weights
     device: str = ''  # empty: the params file's (cuda, falling back to cpu)
     rate: float = 1.0
     domain_id: int = 0  # 0: derived from the process id
-    workers: int = 2
+    params_file: str = ''  # empty: the package's config/perception.yaml
     pictures_dir: str = ''  # also copy the PNG renders here (e.g. for the README)
     startup_timeout_s: float = 180.0
-    drain_timeout_s: float = 20.0
 
 
 @dataclass
-class DriveFrame:
-    """One frame of the synthetic drive, with its ground truth."""
+class GroundTruth:
+    """The bag's clouds and ground truth, by stamp."""
 
-    stamp_ns: int  # LiDAR stamp
-    image_stamp_ns: int
-    points: np.ndarray  # (N, 4) float32
-    boxes: np.ndarray  # (K, 7) float32, ground truth
-    labels: np.ndarray  # (K,) int64 into class_names
-    image: np.ndarray  # (H, W, 3) uint8
-    semantic: np.ndarray  # (H, W) uint8 category ids, 255 ignore
+    cloud_stamps: List[int] = field(default_factory=list)  # in bag order: frame index
+    boxes: Dict[int, np.ndarray] = field(default_factory=dict)  # cloud stamp -> (K, 7)
+    labels: Dict[int, np.ndarray] = field(default_factory=dict)  # cloud stamp -> (K,) int64
+    semantic: Dict[int, np.ndarray] = field(default_factory=dict)  # image stamp -> (H, W)
+    image_size: Optional[Tuple[int, int]] = None  # (width, height) of the first image
+    unknown_classes: Dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
-class Recording:
-    """What the player sent and what the recorder received (monotonic seconds)."""
+class Replayed:
+    """What the replay published and recorded."""
 
-    published_s: Dict[int, float] = field(default_factory=dict)  # cloud stamp ns -> time
-    received: Dict[str, List[Tuple[float, object]]] = field(default_factory=dict)
-    images_published: int = 0
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def keep(self, name: str, msg: object) -> None:
-        """Store a received message with its receive time."""
-        with self.lock:
-            self.received.setdefault(name, []).append((time.monotonic(), msg))
-
-    def messages(self, name: str) -> List[Tuple[float, object]]:
-        """Return a copy of the (time, message) list of a topic."""
-        with self.lock:
-            return list(self.received.get(name, []))
+    played: replay.Played
+    received_s: Dict[int, float]  # cloud stamp -> when its detections arrived (monotonic s)
+    node_counters: Dict[str, str]  # the node's last diagnostics values
+    topics: Dict[str, str]  # output name -> recorded topic
+    recorded_messages: int
+    exit_code: Optional[int]
 
 
 def log(message: str) -> None:
@@ -113,286 +94,121 @@ def log(message: str) -> None:
     print(f'[demo] {message}', flush=True)
 
 
-def local_dds_env(domain_id: int) -> Dict[str, str]:
-    """Return the environment variables keeping DDS on this machine in ``domain_id``."""
-    return {'ROS_AUTOMATIC_DISCOVERY_RANGE': 'LOCALHOST', 'ROS_LOCALHOST_ONLY': '1',
-            'ROS_DOMAIN_ID': str(domain_id)}
+# ------------------------------------------------------------------------------ the bag
 
+def read_ground_truth(bag: BagReader, class_names: Sequence[str]) -> GroundTruth:
+    """Return the clouds' stamps and the ground truth of a converted A2D2 bag.
 
-#: Fast DDS profile with a shared-memory segment that holds camera images (config/).
-FASTDDS_PROFILE_NAME = 'fastdds_large_messages.xml'
-#: Variables naming a Fast DDS XML profiles file: Fast DDS 3 (Jazzy and later), then 2.x
-#: (Humble). Only the first is set here (Fast DDS 3 warns that the second is deprecated); one
-#: set by the user, either, is left alone.
-FASTDDS_PROFILE_VARIABLES = ('FASTDDS_DEFAULT_PROFILES_FILE', 'FASTRTPS_DEFAULT_PROFILES_FILE')
-
-
-def fastdds_profile_path() -> Optional[str]:
-    """Return the shipped Fast DDS profile: the checkout's config/, else the share directory."""
-    candidates = [os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
-        os.path.abspath(__file__)))), 'config', FASTDDS_PROFILE_NAME)]
-    try:
-        from ament_index_python.packages import get_package_share_directory
-        candidates.append(os.path.join(get_package_share_directory('bev_perception'), 'config',
-                                       FASTDDS_PROFILE_NAME))
-    except (ImportError, LookupError, ValueError):
-        pass
-    return next((path for path in candidates if os.path.isfile(path)), None)
-
-
-def large_message_dds_env() -> Dict[str, str]:
-    """Return variables selecting the shipped Fast DDS profile, unless one is already chosen.
-
-    Transports only (shared memory for images): discovery stays as ``local_dds_env`` sets it.
+    Raises:
+        BagError: the bag lacks the clouds or the detection ground truth.
     """
-    if any(os.environ.get(name) for name in FASTDDS_PROFILE_VARIABLES):
-        return {}
-    path = fastdds_profile_path()
-    return {} if path is None else {FASTDDS_PROFILE_VARIABLES[0]: path}
+    topics = DEFAULT_TOPICS
+    bag.require(topics.pointcloud, [POINTCLOUD_TYPE], 'point cloud topic')
+    bag.require(topics.gt_detections, [DETECTIONS_TYPE],
+                'ground truth topic (written by training.to_bag)')
+    names = [topics.pointcloud, topics.gt_detections] + [
+        topic for topic in (topics.image, topics.gt_semantic) if bag.has_topic(topic)]
+    truth = GroundTruth()
+    for item in bag.messages(names, raw=True):
+        if item.topic == topics.pointcloud:
+            truth.cloud_stamps.append(cdr_header_stamp_ns(item.message))
+        elif item.topic == topics.image:
+            if truth.image_size is None:
+                msg = bag.deserialize(item.message, IMAGE_TYPE, item.topic)
+                truth.image_size = (int(msg.width), int(msg.height))
+        elif item.topic == topics.gt_detections:
+            arrays = detections_from_msg(bag.deserialize(item.message, DETECTIONS_TYPE,
+                                                         item.topic))
+            known = np.array([name in class_names for name in arrays.class_ids], dtype=bool)
+            for name in arrays.class_ids:
+                if name not in class_names:
+                    truth.unknown_classes[name] = truth.unknown_classes.get(name, 0) + 1
+            truth.boxes[arrays.stamp_ns] = arrays.boxes[known]
+            truth.labels[arrays.stamp_ns] = np.array(
+                [class_names.index(name) for name in arrays.class_ids if name in class_names],
+                dtype=np.int64)
+        else:
+            msg = bag.deserialize(item.message, IMAGE_TYPE, item.topic)
+            truth.semantic[stamp_ns(msg.header)] = np.array(mono8_to_array(msg))
+    return truth
 
 
-def stamp_ns(msg_stamp) -> int:
-    """Return a builtin_interfaces/Time as integer nanoseconds."""
-    return msg_stamp.sec * 10**9 + msg_stamp.nanosec
+def read_frame(bag_dir: str, cloud_stamp: int, image_stamp: Optional[int]
+               ) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """Return one frame's points (N, 4) and camera image (H, W, 3) (None if not found)."""
+    topics = DEFAULT_TOPICS
+    points, image = np.zeros((0, 4), dtype=np.float32), None
+    with BagReader(bag_dir) as bag:
+        names = [topics.pointcloud] + ([topics.image] if bag.has_topic(topics.image) else [])
+        for item in bag.messages(names, raw=True):
+            stamp = cdr_header_stamp_ns(item.message)
+            if item.topic == topics.pointcloud and stamp == cloud_stamp:
+                points = conversions.pointcloud2_to_array(
+                    bag.deserialize(item.message, POINTCLOUD_TYPE, item.topic))
+            elif item.topic == topics.image and stamp == image_stamp:
+                image = conversions.image_to_rgb(bag.deserialize(item.message, IMAGE_TYPE,
+                                                                 item.topic))
+    return points, image
 
 
-# ------------------------------------------------------------------------------ drive + bag
+# ------------------------------------------------------------------------------ replay
 
-def generate_drive(config: DemoConfig, data_dir: str, bag_dir: str
-                   ) -> Tuple[List[DriveFrame], Tuple[str, ...]]:
-    """Write the synthetic drive under ``data_dir``, convert it to a bag; return the frames.
-
-    The bag is written by ``training.to_bag`` (the project's A2D2 -> rosbag2 converter), so it
-    holds what a converted real A2D2 scene holds. The returned frames carry the ground truth.
-    """
-    try:
-        from training.a2d2 import A2D2Dataset, DEFAULT_CLASS_MAP, DEFAULT_CLASSES, list_scenes
-        from training.synthetic import generate
-        from training.to_bag import convert_scene
-    except ImportError as error:
-        raise SystemExit(f'the demo needs the training package ({error}); run it from the '
-                         'repository root: python -m bev_perception.tools.demo') from error
-    generate(data_dir, scenes=1, frames=config.frames, seed=config.seed,
-             image_size=config.image_size, workers=config.workers)
-    (scene,) = list_scenes(data_dir)
-    convert_scene(data_dir, scene, bag_dir, storage='mcap', overwrite=True, progress=False)
-    dataset = A2D2Dataset(data_dir, class_map=DEFAULT_CLASS_MAP, classes=DEFAULT_CLASSES)
-    frames = []
-    for index in range(len(dataset)):
-        item = dataset[index]
-        frames.append(DriveFrame(
-            stamp_ns=item.lidar_timestamp_us * 1000,
-            image_stamp_ns=item.camera_timestamp_us * 1000, points=item.points,
-            boxes=item.boxes, labels=item.labels, image=item.image, semantic=item.semantic))
-    return frames, tuple(DEFAULT_CLASSES)
-
-
-def write_output_bag(recording: Recording, bag_dir: str) -> int:
-    """Write the recorded node outputs as a rosbag2 (mcap); return the number of messages."""
-    from rclpy.serialization import serialize_message
-
-    entries = []
-    with BagWriter(bag_dir, storage='mcap', overwrite=True) as writer:
-        for name, (msgtype, topic) in OUTPUT_TOPICS.items():
-            received = recording.messages(name)
-            if received:
-                writer.add_topic(topic, msgtype, latched=name == 'label_info')
-                entries += [(received_s, topic, msg) for received_s, msg in received]
-        entries.sort(key=lambda entry: entry[0])
-        offset_ns = time.time_ns() - int(time.monotonic() * 1e9)
-        for received_s, topic, msg in entries:
-            writer.write_raw(topic, offset_ns + int(received_s * 1e9), serialize_message(msg))
-    return len(entries)
-
-
-def message_class(msgtype: str):
-    """Return the rclpy message class of 'pkg/msg/Type', or None when not installed."""
-    package, _, name = msgtype.split('/')
-    try:
-        return getattr(importlib.import_module(f'{package}.msg'), name)
-    except (ImportError, AttributeError):
-        return None
-
-
-# ------------------------------------------------------------------------------ ROS side
-
-class DemoRos:
-    """The demo's own rclpy node: bag player (with /clock) and output recorder."""
-
-    def __init__(self, recording: Recording) -> None:
-        import rclpy
-        from rclpy.context import Context
-        from rclpy.executors import SingleThreadedExecutor
-        from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-        from diagnostic_msgs.msg import DiagnosticArray
-        from rosgraph_msgs.msg import Clock
-        from sensor_msgs.msg import Image
-        from vision_msgs.msg import Detection3DArray, LabelInfo
-        from visualization_msgs.msg import MarkerArray
-
-        self.recording = recording
-        self.context = Context()
-        rclpy.init(context=self.context)
-        self.node = rclpy.create_node('bev_demo', context=self.context)
-        self.clock_pub = self.node.create_publisher(Clock, CLOCK_TOPIC, 10)
-        kinds = {'detections': Detection3DArray, 'semantic': Image, 'semantic_color': Image,
-                 'markers': MarkerArray, 'label_info': LabelInfo, 'timings': DiagnosticArray,
-                 'diagnostics': DiagnosticArray}
-        reliable = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
-        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
-                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
-        self.subscriptions = [
-            self.node.create_subscription(
-                kinds[name], topic, self._keeper(name),
-                latched if name == 'label_info' else reliable)
-            for name, (_, topic) in OUTPUT_TOPICS.items()]
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-        self._spinning = threading.Thread(target=self._spin, daemon=True)
-        self._clock_stop = threading.Event()
-        self._clock_ns = 0
-        self._rate = 1.0
-        self._clock_lock = threading.Lock()
-        self._clock_thread = threading.Thread(target=self._tick_clock, daemon=True)
-        self._spinning.start()
-
-    def _keeper(self, name):
-        return lambda msg: self.recording.keep(name, msg)
-
-    def _spin(self) -> None:
-        from rclpy.executors import ExternalShutdownException
-
-        try:
-            while self.context.ok():
-                self.executor.spin_once(timeout_sec=0.05)
-        except (ExternalShutdownException, RuntimeError):
-            pass  # shutting down
-
-    def _publish_clock(self, now_ns: int) -> None:
-        from builtin_interfaces.msg import Time
-        from rosgraph_msgs.msg import Clock
-
-        self.clock_pub.publish(Clock(clock=Time(sec=now_ns // 10**9, nanosec=now_ns % 10**9)))
-
-    def _tick_clock(self) -> None:
-        """Publish /clock every CLOCK_PERIOD_S, advancing with wall time from the last set."""
-        last_wall = time.monotonic()
-        while not self._clock_stop.wait(CLOCK_PERIOD_S):
-            with self._clock_lock:
-                now_wall = time.monotonic()
-                if self._clock_ns:
-                    self._clock_ns += int((now_wall - last_wall) * 1e9 * self._rate)
-                    self._publish_clock(self._clock_ns)
-                last_wall = now_wall
-
-    def set_clock(self, now_ns: int) -> None:
-        """Jump /clock to ``now_ns`` (bag time) and publish it."""
-        with self._clock_lock:
-            self._clock_ns = now_ns
-            self._publish_clock(now_ns)
-
-    def wait_for_node(self, process: subprocess.Popen, timeout_s: float) -> bool:
-        """Wait until the node is ready (latched LabelInfo arrived, inputs subscribed)."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and process.poll() is None:
-            if self.recording.messages('label_info'):
-                return True
-            time.sleep(0.1)
-        return False
-
-    def play(self, bag_dir: str, rate: float) -> Tuple[int, int]:
-        """Replay every topic of the bag at ``rate`` x the recorded rate (reliable QoS).
-
-        Clouds and images go to the node; the other topics (camera info, ground truth) are
-        published too, as ``ros2 bag play`` would. Returns (clouds, images) published.
-        """
-        from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-
-        self._rate = rate
-        clouds = images = 0
-        with BagReader(bag_dir) as reader:
-            publishers = {}
-            for topic, msgtype in reader.topics.items():
-                kind = message_class(msgtype)
-                if kind is None:
-                    log(f'not replaying {topic}: {msgtype} is not installed')
-                    continue
-                latched = topic == DEFAULT_TOPICS.tf_static
-                publishers[topic] = self.node.create_publisher(kind, topic, QoSProfile(
-                    depth=1 if latched else 10, reliability=ReliabilityPolicy.RELIABLE,
-                    durability=(DurabilityPolicy.TRANSIENT_LOCAL if latched
-                                else DurabilityPolicy.VOLATILE)))
-            time.sleep(1.0)  # let the node match the replay publishers
-            entries = list(reader.messages(list(publishers), raw=True))
-            start_bag_ns = entries[0].log_time_ns if entries else 0
-            self.set_clock(start_bag_ns)
-            self._clock_thread.start()
-            start_wall = time.monotonic()
-            for entry in entries:
-                due = start_wall + (entry.log_time_ns - start_bag_ns) * 1e-9 / rate
-                delay = due - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
-                self.set_clock(entry.log_time_ns)
-                publishers[entry.topic].publish(entry.message)
-                if entry.topic == CLOUD_TOPIC:
-                    stamp = cdr_header_stamp_ns(entry.message)
-                    self.recording.published_s[stamp] = time.monotonic()
-                    clouds += 1
-                elif entry.topic == IMAGE_TOPIC:
-                    images += 1
-        self.recording.images_published = images
-        return clouds, images
-
-    def close(self) -> None:
-        """Stop the clock, the executor and the context."""
-        self._clock_stop.set()
-        if self._clock_thread.is_alive():
-            self._clock_thread.join(timeout=2.0)
-        self.context.try_shutdown()
-        self._spinning.join(timeout=5.0)
-        self.node.destroy_node()
-
-
-def start_node(config: DemoConfig, weights_path: str, env: Dict[str, str], log_path: str
-               ) -> subprocess.Popen:
-    """Start perception_node through its console script with the params file and remaps."""
-    executable = shutil.which('perception_node', path=os.path.dirname(sys.executable)
-                              + os.pathsep + env.get('PATH', ''))
-    if executable is None:
-        raise SystemExit('perception_node is not installed: run make setup (or colcon build)')
-    command = [executable, '--ros-args',
-               '--params-file', os.path.join(REPO_ROOT, 'config', 'perception.yaml'),
-               '-p', f'weights_path:={weights_path}', '-p', 'use_sim_time:=true',
-               '-p', 'input_reliability:=reliable',
-               '-r', f'~/input/pointcloud:={CLOUD_TOPIC}', '-r', f'~/input/image:={IMAGE_TOPIC}']
+def replay_bag(config: DemoConfig, weights_path: str, params_file: str, out_dir: str
+               ) -> Replayed:
+    """Start the node, replay the bag into it, record (``outputs_bag``), drain and stop it."""
+    topics = DEFAULT_TOPICS
+    parameters: Dict[str, Any] = {'weights_path': weights_path, 'use_sim_time': True,
+                                  'input_reliability': 'reliable'}
     if config.device:
-        command += ['-p', f'device:={config.device}']
-    with open(log_path, 'w') as handle:  # the child keeps its own descriptor
-        return subprocess.Popen(command, env=env, stdout=handle, stderr=subprocess.STDOUT)
+        parameters['device'] = config.device
+    command = replay.node_command(parameters, params_file, {
+        INPUT_TOPICS['pointcloud']: topics.pointcloud, INPUT_TOPICS['image']: topics.image})
+    session = replay.RosSession('bev_demo')
+    process = None
+    try:
+        outputs_bag = os.path.join(out_dir, 'outputs_bag')
+        with BagReader(config.bag) as bag, BagWriter(outputs_bag, storage='mcap',
+                                                     overwrite=True) as writer:
+            recorder = replay.OutputRecorder(session.node, writer, RECORDED_OUTPUTS,
+                                             record_diagnostics=True)
+            publishers = replay.bag_publishers(session.node, bag,
+                                               {topic: topic for topic in bag.topics}, log)
+            clock = replay.SimClock(session.node, config.rate)
+            node_log = os.path.join(out_dir, 'node.log')
+            log(f'starting perception_node (ROS_DOMAIN_ID {os.environ["ROS_DOMAIN_ID"]}, log '
+                f'{node_log})')
+            process = replay.NodeProcess(command, node_log)
+            inputs = [publishers[topic] for topic in (topics.pointcloud, topics.image)
+                      if topic in publishers]
+            if not replay.wait_for_node(session.node, inputs, recorder.topics['detections'],
+                                        process, config.startup_timeout_s):
+                raise replay.ReplayError(f'perception_node did not come up within '
+                                         f'{config.startup_timeout_s:.0f} s; its log:\n'
+                                         + process.tail(60))
+            log('node ready; replaying the bag')
+            played = replay.play(bag, publishers, config.rate, topics.pointcloud, topics.image,
+                                 clock=clock, process=process)
+            replay.drain(recorder, played.cloud_stamps, DRAIN_QUIET_S, process)
+            replay.wait_for_diagnostics(recorder, 5.0)
+            recorder.stop_recording()
+            clock.stop()
+            recorded = sum(writer.counts.values())
+    finally:
+        exit_code = process.stop(timeout_s=30.0) if process is not None else None
+        session.close()
+    log(f'node stopped with exit code {exit_code}')
+    return Replayed(played, recorder.received_s, recorder.diagnostics, recorder.topics, recorded,
+                    exit_code)
 
 
-def stop_node(process: subprocess.Popen) -> int:
-    """Stop the node with SIGINT as ros2 launch does; return its exit code."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-    return process.returncode
-
-
-def wait_for_drain(recording: Recording, timeout_s: float, quiet_s: float = 4.0) -> None:
-    """Wait until no detections arrived for ``quiet_s`` (the node finished) or timeout."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        received = recording.messages('detections')
-        last = received[-1][0] if received else 0.0
-        if time.monotonic() - last > quiet_s:
-            return
-        time.sleep(0.2)
+def read_outputs(bag_dir: str, topics: Dict[str, str]) -> Dict[str, List[Any]]:
+    """Return the recorded messages by output name, in arrival order."""
+    names = {topic: name for name, topic in topics.items()}
+    outputs: Dict[str, List[Any]] = {name: [] for name in topics}
+    with BagReader(bag_dir) as bag:
+        for item in bag.messages(list(names)):
+            outputs[names[item.topic]].append(item.message)
+    return outputs
 
 
 # ------------------------------------------------------------------------------ analysis
@@ -401,59 +217,31 @@ def _status_values(array) -> Dict[str, str]:
     return {kv.key: kv.value for status in array.status for kv in status.values}
 
 
-def _detections_arrays(msg, class_names: Sequence[str]
-                       ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Return boxes (K, 7), scores (K,), labels (K,) of a Detection3DArray (unknown names: -1)."""
-    boxes = np.zeros((len(msg.detections), 7), dtype=np.float32)
-    scores = np.zeros(len(msg.detections), dtype=np.float32)
-    labels = np.full(len(msg.detections), -1, dtype=np.int64)
-    for index, detection in enumerate(msg.detections):
-        centre = detection.bbox.center
-        orientation = centre.orientation
-        boxes[index] = [centre.position.x, centre.position.y, centre.position.z,
-                        detection.bbox.size.x, detection.bbox.size.y, detection.bbox.size.z,
-                        float(conversions.quaternion_to_yaw(
-                            [orientation.x, orientation.y, orientation.z, orientation.w]))]
-        hypothesis = detection.results[0].hypothesis
-        scores[index] = hypothesis.score
-        if hypothesis.class_id in class_names:
-            labels[index] = class_names.index(hypothesis.class_id)
-    return boxes, scores, labels
+def _paired_image(stamp: int, timings: Dict[str, str], image_stamps: Sequence[int]
+                  ) -> Optional[int]:
+    """Return the stamp of the image the node paired with cloud ``stamp`` (ms in timings)."""
+    offset = timings.get('image_offset_ms')
+    if not offset or not image_stamps:
+        return None
+    approximate = stamp + int(round(float(offset) * 1e6))
+    nearest = min(image_stamps, key=lambda image_stamp: abs(image_stamp - approximate))
+    return nearest if abs(nearest - approximate) <= 1_000_000 else None
 
 
-def _in_range(boxes: np.ndarray, grid) -> np.ndarray:
-    return ((boxes[:, 0] >= grid.x_range_m[0]) & (boxes[:, 0] < grid.x_range_m[1])
-            & (boxes[:, 1] >= grid.y_range_m[0]) & (boxes[:, 1] < grid.y_range_m[1]))
+def analyse(truth: GroundTruth, class_names: Sequence[str], outputs: Dict[str, List[Any]],
+            played: replay.Played, received_s: Dict[int, float], node_counters: Dict[str, str],
+            model_config) -> Tuple[dict, dict]:
+    """Compare the recorded outputs with the bag's ground truth; return (summary, pairs).
 
-
-def _percentiles(values: Sequence[float]) -> Dict[str, Optional[float]]:
-    if not values:
-        return {'p50': None, 'p95': None, 'max': None}
-    return {'p50': round(float(np.percentile(values, 50)), 1),
-            'p95': round(float(np.percentile(values, 95)), 1),
-            'max': round(float(np.max(values)), 1)}
-
-
-def analyse(frames: Sequence[DriveFrame], class_names: Tuple[str, ...], recording: Recording,
-            model_config, published: Tuple[int, int]) -> Tuple[dict, dict]:
-    """Compare the recorded outputs with the drive's ground truth; return (summary, pairs).
-
-    ``pairs`` maps a processed frame index to its detections message, semantic ids (or None)
-    and timings, for the renders.
+    ``pairs`` maps a processed frame index to its detections (boxes, scores, labels) and the
+    stamp of the image the node paired with it, for the renders.
     """
-    by_stamp = {frame.stamp_ns: index for index, frame in enumerate(frames)}
-    image_by_stamp = {frame.image_stamp_ns: index for index, frame in enumerate(frames)}
-    semantic_by_index = {}
-    for _, msg in recording.messages('semantic'):
-        index = image_by_stamp.get(stamp_ns(msg.header.stamp))
-        if index is not None:
-            semantic_by_index[index] = np.frombuffer(bytes(msg.data), np.uint8).reshape(
-                msg.height, msg.width)
-    timings_by_index = {}
-    for _, msg in recording.messages('timings'):
-        index = by_stamp.get(stamp_ns(msg.header.stamp))
-        if index is not None:
-            timings_by_index[index] = _status_values(msg)
+    index_of = {stamp: index for index, stamp in enumerate(truth.cloud_stamps)}
+    semantic_by_stamp: Dict[int, np.ndarray] = {}
+    for msg in outputs['semantic']:
+        semantic_by_stamp.setdefault(stamp_ns(msg.header), mono8_to_array(msg))
+    timings_by_stamp = {stamp_ns(msg.header): _status_values(msg) for msg in outputs['timings']
+                        if stamp_ns(msg.header) in index_of}
 
     accumulator = DetectionAccumulator(class_names, DISTANCE_THRESHOLDS_M)
     semantic = SemanticAccumulator(model_config.num_semantic_classes,
@@ -462,55 +250,59 @@ def analyse(frames: Sequence[DriveFrame], class_names: Tuple[str, ...], recordin
                  class_names}
     unknown_classes = 0
     latencies_ms, pairs = [], {}
-    for received_s, msg in recording.messages('detections'):
-        index = by_stamp.get(stamp_ns(msg.header.stamp))
+    empty_boxes = np.zeros((0, 7), dtype=np.float32)
+    for msg in outputs['detections']:
+        arrays = detections_from_msg(msg)
+        index = index_of.get(arrays.stamp_ns)
         if index is None or index in pairs:
             continue
-        frame = frames[index]
-        boxes, scores, labels = _detections_arrays(msg, class_names)
+        boxes, scores = arrays.boxes, arrays.scores
+        labels = np.array([class_names.index(name) if name in class_names else -1
+                           for name in arrays.class_ids], dtype=np.int64)
         unknown_classes += int((labels < 0).sum())
         known = labels >= 0
-        gt_keep = _in_range(frame.boxes, model_config.grid)
-        gt_boxes, gt_labels = frame.boxes[gt_keep], frame.labels[gt_keep]
+        gt_boxes = truth.boxes.get(arrays.stamp_ns, empty_boxes)
+        gt_labels = truth.labels.get(arrays.stamp_ns, np.zeros(0, dtype=np.int64))
+        gt_keep = model_config.grid.contains_xy(gt_boxes)
+        gt_boxes, gt_labels = gt_boxes[gt_keep], gt_labels[gt_keep]
         accumulator.add(boxes[known], scores[known], labels[known], gt_boxes, gt_labels)
         for label, name in enumerate(class_names):
             pred = known & (labels == label)
-            truth = gt_labels == label
-            matched = match_frame(boxes[pred, :2], scores[pred], gt_boxes[truth, :2],
+            true = gt_labels == label
+            matched = match_frame(boxes[pred, :2], scores[pred], gt_boxes[true, :2],
                                   MATCH_DISTANCE_M)
             per_class[name]['detections'] += int(pred.sum())
-            per_class[name]['ground_truth'] += int(truth.sum())
+            per_class[name]['ground_truth'] += int(true.sum())
             per_class[name]['matched'] += int(matched.sum())
-        if index in semantic_by_index and semantic_by_index[index].shape == frame.semantic.shape:
-            semantic.add(semantic_by_index[index], frame.semantic)
-        if frame.stamp_ns in recording.published_s:
-            latencies_ms.append((received_s - recording.published_s[frame.stamp_ns]) * 1e3)
-        pairs[index] = {'detections': (boxes, scores, labels),
-                        'semantic': semantic_by_index.get(index),
-                        'timings': timings_by_index.get(index, {})}
+        if arrays.stamp_ns in received_s and arrays.stamp_ns in played.publish_s:
+            latencies_ms.append((received_s[arrays.stamp_ns]
+                                 - played.publish_s[arrays.stamp_ns]) * 1e3)
+        pairs[index] = {'detections': (boxes, scores, labels), 'image_stamp': _paired_image(
+            arrays.stamp_ns, timings_by_stamp.get(arrays.stamp_ns, {}),
+            list(semantic_by_stamp))}
 
+    semantic_frames = 0
+    for image_stamp, predicted in semantic_by_stamp.items():
+        true_ids = truth.semantic.get(image_stamp)
+        if true_ids is not None and predicted.shape == true_ids.shape:
+            semantic.add(predicted, true_ids)
+            semantic_frames += 1
     detection_metrics = accumulator.compute()
     semantic_metrics = semantic.compute()
     gt_pixels = semantic_metrics.confusion.sum(axis=1)
     present_iou = [float(v) for v, count in zip(semantic_metrics.iou, gt_pixels)
                    if count > 0 and not math.isnan(v)]
-    diagnostics = recording.messages('diagnostics')
-    node_counters = {}
-    for _, array in reversed(diagnostics):
-        if any(status.name.startswith(NODE_NAME) for status in array.status):
-            node_counters = _status_values(array)
-            break
-    lidar_only = sum(1 for values in timings_by_index.values()
+    lidar_only = sum(1 for values in timings_by_stamp.values()
                      if values.get('lidar_only') == 'true')
-    processing = [float(values['processing_ms']) for values in timings_by_index.values()
+    processing = [float(values['processing_ms']) for values in timings_by_stamp.values()
                   if values.get('processing_ms')]
-    node_latency = [float(values['end_to_end_ms']) for values in timings_by_index.values()
+    node_latency = [float(values['end_to_end_ms']) for values in timings_by_stamp.values()
                     if values.get('end_to_end_ms')]
     for counts in per_class.values():
         counts['missed'] = counts['ground_truth'] - counts['matched']
         counts['false'] = counts['detections'] - counts['matched']
     summary = {
-        'frames_in': {'clouds': published[0], 'images': published[1]},
+        'frames_in': {'clouds': len(played.cloud_stamps), 'images': len(played.image_stamps)},
         'frames_out': len(pairs),
         'lidar_only_frames': lidar_only,
         'node_counters': {key: node_counters[key] for key in (
@@ -522,17 +314,18 @@ def analyse(frames: Sequence[DriveFrame], class_names: Tuple[str, ...], recordin
         'match_distance_m': MATCH_DISTANCE_M,
         'matching_per_class': per_class,
         'detections_with_unknown_class': unknown_classes,
+        'ground_truth_unknown_classes': dict(truth.unknown_classes),
         'bev_ap': detection_metrics.to_dict(),
         'semantic': {
-            'frames': int(sum(1 for pair in pairs.values() if pair['semantic'] is not None)),
+            'frames': semantic_frames,
             'miou_present_classes': (round(float(np.mean(present_iou)), 4)
                                      if present_iou else None),
             'pixel_accuracy': semantic_metrics.to_dict()['pixel_accuracy'],
         },
         'latency_ms': {
-            'cloud_published_to_detections_received': _percentiles(latencies_ms),
-            'node_processing': _percentiles(processing),
-            'node_end_to_end_sim_time': _percentiles(node_latency),
+            'cloud_published_to_detections_received': percentiles(latencies_ms, digits=1),
+            'node_processing': percentiles(processing, digits=1),
+            'node_end_to_end_sim_time': percentiles(node_latency, digits=1),
         },
     }
     return summary, pairs
@@ -540,103 +333,51 @@ def analyse(frames: Sequence[DriveFrame], class_names: Tuple[str, ...], recordin
 
 # ------------------------------------------------------------------------------ renders
 
-def _box_outline(box: np.ndarray) -> np.ndarray:
-    """Return the BEV corners (5, 2) x, y of a box, closed."""
-    x, y, _, length, width, _, yaw = box[:7]
-    corners = np.array([[length, width], [length, -width], [-length, -width],
-                        [-length, width]]) * 0.5
-    rotation = np.array([[math.cos(yaw), -math.sin(yaw)], [math.sin(yaw), math.cos(yaw)]])
-    outline = corners @ rotation.T + [x, y]
-    return np.vstack([outline, outline[:1]])
-
-
-def render_bev(frame: DriveFrame, pair: dict, class_names: Sequence[str], model_config,
-               path: str, title: str) -> None:
-    """Draw points, true boxes (green) and predicted boxes (class colours) from above."""
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-
+def render(config: DemoConfig, truth: GroundTruth, pairs: dict, outputs: Dict[str, List[Any]],
+           class_names: Sequence[str], model_config, out_dir: str) -> None:
+    """Write bev.png (the processed frame with the most ground truth) and camera_semantic.png."""
     grid = model_config.grid
-    figure, axes = plt.subplots(figsize=(7.5, 7.5))
-    inside = _in_range(frame.points, grid)
-    points = frame.points[inside]
-    # Plot with x (forward) up and y (left) to the left: horizontal axis is -y.
-    axes.scatter(-points[:, 1], points[:, 0], s=0.8, c=points[:, 2], cmap='viridis',
-                 vmin=-2.0, vmax=1.5, linewidths=0)
-    for box, label in zip(frame.boxes, frame.labels):
-        outline = _box_outline(box)
-        axes.plot(-outline[:, 1], outline[:, 0], color='#00c040', linewidth=2.2)
-    boxes, scores, labels = pair['detections']
-    colours = plt.get_cmap('tab10').colors
 
-    def colour_of(label):
-        return colours[(int(label) + 1) % len(colours)] if label >= 0 else 'grey'
-    for box, score, label in zip(boxes, scores, labels):
-        name = class_names[label] if label >= 0 else 'unknown'
-        outline = _box_outline(box)
-        axes.plot(-outline[:, 1], outline[:, 0], color=colour_of(label), linewidth=1.2,
-                  linestyle='--')
-        axes.text(-box[1], box[0] + 0.5 * box[3] + 0.6, f'{name} {score:.2f}',
-                  color=colour_of(label), fontsize=6, ha='center')
-    axes.plot([], [], color='#00c040', linewidth=2.2, label='ground truth')
-    for label, name in enumerate(class_names):
-        axes.plot([], [], color=colour_of(label), linestyle='--', label=f'predicted {name}')
-    axes.plot([0], [0], marker='^', color='black', markersize=8)
-    axes.set_xlim(-grid.y_range_m[1], -grid.y_range_m[0])
-    axes.set_ylim(grid.x_range_m[0], grid.x_range_m[1])
-    axes.set_aspect('equal')
-    axes.set_xlabel('-y (m, right)')
-    axes.set_ylabel('x (m, forward)')
-    axes.set_title(title, fontsize=9)
-    axes.legend(loc='lower left', fontsize=7)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-
-
-def render_camera(frame: DriveFrame, predicted: Optional[np.ndarray], palette: np.ndarray,
-                  path: str, title: str) -> None:
-    """Draw the camera image, the predicted semantic overlay and the true one."""
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-
-    def overlay(ids):
-        lookup = np.zeros((256, 3), dtype=np.uint8)
-        lookup[:len(palette)] = palette
-        colours = lookup[ids].astype(np.float32)
-        blended = 0.45 * frame.image.astype(np.float32) + 0.55 * colours
-        return np.where((ids == 255)[..., None], frame.image, blended).astype(np.uint8)
-
-    panels = [('camera', frame.image)]
-    if predicted is not None:
-        panels.append(('predicted semantics', overlay(predicted)))
-    panels.append(('ground truth semantics', overlay(frame.semantic)))
-    height, width = frame.image.shape[:2]
-    figure, axes = plt.subplots(len(panels), 1, figsize=(8, 8 * height / width * len(panels)
-                                                         + 0.6))
-    for axis, (name, image) in zip(np.atleast_1d(axes), panels):
-        axis.imshow(image)
-        axis.set_title(name, fontsize=9)
-        axis.axis('off')
-    figure.suptitle(title, fontsize=9)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    def ground_truth_count(index):
+        boxes = truth.boxes.get(truth.cloud_stamps[index], np.zeros((0, 7)))
+        return (int(grid.contains_xy(boxes).sum()), index)
+    chosen = max(pairs, key=ground_truth_count)
+    fused = [index for index in pairs if pairs[index]['image_stamp'] is not None]
+    camera_index = chosen if chosen in fused else (fused[-1] if fused else chosen)
+    cloud_stamp = truth.cloud_stamps[chosen]
+    image_stamp = pairs[camera_index]['image_stamp']
+    points, image = read_frame(config.bag, cloud_stamp, image_stamp)
+    boxes, scores, labels = pairs[chosen]['detections']
+    frame = StripFrame(
+        stamp_ns=cloud_stamp, points_xy=points[grid.contains_xy(points)][:, :2],
+        gt_boxes=truth.boxes.get(cloud_stamp, np.zeros((0, 7))), pred_boxes=boxes,
+        pred_labels=[f'{class_names[label] if label >= 0 else "unknown"} {score:.2f}'
+                     for score, label in zip(scores, labels)])
+    plot_bev(frame, os.path.join(out_dir, 'bev.png'), grid.x_range_m, grid.y_range_m,
+             f'frame {chosen}: ground truth (solid) and predictions (dashed)')
+    if image is not None:
+        predicted = next((mono8_to_array(msg) for msg in outputs['semantic']
+                          if stamp_ns(msg.header) == image_stamp), None)
+        plot_camera_semantics(image, predicted, truth.semantic.get(image_stamp),
+                              np.asarray(model_config.semantic_palette, dtype=np.uint8),
+                              os.path.join(out_dir, 'camera_semantic.png'),
+                              f'frame {camera_index}: camera, predicted and true semantics')
 
 
 def write_summary_markdown(summary: dict, path: str) -> None:
     """Write summary.md: counts, matching per class, AP, semantics, latency, pictures."""
     counters = summary['node_counters']
+    drive = summary['drive']
+    size = drive.get('image_size')
+    images = f', images {size[0]}x{size[1]}' if size else ''
+    what = (f"Synthetic A2D2-format drive (seed {drive['seed']}, {drive['frames']} frames at "
+            f'10 Hz{images})' if 'seed' in drive else
+            f"Drive `{drive['bag']}` ({drive['frames']} frames{images})")
     lines = [
         '# bev_perception demo', '',
-        f"Synthetic A2D2-format drive (seed {summary['drive']['seed']}, "
-        f"{summary['drive']['frames']} frames at 10 Hz, images "
-        f"{summary['drive']['image_size'][0]}x{summary['drive']['image_size'][1]}) replayed "
-        f"from a rosbag2 at {summary['drive']['rate']}x the recorded rate into perception_node "
-        f"(weights `{summary['weights']['path']}`, device {summary['device']}).", '',
-        '| | count |', '| --- | --- |',
+        f"{what} replayed from a rosbag2 at {drive['rate']}x the recorded rate into "
+        f"perception_node (weights `{summary['weights']['path']}`, device {summary['device']}).",
+        '', '| | count |', '| --- | --- |',
         f"| clouds / images published | {summary['frames_in']['clouds']} / "
         f"{summary['frames_in']['images']} |",
         f"| frames out (detections received) | {summary['frames_out']} |",
@@ -691,6 +432,22 @@ def _random_weights(path: str):
                  provenance={'dataset': 'none: random weights (no shipped weights found)'})
 
 
+def _shown_path(path: str) -> str:
+    """Return ``path`` relative to the current directory when it lies below it."""
+    path = os.path.abspath(path)
+    return os.path.relpath(path) if path.startswith(os.getcwd() + os.sep) else path
+
+
+def _drive_description(bag_dir: str) -> Dict[str, Any]:
+    path = os.path.join(bag_dir, DRIVE_DESCRIPTION)
+    try:
+        with open(path, encoding='utf-8') as stream:
+            description = json.load(stream)
+    except (OSError, ValueError):
+        return {}
+    return description if isinstance(description, dict) else {}
+
+
 def run(config: DemoConfig) -> dict:
     """Run the demo; return the summary (also written to config.out_dir)."""
     from bev_perception.model.config import ModelConfig
@@ -699,15 +456,18 @@ def run(config: DemoConfig) -> dict:
     started = time.monotonic()
     out_dir = os.path.abspath(config.out_dir)
     os.makedirs(out_dir, exist_ok=True)
-    domain_id = config.domain_id or 1 + os.getpid() % 100
-    os.environ.update(local_dds_env(domain_id))  # this process's rclpy reads it at init
-    os.environ.update(large_message_dds_env())
-    env = dict(os.environ, PYTHONUNBUFFERED='1')
+    domain_id = config.domain_id or replay.default_domain_id()
+    os.environ.update(replay.local_dds_env(domain_id))  # this process's rclpy reads it at init
+    os.environ.update(replay.large_message_dds_env())
+    params_file = config.params_file or replay.config_file('perception.yaml')
+    if not params_file:
+        raise SystemExit('cannot find config/perception.yaml (the package share directory or '
+                         './config); pass --params-file')
 
     try:
         weights_path = resolve_weights_path(config.weights)
         random_weights = False
-    except StartupError as error:
+    except WeightsError as error:
         if config.weights:
             raise SystemExit(str(error)) from error
         weights_path = os.path.join(out_dir, 'random_weights.safetensors')
@@ -716,65 +476,41 @@ def run(config: DemoConfig) -> dict:
         random_weights = True
     metadata = read_metadata(weights_path)
     model_config = ModelConfig.from_dict(metadata['config'])
+    class_names = tuple(model_config.detection_classes)
 
-    work_dir = tempfile.mkdtemp(prefix='bev_demo_', dir=out_dir)
-    bag_dir = os.path.join(out_dir, 'drive_bag')
     try:
-        log(f'generating a {config.frames}-frame synthetic drive (seed {config.seed}) and '
-            'converting it to a rosbag2')
-        frames, class_names = generate_drive(config, os.path.join(work_dir, 'drive'), bag_dir)
-        log(f'wrote {bag_dir} ({len(frames)} frames) after {time.monotonic() - started:.0f} s')
-        if not any(len(frame.boxes) for frame in frames):
-            log(f'WARNING: the synthetic drive of seed {config.seed} has no objects (the '
-                'generator leaves a few scenes empty); pick another --seed to see detections')
-    finally:
-        shutil.rmtree(work_dir, ignore_errors=True)
-
-    recording = Recording()
-    ros = DemoRos(recording)
-    node_log = os.path.join(out_dir, 'node.log')
-    process = start_node(config, weights_path, env, node_log)
+        with BagReader(config.bag) as bag:
+            truth = read_ground_truth(bag, class_names)
+    except BagError as error:
+        raise SystemExit(f'{error}\nThe demo replays a converted A2D2 scene with ground truth; '
+                         'write the synthetic drive with `python -m training.demo_drive --out '
+                         f'{config.bag}` (make demo does).') from error
+    if not any(len(boxes) for boxes in truth.boxes.values()):
+        log(f'WARNING: the drive {config.bag} has no objects (the generator leaves a few '
+            'scenes empty); pick another seed to see detections')
     try:
-        log(f'starting perception_node (ROS_DOMAIN_ID {domain_id}, log {node_log})')
-        if not ros.wait_for_node(process, config.startup_timeout_s):
-            stop_node(process)
-            with open(node_log) as handle:
-                raise SystemExit('perception_node did not come up; its log:\n' + handle.read())
-        log('node ready; replaying the bag')
-        published = ros.play(bag_dir, config.rate)
-        wait_for_drain(recording, config.drain_timeout_s)
-    finally:
-        exit_code = stop_node(process)
-        ros.close()
-    log(f'node stopped with exit code {exit_code}')
-    recorded = write_output_bag(recording, os.path.join(out_dir, 'outputs_bag'))
-
-    summary, pairs = analyse(frames, class_names, recording, model_config, published)
+        replayed = replay_bag(config, weights_path, params_file, out_dir)
+    except replay.ReplayError as error:
+        raise SystemExit(str(error)) from error
+    outputs = read_outputs(os.path.join(out_dir, 'outputs_bag'), replayed.topics)
+    summary, pairs = analyse(truth, class_names, outputs, replayed.played, replayed.received_s,
+                             replayed.node_counters, model_config)
+    drive = {'bag': _shown_path(config.bag), 'frames': len(truth.cloud_stamps),
+             'image_size': list(truth.image_size) if truth.image_size else None,
+             'rate': config.rate}
+    drive.update({key: value for key, value in _drive_description(config.bag).items()
+                  if key not in drive})
     summary.update({
-        'drive': {'seed': config.seed, 'frames': len(frames),
-                  'image_size': list(config.image_size), 'rate': config.rate},
-        'weights': {'path': os.path.relpath(weights_path, REPO_ROOT)
-                    if weights_path.startswith(REPO_ROOT) else weights_path,
-                    'random': random_weights,
+        'drive': drive,
+        'weights': {'path': _shown_path(weights_path), 'random': random_weights,
                     'provenance': metadata.get('provenance')},
         'device': config.device or 'params file (cuda, cpu fallback)',
-        'node_exit_code': exit_code,
-        'recorded_output_messages': recorded,
+        'node_exit_code': replayed.exit_code,
+        'recorded_output_messages': replayed.recorded_messages,
         'wall_time_s': None,
     })
-    palette = np.asarray(model_config.semantic_palette, dtype=np.uint8)
     if pairs:
-        def ground_truth_count(index):
-            return (int(_in_range(frames[index].boxes, model_config.grid).sum()), index)
-        chosen = max(pairs, key=ground_truth_count)
-        render_bev(frames[chosen], pairs[chosen], class_names, model_config,
-                   os.path.join(out_dir, 'bev.png'),
-                   f'frame {chosen}: ground truth (green) and predictions (dashed)')
-        fused = [index for index in pairs if pairs[index]['semantic'] is not None]
-        camera_index = chosen if chosen in fused else (fused[-1] if fused else chosen)
-        render_camera(frames[camera_index], pairs[camera_index]['semantic'], palette,
-                      os.path.join(out_dir, 'camera_semantic.png'),
-                      f'frame {camera_index}: camera, predicted and true semantics')
+        render(config, truth, pairs, outputs, class_names, model_config, out_dir)
     if config.pictures_dir:
         os.makedirs(config.pictures_dir, exist_ok=True)
         for name in ('bev.png', 'camera_semantic.png'):
@@ -789,33 +525,30 @@ def run(config: DemoConfig) -> dict:
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> DemoConfig:
     """Parse the command line into a DemoConfig."""
-    defaults = DemoConfig(out_dir='out/demo')
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--out', default=defaults.out_dir, help='output folder')
-    parser.add_argument('--frames', type=int, default=defaults.frames,
-                        help='frames of the drive (10 Hz)')
-    parser.add_argument('--seed', type=int, default=defaults.seed, help='drive seed')
-    parser.add_argument('--image-size', type=int, nargs=2, default=defaults.image_size,
-                        metavar=('WIDTH', 'HEIGHT'), help='camera image size')
-    parser.add_argument('--weights', default=defaults.weights,
+    parser.add_argument('--bag', required=True,
+                        help='converted A2D2 scene with ground truth (python -m '
+                             'training.demo_drive writes the synthetic drive)')
+    parser.add_argument('--out', default='out/demo', help='output folder')
+    parser.add_argument('--weights', default='',
                         help='weights file (default: the shipped weights)')
-    parser.add_argument('--device', default=defaults.device,
+    parser.add_argument('--device', default='',
                         help='cuda or cpu (default: the params file, cuda with cpu fallback)')
-    parser.add_argument('--rate', type=float, default=defaults.rate,
+    parser.add_argument('--params-file', default='',
+                        help="perception_node params (default: the package's "
+                             'config/perception.yaml)')
+    parser.add_argument('--rate', type=float, default=1.0,
                         help='replay rate relative to the recorded rate')
-    parser.add_argument('--domain-id', type=int, default=defaults.domain_id,
+    parser.add_argument('--domain-id', type=int, default=0,
                         help='ROS_DOMAIN_ID for the demo (default: from the process id)')
-    parser.add_argument('--workers', type=int, default=defaults.workers,
-                        help='processes generating the drive')
-    parser.add_argument('--pictures', default=defaults.pictures_dir,
+    parser.add_argument('--pictures', default='',
                         help='also copy bev.png and camera_semantic.png into this folder')
     args = parser.parse_args(argv)
-    if args.frames < 1 or args.rate <= 0:
-        parser.error('--frames must be positive and --rate above 0')
-    return DemoConfig(out_dir=args.out, frames=args.frames, seed=args.seed,
-                      image_size=tuple(args.image_size), weights=args.weights,
-                      device=args.device, rate=args.rate, domain_id=args.domain_id,
-                      workers=args.workers, pictures_dir=args.pictures)
+    if args.rate <= 0:
+        parser.error('--rate must be above 0')
+    return DemoConfig(out_dir=args.out, bag=args.bag, weights=args.weights, device=args.device,
+                      rate=args.rate, domain_id=args.domain_id, params_file=args.params_file,
+                      pictures_dir=args.pictures)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -823,12 +556,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     config = parse_args(argv)
     summary = run(config)
     ap = summary['bev_ap']['map_by_threshold'].get(str(MATCH_DISTANCE_M))
+    latency = summary['latency_ms']['cloud_published_to_detections_received']
     log(f"frames in {summary['frames_in']['clouds']}, out {summary['frames_out']}, "
         f"LiDAR-only {summary['lidar_only_frames']}, mAP@{MATCH_DISTANCE_M} m "
-        f"{'-' if ap is None else f'{ap:.3f}'}, latency p50/p95 "
-        f"{summary['latency_ms']['cloud_published_to_detections_received']['p50']}/"
-        f"{summary['latency_ms']['cloud_published_to_detections_received']['p95']} ms, "
-        f"{summary['wall_time_s']} s; results in {os.path.abspath(config.out_dir)}")
+        f"{'-' if ap is None else f'{ap:.3f}'}, latency p50/p95 {latency['p50']}/"
+        f"{latency['p95']} ms, {summary['wall_time_s']} s; results in "
+        f'{os.path.abspath(config.out_dir)}')
     return 0 if summary['node_exit_code'] == 0 else 1
 
 

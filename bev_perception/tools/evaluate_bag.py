@@ -41,15 +41,13 @@ import json
 import logging
 import math
 import os
-import shutil
 import signal
-import subprocess
 import sys
 import threading
 import time
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from bev_perception import conversions
+from bev_perception import conversions, pipeline
 from bev_perception.bag_io import (BagError, BagReader, BagTopics, BagWriter,
                                    cdr_header_stamp_ns, DEFAULT_TOPICS, DetectionArrays,
                                    detections_from_msg, DETECTIONS_TYPE,
@@ -58,11 +56,10 @@ from bev_perception.bag_io import (BagError, BagReader, BagTopics, BagWriter,
 from bev_perception.inference import InferenceRuntime
 from bev_perception.metrics import DetectionAccumulator, SemanticAccumulator
 from bev_perception.node_params import NodeSettings, PARAMETERS
-from bev_perception import pipeline
 from bev_perception.sync import LidarTriggeredSync, stamp_to_seconds
+from bev_perception.tools import replay
 from bev_perception.tools.report import (percentiles, PlotData, StripFrame, write_json,
                                          write_report)
-from bev_perception.weights import resolve_weights_path, WeightsError
 import numpy as np
 from tqdm import tqdm
 import yaml
@@ -527,20 +524,9 @@ def _load_pipeline(options: EvalOptions, settings: NodeSettings
                    ) -> Tuple[pipeline.FramePipeline, str]:
     """Load the weights as the node does; return the frame pipeline and the weights path."""
     try:
-        weights = resolve_weights_path(options.weights or settings.weights_path,
-                                       settings.profile)
-    except WeightsError as error:
+        return pipeline.load_pipeline(settings, options.weights)
+    except pipeline.PipelineError as error:
         raise EvalError(str(error)) from None
-    try:
-        runtime = InferenceRuntime.from_weights(
-            weights, device=settings.device, precision=settings.precision,
-            torch_compile=settings.torch_compile, cuda_graphs=settings.cuda_graphs)
-    except WeightsError as error:
-        raise EvalError(f'cannot load the weights: {error}') from None
-    try:
-        return pipeline.FramePipeline(runtime, settings), weights
-    except ValueError as error:
-        raise EvalError(f'parameters contradict the weights {weights}: {error}') from None
 
 
 def _check_topics(bag: BagReader, topics: BagTopics, notes: List[str]) -> Dict[str, bool]:
@@ -754,111 +740,39 @@ def _finish(options: EvalOptions, report: Dict[str, Any], evaluation: Evaluation
 
 # ------------------------------------------------------------------------------ live
 
-def _format_param(value: Any) -> str:
-    if isinstance(value, bool):
-        return 'true' if value else 'false'
-    if isinstance(value, (list, tuple)):
-        return '[' + ','.join(_format_param(v) for v in value) + ']'
-    if isinstance(value, str):
-        plain = value and value == value.strip() and isinstance(_parse_value(value), str)
-        return value if plain else f"'{value}'"
-    return repr(value)
-
-
 def node_command(options: EvalOptions, namespace: str, weights: str,
                  overrides: Mapping[str, Any]) -> List[str]:
     """Return the command line that starts perception_node for a live evaluation."""
-    executable = shutil.which('perception_node')
-    command = [executable] if executable else [sys.executable, '-m', 'bev_perception.node']
-    command += ['--ros-args', '-r', f'__node:={options.node_name}', '-r', f'__ns:={namespace}']
-    if options.params_file:
-        command += ['--params-file', options.params_file]
     values = dict(overrides)
     values['weights_path'] = weights
     if options.device:
         values['device'] = options.device
     if options.use_sim_time:
         values['use_sim_time'] = True
-    for name, value in values.items():
-        command += ['-p', f'{name}:={_format_param(value)}']
-    return command
+    return replay.node_command(values, options.params_file,
+                               {'__node': options.node_name, '__ns': namespace})
 
 
-class LiveRecorder:
-    """Subscriptions to the node's outputs (raw CDR): evaluation, timing and an outputs bag.
+class RecordedOutputs:
+    """Evaluate the node outputs a live replay recorded, in arrival order.
 
-    During the replay the callbacks only note when each frame's detections arrived and append
-    the raw messages to the outputs bag, so the evaluator takes as little CPU from the node as
-    it can (decoding and scoring 10 frames a second would compete with it on a small machine).
-    ``evaluate_recorded`` then reads the bag back in arrival order and evaluates.
+    During the replay ``replay.OutputRecorder`` only stores the raw messages in the outputs bag,
+    so the evaluator takes as little CPU from the node as it can (decoding and scoring 10 frames
+    a second would compete with it on a small machine); ``evaluate`` reads the bag back.
     """
 
-    def __init__(self, ros_node, node_path: str, evaluation: Evaluation, strip: StripCollector,
-                 writer: BagWriter) -> None:
-        from diagnostic_msgs.msg import DiagnosticArray
-        from rclpy.qos import QoSProfile, ReliabilityPolicy
-        from sensor_msgs.msg import Image
-        from vision_msgs.msg import Detection3DArray
-
+    def __init__(self, evaluation: Evaluation, strip: StripCollector, typestore,
+                 topics: Mapping[str, str], image_stamps: Sequence[int]) -> None:
         self.evaluation = evaluation
         self.strip = strip
-        self.writer = writer
-        self.typestore = writer.typestore
-        self.received_s: Dict[int, float] = {}
+        self.typestore = typestore
+        self.topics = dict(topics)
         self.timings: Dict[str, List[float]] = {}
         self.node_lidar_only: Dict[int, bool] = {}
-        self.diagnostics: Dict[str, str] = {}
-        self.diagnostics_received_s = 0.0
         self.node_latency_ms: List[float] = []  # node clock now - cloud stamp
-        self.last_output_s = 0.0
-        self._published_images: List[int] = []
-        self._sorted_images: List[int] = []
-        self._recording = True
-        self._lock = threading.Lock()
-        self.topics = {
-            'detections': f'{node_path}/output/detections',
-            'semantic': f'{node_path}/output/semantic',
-            'timings': f'{node_path}/debug/timings',
-        }
-        for key, msgtype in (('detections', DETECTIONS_TYPE), ('semantic', IMAGE_TYPE),
-                             ('timings', 'diagnostic_msgs/msg/DiagnosticArray')):
-            writer.add_topic(self.topics[key], msgtype)
-        qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
-        self._subscriptions = [
-            ros_node.create_subscription(Detection3DArray, self.topics['detections'],
-                                         self._on_detections, qos, raw=True),
-            ros_node.create_subscription(Image, self.topics['semantic'],
-                                         self._on_raw('semantic'), qos, raw=True),
-            ros_node.create_subscription(DiagnosticArray, self.topics['timings'],
-                                         self._on_raw('timings'), qos, raw=True),
-            ros_node.create_subscription(DiagnosticArray, '/diagnostics',
-                                         self._on_diagnostics, qos),
-        ]
-        self._node_name = node_path.rsplit('/', 1)[-1]
+        self._image_stamps = sorted(image_stamps)
 
-    def stop_recording(self) -> None:
-        """Ignore outputs from now on (the outputs bag is about to be closed)."""
-        with self._lock:
-            self._recording = False
-
-    def _record(self, key: str, data: bytes) -> None:
-        now = time.monotonic()
-        with self._lock:
-            if not self._recording:
-                return
-            self.last_output_s = now
-            self.writer.write_raw(self.topics[key], time.time_ns(), data)
-
-    def _on_detections(self, data: bytes) -> None:
-        received = time.monotonic()
-        self._record('detections', data)
-        with self._lock:
-            self.received_s.setdefault(cdr_header_stamp_ns(data), received)
-
-    def _on_raw(self, key: str) -> Callable[[bytes], None]:
-        return lambda data: self._record(key, data)
-
-    def evaluate_recorded(self, bag_path: str) -> None:
+    def evaluate(self, bag_path: str) -> None:
         """Evaluate the outputs recorded in ``bag_path`` (the closed outputs bag), in order."""
         evaluate = {self.topics['detections']: self._evaluate_detections,
                     self.topics['semantic']: self._evaluate_semantic,
@@ -881,17 +795,16 @@ class LiveRecorder:
         self.strip.add_semantic(stamp_ns(msg.header), ids)
 
     def _evaluate_timings(self, data: bytes) -> None:
-        msg = self.typestore.deserialize_cdr(data, 'diagnostic_msgs/msg/DiagnosticArray')
+        msg = self.typestore.deserialize_cdr(data, replay.DIAGNOSTICS_TYPE)
         stamp = stamp_ns(msg.header)
         for status in msg.status:
             values = {item.key: item.value for item in status.values}
-            with self._lock:
-                for key, value in values.items():
-                    if key.endswith('_ms') and key not in NOT_STAGES and value:
-                        self.timings.setdefault(key[:-3], []).append(float(value))
-                if values.get('end_to_end_ms'):
-                    self.node_latency_ms.append(float(values['end_to_end_ms']))
-                self.node_lidar_only[stamp] = values.get('lidar_only') == 'true'
+            for key, value in values.items():
+                if key.endswith('_ms') and key not in NOT_STAGES and value:
+                    self.timings.setdefault(key[:-3], []).append(float(value))
+            if values.get('end_to_end_ms'):
+                self.node_latency_ms.append(float(values['end_to_end_ms']))
+            self.node_lidar_only[stamp] = values.get('lidar_only') == 'true'
             offset = values.get('image_offset_ms')
             if offset:
                 image_stamp = self.snap_image_stamp(stamp + int(round(float(offset) * 1e6)))
@@ -899,17 +812,9 @@ class LiveRecorder:
                 if bound is not None:
                     self.strip.add_prediction(bound)
 
-    def add_published_image(self, stamp: int) -> None:
-        """Note the stamp of an image the player published (for snap_image_stamp)."""
-        with self._lock:
-            self._published_images.append(stamp)
-
     def snap_image_stamp(self, approximate: int, tolerance_ns: int = 1_000_000) -> int:
         """Return the published image stamp nearest ``approximate`` (ms-rounded by the node)."""
-        with self._lock:
-            if len(self._published_images) != len(self._sorted_images):
-                self._sorted_images = sorted(self._published_images)
-            stamps = self._sorted_images
+        stamps = self._image_stamps
         index = bisect.bisect_left(stamps, approximate)
         near = [stamps[i] for i in (index - 1, index) if 0 <= i < len(stamps)]
         if not near:
@@ -917,87 +822,22 @@ class LiveRecorder:
         nearest = min(near, key=lambda s: abs(s - approximate))
         return nearest if abs(nearest - approximate) <= tolerance_ns else approximate
 
-    def _on_diagnostics(self, msg) -> None:
-        for status in msg.status:
-            if status.name.startswith(f'{self._node_name}:'):
-                with self._lock:
-                    self.diagnostics = {item.key: item.value for item in status.values}
-                    self.diagnostics['level'] = str(int.from_bytes(status.level, 'little')
-                                                    if isinstance(status.level, bytes)
-                                                    else status.level)
-                    self.diagnostics['message'] = status.message
-                    self.diagnostics_received_s = time.monotonic()
-
-
-class NodeProcess:
-    """perception_node as a child process whose output goes to a log file."""
-
-    def __init__(self, command: List[str], log_path: str) -> None:
-        self.command = command
-        self.log_path = log_path
-        self._log = open(log_path, 'w', encoding='utf-8')
-        try:
-            self.process = subprocess.Popen(command, stdout=self._log,
-                                            stderr=subprocess.STDOUT, env=dict(os.environ))
-        except OSError as error:
-            self._log.close()
-            raise EvalError(f'cannot start {command[0]}: {error}') from None
-
-    def tail(self, lines: int = 15) -> str:
-        """Return the last lines of the node's output."""
-        self._log.flush()
-        try:
-            with open(self.log_path, 'r', encoding='utf-8', errors='replace') as stream:
-                return ''.join(stream.readlines()[-lines:])
-        except OSError:
-            return ''
-
-    def check_alive(self) -> None:
-        """Raise EvalError with the node's last output when it has exited."""
-        code = self.process.poll()
-        if code is not None:
-            raise EvalError(f'perception_node exited with code {code} (log {self.log_path}):\n'
-                            + self.tail())
-
-    def stop(self, timeout_s: float = 15.0) -> Optional[int]:
-        """Stop the node with SIGINT (then SIGTERM, SIGKILL); return its exit code."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                self.process.terminate()
-                try:
-                    self.process.wait(timeout=5.0)
-                except subprocess.TimeoutExpired:
-                    self.process.kill()
-                    self.process.wait()
-        self._log.close()
-        return self.process.returncode
-
 
 def evaluate_live(options: EvalOptions) -> Dict[str, Any]:
     """Replay the bag into the node over DDS, record its outputs and write the report."""
-    import rclpy
-    from rclpy.executors import SingleThreadedExecutor
-    from rclpy.qos import QoSProfile, ReliabilityPolicy
-    from rosgraph_msgs.msg import Clock
-    from sensor_msgs.msg import Image, PointCloud2
-
-    from bev_perception.tools.demo import large_message_dds_env
-
     started = time.perf_counter()
     if options.rate <= 0:
         raise EvalError('--rate must be positive')
     # Images through shared memory, for this process's player and the node it starts.
-    os.environ.update(large_message_dds_env())
+    os.environ.update(replay.large_message_dds_env())
     settings, _ = node_settings(options.params_file, options.overrides, options.node_name)
     if options.device:
         settings = replace(settings, device=options.device)
     notes: List[str] = []
     os.makedirs(options.out, exist_ok=True)
+    topics = options.topics
     with BagReader(options.bag) as bag:
-        used = _check_topics(bag, options.topics, notes)
+        used = _check_topics(bag, topics, notes)
         # The evaluator loads the same weights for the class names, grid and palette only.
         frame_pipeline, weights = _load_pipeline(
             replace(options, device='cpu'),
@@ -1008,8 +848,8 @@ def evaluate_live(options: EvalOptions) -> Dict[str, Any]:
         evaluation = Evaluation(config.detection_classes, config.semantic_classes, mapper,
                                 ('fused',))
         if used['gt_detections']:
-            _load_gt_detections(bag, options.topics.gt_detections, evaluation, frame_pipeline)
-        total = bag.message_counts[options.topics.pointcloud]
+            _load_gt_detections(bag, topics.gt_detections, evaluation, frame_pipeline)
+        total = bag.message_counts[topics.pointcloud]
         if options.max_frames is not None:
             total = min(total, options.max_frames)
         strip = StripCollector(total)
@@ -1017,212 +857,136 @@ def evaluate_live(options: EvalOptions) -> Dict[str, Any]:
         namespace = (options.node_namespace if running
                      else f'/bev_perception_eval_{os.getpid()}')
         node_path = f'{namespace.rstrip("/")}/{options.node_name}'
+        outputs_path = os.path.join(options.out, 'outputs')
         process = None
-        context = rclpy.Context()
-        rclpy.init(context=context)
-        executor = SingleThreadedExecutor(context=context)
-        spin_thread = None
+        session = replay.RosSession('bev_perception_eval_player')
         try:
             if not running:
                 overrides = {name: value for name, value in options.overrides.items()
                              if name not in ('weights_path', 'device', 'use_sim_time')}
-                process = NodeProcess(node_command(options, namespace, weights, overrides),
-                                      os.path.join(options.out, 'node.log'))
-            ros_node = rclpy.create_node('bev_perception_eval_player', context=context)
-            executor.add_node(ros_node)
-            writer = BagWriter(os.path.join(options.out, 'outputs'), storage='mcap',
-                               typestore=bag.typestore, overwrite=True)
-            with writer:
-                recorder = LiveRecorder(ros_node, node_path, evaluation, strip, writer)
-                sensor_qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-                cloud_pub = ros_node.create_publisher(
-                    PointCloud2,
-                    options.node_pointcloud_topic or f'{node_path}/input/pointcloud',
-                    sensor_qos)
-                image_pub = ros_node.create_publisher(
-                    Image, options.node_image_topic or f'{node_path}/input/image', sensor_qos)
-                clock_pub = (ros_node.create_publisher(Clock, '/clock', 10)
-                             if options.use_sim_time else None)
-                spin_thread = threading.Thread(target=executor.spin, daemon=True)
-                spin_thread.start()
-                _wait_for_node(ros_node, cloud_pub, image_pub if used['image'] else None,
-                               recorder, process, options.startup_timeout_s, node_path)
-                played = _play(bag, options, used, cloud_pub, image_pub, clock_pub,
-                               evaluation, strip, recorder, process, total)
-                _drain(recorder, played['cloud_stamps'], options.drain_timeout_s, process)
-                _wait_for_diagnostics(recorder, settings.diagnostics_period_s + 1.0)
+                process = replay.NodeProcess(node_command(options, namespace, weights, overrides),
+                                             os.path.join(options.out, 'node.log'))
+            with BagWriter(outputs_path, storage='mcap', typestore=bag.typestore,
+                           overwrite=True) as writer:
+                recorder = replay.OutputRecorder(session.node, writer,
+                                                 ('detections', 'semantic', 'timings'),
+                                                 options.node_name, namespace)
+                targets = {topics.pointcloud: (options.node_pointcloud_topic
+                                               or f'{node_path}/input/pointcloud')}
+                if used['image']:
+                    targets[topics.image] = (options.node_image_topic
+                                             or f'{node_path}/input/image')
+                publishers = replay.bag_publishers(session.node, bag, targets, LOGGER.warning)
+                clock = (replay.SimClock(session.node, options.rate) if options.use_sim_time
+                         else None)
+                if not replay.wait_for_node(session.node, list(publishers.values()),
+                                            recorder.topics['detections'], process,
+                                            options.startup_timeout_s):
+                    raise EvalError(
+                        f'no perception_node at {node_path} within '
+                        f'{options.startup_timeout_s:.0f} s (it must subscribe to '
+                        f'{targets[topics.pointcloud]} and publish '
+                        f'{recorder.topics["detections"]}; for a launched node pass its '
+                        'remapped inputs with --node-pointcloud-topic/--node-image-topic)'
+                        + (f'; node log {process.log_path}:\n{process.tail()}'
+                           if process else ''))
+                with tqdm(total=total, desc=f'live replay x{options.rate:g}', unit='frame',
+                          disable=not options.progress) as bar:
+                    played = replay.play(
+                        bag, publishers, options.rate, topics.pointcloud,
+                        topics.image if used['image'] else None, clock=clock,
+                        also_read=[topics.gt_semantic] if used['gt_semantic'] else [],
+                        on_message=_live_inputs(bag, topics, evaluation, strip, bar),
+                        max_clouds=total, process=process)
+                replay.drain(recorder, played.cloud_stamps, options.drain_timeout_s, process)
+                replay.wait_for_diagnostics(recorder, settings.diagnostics_period_s + 1.0)
                 recorder.stop_recording()  # outputs arriving from now on are not evaluated
-            recorder.evaluate_recorded(os.path.join(options.out, 'outputs'))
-            cloud_stamps = played['cloud_stamps']
+                if clock is not None:
+                    clock.stop()
+            recorded = RecordedOutputs(evaluation, strip, bag.typestore, recorder.topics,
+                                       played.image_stamps)
+            recorded.evaluate(outputs_path)
+            cloud_stamps = played.cloud_stamps
             missing = evaluation.add_missing(cloud_stamps)
+        except replay.ReplayError as error:
+            raise EvalError(str(error)) from None
         finally:
             if process is not None:
                 exit_code = process.stop()
                 if exit_code not in (0, None, -signal.SIGINT):
                     notes.append(f'perception_node exited with code {exit_code}')
-            executor.shutdown()
-            context.try_shutdown()
-            if spin_thread is not None:
-                spin_thread.join(timeout=5.0)
-    publish_s = played['publish_s']
+            session.close()
+    publish_s = played.publish_s
     latencies = [(recorder.received_s[stamp] - publish_s[stamp]) * 1e3
                  for stamp in cloud_stamps if stamp in recorder.received_s]
     received = sorted(recorder.received_s[s] for s in cloud_stamps if s in recorder.received_s)
     published = sorted(publish_s.values())
-    lidar_only = sum(1 for stamp in cloud_stamps if recorder.node_lidar_only.get(stamp))
-    counts = {'clouds': len(cloud_stamps), 'images': played['images'],
+    lidar_only = sum(1 for stamp in cloud_stamps if recorded.node_lidar_only.get(stamp))
+    images = len(played.image_stamps)
+    counts = {'clouds': len(cloud_stamps), 'images': images,
               'frames': len(received), 'fused': len(received) - lidar_only,
               'lidar_only': lidar_only, 'no_output': missing}
     report = _assemble(options, 'live', weights, runtime, settings, counts, {}, evaluation,
-                       recorder.timings, notes, time.perf_counter() - started)
+                       recorded.timings, notes, time.perf_counter() - started)
     report['device'] = recorder.diagnostics.get('device', settings.device)
     report['live'] = {
         'rate': options.rate, 'use_sim_time': options.use_sim_time,
         'node': node_path, 'started_node': not running,
-        'clouds_published': len(cloud_stamps), 'images_published': played['images'],
+        'clouds_published': len(cloud_stamps), 'images_published': images,
         'detections_received': len(received), 'dropped_frames': missing,
         'end_to_end_latency_ms': percentiles(latencies),
         'output_rate_hz': _rate(received), 'input_rate_hz': _rate(published),
         'node_diagnostics': recorder.diagnostics,
     }
     images_in = recorder.diagnostics.get('images_in')
-    if played['images'] and images_in == '0':
-        notes.append(f'the node received none of the {played["images"]} images (its '
-                     'diagnostics say images_in 0): with best_effort input QoS, Fast DDS drops '
-                     'large images (e.g. 1920x1208 rgb8); rerun with '
-                     '-p input_reliability:=reliable')
+    if images and images_in == '0':
+        notes.append(f'the node received none of the {images} images (its diagnostics say '
+                     'images_in 0): with best_effort input QoS, Fast DDS drops large images '
+                     '(e.g. 1920x1208 rgb8); rerun with -p input_reliability:=reliable')
     if options.use_sim_time:
         # With /clock the node's own latency (its clock - cloud stamp) is meaningful too.
-        report['live']['node_clock_latency_ms'] = percentiles(recorder.node_latency_ms)
+        report['live']['node_clock_latency_ms'] = percentiles(recorded.node_latency_ms)
     _finish(options, report, evaluation, strip, runtime,
             {'end-to-end': latencies,
-             'node processing': recorder.timings.get('processing', [])})
+             'node processing': recorded.timings.get('processing', [])})
     return report
+
+
+def _live_inputs(bag: BagReader, topics: BagTopics, evaluation: Evaluation,
+                 strip: StripCollector, bar: tqdm) -> Callable[[Any], None]:
+    """Return the player's callback: semantic ground truth, strip frames, progress."""
+    clouds = 0
+
+    def on_message(item) -> None:
+        nonlocal clouds
+        if item.topic == topics.gt_semantic:
+            msg = bag.deserialize(item.message, IMAGE_TYPE, item.topic)
+            evaluation.add_semantic_gt(stamp_ns(msg.header), mono8_to_array(msg))
+        elif item.topic == topics.pointcloud:
+            bar.update(1)
+            if strip.wants(clouds):
+                msg = bag.deserialize(item.message, POINTCLOUD_TYPE, item.topic)
+                try:
+                    points = conversions.pointcloud2_to_array(msg)
+                except conversions.ConversionError:
+                    points = np.zeros((0, 4), dtype=np.float32)
+                stamp = cdr_header_stamp_ns(item.message)
+                gt = evaluation.gt_detections.get(stamp, (np.zeros((0, 7)), None))[0]
+                strip.add_cloud(stamp, points, gt)
+            clouds += 1
+        elif strip.active:
+            msg = bag.deserialize(item.message, IMAGE_TYPE, item.topic)
+            try:
+                strip.add_image(stamp_ns(msg.header), conversions.image_to_rgb(msg))
+            except conversions.ConversionError:
+                pass
+    return on_message
 
 
 def _rate(times_s: Sequence[float]) -> Optional[float]:
     if len(times_s) < 2 or times_s[-1] <= times_s[0]:
         return None
     return (len(times_s) - 1) / (times_s[-1] - times_s[0])
-
-
-def _wait_for_node(ros_node, cloud_pub, image_pub, recorder: LiveRecorder,
-                   process: Optional[NodeProcess], timeout_s: float, node_path: str) -> None:
-    """Wait until the node subscribes to our inputs and publishes the outputs we record."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process is not None:
-            process.check_alive()
-        ready = (cloud_pub.get_subscription_count() > 0
-                 and (image_pub is None or image_pub.get_subscription_count() > 0)
-                 and ros_node.count_publishers(recorder.topics['detections']) > 0)
-        if ready:
-            time.sleep(0.5)  # let discovery finish in both directions
-            return
-        time.sleep(0.1)
-    raise EvalError(f'no perception_node at {node_path} within {timeout_s:.0f} s (it must '
-                    f'subscribe to {cloud_pub.topic_name} and publish '
-                    f'{recorder.topics["detections"]}; for a launched node pass its remapped '
-                    'inputs with --node-pointcloud-topic/--node-image-topic)'
-                    + (f'; node log {process.log_path}:\n{process.tail()}' if process else ''))
-
-
-def _play(bag: BagReader, options: EvalOptions, used: Dict[str, bool], cloud_pub, image_pub,
-          clock_pub, evaluation: Evaluation, strip: StripCollector, recorder: 'LiveRecorder',
-          process: Optional[NodeProcess], total: int) -> Dict[str, Any]:
-    """Publish clouds and images with their recorded timing; feed the semantic ground truth."""
-    from builtin_interfaces.msg import Time
-    from rosgraph_msgs.msg import Clock
-
-    topics = options.topics
-    names = [topics.pointcloud] + ([topics.image] if used['image'] else []) + (
-        [topics.gt_semantic] if used['gt_semantic'] else [])
-    publish_s: Dict[int, float] = {}
-    cloud_stamps: List[int] = []
-    images = 0
-    first_log = None
-    start = time.monotonic() + 0.2
-
-    def publish_clock(log_time_ns: int) -> None:
-        if clock_pub is not None:
-            sec, nanosec = divmod(int(log_time_ns), 10**9)
-            clock_pub.publish(Clock(clock=Time(sec=sec, nanosec=nanosec)))
-
-    with tqdm(total=total, desc=f'live replay x{options.rate:g}', unit='frame',
-              disable=not options.progress) as bar:
-        for item in bag.messages(names, raw=True):
-            if item.topic == topics.gt_semantic:
-                msg = bag.deserialize(item.message, IMAGE_TYPE, item.topic)
-                evaluation.add_semantic_gt(stamp_ns(msg.header), mono8_to_array(msg))
-                continue
-            if item.topic == topics.pointcloud and len(cloud_stamps) >= total:
-                break
-            if first_log is None:
-                first_log = item.log_time_ns
-            target = start + (item.log_time_ns - first_log) * 1e-9 / options.rate
-            while True:
-                remaining = target - time.monotonic()
-                if remaining <= 0:
-                    break
-                if clock_pub is not None:
-                    elapsed = (time.monotonic() - start) * options.rate
-                    publish_clock(first_log + int(max(elapsed, 0.0) * 1e9))
-                time.sleep(min(remaining, 0.01))
-            if process is not None and len(cloud_stamps) % 10 == 0:
-                process.check_alive()
-            publish_clock(item.log_time_ns)
-            if item.topic == topics.pointcloud:
-                stamp = cdr_header_stamp_ns(item.message)
-                index = len(cloud_stamps)
-                cloud_pub.publish(item.message)
-                publish_s.setdefault(stamp, time.monotonic())
-                cloud_stamps.append(stamp)
-                bar.update(1)
-                if strip.wants(index):
-                    msg = bag.deserialize(item.message, POINTCLOUD_TYPE, item.topic)
-                    try:
-                        points = conversions.pointcloud2_to_array(msg)
-                    except conversions.ConversionError:
-                        points = np.zeros((0, 4), dtype=np.float32)
-                    gt = evaluation.gt_detections.get(stamp, (np.zeros((0, 7)), None))[0]
-                    strip.add_cloud(stamp, points, gt)
-            else:
-                image_pub.publish(item.message)
-                recorder.add_published_image(cdr_header_stamp_ns(item.message))
-                images += 1
-                if strip.active:
-                    msg = bag.deserialize(item.message, IMAGE_TYPE, item.topic)
-                    try:
-                        strip.add_image(stamp_ns(msg.header), conversions.image_to_rgb(msg))
-                    except conversions.ConversionError:
-                        pass
-    return {'publish_s': publish_s, 'cloud_stamps': cloud_stamps, 'images': images}
-
-
-def _wait_for_diagnostics(recorder: LiveRecorder, timeout_s: float) -> None:
-    """Wait for a /diagnostics status of the node sent after the last output."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if recorder.diagnostics_received_s > recorder.last_output_s:
-            return
-        time.sleep(0.05)
-
-
-def _drain(recorder: LiveRecorder, cloud_stamps: Sequence[int], timeout_s: float,
-           process: Optional[NodeProcess]) -> None:
-    """Wait for the outputs of the last clouds (until all arrived or none came for a while)."""
-    wanted = set(cloud_stamps)
-    quiet_since = time.monotonic()
-    while True:
-        if wanted.issubset(recorder.received_s):
-            time.sleep(0.3)  # semantic and timings follow the detections
-            return
-        last = max(recorder.last_output_s, quiet_since)
-        if time.monotonic() - last > timeout_s:
-            return
-        if process is not None and process.process.poll() is not None:
-            return
-        time.sleep(0.05)
 
 
 # ------------------------------------------------------------------------------ CLI

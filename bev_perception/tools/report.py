@@ -10,7 +10,10 @@
 * ``bev_strip.png``: a strip of frames: bird's-eye view of the points with ground truth and
   predicted boxes, and the camera image with the predicted semantic classes over it.
 
-Plots with nothing to show are left out. No ROS imports: only numpy and matplotlib.
+Plots with nothing to show are left out. The demo draws its pictures with the same functions
+(``plot_bev``, ``plot_camera_semantics``), and ``percentiles`` is the one summary of timing
+samples of the evaluation, the demo and the benchmark. No ROS imports: only numpy and
+matplotlib.
 """
 
 from dataclasses import dataclass, field
@@ -27,15 +30,23 @@ _GT_COLOUR = '#1b9e77'
 _PRED_COLOUR = '#d95f02'
 
 
-def percentiles(values: Sequence[float]) -> Dict[str, Optional[float]]:
-    """Return count, mean, p50, p95, p99 and max of samples (None values when there are none)."""
+def percentiles(values: Sequence[float], digits: Optional[int] = None
+                ) -> Dict[str, Optional[float]]:
+    """Return count, mean, p50, p95, p99 and max of samples (None values when there are none).
+
+    The one summary of timing samples of the evaluation report, the demo and the benchmark.
+    Non-finite and None samples are left out; ``digits`` rounds the values.
+    """
     samples = np.asarray([v for v in values if v is not None and math.isfinite(v)],
                          dtype=np.float64)
     if samples.size == 0:
         return {'count': 0, 'mean': None, 'p50': None, 'p95': None, 'p99': None, 'max': None}
     p50, p95, p99 = np.percentile(samples, [50, 95, 99])
-    return {'count': int(samples.size), 'mean': float(samples.mean()), 'p50': float(p50),
-            'p95': float(p95), 'p99': float(p99), 'max': float(samples.max())}
+    stats = {'mean': float(samples.mean()), 'p50': float(p50), 'p95': float(p95),
+             'p99': float(p99), 'max': float(samples.max())}
+    if digits is not None:
+        stats = {key: round(value, digits) for key, value in stats.items()}
+    return {'count': int(samples.size), **stats}
 
 
 @dataclass(frozen=True)
@@ -180,10 +191,88 @@ def plot_latency_histogram(samples: Mapping[str, Sequence[float]], path: str) ->
     return True
 
 
+def draw_bev(axis, frame: StripFrame, x_range_m: Tuple[float, float],
+             y_range_m: Tuple[float, float], label_size: float = 5.0) -> None:
+    """Draw one frame from above (x forward up, y left to the left) on a matplotlib axis.
+
+    Points grey, ground truth boxes solid, predicted boxes dashed with their labels; the view
+    covers the model's BEV grid.
+    """
+    points = np.asarray(frame.points_xy)
+    if len(points):
+        axis.scatter(-points[:, 1], points[:, 0], s=0.3, c='#555555', linewidths=0)
+    for box in np.asarray(frame.gt_boxes).reshape(-1, 7):
+        outline = box_outline_xy(box)
+        axis.plot(-outline[:, 1], outline[:, 0], color=_GT_COLOUR, linewidth=1.2)
+    for box, label in zip(np.asarray(frame.pred_boxes).reshape(-1, 7), frame.pred_labels):
+        outline = box_outline_xy(box)
+        axis.plot(-outline[:, 1], outline[:, 0], color=_PRED_COLOUR, linewidth=1.0,
+                  linestyle='--')
+        axis.text(-box[1], box[0] + 0.6 * box[3], label, fontsize=label_size,
+                  color=_PRED_COLOUR)
+    axis.set_xlim(-y_range_m[1], -y_range_m[0])
+    axis.set_ylim(*x_range_m)
+    axis.set_aspect('equal')
+
+
+def semantic_overlay(image: np.ndarray, ids: np.ndarray, palette: np.ndarray,
+                     alpha: float = 0.5) -> np.ndarray:
+    """Return the (H, W, 3) uint8 image with the class colours of ``ids`` blended over it.
+
+    Pixels of id 255 (ignore) keep the image's colour.
+    """
+    lookup = np.zeros((256, 3), dtype=np.uint8)
+    lookup[:len(palette)] = palette
+    blended = (1.0 - alpha) * image.astype(np.float32) + alpha * lookup[ids]  # (H, W, 3)
+    return np.where((ids == 255)[..., None], image, blended).astype(np.uint8)
+
+
+def plot_bev(frame: StripFrame, path: str, x_range_m: Tuple[float, float],
+             y_range_m: Tuple[float, float], title: str) -> bool:
+    """Plot one frame's bird's-eye view (``draw_bev``) large, with a legend."""
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(7.5, 7.5))
+    draw_bev(axis, frame, x_range_m, y_range_m, label_size=6.0)
+    axis.plot([], [], color=_GT_COLOUR, label='ground truth')
+    axis.plot([], [], color=_PRED_COLOUR, linestyle='--', label='prediction')
+    axis.plot([0], [0], marker='^', color='black', markersize=8)
+    axis.set_xlabel('-y (m, right)')
+    axis.set_ylabel('x (m, forward)')
+    axis.set_title(title, fontsize=9)
+    axis.legend(loc='lower left', fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return True
+
+
+def plot_camera_semantics(image: np.ndarray, predicted: Optional[np.ndarray],
+                          truth: Optional[np.ndarray], palette: np.ndarray, path: str,
+                          title: str) -> bool:
+    """Plot the camera image above its predicted and true semantics (either may be None)."""
+    plt = _pyplot()
+    panels = [('camera', image)] + [
+        (name, semantic_overlay(image, ids, palette, alpha=0.55))
+        for name, ids in (('predicted semantics', predicted), ('ground truth semantics', truth))
+        if ids is not None and ids.shape == image.shape[:2]]
+    height, width = image.shape[:2]
+    figure, axes = plt.subplots(len(panels), 1,
+                                figsize=(8, 8 * height / width * len(panels) + 0.6))
+    for axis, (name, shown) in zip(np.atleast_1d(axes), panels):
+        axis.imshow(shown)
+        axis.set_title(name, fontsize=9)
+        axis.axis('off')
+    figure.suptitle(title, fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return True
+
+
 def plot_bev_strip(frames: Sequence[StripFrame], path: str,
                    x_range_m: Tuple[float, float], y_range_m: Tuple[float, float],
                    palette: Optional[np.ndarray] = None) -> bool:
-    """Plot frames side by side: BEV (x up, y left) on top, camera + semantics below."""
+    """Plot frames side by side: BEV (``draw_bev``) on top, camera + semantics below."""
     if not frames:
         return False
     plt = _pyplot()
@@ -193,20 +282,7 @@ def plot_bev_strip(frames: Sequence[StripFrame], path: str,
                                 squeeze=False)
     for column, frame in enumerate(frames):
         axis = axes[0][column]
-        points = np.asarray(frame.points_xy)
-        if len(points):
-            axis.scatter(-points[:, 1], points[:, 0], s=0.3, c='#555555', linewidths=0)
-        for box in np.asarray(frame.gt_boxes).reshape(-1, 7):
-            outline = box_outline_xy(box)
-            axis.plot(-outline[:, 1], outline[:, 0], color=_GT_COLOUR, linewidth=1.2)
-        for box, label in zip(np.asarray(frame.pred_boxes).reshape(-1, 7), frame.pred_labels):
-            outline = box_outline_xy(box)
-            axis.plot(-outline[:, 1], outline[:, 0], color=_PRED_COLOUR, linewidth=1.0,
-                      linestyle='--')
-            axis.text(-box[1], box[0] + 0.6 * box[3], label, fontsize=5, color=_PRED_COLOUR)
-        axis.set_xlim(-y_range_m[1], -y_range_m[0])
-        axis.set_ylim(*x_range_m)
-        axis.set_aspect('equal')
+        draw_bev(axis, frame, x_range_m, y_range_m)
         axis.set_title(f'stamp {frame.stamp_ns / 1e9:.3f} s', fontsize=8)
         axis.set_xlabel('-y (m, right)', fontsize=7)
         axis.set_ylabel('x (m, forward)', fontsize=7)
@@ -217,10 +293,7 @@ def plot_bev_strip(frames: Sequence[StripFrame], path: str,
             if frame.image is not None:
                 shown = frame.image
                 if frame.semantic is not None and palette is not None:
-                    lookup = np.zeros((256, 3), dtype=np.uint8)
-                    lookup[:len(palette)] = palette
-                    colours = lookup[frame.semantic]  # (h, w, 3)
-                    shown = (0.5 * shown + 0.5 * colours).astype(np.uint8)
+                    shown = semantic_overlay(shown, frame.semantic, palette)
                 camera_axis.imshow(shown)
                 camera_axis.set_title('camera + predicted semantics', fontsize=8)
             else:

@@ -6,15 +6,16 @@ images go through a 32 MB shared-memory segment: the test publishes them best ef
 expects nearly all to arrive. Discovery stays loopback-only (conftest's environment).
 """
 
+import filecmp
 import os
 import subprocess
 import sys
 import textwrap
 
-from bev_perception.tools.demo import (FASTDDS_PROFILE_NAME, fastdds_profile_path,
-                                       FASTDDS_PROFILE_VARIABLES, large_message_dds_env)
+from bev_perception.tools.replay import (FASTDDS_PROFILE_NAME, fastdds_profile_path,
+                                         FASTDDS_PROFILE_VARIABLES, large_message_dds_env)
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 IMAGES = 20
 
 SUBSCRIBER = textwrap.dedent("""
@@ -58,9 +59,11 @@ PUBLISHER = textwrap.dedent("""
 """)
 
 
-def test_profile_file_is_shipped_and_selected():
+def test_profile_file_is_shipped_and_selected(monkeypatch):
+    monkeypatch.chdir(REPO)  # a source checkout: ./config, unless the package is installed
     path = fastdds_profile_path()
-    assert path == os.path.join(REPO, 'config', FASTDDS_PROFILE_NAME)
+    assert os.path.basename(path) == FASTDDS_PROFILE_NAME
+    assert filecmp.cmp(path, os.path.join(REPO, 'config', FASTDDS_PROFILE_NAME), shallow=False)
     environment = large_message_dds_env()
     if not any(os.environ.get(name) for name in FASTDDS_PROFILE_VARIABLES):
         assert environment == {'FASTDDS_DEFAULT_PROFILES_FILE': path}

@@ -11,11 +11,12 @@ import signal
 import subprocess
 import sys
 
-from bev_perception.bag_io import BagError, BagReader, BagWriter, DEFAULT_TOPICS
+from bev_perception.bag_io import (BagError, BagReader, BagWriter, cdr_header_stamp_ns,
+                                   DEFAULT_TOPICS)
 from bev_perception.tools import evaluate_bag
-from bev_perception.tools.evaluate_bag import (cdr_header_stamp_ns, ClassMapper, EvalError,
-                                               EvalOptions, evaluate_offline, load_params_file,
-                                               node_command, parse_param_overrides)
+from bev_perception.tools.evaluate_bag import (ClassMapper, EvalError, EvalOptions,
+                                               evaluate_offline, load_params_file, node_command,
+                                               parse_param_overrides)
 import numpy as np
 import pytest
 from training.a2d2 import A2D2Dataset, DEFAULT_CLASS_MAP
@@ -23,7 +24,7 @@ from training.evaluate import evaluate as training_evaluate
 from training.synthetic import generate
 from training.to_bag import convert_scene
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PARAMS_FILE = os.path.join(ROOT, 'config', 'perception.yaml')
 FRAMES = 3
 SCORE_THRESHOLD = 0.05

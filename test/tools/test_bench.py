@@ -9,7 +9,6 @@ from bev_perception.tools import bench
 from bev_perception.weights import load_weights, read_metadata
 import numpy as np
 import pytest
-from training.train import load_config
 
 #: Stages that run on the CPU with a camera image (their p50 must be positive).
 CPU_STAGES = ('cloud_conversion', 'preprocess', 'voxelize', 'pillar_net', 'backbone',
@@ -38,7 +37,7 @@ def test_json_holds_every_section_with_positive_numbers(quick_report):
         assert set(row['stages_ms']) == {key for key, _ in bench.BENCH_STAGES}
         for key in CPU_STAGES:
             stats = row['stages_ms'][key]
-            assert stats['n'] == 2 and stats['p50'] > 0 and stats['p95'] >= stats['p50'], key
+            assert stats['count'] == 2 and stats['p50'] > 0 and stats['p95'] >= stats['p50'], key
         assert row['stages_ms']['cuda_graph']['p50'] == 0
         assert row['stages_ms']['end_to_end']['p50'] >= row['stages_ms']['voxelize']['p50']
         assert row['memory']['peak_mb'] is None or row['memory']['peak_mb'] >= 0
@@ -104,12 +103,13 @@ def test_bad_arguments_exit_with_usage_errors(tmp_path):
     assert raised.value.code == 2
 
 
-def test_shipped_config_is_the_shipped_weights_or_their_recipe():
+def test_shipped_config_comes_from_the_shipped_weights_metadata():
     shipped = bench.shipped_weights_path()
-    if shipped:
-        expected = ModelConfig.from_dict(read_metadata(shipped)['config'])
-    else:
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        expected = load_config(os.path.join(root, bench.SHIPPED_RECIPE)).model.build()
+    if shipped is None:
+        with pytest.raises(ValueError, match='shipped weights'):
+            bench.model_config('shipped')
+        return
+    expected = ModelConfig.from_dict(read_metadata(shipped)['config'])
     assert bench.model_config('shipped') == expected
-    assert bench.model_and_weights('shipped', {})[1] == expected
+    model, config, origin = bench.model_and_weights('shipped', {})
+    assert config == expected and origin.endswith('default.safetensors')
