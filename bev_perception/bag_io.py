@@ -51,7 +51,6 @@ BAG_VERSION = 8
 STORAGE_PLUGINS = {'mcap': StoragePlugin.MCAP, 'sqlite3': StoragePlugin.SQLITE3}
 #: Interface packages whose .msg files are registered when the typestore lacks them.
 EXTRA_PACKAGES = ('vision_msgs',)
-_SOURCE_INTERFACES = Path(__file__).resolve().parents[1] / 'interfaces'
 
 POINTCLOUD_TYPE = 'sensor_msgs/msg/PointCloud2'
 IMAGE_TYPE = 'sensor_msgs/msg/Image'
@@ -102,14 +101,13 @@ def interface_msg_dirs(package: str, ament_prefix_path: Optional[str] = None) ->
     """Return the folders holding ``package``'s .msg files, most specific first.
 
     Every ``<prefix>/share/<package>/msg`` of ``ament_prefix_path`` (default: the
-    ``AMENT_PREFIX_PATH`` variable) that exists, then this source tree's
-    ``interfaces/<package>/msg`` when running from a checkout.
+    ``AMENT_PREFIX_PATH`` variable) that exists: a sourced ROS 2 install, or the checkout's
+    build of the definitions that ``env.sh`` puts on the path.
     """
     text = os.environ.get('AMENT_PREFIX_PATH', '') if ament_prefix_path is None \
         else ament_prefix_path
     folders = [Path(prefix) / 'share' / package / 'msg'
                for prefix in text.split(os.pathsep) if prefix]
-    folders.append(_SOURCE_INTERFACES / package / 'msg')
     found = []
     for folder in folders:
         if folder.is_dir() and any(folder.glob('*.msg')) and folder not in found:
@@ -139,8 +137,8 @@ def make_typestore(ament_prefix_path: Optional[str] = None) -> Typestore:
         if not folders:
             raise BagError(
                 f'no {package} message definitions found: looked for share/{package}/msg in '
-                f'every AMENT_PREFIX_PATH prefix and in {_SOURCE_INTERFACES / package / "msg"}; '
-                f'source a ROS 2 install with {package}, or run from a source checkout')
+                f'every AMENT_PREFIX_PATH prefix; source a ROS 2 install with {package} '
+                '(or, in a checkout, env.sh after make setup)')
         register_msg_dir(typestore, package, folders[0])
     return typestore
 

@@ -6,8 +6,13 @@ changed, the values carry the totals.
 """
 
 from dataclasses import dataclass, field
+import math
 import threading
-from typing import Dict, List, Mapping, Tuple
+import time
+from typing import Any, Callable, Dict, List, Mapping, Tuple
+
+#: Longest frame id quoted in a message.
+MAX_QUOTED_CHARS = 80
 
 #: Status levels, as diagnostic_msgs/DiagnosticStatus names them.
 OK, WARN, ERROR = 'OK', 'WARN', 'ERROR'
@@ -80,10 +85,32 @@ class Counters:
 
 
 class HealthReport:
-    """Turns successive counter snapshots into a level and a one-line message."""
+    """Turns successive counter snapshots and frame times into a status (thread-safe)."""
 
     def __init__(self) -> None:
         self._previous: Dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._processing_ms: List[float] = []
+        self._last_latency_ms = math.nan
+
+    def record_frame(self, processing_ms: float, end_to_end_ms: float) -> None:
+        """Note a published frame's processing time and end-to-end latency."""
+        with self._lock:
+            self._processing_ms.append(processing_ms)
+            self._last_latency_ms = end_to_end_ms
+
+    def values(self, counts: Mapping[str, int]) -> List[Tuple[str, str]]:
+        """Return the status values: every count, the last latency, the mean processing time.
+
+        The processing times are those since the previous call.
+        """
+        with self._lock:
+            processing, self._processing_ms = self._processing_ms, []
+            latency = self._last_latency_ms
+        return [(name, str(value)) for name, value in counts.items()] + [
+            ('last_end_to_end_ms', f'{latency:.1f}'),
+            ('mean_processing_ms', f'{sum(processing) / len(processing):.1f}'
+             if processing else '')]
 
     def update(self, counts: Mapping[str, int], worker_alive: bool) -> Tuple[str, str]:
         """Return (level, message) for the change since the previous call."""
@@ -111,3 +138,33 @@ def _reasons(counter: str, delta: Mapping[str, int]) -> str:
     reasons: List[str] = [f'{name[len(prefix):]} {count}' for name, count in delta.items()
                           if name.startswith(prefix) and count]
     return f' ({", ".join(reasons)})' if reasons else ''
+
+
+class ThrottledLog:
+    """Log at most one message per kind every ``period_s`` (monotonic clock).
+
+    Args:
+        log: where messages go (e.g. a ROS logger's ``warning``).
+        period_s: seconds between two messages of the same kind.
+    """
+
+    def __init__(self, log: Callable[[str], Any], period_s: float) -> None:
+        self._log = log
+        self._period_s = period_s
+        self._logged_at: Dict[str, float] = {}
+
+    def __call__(self, kind: str, message: str) -> None:
+        """Log ``message`` unless a message of ``kind`` was logged within the period."""
+        now = time.monotonic()
+        if now - self._logged_at.get(kind, -math.inf) >= self._period_s:
+            self._logged_at[kind] = now
+            self._log(message)
+
+
+def describe_input(topic: str, header: Any, field_name: str = '') -> str:
+    """Return 'on <topic> (stamp <s>, frame <id>[, field <name>])' of an input message."""
+    frame_id = header.frame_id
+    if len(frame_id) > MAX_QUOTED_CHARS:
+        frame_id = frame_id[:MAX_QUOTED_CHARS] + '...'
+    return (f'on {topic} (stamp {header.stamp.sec}.{header.stamp.nanosec:09d}, frame '
+            f'{frame_id!r}' + (f', field {field_name!r}' if field_name else '') + ')')

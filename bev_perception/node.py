@@ -1,19 +1,7 @@
 """The BEV perception node: LiDAR + camera in, 3D detections and semantic images out.
 
-Topics (node-private names, remap them in the launch file):
-
-* in: ``~/input/pointcloud`` (sensor_msgs/PointCloud2), ``~/input/image`` (sensor_msgs/Image),
-  sensor-data QoS (best effort) by default.
-* out: ``~/output/detections`` (vision_msgs/Detection3DArray, the cloud's header),
-  ``~/output/semantic`` (mono8 class ids, the image's header), ``~/output/semantic_color``
-  (rgb8), ``~/output/markers`` (visualization_msgs/MarkerArray), ``~/output/label_info``
-  (vision_msgs/LabelInfo, transient local), ``/diagnostics`` and the debug topics
-  ``~/debug/timings`` (diagnostic_msgs/DiagnosticArray: one status named ``timings`` whose
-  values are ``<stage>_ms`` numbers and frame facts, header = the cloud's header) and
-  ``~/debug/end_to_end_latency_ms`` (std_msgs/Float64, now minus the cloud stamp).
-  Detections, markers and both semantic images are built and published only while their topic
-  has a subscriber (lazy, like image_transport's publishers): nothing is spent on an output
-  nobody reads.
+Topics: ``bev_perception.topics`` (names and types); outputs: ``bev_perception.outputs``; a
+frame's computation: ``bev_perception.pipeline``; health counters: ``bev_perception.health``.
 
 Threads: the executor runs the (non-blocking) callbacks and timers; one worker thread converts,
 runs inference and publishes. They meet in a latest-wins slot of depth 1, so a slow model drops
@@ -28,7 +16,6 @@ is the program.
 """
 
 from dataclasses import dataclass, replace
-import math
 import os
 import signal
 import sys
@@ -49,16 +36,17 @@ if __name__ == '__main__' or os.path.basename((sys.argv or [''])[0]) == 'percept
     signal.signal(signal.SIGTERM, _stop_while_importing)
 
 from bev_perception import conversions
-from bev_perception.health import Counters, ERROR, HealthReport, OK, WARN
+from bev_perception.health import (Counters, describe_input, ERROR, HealthReport, OK,
+                                   ThrottledLog, WARN)
 from bev_perception.inference import InferenceRuntime
 from bev_perception.node_params import (check_params_files, descriptor, explain_init_error,
                                         NodeSettings, PARAMETERS)
 from bev_perception.outputs import OutputPublishers
-from bev_perception.pipeline import FrameOutput, FramePipeline
+from bev_perception.pipeline import FrameOutput, load_pipeline, PipelineError
 from bev_perception.sync import (LatestWinsSlot, LidarTriggeredSync, stamp_to_seconds,
                                  SyncedFrame)
 from bev_perception.topics import INPUT_TOPICS, NODE_NAME
-from bev_perception.weights import describe_provenance, resolve_weights_path, WeightsError
+from bev_perception.weights import describe_provenance
 from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
 import numpy as np
 from rcl_interfaces.msg import SetParametersResult
@@ -80,8 +68,6 @@ WARNING_PERIOD_S = 5.0
 SYNC_POLL_PERIOD_S = 0.01
 #: Signals that stop the node cleanly (exit code 0).
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-#: Longest frame id quoted in a warning.
-MAX_QUOTED_CHARS = 80
 #: Read-only parameters the runtime may fall back from (set to what runs after start-up).
 FALLBACK_PARAMETERS = ('device', 'precision', 'cuda_graphs')
 #: health levels -> DiagnosticStatus levels
@@ -121,7 +107,7 @@ class PerceptionNode(Node):
 
     A frame's path: ``_on_cloud`` / ``_on_image`` (executor: check, pair) -> ``_dispatch``
     (latest-wins slot) -> ``_process`` (worker: parse, ``FramePipeline.prepare`` and ``run``)
-    -> ``_publish_results`` and ``_publish_timings``.
+    -> ``OutputPublishers.publish_frame`` and ``_publish_timings``.
 
     Args:
         node_name: ROS node name.
@@ -134,12 +120,10 @@ class PerceptionNode(Node):
 
     def __init__(self, node_name: str = NODE_NAME, **kwargs: Any) -> None:
         super().__init__(node_name, **kwargs)
-        self._warned_at: Dict[str, float] = {}
+        self._warn = ThrottledLog(self.get_logger().warning, WARNING_PERIOD_S)
         self._last_error = ''
-        self._last_latency_ms = float('nan')
         self.counters = Counters()
         self._health = HealthReport()
-        self._processing_ms: List[float] = []
         self._stopping = threading.Event()
         self._worker: Optional[threading.Thread] = None
         self._input_topics = {'cloud': INPUT_TOPICS['pointcloud'], 'image': INPUT_TOPICS['image']}
@@ -155,28 +139,16 @@ class PerceptionNode(Node):
     def _start_up(self) -> None:
         """Load the weights, check the parameters, warm up, then advertise and subscribe."""
         settings = self._declare_parameters()
-        try:
-            weights_path = resolve_weights_path(settings.weights_path, settings.profile)
-        except WeightsError as error:
-            raise StartupError(str(error)) from error
         if settings.cpu_threads:
             torch.set_num_threads(settings.cpu_threads)
         try:
-            runtime = InferenceRuntime.from_weights(
-                weights_path, device=settings.device, precision=settings.precision,
-                torch_compile=settings.torch_compile, cuda_graphs=settings.cuda_graphs,
-                notify=self.get_logger().warning)
-        except WeightsError as error:
-            raise StartupError(f'cannot load weights: {error}') from error
-        except (RuntimeError, ValueError) as error:
-            raise StartupError(
-                f'cannot start inference on {settings.device!r}: {error}') from error
+            self._pipeline, weights_path = load_pipeline(settings,
+                                                         notify=self.get_logger().warning)
+        except PipelineError as error:
+            raise StartupError(str(error)) from error
+        runtime = self._pipeline.runtime
         settings = self._settle_fallbacks(settings, runtime)
-        try:
-            self._pipeline = FramePipeline(runtime, settings)
-        except ValueError as error:
-            raise StartupError(f'parameters contradict the weights {weights_path}: '
-                               f'{error}') from error
+        self._pipeline.configure(settings)
         self._runtime, self._config = runtime, runtime.config
 
         started = time.perf_counter()
@@ -297,13 +269,6 @@ class PerceptionNode(Node):
 
     # ------------------------------------------------------------------ callbacks
 
-    def _warn(self, kind: str, message: str) -> None:
-        """Log a warning at most once per WARNING_PERIOD_S for each kind."""
-        now = time.monotonic()
-        if now - self._warned_at.get(kind, -math.inf) >= WARNING_PERIOD_S:
-            self._warned_at[kind] = now
-            self.get_logger().warning(message)
-
     def _cloud_fields(self) -> Tuple[str, str, str, str]:
         return ('x', 'y', 'z', self._pipeline.settings.intensity_field)
 
@@ -342,40 +307,28 @@ class PerceptionNode(Node):
         self._warn(counter, message)
 
     def _where(self, stream: str, msg: Any, field_name: str = '') -> str:
-        """Return 'on <topic> (stamp <s>, frame <id>[, field <name>])' of an input message."""
-        stamp = msg.header.stamp
-        frame_id = msg.header.frame_id
-        if len(frame_id) > MAX_QUOTED_CHARS:
-            frame_id = frame_id[:MAX_QUOTED_CHARS] + '...'
-        return (f'on {self._input_topics[stream]} (stamp {stamp.sec}.{stamp.nanosec:09d}, '
-                f'frame {frame_id!r}' + (f', field {field_name!r}' if field_name else '') + ')')
+        return describe_input(self._input_topics[stream], msg.header, field_name)
 
     def _on_cloud(self, msg: PointCloud2) -> None:
         self.counters.add(clouds_in=1)
-        if not self._check_cloud(msg):
-            return
-        jumps = self._sync.counters.time_jumps
-        frames = self._sync.add_cloud(
-            stamp_to_seconds(msg.header.stamp.sec, msg.header.stamp.nanosec), msg,
-            time.monotonic())
-        self._after_sync(jumps, frames, 'cloud', msg)
+        if self._check_cloud(msg):
+            self._add_to_sync('cloud', msg, msg)
 
     def _on_image(self, msg: Image) -> None:
         self.counters.add(images_in=1)
         payload = self._image_payload(msg)
-        if payload is None:
-            return
-        jumps = self._sync.counters.time_jumps
-        frames = self._sync.add_image(
-            stamp_to_seconds(msg.header.stamp.sec, msg.header.stamp.nanosec), payload,
-            time.monotonic())
-        self._after_sync(jumps, frames, 'image', msg)
+        if payload is not None:
+            self._add_to_sync('image', msg, payload)
 
     def _on_sync_poll(self) -> None:
         self._dispatch(self._sync.poll(time.monotonic()))
 
-    def _after_sync(self, jumps_before: int, frames: List[SyncedFrame], stream: str,
-                    msg: Any) -> None:
+    def _add_to_sync(self, stream: str, msg: Any, payload: Any) -> None:
+        """Give a checked message to the LiDAR-triggered sync; dispatch the frames it completes."""
+        jumps_before = self._sync.counters.time_jumps
+        add = self._sync.add_cloud if stream == 'cloud' else self._sync.add_image
+        frames = add(stamp_to_seconds(msg.header.stamp.sec, msg.header.stamp.nanosec), payload,
+                     time.monotonic())
         jumps = self._sync.counters.time_jumps - jumps_before
         if jumps:
             self.counters.add(time_jumps=jumps)
@@ -488,8 +441,6 @@ class PerceptionNode(Node):
         over_budget = processing_ms > settings.inference_budget_ms
         self.counters.add(frames_out=1, fused_frames=int(not result.lidar_only),
                           lidar_only_frames=int(result.lidar_only), over_budget=int(over_budget))
-        with self.counters.lock:
-            self._processing_ms.append(processing_ms)
         if over_budget:
             self._warn('over_budget', f'frame took {processing_ms:.0f} ms, over the '
                        f'{settings.inference_budget_ms:.0f} ms budget')
@@ -500,8 +451,7 @@ class PerceptionNode(Node):
                          timings: Dict[str, float], num_points: int) -> None:
         end_to_end_ms = (self.get_clock().now().nanoseconds - (
             cloud_header.stamp.sec * 10**9 + cloud_header.stamp.nanosec)) * 1e-6
-        with self.counters.lock:
-            self._last_latency_ms = end_to_end_ms
+        self._health.record_frame(timings['processing'], end_to_end_ms)
         self._outputs.publish_timings(cloud_header, timings, {
             'lidar_only': str(output.result.lidar_only).lower(),
             'num_points': str(num_points), 'num_detections': str(len(output.boxes)),
@@ -521,20 +471,11 @@ class PerceptionNode(Node):
         previous call (one call per diagnostics period).
         """
         counts = self.counters.snapshot()
-        with self.counters.lock:
-            processing, self._processing_ms = self._processing_ms, []
-            latency = self._last_latency_ms
         level, message = self._health.update(
             counts, worker_alive=self._worker is not None and self._worker.is_alive())
-        values = [KeyValue(key=name, value=str(value)) for name, value in counts.items()]
-        values += [
-            KeyValue(key='last_error', value=self._last_error),
-            KeyValue(key='last_end_to_end_ms', value=f'{latency:.1f}'),
-            KeyValue(key='mean_processing_ms',
-                     value=f'{np.mean(processing):.1f}' if processing else ''),
-            KeyValue(key='device', value=str(self._runtime.device)),
-            KeyValue(key='precision', value=self._runtime.precision),
-        ]
+        values = [KeyValue(key=key, value=value) for key, value in self._health.values(counts) + [
+            ('last_error', self._last_error), ('device', str(self._runtime.device)),
+            ('precision', self._runtime.precision)]]
         return DiagnosticStatus(level=LEVELS[level], name=f'{self.get_name()}: bev_perception',
                                 message=message, hardware_id=str(self._runtime.device),
                                 values=values)

@@ -16,13 +16,14 @@ per parameter change; ``Extrinsic`` is the cloud-to-model-frame transform of the
 
 from dataclasses import dataclass, replace
 import math
-from typing import List, Optional, Sequence, Tuple
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 from bev_perception.geometry import (quaternion_to_yaw, rotation_from_rpy,
                                      rotation_to_quaternion, wrap_angle, yaw_to_quaternion)
 from bev_perception.inference import FrameResult, InferenceRuntime
 from bev_perception.model.config import ModelConfig, NMSConfig
 from bev_perception.node_params import check_against_model, NodeSettings
+from bev_perception.weights import resolve_weights_path, WeightsError
 import numpy as np
 
 #: Scaled intensities above this mean the intensity_scale does not fit the driver.
@@ -248,6 +249,43 @@ class FramePipeline:
                              class_names=[])
         boxes, quaternions = frame_settings.extrinsic.boxes_to_cloud(result.boxes)
         return FrameOutput(result=result, boxes=boxes, quaternions=quaternions)
+
+
+class PipelineError(Exception):
+    """The pipeline cannot be built; the message names the file or parameter and the problem."""
+
+
+def load_pipeline(settings: NodeSettings, weights_path: str = '',
+                  notify: Optional[Callable[[str], Any]] = None
+                  ) -> Tuple[FramePipeline, str]:
+    """Load the weights the node's settings name and build the frame pipeline.
+
+    Args:
+        settings: the node's parameters (weights_path, profile, device, precision, ...).
+        weights_path: overrides ``settings.weights_path`` when not empty.
+        notify: receives the runtime's fallback notices (default: the inference logger).
+
+    Returns:
+        (the pipeline, the weights file loaded).
+
+    Raises:
+        PipelineError: missing or unreadable weights, an unusable device, or settings that
+            contradict the weights.
+    """
+    try:
+        path = resolve_weights_path(weights_path or settings.weights_path, settings.profile)
+        options = {} if notify is None else {'notify': notify}
+        runtime = InferenceRuntime.from_weights(
+            path, device=settings.device, precision=settings.precision,
+            torch_compile=settings.torch_compile, cuda_graphs=settings.cuda_graphs, **options)
+    except WeightsError as error:
+        raise PipelineError(f'cannot load weights: {error}') from error
+    except (RuntimeError, ValueError) as error:
+        raise PipelineError(f'cannot start inference on {settings.device!r}: {error}') from error
+    try:
+        return FramePipeline(runtime, settings), path
+    except ValueError as error:
+        raise PipelineError(f'parameters contradict the weights {path}: {error}') from error
 
 
 def resize_ids_nearest(ids: np.ndarray, size_hw: Tuple[int, int]) -> np.ndarray:

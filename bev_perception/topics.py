@@ -1,5 +1,15 @@
 """The node's name and topic names, written once for the node, its launch file and the tools.
 
+* in: ``~/input/pointcloud`` (sensor_msgs/PointCloud2), ``~/input/image`` (sensor_msgs/Image),
+  sensor-data QoS (best effort) by default.
+* out: ``~/output/detections`` (vision_msgs/Detection3DArray, the cloud's header),
+  ``~/output/semantic`` (mono8 class ids, the image's header), ``~/output/semantic_color``
+  (rgb8), ``~/output/markers`` (visualization_msgs/MarkerArray), ``~/output/label_info``
+  (vision_msgs/LabelInfo, transient local), ``/diagnostics`` and the debug topics
+  ``~/debug/timings`` (diagnostic_msgs/DiagnosticArray: one status named ``timings`` whose
+  values are ``<stage>_ms`` numbers and frame facts, header = the cloud's header) and
+  ``~/debug/end_to_end_latency_ms`` (std_msgs/Float64, now minus the cloud stamp).
+
 Node-private names (``~/...``) resolve under the node's namespace and name:
 ``~/output/detections`` of ``perception_node`` in namespace ``/`` is
 ``/perception_node/output/detections``.

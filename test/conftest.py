@@ -2,11 +2,15 @@
 
 The variables are set at import time, before any test module imports rclpy, and are inherited
 by every subprocess a test starts (nodes, peers). `BEV_TEST_ROS_DOMAIN_ID` overrides the domain.
+The tests run DDS as the README tells users to: with the shipped Fast DDS profile (unless one
+is already chosen). Without it a best-effort point cloud over the 0.5 MB default shared-memory
+segment travels as UDP fragments, and with a 208 KiB default socket buffer (a common
+``net.core.rmem_default``) whole clouds are lost, as the node tests showed.
 """
 
 import os
 
-from bev_perception.tools.replay import LOCAL_DDS
+from bev_perception.tools.replay import large_message_dds_env, local_dds_env
 import pytest
 
 
@@ -16,7 +20,7 @@ def _domain_id_for_this_run() -> int:
     return int(override) if override else 1 + os.getpid() % 100
 
 
-LOCAL_DDS_ENV = dict(LOCAL_DDS, ROS_DOMAIN_ID=str(_domain_id_for_this_run()))
+LOCAL_DDS_ENV = dict(local_dds_env(_domain_id_for_this_run()), **large_message_dds_env())
 os.environ.update(LOCAL_DDS_ENV)
 
 

@@ -3,6 +3,7 @@
 import json
 import math
 import os
+from pathlib import Path
 import shutil
 
 from bev_perception import bag_io
@@ -211,19 +212,19 @@ def test_camera_info_scales_to_the_written_image_size():
     np.testing.assert_allclose(optical[:3, :3] @ [0, 1, 0], [0, 0, -1])
 
 
-def test_vision_msgs_definitions_come_from_the_ament_prefixes(tmp_path, monkeypatch):
+def test_vision_msgs_definitions_come_from_the_ament_prefixes(tmp_path):
     prefix = tmp_path / 'prefix'
     folder = prefix / 'share' / 'vision_msgs' / 'msg'
     folder.mkdir(parents=True)
-    source = bag_io.interface_msg_dirs('vision_msgs', ament_prefix_path='')
-    assert source, 'the source checkout carries interfaces/vision_msgs/msg'
-    for path in source[0].glob('*.msg'):
+    source = Path(__file__).resolve().parents[2] / 'interfaces' / 'vision_msgs' / 'msg'
+    for path in source.glob('*.msg'):
         shutil.copy(path, folder)
-    found = bag_io.interface_msg_dirs('vision_msgs', ament_prefix_path=str(prefix))
-    assert found[0] == folder and found[-1] == source[0]
+    assert bag_io.interface_msg_dirs('vision_msgs', ament_prefix_path='') == []
+    found = bag_io.interface_msg_dirs(
+        'vision_msgs', ament_prefix_path=os.pathsep.join([str(tmp_path / 'empty'), str(prefix)]))
+    assert found == [folder]
     store = bag_io.make_typestore(ament_prefix_path=str(prefix))
     assert 'vision_msgs/msg/Detection3DArray' in store.types
-    monkeypatch.setattr(bag_io, '_SOURCE_INTERFACES', tmp_path / 'nowhere')
     with pytest.raises(BagError, match='vision_msgs'):
         bag_io.make_typestore(ament_prefix_path=str(tmp_path / 'empty'))
 
