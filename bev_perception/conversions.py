@@ -247,7 +247,7 @@ def pointcloud2_to_array_with_stats(
     num_non_finite = 0
     if not finite_values.all():
         finite_rows = np.ones(num_input, dtype=bool)
-        for column in finite_values.T:  # column loop: much faster than .all(axis=1)
+        for column in finite_values.T:  # a few column passes instead of .all(axis=1) per row
             finite_rows &= column
         num_non_finite = int(num_input - np.count_nonzero(finite_rows))
         points = points[finite_rows]
@@ -478,11 +478,11 @@ def semantic_to_color(ids: np.ndarray, palette: np.ndarray, header: Header,
     data = array.array('B', [0]) * (height * width * 3)
     rgb = np.frombuffer(data, dtype=np.uint8).reshape(height, width, 3)  # the message's pixels
     # A row equal to the one above (most rows of a nearest-neighbour upsampling, as the node's
-    # ids are) is copied whole instead of looked up pixel by pixel: 3x faster at 1920x1208.
+    # ids are) is copied whole instead of looked up pixel by pixel.
     new_row = np.ones(height, dtype=bool)
     np.any(ids[1:] != ids[:-1], axis=1, out=new_row[1:])
     first_rows = np.flatnonzero(new_row)
-    # np.take on axis 0 gathers whole colours (4x faster than lookup[ids]); mode='clip' (the
+    # np.take on axis 0 gathers whole colours (lookup[ids] goes element by element); 'clip' (the
     # indices are in range) writes straight into ``out`` instead of a buffer.
     if len(first_rows) == height:
         np.take(lookup, ids, axis=0, out=rgb, mode='clip')
@@ -543,7 +543,7 @@ def detections_to_msg(header: Header, boxes: np.ndarray, scores: np.ndarray,
     Each detection has one result whose ``pose.pose`` is the box pose (the same Pose object as
     ``bbox.center``); ``bbox.size`` is (length, width, height); ``Detection3D.id`` (a tracking
     id) is left empty. The detections are shallow copies of one built with the header (a
-    message constructor builds every default sub-message first: 4x slower), so they share it.
+    message constructor builds every default sub-message first), so they share it.
     """
     from vision_msgs.msg import (BoundingBox3D, Detection3D, Detection3DArray, ObjectHypothesis,
                                  ObjectHypothesisWithPose)
@@ -614,8 +614,8 @@ def detections_to_markers(header: Header, boxes: np.ndarray, scores: np.ndarray,
     colours = {name.lower(): tuple(rgb) for name, rgb in (class_colours or {}).items()}
     lifetime_sec, lifetime_nanosec = divmod(int(round(max(lifetime_s, 0.0) * 1e9)), 10**9)
     lifetime = Duration(sec=lifetime_sec, nanosec=lifetime_nanosec)
-    # Shallow copies of these (a Marker constructor builds its ten default sub-messages first:
-    # 4x slower), each given its own pose, scale, colour and lists.
+    # Shallow copies of these (a Marker constructor builds its ten default sub-messages
+    # first), each given its own pose, scale, colour and lists.
     cube_template = Marker(header=header, ns=namespace, type=Marker.CUBE, action=Marker.ADD,
                            lifetime=lifetime)
     text_template = Marker(header=header, ns=namespace, type=Marker.TEXT_VIEW_FACING,

@@ -494,7 +494,7 @@ def resize_nearest(ids: torch.Tensor, size_hw: Tuple[int, int]) -> torch.Tensor:
     rows, cols = rows.clamp_(max=rows_in - 1), cols.clamp_(max=cols_in - 1)
     if ids.device.type != 'cpu':
         return ids[rows][:, cols]
-    # Columns of the small map first, then whole rows (memory copies): 20x faster on the CPU
-    # than gathering every output element.
+    # Columns of the small map first, then whole rows (memory copies) instead of gathering
+    # every output element.
     widened = np.take(ids.numpy(), cols.numpy(), axis=1)  # (h, width)
     return torch.from_numpy(np.take(widened, rows.numpy(), axis=0))  # (height, width)

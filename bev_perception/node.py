@@ -94,14 +94,6 @@ class ImagePayload:
     rgb: np.ndarray  # (H, W, 3) uint8, possibly a strided view of the message data
 
 
-@dataclass(frozen=True)
-class FrameJob:
-    """A synced frame handed to the worker."""
-
-    frame: SyncedFrame
-    queued_s: float  # time.monotonic() when queued
-
-
 class PerceptionNode(Node):
     """ROS 2 node running the BEV fusion network on synced clouds and images.
 
@@ -161,7 +153,8 @@ class PerceptionNode(Node):
 
         self._outputs = OutputPublishers(self, settings, self._config)
         self._publish_label_info()
-        self._slot: LatestWinsSlot[FrameJob] = LatestWinsSlot()
+        # Synced frames for the worker, with the time.monotonic() of queueing.
+        self._slot: LatestWinsSlot[Tuple[SyncedFrame, float]] = LatestWinsSlot()
         self._sync: LidarTriggeredSync = LidarTriggeredSync(settings.sync_settings())
         self._steady_clock = Clock(clock_type=ClockType.STEADY_TIME)
         self._create_subscriptions(settings)
@@ -367,7 +360,7 @@ class PerceptionNode(Node):
                            + ('(no image received)' if offset is None else
                               f'(nearest image stamp {offset * 1e3:+.0f} ms from the cloud)')
                            + ': running LiDAR-only')
-            if self._slot.put(FrameJob(frame=frame, queued_s=time.monotonic())) is not None:
+            if self._slot.put((frame, time.monotonic())) is not None:
                 self.counters.add(dropped_frames=1)
                 self._warn('dropped_frames', 'inference is slower than the input: dropping '
                                              'the oldest waiting frame (latest wins)')
@@ -380,7 +373,7 @@ class PerceptionNode(Node):
             if job is None:
                 continue
             try:
-                self._process(job)
+                self._process(*job)
             except Exception as error:  # noqa: B902 - the worker must survive anything
                 if self._stopping.is_set():
                     return
@@ -389,14 +382,14 @@ class PerceptionNode(Node):
                 self._warn('inference_errors', f'frame failed: {self._last_error}\n'
                            + traceback.format_exc(limit=3))
 
-    def _process(self, job: FrameJob) -> None:
+    def _process(self, frame: SyncedFrame, queued_s: float) -> None:
         """Parse, prepare, infer and publish one synced frame (worker thread)."""
         started = time.perf_counter()
         frame_settings = self._pipeline.frame_settings  # one set of parameters per frame
         settings = frame_settings.settings
-        cloud_msg: PointCloud2 = job.frame.cloud
-        timings = {'queue': (time.monotonic() - job.queued_s) * 1e3,
-                   'sync_wait': (job.queued_s - job.frame.received_s) * 1e3}
+        cloud_msg: PointCloud2 = frame.cloud
+        timings = {'queue': (time.monotonic() - queued_s) * 1e3,
+                   'sync_wait': (queued_s - frame.received_s) * 1e3}
         try:
             cloud = conversions.pointcloud2_to_array_with_stats(cloud_msg, self._cloud_fields())
         except conversions.ConversionError as error:
@@ -418,7 +411,7 @@ class PerceptionNode(Node):
             self._warn('intensity', f'intensities reach {prepared.max_scaled_intensity:.1f} '
                        'after scaling; the weights expect 0..1: set intensity_scale for this '
                        'driver')
-        image: Optional[ImagePayload] = job.frame.image
+        image: Optional[ImagePayload] = frame.image
         rgb = None if image is None else np.ascontiguousarray(image.rgb)
         timings['convert'] = (time.perf_counter() - started) * 1e3
         output = self._pipeline.run(prepared, rgb, frame_settings)
@@ -444,7 +437,7 @@ class PerceptionNode(Node):
         if over_budget:
             self._warn('over_budget', f'frame took {processing_ms:.0f} ms, over the '
                        f'{settings.inference_budget_ms:.0f} ms budget')
-        self._publish_timings(cloud_msg.header, job.frame, output, timings,
+        self._publish_timings(cloud_msg.header, frame, output, timings,
                               len(prepared.points))
 
     def _publish_timings(self, cloud_header: Header, frame: SyncedFrame, output: FrameOutput,

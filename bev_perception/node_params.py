@@ -14,6 +14,7 @@ import re
 import sys
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from bev_perception.model.config import NMS_KINDS
 from bev_perception.sync import SyncSettings
 
 #: Shipped weights by profile, ``weights/<profile>.safetensors`` in the package: ``default``
@@ -172,7 +173,7 @@ PARAMETERS: Tuple[ParameterSpec, ...] = (
         'nms_kind', 'string', 'model',
         "Same-class suppression: `model` (the weights' setting), `distance` (BEV centre "
         'distance), `rotated` (rotated BEV IoU) or `none`.',
-        'Detection', choices=('model', 'distance', 'rotated', 'none')),
+        'Detection', choices=('model',) + NMS_KINDS),
     ParameterSpec(
         'nms_radius_scale', 'double', 1.0,
         "Factor on the weights' per-class suppression radii (distance NMS).",

@@ -1,4 +1,7 @@
-"""Random inputs for tests of the network and the inference runtime (not a test module)."""
+"""Random inputs and weights for tests of the network, the runtime and the node (not tests)."""
+
+import os
+from typing import Union
 
 from bev_perception.model.config import ModelConfig
 import numpy as np
@@ -16,3 +19,17 @@ def random_points(count: int, seed: int, config: ModelConfig = ModelConfig.tiny(
 def random_image(height: int, width: int, seed: int) -> np.ndarray:
     """Return an (height, width, 3) uint8 random RGB image."""
     return np.random.default_rng(seed).integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+
+
+def write_tiny_weights(path: Union[str, os.PathLike], seed: int = 0) -> ModelConfig:
+    """Write random weights of the tiny model config (torch seed ``seed``); return the config."""
+    import torch
+
+    from bev_perception.model.network import BEVFusionNet
+    from bev_perception.weights import save_weights
+
+    torch.manual_seed(seed)
+    config = ModelConfig.tiny()
+    save_weights(path, BEVFusionNet(config).eval(), config,
+                 provenance={'dataset': 'none (random weights for tests)'})
+    return config

@@ -2,8 +2,9 @@
 
 import array
 import math
+import os
 import time
-from typing import Callable, List
+from typing import Callable, List, Tuple
 
 import numpy as np
 
@@ -30,6 +31,17 @@ def msg_differences(expected, actual, path: str = 'msg') -> List[str]:
         both_nan = isinstance(actual, float) and math.isnan(actual)
         return [] if both_nan else [f'{path}: nan != {actual}']
     return [] if expected == actual else [f'{path}: {expected!r} != {actual!r}']
+
+
+def write_scene_bag(base, frames: int, seed: int) -> Tuple[str, str]:
+    """Generate one small synthetic A2D2 scene under ``base``; return (its root, mcap bag)."""
+    from training.synthetic import generate
+    from training.to_bag import convert_scene
+
+    root, bag = os.path.join(base, 'a2d2'), os.path.join(base, 'scene_bag')
+    scene = generate(root, scenes=1, frames=frames, seed=seed, image_size=(192, 120)).scenes[0]
+    convert_scene(root, scene, bag, storage='mcap', progress=False)
+    return root, bag
 
 
 def wait_until(predicate: Callable[[], bool], timeout_s: float, poll_s: float = 0.05) -> bool:

@@ -24,7 +24,7 @@ import types
 from bev_perception.model.config import ModelConfig
 from bev_perception.weights import read_metadata
 import pytest
-from ros_testing import wait_until
+from ros_testing import wait_until, write_scene_bag
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = 'bev_perception'
@@ -161,14 +161,8 @@ def test_the_installed_package_is_what_imports(workspace, installed_env):
 def scene(tmp_path_factory):
     """Generate a small synthetic A2D2 scene; return (frames, mcap bag of it)."""
     from training.a2d2 import A2D2Dataset, DEFAULT_CLASS_MAP, DEFAULT_CLASSES
-    from training.synthetic import generate
-    from training.to_bag import convert_scene
 
-    base = tmp_path_factory.mktemp('colcon_scene')
-    root = str(base / 'a2d2')
-    name = generate(root, scenes=1, frames=FRAMES, seed=911, image_size=(192, 120)).scenes[0]
-    bag = str(base / 'scene_bag')
-    convert_scene(root, name, bag, storage='mcap', progress=False)
+    root, bag = write_scene_bag(str(tmp_path_factory.mktemp('colcon_scene')), FRAMES, seed=911)
     dataset = A2D2Dataset(root, class_map=DEFAULT_CLASS_MAP, classes=DEFAULT_CLASSES)
     return [dataset[index] for index in range(len(dataset))], bag
 

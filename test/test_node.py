@@ -18,6 +18,7 @@ import time
 from bev_perception.conversions import array_to_pointcloud2, rgb_to_image
 from bev_perception.outputs import MARKER_COLOURS
 from bev_perception.tools.replay import stop_node
+from model_testing import write_tiny_weights
 import numpy as np
 import pytest
 from ros_testing import wait_until
@@ -38,18 +39,8 @@ SimpleFrame = collections.namedtuple('SimpleFrame', 'points image')
 @pytest.fixture(scope='module')
 def tiny_weights(tmp_path_factory):
     """Write random weights of the tiny model config; return (path, config)."""
-    import torch
-
-    from bev_perception.model.config import ModelConfig
-    from bev_perception.model.network import BEVFusionNet
-    from bev_perception.weights import save_weights
-
-    torch.manual_seed(0)
-    config = ModelConfig.tiny()
     path = tmp_path_factory.mktemp('weights') / 'tiny_random.safetensors'
-    save_weights(path, BEVFusionNet(config).eval(), config,
-                 provenance={'dataset': 'none (random weights for tests)'})
-    return str(path), config
+    return str(path), write_tiny_weights(path)
 
 
 @pytest.fixture(scope='module')

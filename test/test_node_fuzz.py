@@ -26,6 +26,7 @@ from bev_perception.conversions import (array_to_pointcloud2, CLOUD_REJECTIONS,
                                         IMAGE_REJECTIONS, rgb_to_image,
                                         structured_to_pointcloud2)
 from bev_perception.tools.replay import stop_node
+from model_testing import write_tiny_weights
 import numpy as np
 import pytest
 from ros_testing import wait_until
@@ -311,17 +312,8 @@ def test_the_table_covers_every_rejection_reason():
 @pytest.fixture(scope='module')
 def tiny_weights(tmp_path_factory):
     """Write random weights of the tiny model config; return the path."""
-    import torch
-
-    from bev_perception.model.config import ModelConfig
-    from bev_perception.model.network import BEVFusionNet
-    from bev_perception.weights import save_weights
-
-    torch.manual_seed(14)
-    config = ModelConfig.tiny()
     path = tmp_path_factory.mktemp('fuzz_weights') / 'tiny_random.safetensors'
-    save_weights(path, BEVFusionNet(config).eval(), config,
-                 provenance={'dataset': 'none (random weights for tests)'})
+    write_tiny_weights(path, seed=14)
     return str(path)
 
 

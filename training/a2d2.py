@@ -1,6 +1,6 @@
 """Reader for A2D2 ``camera_lidar_semantic_bboxes`` (front-center camera) and a frame dataset.
 
-Layout (see ../shared/docs/a2d2-format.md): ``<root>/<scene>/{camera,lidar,label,label3D}/
+Layout (the dataset's published one): ``<root>/<scene>/{camera,lidar,label,label3D}/
 cam_front_center/<scene without underscore>_<kind>_frontcenter_<9-digit id>.<ext>`` plus
 ``class_list.json`` and ``cams_lidars.json`` at the root. Points and boxes are in the
 front-center camera "view" frame (x forward, y left, z up, metres), which is the model frame.

@@ -3,8 +3,8 @@
 ``python -m training.synthetic --out DIR --scenes S --frames F --seed K [--workers N]`` writes
 a root with ``cams_lidars.json`` and ``class_list.json`` (from the project's own tables) and S
 scene folders ``YYYYMMDD_hhmmss`` of F frames, with the real dataset's folders, file names,
-npz keys and dtypes, label3D JSON, camera PNG + info JSON and semantic label PNG (see
-../shared/docs/a2d2-format.md); ``training.a2d2`` reads them like real A2D2.
+npz keys and dtypes, label3D JSON, camera PNG + info JSON and semantic label PNG;
+``training.a2d2`` reads them like real A2D2 (its module docstring gives the layout).
 
 The aim is a distribution wide enough that real sensors and streets fall inside it, not an
 A2D2 look-alike. Each scene draws:

@@ -148,6 +148,10 @@ class FusionConfig:
             raise ValueError("FusionConfig.camera_levels must be a subset of ('c3', 'c4', 'c5')")
 
 
+#: Same-class suppression kinds (see decode._suppression_matrix).
+NMS_KINDS = ('distance', 'rotated', 'none')
+
+
 @dataclasses.dataclass(frozen=True)
 class NMSConfig:
     """Non-maximum suppression among same-class detections.
@@ -161,8 +165,8 @@ class NMSConfig:
     iou_threshold: float = 0.2
 
     def __post_init__(self) -> None:
-        if self.kind not in ('distance', 'rotated', 'none'):
-            raise ValueError(f"NMSConfig.kind {self.kind!r} not in 'distance', 'rotated', 'none'")
+        if self.kind not in NMS_KINDS:
+            raise ValueError(f'NMSConfig.kind {self.kind!r} not in {NMS_KINDS}')
 
 
 @dataclasses.dataclass(frozen=True)

@@ -194,8 +194,7 @@ def greedy_nms(candidate: torch.Tensor, suppression: torch.Tensor) -> torch.Tens
 
     On the GPU a fixed loop over the top-K slots of tensor operations (no host
     synchronisation, so it can be captured in a CUDA graph); on the CPU, where synchronising
-    costs nothing, the same recursion in numpy over the candidates only (about 20x faster for
-    100 slots).
+    costs nothing, the same recursion in numpy over the candidates only.
 
     Args:
         candidate: (B, K) bool, candidates sorted by descending score per row.

@@ -65,8 +65,8 @@ def preprocess_image(rgb: Union[np.ndarray, torch.Tensor], config: ModelConfig,
     Returns:
         (3, Hc, Wc) float32, bilinear resize (antialiased when shrinking), then
         (value / 255 - mean) / std. On the CPU the resize runs on the uint8 pixels (torch's
-        vectorised channels-last uint8 kernel, the one torchvision uses; 6x faster than in
-        float32 for a 1920x1208 image) and rounds to whole grey levels after each of its two
+        vectorised channels-last uint8 kernel, the one torchvision uses, instead of converting
+        the whole image to float32 first) and rounds to whole grey levels after each of its two
         separable passes: at most about 1 grey level (0..255 scale) from the float32 resize
         done on other devices, where the uint8 antialiased resize does not exist.
     """

@@ -1,11 +1,11 @@
 """Semantic class ids from logits on the CPU: the argmax over channels, without its slow paths.
 
 ``logits.max(1).indices`` on a (B, C, H, W) CPU tensor tracks an index per element along a
-strided dimension (about 16 ms for 38 x 256 x 416 on one core), and the semantic head's final
-bilinear upsampling writes 16 MB of logits (about 10 ms) only for the argmax to read them back.
-``argmax_ids`` takes the same first maximum with a few vectorised numpy passes (about 3.5 ms),
-and ``upsampled_argmax_ids`` upsamples and takes it a band of rows at a time, so the upsampled
-logits are never written out whole (about 8 ms for both). Both return exactly what the plain
+strided dimension, and the semantic head's final bilinear upsampling writes every upsampled
+logit (16 MB at 38 x 256 x 416) only for the argmax to read them back. ``argmax_ids`` takes the
+same first maximum with a few vectorised numpy passes, and ``upsampled_argmax_ids`` upsamples
+and takes it a band of rows at a time, so the upsampled logits are never written out whole
+(``tools.bench`` times the semantic stage). Both return exactly what the plain
 torch code returns (ties go to the first channel; NaN counts as the maximum, as in
 ``torch.max``).
 
@@ -132,7 +132,7 @@ class _BilinearTaps:
     def interpolate_columns(self, values: torch.Tensor) -> torch.Tensor:
         """Resize (C, h, w) values along w: w0 v[i0] + w1 v[i1] (one fused multiply-add)."""
         array = values.numpy()
-        # np.take: 3x faster than index_select along the last dimension.
+        # np.take gathers along the last dimension without index_select's per-element loop.
         high = torch.from_numpy(np.take(array, self.second, axis=2)).mul_(self.weight1)
         return high.addcmul_(torch.from_numpy(np.take(array, self.first, axis=2)), self.weight0)
 

@@ -17,12 +17,12 @@ from bev_perception.tools import evaluate_bag
 from bev_perception.tools.evaluate_bag import (ClassMapper, EvalError, EvalOptions,
                                                evaluate_offline, load_params_file, node_command,
                                                parse_param_overrides)
+from model_testing import write_tiny_weights
 import numpy as np
 import pytest
+from ros_testing import write_scene_bag
 from training.a2d2 import A2D2Dataset, DEFAULT_CLASS_MAP
 from training.evaluate import evaluate as training_evaluate
-from training.synthetic import generate
-from training.to_bag import convert_scene
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PARAMS_FILE = os.path.join(ROOT, 'config', 'perception.yaml')
@@ -33,22 +33,10 @@ SCORE_THRESHOLD = 0.05
 @pytest.fixture(scope='module')
 def data(tmp_path_factory):
     """Return (A2D2-format root, mcap bag, tiny random weights path)."""
-    import torch
-
-    from bev_perception.model.config import ModelConfig
-    from bev_perception.model.network import BEVFusionNet
-    from bev_perception.weights import save_weights
-
     base = tmp_path_factory.mktemp('bag_eval')
-    root = str(base / 'a2d2')
-    scene = generate(root, scenes=1, frames=FRAMES, seed=17, image_size=(192, 120)).scenes[0]
-    bag = str(base / 'scene_bag')
-    convert_scene(root, scene, bag, storage='mcap', progress=False)
-    torch.manual_seed(0)
-    config = ModelConfig.tiny()
+    root, bag = write_scene_bag(str(base), FRAMES, seed=17)
     weights = str(base / 'tiny_random.safetensors')
-    save_weights(weights, BEVFusionNet(config).eval(), config,
-                 provenance={'dataset': 'none (random weights for tests)'})
+    write_tiny_weights(weights)
     return root, bag, weights
 
 

@@ -14,12 +14,10 @@ import sys
 
 from bev_perception.metrics import DetectionAccumulator, SemanticAccumulator
 from bev_perception.model.config import ModelConfig
-from bev_perception.model.network import BEVFusionNet
 from bev_perception.node_params import parameter_spec
-from bev_perception.weights import save_weights
+from model_testing import write_tiny_weights
 import numpy as np
 import pytest
-import torch
 from training import kitti, synthetic
 from training.a2d2 import A2D2Dataset, list_scenes
 from training.evaluate import (
@@ -114,10 +112,8 @@ def test_gt_present_miou_ignores_categories_only_predicted():
 
 
 def test_cli_evaluates_weights_and_writes_report(tiny_root, tmp_path):
-    torch.manual_seed(0)
-    config = ModelConfig.tiny()
     weights = tmp_path / 'tiny.safetensors'
-    save_weights(weights, BEVFusionNet(config).eval(), config, {'note': 'untrained'})
+    config = write_tiny_weights(weights)
     out = tmp_path / 'eval'
     completed = subprocess.run(
         [sys.executable, '-m', 'training.evaluate', '--weights', str(weights), '--data',
@@ -297,10 +293,8 @@ def test_cli_evaluates_a_root_without_lidar_on_its_semantics(tiny_root, tmp_path
                     shutil.copy(os.path.join(source, name), target / name)
     frames = SemanticOnlyFrames(root)
     assert len(frames) == 4 and frames[0].semantic.shape == frames[0].image.shape[:2]
-    torch.manual_seed(0)
-    config = ModelConfig.tiny()
     weights = tmp_path / 'tiny.safetensors'
-    save_weights(weights, BEVFusionNet(config).eval(), config, {'note': 'untrained'})
+    config = write_tiny_weights(weights)
     out = tmp_path / 'eval'
     completed = subprocess.run(
         [sys.executable, '-m', 'training.evaluate', '--weights', str(weights), '--data',

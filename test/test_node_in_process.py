@@ -1,0 +1,82 @@
+"""PerceptionNode built in this process (real rclpy, no peers): paths a DDS peer cannot reach.
+
+The approximate synchroniser comes from ROS 2's message_filters, which has no PyPI wheel, so
+its pair callback is called directly here; the CPU fallback needs a machine without CUDA.
+"""
+
+from bev_perception.conversions import array_to_pointcloud2, rgb_to_image
+from model_testing import write_tiny_weights
+import numpy as np
+import pytest
+from ros_testing import wait_until
+import torch
+
+#: The two fallback notices (inference.resolve_device), each expected exactly once.
+FALLBACK_NOTICES = ('CUDA is not available: running on CPU', 'precision fp16 needs CUDA')
+
+
+@pytest.fixture(scope='module')
+def tiny_weights(tmp_path_factory):
+    """Write random weights of the tiny model config; return their path."""
+    path = tmp_path_factory.mktemp('weights') / 'tiny_random.safetensors'
+    write_tiny_weights(path)
+    return str(path)
+
+
+def make_node(context, weights, **parameters):
+    from rclpy.parameter import Parameter
+
+    from bev_perception.node import PerceptionNode
+
+    overrides = [Parameter('weights_path', value=weights)]
+    overrides += [Parameter(name, value=value) for name, value in parameters.items()]
+    return PerceptionNode(context=context, parameter_overrides=overrides)
+
+
+def messages(stamp_s, encoding='rgb8'):
+    """Return a cloud and an image (same stamp) for the node's inputs."""
+    from builtin_interfaces.msg import Time
+    from std_msgs.msg import Header
+
+    header = Header(stamp=Time(sec=int(stamp_s), nanosec=0), frame_id='lidar')
+    rng = np.random.default_rng(int(stamp_s))
+    points = np.column_stack([rng.uniform(2, 40, 2000), rng.uniform(-10, 10, 2000),
+                              rng.uniform(-1.8, 0.5, 2000), rng.uniform(0, 1, 2000)])
+    image = rgb_to_image(np.zeros((64, 96, 3), np.uint8),
+                         Header(stamp=header.stamp, frame_id='camera'))
+    image.encoding = encoding  # yuv422 is refused by the node (not a supported encoding)
+    return array_to_pointcloud2(points.astype(np.float32), header), image
+
+
+def test_approximate_pair_with_a_refused_image_is_skipped(rclpy_context, tiny_weights):
+    node = make_node(rclpy_context, tiny_weights, device='cpu')
+    try:
+        node._on_approximate_pair(*messages(100, encoding='yuv422'))
+        assert (node.counters.unpaired_clouds, node.counters.bad_images) == (1, 1)
+        assert node.counters.bad_image_encoding == 1
+        node._on_approximate_pair(*messages(101))
+        assert wait_until(lambda: node.counters.frames_out == 1, 30.0)
+        # The refused pair never ran, not even LiDAR-only; the good one ran fused.
+        assert (node.counters.fused_frames, node.counters.lidar_only_frames) == (1, 0)
+        assert node.counters.unpaired_clouds == 1 and node.counters.clouds_in == 2
+    finally:
+        node.destroy_node()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='the CPU fallback needs a machine '
+                    'without CUDA')
+def test_cpu_fallback_is_told_once_and_shown_in_the_device_parameter(
+        rclpy_context, tiny_weights, capfd):
+    from rclpy.parameter import Parameter
+
+    node = make_node(rclpy_context, tiny_weights, device='cuda', precision='fp16')
+    try:
+        assert node.get_parameter('device').value == 'cpu'
+        assert node.get_parameter('precision').value == 'fp32'
+        stderr = capfd.readouterr().err
+        for notice in FALLBACK_NOTICES:  # the ROS logger only (not Python logging as well)
+            assert stderr.count(notice) == 1, stderr
+        refused = node.set_parameters([Parameter('device', value='cuda')])[0]
+        assert not refused.successful and 'read-only' in refused.reason
+    finally:
+        node.destroy_node()
