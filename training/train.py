@@ -40,6 +40,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 from bev_perception.model.config import ModelConfig
 from bev_perception.model.network import BEVFusionNet
+from bev_perception.weights import load_weights, WeightsError
 import numpy as np
 import torch
 from torch import distributed
@@ -131,6 +132,9 @@ class TrainConfig:
     loss: LossWeights = dataclasses.field(default_factory=LossWeights)
     target: TargetConfig = dataclasses.field(default_factory=TargetConfig)
     seed: int = 0
+    # Weights file (.safetensors) whose parameters start the run (fine-tuning); its model
+    # config must equal this run's. None: random initialisation. A resumed run ignores it.
+    init_weights: Optional[str] = None
     deterministic: bool = False  # torch.use_deterministic_algorithms, no cudnn autotune
     workers: int = 2  # DataLoader worker processes per rank
     device: str = 'auto'  # 'auto' (CUDA when available), 'cpu', 'cuda'
@@ -442,6 +446,26 @@ def _reduce_mean(values: torch.Tensor, process: ProcessGroup) -> torch.Tensor:
     return values
 
 
+class InitWeightsError(ValueError):
+    """``init_weights`` is unusable; the message names the file and the problem."""
+
+
+def _initialise_from(model: BEVFusionNet, model_config: ModelConfig, path: str) -> None:
+    """Copy the parameters of the weights file ``path`` into ``model`` (same model config).
+
+    Raises:
+        InitWeightsError: the file is unusable or holds another model config.
+    """
+    try:
+        source, source_config, _ = load_weights(path)
+    except WeightsError as error:
+        raise InitWeightsError(f'init_weights: {error}') from error
+    if source_config != model_config:
+        raise InitWeightsError(f'init_weights: {path} holds another model config than this run '
+                         "(model.name / model.overrides must match the file's)")
+    model.load_state_dict(source.state_dict())
+
+
 def train(config: TrainConfig, output_dir: Optional[str] = None, resume: Optional[str] = None,
           stop_after_epoch: Optional[int] = None, save_rank_states: bool = False,
           command: Optional[str] = None, show_progress: bool = True) -> TrainResult:
@@ -477,7 +501,12 @@ def train(config: TrainConfig, output_dir: Optional[str] = None, resume: Optiona
     steps_per_epoch = len(loader)
     total_steps = steps_per_epoch * config.optim.epochs
 
-    model = BEVFusionNet(model_config).to(process.device)
+    model = BEVFusionNet(model_config)
+    if config.init_weights is not None and resume is None:
+        _initialise_from(model, model_config, config.init_weights)
+        if process.is_main:
+            LOGGER.info('initialised from %s', config.init_weights)
+    model = model.to(process.device)
     optimizer = torch.optim.AdamW(_parameter_groups(model, config.optim.weight_decay),
                                   lr=config.optim.lr, betas=config.optim.betas)
     schedule = WarmupCosine(config.optim.warmup_steps, total_steps,
@@ -651,10 +680,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         config = load_config(args.config, tuple(args.override))
     command = ' '.join(shlex.quote(a) for a in [sys.executable, '-m', 'training.train']
                        + list(sys.argv[1:] if argv is None else argv))
-    result = train(config, output_dir=args.out, resume=args.resume,
-                   stop_after_epoch=args.stop_after_epoch,
-                   save_rank_states=args.save_rank_states, command=command,
-                   show_progress=not args.no_progress)
+    try:
+        result = train(config, output_dir=args.out, resume=args.resume,
+                       stop_after_epoch=args.stop_after_epoch,
+                       save_rank_states=args.save_rank_states, command=command,
+                       show_progress=not args.no_progress)
+    except InitWeightsError as error:
+        raise SystemExit(f'training.train: {error}') from None
     if int(os.environ.get('RANK', '0')) == 0:
         print(json.dumps({'checkpoint': result.checkpoint, 'epochs': result.epochs_done,
                           'steps': result.steps, 'train_seconds': round(result.train_seconds, 1),

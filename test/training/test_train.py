@@ -7,8 +7,11 @@ import subprocess
 import sys
 
 from bev_perception.model.config import ModelConfig
+from bev_perception.model.network import BEVFusionNet
+from bev_perception.weights import save_weights
 import numpy as np
 import pytest
+from safetensors.torch import load_file
 import torch
 from training import synthetic
 from training.augment import augment_sample, AugmentConfig, flip_left_right, Sample, wrap_yaw
@@ -149,6 +152,35 @@ def test_resume_continues_bit_identically(tiny_root, tmp_path):
     # The first epoch already moved the parameters, so the comparison is not vacuous.
     assert any(not torch.equal(value, interrupted['model'][name])
                for name, value in straight['model'].items())
+
+
+def test_init_weights_start_the_run_and_a_mismatch_is_named(tiny_root, tmp_path):
+    weights = tmp_path / 'start.safetensors'
+    config = load_config(TINY_CONFIG).model.build()
+    torch.manual_seed(5)
+    save_weights(weights, BEVFusionNet(config).eval(), config, {})
+    start = load_file(weights)
+    common = ('--override', f'data.root={tiny_root}', '--override', 'optim.epochs=1',
+              '--override', 'optim.lr=0.000000001')
+    _run_train('--out', str(tmp_path / 'tuned'), '--override', f'init_weights={weights}',
+               *common)
+    tuned = _state(tmp_path / 'tuned' / 'checkpoints' / 'last.pt')['model']
+    _run_train('--out', str(tmp_path / 'fresh'), *common)
+    fresh = _state(tmp_path / 'fresh' / 'checkpoints' / 'last.pt')['model']
+    parameters = [name for name, _ in BEVFusionNet(config).named_parameters()]  # no BN stats
+    for name in parameters:  # lr 1e-9: the run ends where it started
+        torch.testing.assert_close(tuned[name], start[name], atol=1e-6, rtol=0.0, msg=name)
+    assert any(not torch.allclose(fresh[name], start[name]) for name in parameters)
+
+    other = tmp_path / 'other.safetensors'
+    save_weights(other, BEVFusionNet(ModelConfig.lite()).eval(), ModelConfig.lite(), {})
+    completed = subprocess.run(
+        [sys.executable, '-m', 'training.train', '--config', TINY_CONFIG, '--no-progress',
+         '--out', str(tmp_path / 'bad'), '--override', f'init_weights={other}', *common],
+        cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert completed.returncode != 0
+    assert str(other) in completed.stderr and 'another model config' in completed.stderr
+    assert 'Traceback' not in completed.stderr
 
 
 def _free_port():
