@@ -119,6 +119,7 @@ def make_weights(recipe: Recipe, overrides: Tuple[str, ...] = ()) -> Dict[str, A
     timings['generate_s'] = time.perf_counter() - tick
 
     tick = time.perf_counter()
+    command = recipe.command + ''.join(f' --override {shlex.quote(o)}' for o in overrides)
     overrides = recipe.model_overrides + tuple(overrides)
     config = load_config(recipe.config_path, (
         f'data.root={train_root}', f'data.cache_dir={os.path.join(recipe.data_dir, "cache")}',
@@ -148,14 +149,13 @@ def make_weights(recipe: Recipe, overrides: Tuple[str, ...] = ()) -> Dict[str, A
 
     with open(metrics_path, encoding='utf-8') as stream:
         metrics = json.load(stream)
-    command = recipe.command
     export(result.checkpoint, recipe.weights_path, metrics, {
         'recipe': 'training.make_weights', 'make_command': command,
         'train_data': train_data, 'held_out_data': held_out_data,
         'ci_test_seed': CI_TEST_SEED}, command)
     timings['total_s'] = time.perf_counter() - started
     summary = {
-        'command': recipe.command,
+        'command': command,
         'weights': recipe.weights_path,
         'weights_mb': round(os.path.getsize(recipe.weights_path) / 1e6, 2),
         'train_data': train_data,
