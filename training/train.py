@@ -461,8 +461,8 @@ def _initialise_from(model: BEVFusionNet, model_config: ModelConfig, path: str) 
     except WeightsError as error:
         raise InitWeightsError(f'init_weights: {error}') from error
     if source_config != model_config:
-        raise InitWeightsError(f'init_weights: {path} holds another model config than this run '
-                         "(model.name / model.overrides must match the file's)")
+        raise InitWeightsError(f'init_weights: {path} holds another model config than this '
+                               "run (model.name / model.overrides must match the file's)")
     model.load_state_dict(source.state_dict())
 
 
