@@ -263,7 +263,7 @@ class PerceptionNode(Node):
     # ------------------------------------------------------------------ callbacks
 
     def _cloud_fields(self) -> Tuple[str, str, str, str]:
-        return ('x', 'y', 'z', self._pipeline.settings.intensity_field)
+        return self._pipeline.settings.cloud_fields()
 
     def _check_cloud(self, msg: PointCloud2) -> bool:
         """Cheaply check a cloud's fields and layout; count and warn when it is malformed."""

@@ -185,8 +185,9 @@ PARAMETERS: Tuple[ParameterSpec, ...] = (
     # Input
     ParameterSpec(
         'intensity_field', 'string', 'intensity',
-        'Name of the PointCloud2 field read as intensity (any datatype).',
-        'Input', pattern=r'[A-Za-z_][A-Za-z0-9_]*', read_only=True),
+        'Name of the PointCloud2 field read as intensity (any datatype); empty: the clouds '
+        'have none, the network sees intensity 0 (as in the training\'s intensity dropout).',
+        'Input', pattern=r'([A-Za-z_][A-Za-z0-9_]*)?', read_only=True),
     ParameterSpec(
         'intensity_scale', 'double', 0.0,
         "Factor from the cloud's intensity to the 0..1 network input. 0: the weights' value "
@@ -353,6 +354,10 @@ class _SettingsBehaviour:
         return {field.name: (list(getattr(self, field.name))
                              if isinstance(getattr(self, field.name), tuple)
                              else getattr(self, field.name)) for field in fields(self)}
+
+    def cloud_fields(self) -> Tuple[str, ...]:
+        """Return the PointCloud2 fields read: x, y, z and the intensity field if any."""
+        return ('x', 'y', 'z') + ((self.intensity_field,) if self.intensity_field else ())
 
     def sync_settings(self) -> SyncSettings:
         """Return the LiDAR-triggered pairing settings."""

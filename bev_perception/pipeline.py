@@ -217,13 +217,16 @@ class FramePipeline:
 
         Clouds over ``max_points`` are subsampled with a uniform stride, intensities multiplied
         by the gain from ``intensity_scale`` and x, y, z mapped by the extrinsic into the model
-        frame. ``points`` is never modified (a view of a message is fine).
+        frame. Points (N, 3) without intensity get intensity 0, what the network saw for
+        sensors without it in training (intensity dropout). ``points`` is never modified (a
+        view of a message is fine).
         """
         frame_settings = frame_settings or self.frame_settings
         max_points = frame_settings.settings.max_points
         kept = (points[::math.ceil(len(points) / max_points)] if len(points) > max_points
                 else points)
-        prepared = np.array(kept, dtype=np.float32)  # (M, 4) own copy, modified below
+        prepared = np.zeros((len(kept), 4), dtype=np.float32)  # (M, 4) own copy
+        prepared[:, :kept.shape[1]] = kept
         if frame_settings.intensity_gain != 1.0:
             prepared[:, 3] *= frame_settings.intensity_gain
         frame_settings.extrinsic.points_to_model(prepared)

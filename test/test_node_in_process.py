@@ -63,6 +63,23 @@ def test_approximate_pair_with_a_refused_image_is_skipped(rclpy_context, tiny_we
         node.destroy_node()
 
 
+def test_clouds_without_intensity_run_with_an_empty_intensity_field(rclpy_context, tiny_weights):
+    from sensor_msgs.msg import PointField
+
+    node = make_node(rclpy_context, tiny_weights, device='cpu', intensity_field='',
+                     max_image_wait_s=0.0)
+    try:
+        cloud, _ = messages(200)
+        cloud.fields = [field for field in cloud.fields if field.name != 'intensity']
+        assert [field.name for field in cloud.fields] == ['x', 'y', 'z']
+        assert all(field.datatype == PointField.FLOAT32 for field in cloud.fields)
+        node._on_cloud(cloud)  # point_step still 16: the fourth float is padding now
+        assert wait_until(lambda: node.counters.frames_out == 1, 30.0)
+        assert (node.counters.bad_clouds, node.counters.lidar_only_frames) == (0, 1)
+    finally:
+        node.destroy_node()
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason='the CPU fallback needs a machine '
                     'without CUDA')
 def test_cpu_fallback_is_told_once_and_shown_in_the_device_parameter(

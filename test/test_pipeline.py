@@ -101,6 +101,20 @@ def test_prepare_subsamples_scales_and_moves_a_copy(runtime):
     assert math.isnan(pipeline.prepare(points[:0]).max_scaled_intensity)
 
 
+def test_clouds_without_intensity_get_zero_intensity(runtime):
+    settings = NodeSettings.from_values({'intensity_field': ''})
+    assert settings.cloud_fields() == ('x', 'y', 'z')
+    assert NodeSettings.defaults().cloud_fields() == ('x', 'y', 'z', 'intensity')
+    xyz = random_points(300, seed=4)[:, :3]
+    prepared = FramePipeline(runtime, settings).prepare(xyz)
+    assert prepared.points.shape == (300, 4) and not prepared.points[:, 3].any()
+    np.testing.assert_array_equal(prepared.points[:, :3], xyz)
+    with_zeros = np.column_stack([xyz, np.zeros(300, np.float32)])
+    assert FramePipeline(runtime, settings).run(prepared, None).result.boxes.tobytes() == \
+        FramePipeline(runtime, settings).run(
+            FramePipeline(runtime, settings).prepare(with_zeros), None).result.boxes.tobytes()
+
+
 def test_a_cloud_without_points_gives_no_boxes_but_semantics(runtime):
     settings = NodeSettings.from_values({'score_thresholds': [0.0]})
     pipeline = FramePipeline(runtime, settings)

@@ -230,7 +230,7 @@ def prepare_cloud(msg, frame_pipeline: pipeline.FramePipeline) -> pipeline.Prepa
     Raises:
         conversions.ConversionError: a malformed cloud.
     """
-    fields = ('x', 'y', 'z', frame_pipeline.settings.intensity_field)
+    fields = frame_pipeline.settings.cloud_fields()
     return frame_pipeline.prepare(conversions.pointcloud2_to_array_with_stats(msg, fields).points)
 
 
@@ -651,7 +651,7 @@ def evaluate_offline(options: EvalOptions) -> Dict[str, Any]:
             input_topics.append(options.topics.image)
         if used['gt_semantic']:
             input_topics.append(options.topics.gt_semantic)
-        fields = ('x', 'y', 'z', settings.intensity_field)
+        fields = settings.cloud_fields()
         with tqdm(total=total, desc='offline evaluation', unit='frame',
                   disable=not options.progress) as bar:
             for item in bag.messages(input_topics):
