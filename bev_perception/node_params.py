@@ -186,7 +186,7 @@ PARAMETERS: Tuple[ParameterSpec, ...] = (
     ParameterSpec(
         'intensity_field', 'string', 'intensity',
         'Name of the PointCloud2 field read as intensity (any datatype); empty: the clouds '
-        'have none, the network sees intensity 0 (as in the training\'s intensity dropout).',
+        "have none, the network sees intensity 0 (as in the training's intensity dropout).",
         'Input', pattern=r'([A-Za-z_][A-Za-z0-9_]*)?', read_only=True),
     ParameterSpec(
         'intensity_scale', 'double', 0.0,
