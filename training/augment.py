@@ -20,9 +20,14 @@ The camera image is fixed to the LiDAR by the calibration, so only transforms th
 * **Photometric jitter** of the image (brightness, contrast, saturation): geometry unchanged.
 * **Camera dropout** (``camera_dropout_prob``): the sample is marked camera-invalid, so the
   network runs it LiDAR-only and the semantic loss skips it.
+* **Vertical shift of LiDAR-only samples** (``lidar_only_z_shift_m``): a camera-dropped sample
+  moves its points and boxes up or down by a uniform amount in [-s, s] metres. The image is
+  not used, so nothing can disagree; the LiDAR path learns the spread of road heights that
+  mounting heights and extrinsic errors of real sensors give.
 
 Not used, because they would break the camera-LiDAR agreement with a fixed image: global yaw
-rotation, global scaling, translation, and copy-paste of objects.
+rotation, global scaling, translation of samples that keep their image, and copy-paste of
+objects.
 
 All randomness comes from the ``numpy.random.Generator`` passed in, so a sample's augmentation
 is a pure function of (seed, epoch, index).
@@ -48,6 +53,7 @@ class AugmentConfig:
     brightness: float = 0.2  # multiply by a factor in [1 - b, 1 + b]
     contrast: float = 0.2  # blend with the mean grey level, factor in [1 - c, 1 + c]
     saturation: float = 0.2  # blend with the grey image, factor in [1 - s, 1 + s]
+    lidar_only_z_shift_m: float = 0.0  # camera-dropped samples move up/down by up to this
 
     def __post_init__(self) -> None:
         for name in ('flip_prob', 'camera_dropout_prob', 'point_dropout_max',
@@ -55,7 +61,8 @@ class AugmentConfig:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f'AugmentConfig.{name} must be in [0, 1], got {value}')
-        for name in ('point_jitter_m', 'brightness', 'contrast', 'saturation'):
+        for name in ('point_jitter_m', 'brightness', 'contrast', 'saturation',
+                     'lidar_only_z_shift_m'):
             if getattr(self, name) < 0:
                 raise ValueError(f'AugmentConfig.{name} must be >= 0')
         low, high = self.intensity_scale_range
@@ -149,11 +156,18 @@ def augment_sample(sample: Sample, config: AugmentConfig, rng: np.random.Generat
     do_flip = rng.random() < config.flip_prob
     drop_camera = rng.random() < config.camera_dropout_prob
     point_rng, image_rng = rng.spawn(2)
+    (shift_rng,) = rng.spawn(1)  # drawn after the others: their streams stay as they were
     if do_flip:
         sample = flip_left_right(sample)
     image = sample.image
     if image is not None and not drop_camera:
         image = jitter_photometric(image, config, image_rng)
-    return dataclasses.replace(
-        sample, points=jitter_points(sample.points, config, point_rng), image=image,
-        camera_valid=sample.camera_valid and not drop_camera)
+    camera_valid = sample.camera_valid and not drop_camera
+    points, boxes = jitter_points(sample.points, config, point_rng), sample.boxes
+    shift = shift_rng.uniform(-config.lidar_only_z_shift_m, config.lidar_only_z_shift_m)
+    if not camera_valid and shift:
+        points[:, 2] += np.float32(shift)  # jitter_points returned a copy
+        boxes = boxes.copy()
+        boxes[:, 2] += np.float32(shift)
+    return dataclasses.replace(sample, points=points, boxes=boxes, image=image,
+                               camera_valid=camera_valid)

@@ -1,5 +1,6 @@
 """Tests of training.train, training.data and training.augment on tiny synthetic scenes (CPU)."""
 
+import dataclasses
 import math
 import os
 import socket
@@ -102,6 +103,25 @@ def test_augment_is_deterministic_and_camera_dropout_marks_invalid():
     np.testing.assert_array_equal(unchanged.points, points)
     np.testing.assert_array_equal(unchanged.image, sample.image)
     assert unchanged.camera_valid
+
+
+def test_lidar_only_samples_shift_vertically_with_their_boxes():
+    points = np.random.default_rng(2).normal(size=(500, 4)).astype(np.float32)
+    boxes = np.array([[10.0, 2.0, -1.0, 4.0, 2.0, 1.5, 0.3]], np.float32)
+    sample = Sample(points, boxes, np.array([0]), np.full((4, 6, 3), 100, np.uint8),
+                    np.zeros((4, 6), np.uint8), True)
+    still = AugmentConfig.none()
+    for dropout, moves in ((1.0, True), (0.0, False)):
+        config = dataclasses.replace(still, camera_dropout_prob=dropout,
+                                     lidar_only_z_shift_m=0.3)
+        out = augment_sample(sample, config, np.random.default_rng(7))
+        shift = out.boxes[0, 2] - boxes[0, 2]
+        assert (abs(shift) > 0) == moves and abs(shift) <= 0.3
+        np.testing.assert_allclose(out.points[:, 2] - points[:, 2], shift, atol=1e-6)
+        np.testing.assert_array_equal(out.points[:, :2], points[:, :2])
+        assert sample.boxes[0, 2] == -1.0  # the input is left alone
+    with pytest.raises(ValueError, match='lidar_only_z_shift_m'):
+        AugmentConfig(lidar_only_z_shift_m=-0.1)
 
 
 def test_nearest_label_resize_keeps_ids_and_alignment():
