@@ -140,7 +140,8 @@ class PerceptionNode(Node):
             raise StartupError(str(error)) from error
         runtime = self._pipeline.runtime
         settings = self._settle_fallbacks(settings, runtime)
-        self._pipeline.configure(settings)
+        if settings != self._pipeline.settings:  # a fallback changed device or precision
+            self._pipeline.configure(settings)
         self._runtime, self._config = runtime, runtime.config
 
         started = time.perf_counter()
@@ -262,7 +263,7 @@ class PerceptionNode(Node):
 
     # ------------------------------------------------------------------ callbacks
 
-    def _cloud_fields(self) -> Tuple[str, str, str, str]:
+    def _cloud_fields(self) -> Tuple[str, ...]:
         return self._pipeline.settings.cloud_fields()
 
     def _check_cloud(self, msg: PointCloud2) -> bool:

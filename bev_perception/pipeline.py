@@ -225,8 +225,10 @@ class FramePipeline:
         max_points = frame_settings.settings.max_points
         kept = (points[::math.ceil(len(points) / max_points)] if len(points) > max_points
                 else points)
-        prepared = np.zeros((len(kept), 4), dtype=np.float32)  # (M, 4) own copy
+        prepared = np.empty((len(kept), 4), dtype=np.float32)  # (M, 4) own copy
         prepared[:, :kept.shape[1]] = kept
+        if kept.shape[1] == 3:
+            prepared[:, 3] = 0.0
         if frame_settings.intensity_gain != 1.0:
             prepared[:, 3] *= frame_settings.intensity_gain
         frame_settings.extrinsic.points_to_model(prepared)
