@@ -450,8 +450,8 @@ class InitWeightsError(ValueError):
     """``init_weights`` is unusable; the message names the file and the problem."""
 
 
-def _initialise_from(model: BEVFusionNet, model_config: ModelConfig, path: str) -> None:
-    """Copy the parameters of the weights file ``path`` into ``model`` (same model config).
+def _initial_state(model_config: ModelConfig, path: str) -> Dict[str, torch.Tensor]:
+    """Return the parameters of the weights file ``path`` (made with ``model_config``).
 
     Raises:
         InitWeightsError: the file is unusable or holds another model config.
@@ -463,7 +463,7 @@ def _initialise_from(model: BEVFusionNet, model_config: ModelConfig, path: str) 
     if source_config != model_config:
         raise InitWeightsError(f'init_weights: {path} holds another model config than this '
                                "run (model.name / model.overrides must match the file's)")
-    model.load_state_dict(source.state_dict())
+    return source.state_dict()
 
 
 def train(config: TrainConfig, output_dir: Optional[str] = None, resume: Optional[str] = None,
@@ -490,6 +490,9 @@ def train(config: TrainConfig, output_dir: Optional[str] = None, resume: Optiona
     process = init_process_group(config.device)
     _configure_determinism(config)
     model_config = config.model.build()
+    initial = None  # checked before the frames are cached: a bad file fails at once
+    if config.init_weights is not None and resume is None:
+        initial = _initial_state(model_config, config.init_weights)
     frames = build_train_frames(config, model_config, process, show_progress)
     dataset = TrainingDataset(frames, model_config, config.augment, config.seed, config.target)
     sampler = DistributedSampler(dataset, num_replicas=process.world_size, rank=process.rank,
@@ -502,8 +505,8 @@ def train(config: TrainConfig, output_dir: Optional[str] = None, resume: Optiona
     total_steps = steps_per_epoch * config.optim.epochs
 
     model = BEVFusionNet(model_config)
-    if config.init_weights is not None and resume is None:
-        _initialise_from(model, model_config, config.init_weights)
+    if initial is not None:
+        model.load_state_dict(initial)
         if process.is_main:
             LOGGER.info('initialised from %s', config.init_weights)
     model = model.to(process.device)
