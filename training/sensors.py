@@ -3,8 +3,8 @@
 A scene draws one ``LidarSetup``: a beam pattern (vertical angles of the lasers), its azimuth
 resolution, where it is mounted (height above the road, position and tilt relative to the
 camera whose frame is the model frame), and how it measures (range noise, ray drop by range,
-incidence and material, maximum range, intensity model). The patterns are the published
-vertical layouts of common sensors:
+incidence and material, per-laser calibration errors, maximum range, intensity model). The
+patterns are the published vertical layouts of common sensors:
 
 - ``vlp16``: 16 lasers, -15..+15 degrees every 2 degrees (Velodyne VLP-16; A2D2 has five);
 - ``hdl32``: 32 lasers, -30.67..+10.67 degrees every 1.33 degrees (HDL-32E; nuScenes);
@@ -68,6 +68,8 @@ class LidarSetup:
     intensity_gain: float
     fov_crop: bool  # keep only points inside the camera image (as A2D2 files do)
     half_azimuth_rad: float  # rays cast within this angle of the camera's forward axis
+    laser_elevation_error: np.ndarray  # (L,) radians: each laser's calibration error ...
+    laser_range_bias_m: np.ndarray  # (L,) ... and range offset (wavy, uneven rings)
 
 
 def _rpy_matrix(roll: float, pitch: float, yaw: float) -> np.ndarray:
@@ -105,7 +107,10 @@ def draw_setup(rng: np.random.Generator, camera_height_m: float) -> LidarSetup:
         min_range_m=float(rng.uniform(1.0, 2.5)), intensity_model=model,
         intensity_gain=float(rng.uniform(0.6, 1.6)),
         fov_crop=pattern == A2D2_RIG or bool(rng.random() < 0.2),
-        half_azimuth_rad=math.radians(100.0))
+        half_azimuth_rad=math.radians(100.0),
+        laser_elevation_error=rng.normal(0.0, math.radians(float(rng.uniform(0.0, 0.12))),
+                                         len(elevations)),
+        laser_range_bias_m=rng.normal(0.0, float(rng.uniform(0.0, 0.04)), len(elevations)))
 
 
 def sensor_rays(setup: LidarSetup) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -120,7 +125,7 @@ def sensor_rays(setup: LidarSetup) -> Tuple[np.ndarray, np.ndarray, np.ndarray, 
     step_grid, laser_grid = np.meshgrid(steps[forward], np.arange(len(setup.elevations)),
                                         indexing='ij')
     step_grid, laser_grid = step_grid.ravel(), laser_grid.ravel()
-    elevation = setup.elevations[laser_grid]
+    elevation = setup.elevations[laser_grid] + setup.laser_elevation_error[laser_grid]
     az = azimuth[step_grid]
     directions = np.stack([np.cos(elevation) * np.cos(az), np.cos(elevation) * np.sin(az),
                            np.sin(elevation)], axis=1)

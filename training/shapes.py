@@ -434,6 +434,89 @@ def small_object(rng: Rng, wb: WorldBuilder, kind: str) -> MeshBuilder:
     return b
 
 
+#: Hard negatives: unlabelled objects of a road user's size and height, each a shape real
+#: LiDAR detectors are known to confuse with cars, people or cyclists (utility cabinets, columns
+#: and kiosks, planters, skips, concrete barriers, bus shelters, bike racks, signposts).
+DISTRACTORS = ('cabinet', 'column', 'kiosk', 'planter', 'skip', 'barrier', 'shelter', 'rack',
+               'signpost', 'board')
+
+
+def distractor(rng: Rng, wb: WorldBuilder, kind: str) -> MeshBuilder:
+    """Return a hard negative of ``kind`` (one of ``DISTRACTORS``), x along its length."""
+    b = MeshBuilder()
+    paint = pick(rng, ((0.55, 0.57, 0.55), (0.2, 0.3, 0.22), (0.75, 0.72, 0.65),
+                       (0.12, 0.12, 0.13), (0.8, 0.55, 0.1), (0.25, 0.3, 0.45)))
+    solid = wb.material('Obstacles / trash', paint, float(rng.uniform(0.15, 0.7)))
+    if kind == 'cabinet':  # utility / switch cabinet, parking meter, post box
+        size = rng.uniform((0.25, 0.25, 0.7), (1.4, 0.6, 1.7))
+        b.box((-size[0] / 2, -size[1] / 2, 0.0), (size[0] / 2, size[1] / 2, size[2]), solid)
+    elif kind == 'column':  # advertising column or thick pillar
+        radius, height = float(rng.uniform(0.3, 0.8)), float(rng.uniform(1.8, 3.6))
+        b.primitive('cylinder', (0.0, 0.0, height / 2), (2 * radius, 2 * radius, height), solid,
+                    detail=12)
+        b.primitive('cylinder', (0.0, 0.0, height + 0.1), (2 * radius + 0.2,) * 2 + (0.2,),
+                    solid, detail=12)
+    elif kind == 'kiosk':  # kiosk, ticket machine house, portable toilet
+        size = rng.uniform((1.0, 1.0, 2.0), (3.5, 2.5, 2.8))
+        b.box((-size[0] / 2, -size[1] / 2, 0.0), (size[0] / 2, size[1] / 2, size[2]), solid)
+        b.box((-size[0] / 2 - 0.2, -size[1] / 2 - 0.2, size[2]),
+              (size[0] / 2 + 0.2, size[1] / 2 + 0.2, size[2] + 0.12), solid)
+    elif kind == 'planter':  # concrete planter with a shrub in it
+        size = rng.uniform((0.8, 0.6, 0.4), (4.0, 1.6, 1.0))
+        stone = wb.material('Road blocks', (0.6, 0.6, 0.58), float(rng.uniform(0.3, 0.6)))
+        b.box((-size[0] / 2, -size[1] / 2, 0.0), (size[0] / 2, size[1] / 2, size[2]), stone)
+        leaves = wb.material('Nature object', pick(rng, FOLIAGE), float(rng.uniform(0.2, 0.5)),
+                             transmit=0.2, texture=0.35, scatter_m=0.2)
+        b.primitive('sphere', (0.0, 0.0, size[2] + 0.3), (size[0] * 0.9, size[1] * 0.9,
+                                                         float(rng.uniform(0.4, 1.4))),
+                    leaves, detail=1)
+    elif kind == 'skip':  # skip, dumpster, container, stacked pallets
+        size = rng.uniform((1.4, 1.0, 0.9), (6.0, 2.5, 2.6))
+        b.box((-size[0] / 2, -size[1] / 2, 0.0), (size[0] / 2, size[1] / 2, size[2]), solid)
+    elif kind == 'barrier':  # concrete (Jersey) barrier or a low wall piece
+        length, height = float(rng.uniform(1.5, 6.0)), float(rng.uniform(0.5, 1.1))
+        stone = wb.material('Road blocks', (0.62, 0.62, 0.6), float(rng.uniform(0.3, 0.6)))
+        b.prism(np.array([[-0.3, 0.0], [0.3, 0.0], [0.1, height], [-0.1, height]]),
+                -length / 2, length / 2, stone, stone)
+        b.rotate_z(math.pi / 2)  # prisms extrude along y; x is the length
+    elif kind == 'shelter':  # bus shelter: glass back and sides, roof on posts
+        length, depth, height = (float(rng.uniform(2.5, 6.0)), float(rng.uniform(1.2, 2.0)),
+                                 float(rng.uniform(2.3, 2.8)))
+        frame = wb.material('Poles', METAL, 0.5)
+        glass = wb.material('Buildings', GLASS, 0.1, transmit=float(rng.uniform(0.4, 0.8)),
+                            texture=0.05)
+        b.box((-length / 2, depth / 2 - 0.02, 0.1), (length / 2, depth / 2, height - 0.1), glass)
+        for x in (-length / 2, length / 2):
+            b.box((x - 0.02, -depth / 2, 0.1), (x + 0.02, depth / 2, height - 0.1), glass)
+            for y in (-depth / 2, depth / 2):
+                b.box((x - 0.04, y - 0.04, 0.0), (x + 0.04, y + 0.04, height), frame)
+        b.box((-length / 2 - 0.2, -depth / 2 - 0.2, height), (length / 2 + 0.2, depth / 2,
+                                                               height + 0.1), frame)
+    elif kind == 'rack':  # bike rack: bicycles side by side
+        for k in range(int(rng.integers(2, 7))):
+            bike = MeshBuilder()
+            bicycle(rng, wb, 'Small vehicles 1', bike)
+            bike.rotate_z(math.pi / 2)
+            bike.shift((k * float(rng.uniform(0.6, 0.9)), float(rng.normal(0.0, 0.1)), 0.0))
+            b.extend(bike)
+    elif kind == 'signpost':  # post with plates at body height, or a traffic light pole
+        metal = wb.material('Poles', METAL if rng.random() < 0.6 else DARK_METAL, 0.4)
+        height = float(rng.uniform(1.8, 3.2))
+        b.primitive('cylinder', (0.0, 0.0, height / 2), (0.1, 0.1, height), metal)
+        sign = wb.material('Traffic sign 1', pick(rng, ((0.9, 0.9, 0.9), (0.1, 0.3, 0.8),
+                                                        (0.8, 0.1, 0.1))), 0.9, retro=True,
+                           texture=0.0)
+        for _ in range(int(rng.integers(1, 4))):
+            w, z = float(rng.uniform(0.3, 0.9)), float(rng.uniform(0.9, height))
+            b.box((0.06, -w / 2, z - w * 0.8), (0.09, w / 2, z), sign)
+    else:  # advertising board (A-frame) or flat billboard on legs
+        width, height = float(rng.uniform(0.5, 3.0)), float(rng.uniform(0.8, 2.5))
+        board = wb.material('Irrelevant signs', pick(rng, CAR_PAINTS), float(
+            rng.uniform(0.3, 0.8)))
+        b.box((-width / 2, -0.05, 0.0), (width / 2, 0.05, height), board)
+    return b
+
+
 def building(rng: Rng, wb: WorldBuilder, length: float, depth: float,
              height: float) -> MeshBuilder:
     """Return a building block: facade along x at y = 0 facing -y, recesses and balconies."""

@@ -59,7 +59,7 @@ from training.world import hash_noise, Hits, MeshBuilder, rotation_z, World, Wor
 # ----------------------------------------------------------------------------- constants
 
 #: Changes whenever the generated world changes (data made by another version is regenerated).
-WORLD_VERSION = 3
+WORLD_VERSION = 4
 FRAME_PERIOD_US = 100_000  # 10 Hz lidar sweeps
 TAI_MINUS_UTC_S = 37
 LASER_INTERVAL_US = 2.304
@@ -464,6 +464,7 @@ def build_scene(seed: int, index: int, frames: int,
 
     busy = float(rng.uniform(0.2, 1.0))  # traffic and people density of this scene
     empty = bool(rng.random() < config.empty_scene_probability)
+    _place_facing_rows(rng, placer, street, world, s_high)
     if not empty:
         _place_traffic(rng, placer, street, world, s_low, s_high, ego_speed, ego_lane, busy)
     for side in (0, 1):
@@ -602,6 +603,8 @@ def _place_side(rng, placer: _Placer, street: Street, world, side: int, s_low: f
             what = str(rng.choice(['bicycle', 'bicycle', 'bin', 'bench', 'bollard', 'cone']))
             placer.scenery(shapes.small_object(rng, placer.materials, what), x, y,
                            heading + float(rng.choice([0.0, math.pi / 2, math.pi])))
+    _scatter_distractors(rng, placer, at, s_low, s_high, (0.3, max(pavement, 0.3) + (
+        0.0 if pavement else float(rng.uniform(2.0, 8.0)))), float(rng.uniform(0.02, 0.12)))
     # Beyond the pavement: buildings, gardens, fields, car parks.
     start = pavement + (0.0 if pavement else 0.8)
     if kind in ('rural', 'suburban') and rng.random() < 0.5:
@@ -625,6 +628,54 @@ def _place_side(rng, placer: _Placer, street: Street, world, side: int, s_low: f
                             float(rng.uniform(0.1, 1.0)))
     else:
         _car_park(rng, placer, at, s_low, s_high, start + 1.0, side, busy, empty)
+
+
+def _scatter_distractors(rng, placer: _Placer, at, s_low: float, s_high: float,
+                         beyond: Tuple[float, float], per_m: float) -> None:
+    """Scatter hard negatives (``shapes.DISTRACTORS``), ``per_m`` per metre of roadside."""
+    for _ in range(int(rng.poisson(per_m * (s_high - s_low)))):
+        s, b = float(rng.uniform(s_low, s_high)), float(rng.uniform(*beyond))
+        x, y, heading = at(s, b)
+        kind = str(rng.choice(shapes.DISTRACTORS))
+        placer.scenery(shapes.distractor(rng, placer.materials, kind), x, y,
+                       heading + float(rng.choice([0.0, math.pi / 2, math.pi]))
+                       + float(rng.normal(0.0, 0.1)))
+
+
+def _place_facing_rows(rng, placer: _Placer, street: Street, world, s_high: float) -> None:
+    """Facades and walls across the view: a street's end, the far side of a junction.
+
+    Real streets end in a T, bend out of sight or cross another road, so a LiDAR sees long
+    structures square to its view 30-100 m ahead; the side rows alone never show those.
+    """
+    rows = []
+    if rng.random() < 0.3:
+        rows.append((float(rng.uniform(30.0, min(100.0, s_high))), (-60.0, 60.0)))
+    if street.junction_s_m is not None and rng.random() < 0.6:
+        far = street.junction_s_m + street.junction_half_width_m + float(rng.uniform(1.0, 6.0))
+        rows.extend([(far, (-60.0, street.edge_m[0] - 1.0)),
+                     (far, (street.edge_m[1] + 1.0, 60.0))])
+    for s, (l_low, l_high) in rows:
+        l_ = l_low
+        while l_ < l_high:
+            length = float(min(rng.uniform(6.0, 30.0), l_high - l_))
+            kind = str(rng.choice(['building', 'building', 'wall', 'hedge', 'gap']))
+            x, y, heading = world(s, l_ + length / 2)
+            yaw = heading - math.pi / 2  # mesh x across the road, its -y towards the ego
+            if kind == 'building' and length > 3.0:
+                depth = float(rng.uniform(8.0, 20.0))
+                mesh = shapes.building(rng, placer.materials, length, depth,
+                                       float(rng.uniform(4.0, 20.0)))
+                mesh.shift((0.0, -depth / 2, 0.0))
+                x, y, _ = world(s + depth / 2, l_ + length / 2)
+                placer.put(mesh, (length, depth, 1.0), x, y, yaw, check=False)
+            elif kind == 'wall':
+                placer.scenery(shapes.fence(rng, placer.materials, length, 'wall'), x, y, yaw,
+                               check=False)
+            elif kind == 'hedge':
+                placer.scenery(shapes.bush(rng, placer.materials, length), x, y, yaw,
+                               check=False)
+            l_ += length + float(rng.uniform(0.0, 4.0))
 
 
 def _building_row(rng, placer: _Placer, at, s_low: float, s_high: float, beyond: float,
@@ -955,6 +1006,7 @@ def _scan_lidar(scene: Scene, frame: _Frame, rays: _LidarRays, rng: np.random.Ge
     loss = sensors.drop_probability(setup, distance, incidence, reflectance)
     valid = hits.hit & (distance >= setup.min_range_m) & (lost >= loss)
     values = sensors.intensity(setup, reflectance, retro, incidence, distance, rng)
+    range_noise += setup.laser_range_bias_m[rays.laser]
     measured = origins + (distance + range_noise)[:, None] * directions
     owner = np.where(hits.hit, frame.world.mesh.owner[np.where(hits.hit, hits.face, 0)], -1)
     return _to_view(measured, frame), values, owner, valid

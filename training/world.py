@@ -180,6 +180,18 @@ class MeshBuilder:
         """Move everything added so far by ``offset`` (3,) in the local frame."""
         self._vertices = [v + np.asarray(offset, dtype=np.float64) for v in self._vertices]
 
+    def rotate_z(self, yaw: float) -> None:
+        """Turn everything added so far by ``yaw`` about the local z axis."""
+        rotation = rotation_z(yaw)
+        self._vertices = [v @ rotation.T for v in self._vertices]
+
+    def extend(self, other: 'MeshBuilder') -> None:
+        """Add everything ``other`` holds (its materials are indices of the same table)."""
+        offset = 0  # other's faces index its concatenated vertices
+        for vertices, faces, material in zip(other._vertices, other._faces, other._material):
+            self.add_faces(vertices, faces - offset, material)
+            offset += len(vertices)
+
     def local_bounds(self) -> Tuple[np.ndarray, np.ndarray]:
         """Return (min, max) corners (3,) of what was added, in the local frame."""
         vertices = np.concatenate(self._vertices)
