@@ -192,6 +192,11 @@ def test_lidar_patterns_and_setups():
     assert {s.intensity_model for s in setups} == set(sensors.INTENSITY_MODELS)
     assert any(s.fov_crop for s in setups) and not all(s.fov_crop for s in setups)
     heights = [s.position_m[2] + 1.8 for s in setups if s.pattern != sensors.A2D2_RIG]
+    # Each laser has its own calibration error: rings are not perfect cones.
+    errors = np.concatenate([s.laser_elevation_error for s in setups])
+    assert 0.0 < np.degrees(errors).std() < 0.2
+    assert all(len(s.laser_range_bias_m) == len(s.elevations) for s in setups)
+    assert any(np.ptp(s.laser_range_bias_m) > 0.02 for s in setups)
     assert 1.4 < min(heights) and max(heights) < 2.35
     rng = np.random.default_rng(0)
     absent = dataclasses.replace(setups[0], intensity_model='absent')

@@ -105,3 +105,38 @@ def test_scenery_is_unlabelled_clutter():
                       'Small vehicles 1', 'Buildings'}
     foliage = [m for m in builder.materials if m.label == 'Nature object' and m.transmit > 0]
     assert foliage and all(m.scatter_m > 0 for m in foliage), 'leaves scatter returns'
+
+
+@pytest.mark.parametrize('kind', shapes.DISTRACTORS)
+def test_distractors_are_unlabelled_and_road_user_sized(kind):
+    builder = WorldBuilder()
+    rng = np.random.default_rng(3)
+    for _ in range(10):
+        mesh = shapes.distractor(rng, builder, kind)
+        low, high = mesh.local_bounds()
+        size = high - low
+        # Hard negatives stand on the ground at the size of a person, a bicycle or a car.
+        assert abs(low[2]) < 0.05 and 0.4 < size[2] < 3.8, (kind, size)
+        assert 0.05 < max(size[0], size[1]) < 7.0, (kind, size)
+    labels = {m.label for m in builder.materials}
+    assert not labels & {'Car 1', 'Pedestrian 1', 'Bicycle 1', 'Truck 1'}
+
+
+def test_mesh_builder_rotate_and_extend_keep_faces_valid():
+    builder = WorldBuilder()
+    material = builder.material('Buildings', (0.5, 0.5, 0.5), 0.5)
+    part = MeshBuilder()
+    part.box((0.0, 0.0, 0.0), (2.0, 1.0, 1.0), material)
+    part.box((5.0, 0.0, 0.0), (6.0, 1.0, 1.0), material)
+    part.rotate_z(math.pi / 2)
+    low, high = part.local_bounds()
+    np.testing.assert_allclose(low, (-1.0, 0.0, 0.0), atol=1e-9)
+    np.testing.assert_allclose(high, (0.0, 6.0, 1.0), atol=1e-9)
+    whole = MeshBuilder()
+    whole.box((10.0, 0.0, 0.0), (11.0, 1.0, 1.0), material)
+    whole.extend(part)
+    whole.place(np.eye(3), (0.0, 0.0, 0.0), 1, builder)
+    world = builder.build()
+    # A ray down onto the extended part hits it: the faces point at the right vertices.
+    hits = world.cast(np.array([[-0.5, 5.5, 5.0]]), np.array([[0.0, 0.0, -1.0]]))
+    assert hits.hit[0] and hits.distance[0] == pytest.approx(4.0, abs=1e-4)
