@@ -467,9 +467,8 @@ def distractor(rng: Rng, wb: WorldBuilder, kind: str) -> MeshBuilder:
         b.box((-size[0] / 2, -size[1] / 2, 0.0), (size[0] / 2, size[1] / 2, size[2]), stone)
         leaves = wb.material('Nature object', pick(rng, FOLIAGE), float(rng.uniform(0.2, 0.5)),
                              transmit=0.2, texture=0.35, scatter_m=0.2)
-        b.primitive('sphere', (0.0, 0.0, size[2] + 0.3), (size[0] * 0.9, size[1] * 0.9,
-                                                         float(rng.uniform(0.4, 1.4))),
-                    leaves, detail=1)
+        crown = (size[0] * 0.9, size[1] * 0.9, float(rng.uniform(0.4, 1.4)))
+        b.primitive('sphere', (0.0, 0.0, size[2] + 0.3), crown, leaves, detail=1)
     elif kind == 'skip':  # skip, dumpster, container, stacked pallets
         size = rng.uniform((1.4, 1.0, 0.9), (6.0, 2.5, 2.6))
         b.box((-size[0] / 2, -size[1] / 2, 0.0), (size[0] / 2, size[1] / 2, size[2]), solid)
@@ -490,8 +489,8 @@ def distractor(rng: Rng, wb: WorldBuilder, kind: str) -> MeshBuilder:
             b.box((x - 0.02, -depth / 2, 0.1), (x + 0.02, depth / 2, height - 0.1), glass)
             for y in (-depth / 2, depth / 2):
                 b.box((x - 0.04, y - 0.04, 0.0), (x + 0.04, y + 0.04, height), frame)
-        b.box((-length / 2 - 0.2, -depth / 2 - 0.2, height), (length / 2 + 0.2, depth / 2,
-                                                               height + 0.1), frame)
+        b.box((-length / 2 - 0.2, -depth / 2 - 0.2, height),
+              (length / 2 + 0.2, depth / 2, height + 0.1), frame)
     elif kind == 'rack':  # bike rack: bicycles side by side
         for k in range(int(rng.integers(2, 7))):
             bike = MeshBuilder()

@@ -141,11 +141,22 @@ class FusionConfig:
     gate_init: float = 0.1  # initial value of the residual gates (LayerScale)
     bev_wavelengths_m: Tuple[float, float] = (1.0, 200.0)  # sinusoid range for metric x, y
     camera_wavelengths: Tuple[float, float] = (0.02, 4.0)  # for normalised u, v in [0, 1]
+    # Calibration-aware queries: each BEV cell is projected into the sample's camera at these
+    # model-frame heights (z, metres) and carries where it lands; cells that land nowhere in
+    # the image get no image features. Empty: the calibration-blind block (weights before it).
+    geometry_heights_m: Tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.camera_levels or any(
                 level not in ('c3', 'c4', 'c5') for level in self.camera_levels):
             raise ValueError("FusionConfig.camera_levels must be a subset of ('c3', 'c4', 'c5')")
+        if not all(math.isfinite(z) for z in self.geometry_heights_m):
+            raise ValueError('FusionConfig.geometry_heights_m must be finite')
+
+    @property
+    def uses_calibration(self) -> bool:
+        """Return True when the fusion needs each camera's calibration."""
+        return bool(self.geometry_heights_m)
 
 
 #: Same-class suppression kinds (see decode._suppression_matrix).

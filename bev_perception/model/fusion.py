@@ -5,11 +5,25 @@ keys and values are camera feature cells (projected to the BEV width) plus a sin
 of their normalised image position (u, v) and a learned level embedding. Pre-norm, residual
 attention and FFN, each behind a learnable per-channel gate initialised small. Samples without a
 valid image skip the block: their BEV features come out exactly as they went in.
+
+Calibration-aware queries (``FusionConfig.geometry_heights_m`` non-empty): every sample brings
+its camera's geometry (``camera_geometry.SIZE`` floats: model -> camera pose, intrinsics over
+the image size, plumb-bob distortion). Each BEV cell centre is lifted to K heights and
+projected into that camera (``camera_geometry.project``): uv (Bv, N, K, 2), depth (Bv, N, K),
+inside (Bv, N, K). The query gains
+
+    W_uv (mean over the heights that land in the image of sinusoid(uv))   (Bv, N, C)
+    + W_s [inside_k, inside_k * log(depth_k)]_k                           (Bv, N, C)
+
+The uv sinusoid is the camera tokens' own position code, so query-key products can peak where
+a cell lands in *this* image, whatever the focal length, size or mounting. Cells with no height
+inside the image (``seen`` False) keep their BEV features exactly (a select, not a product).
 """
 
 import math
 from typing import Dict, Optional, Tuple
 
+from bev_perception.model import camera_geometry
 from bev_perception.model.config import FusionConfig
 import torch
 from torch import nn
@@ -97,6 +111,16 @@ class FuTrFusion(nn.Module):
         self.register_buffer(
             'bev_encoding', sinusoidal_encoding_2d(centres, width, config.bev_wavelengths_m),
             persistent=False)  # (h*w, C)
+        self.uses_calibration = config.uses_calibration
+        if self.uses_calibration:
+            heights = torch.tensor(config.geometry_heights_m, dtype=torch.float64)
+            count = len(heights)
+            lifted = torch.cat([centres[:, None, :].expand(-1, count, 2),
+                                heights[None, :, None].expand(len(centres), count, 1)], 2)
+            self.register_buffer('cell_points', lifted.to(torch.float32),
+                                 persistent=False)  # (h*w, K, 3)
+            self.geometry_uv = nn.Linear(width, width)
+            self.geometry_scalars = nn.Linear(2 * count, width)
 
     def camera_tokens(self, camera_features: Dict[str, torch.Tensor]
                       ) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -117,8 +141,23 @@ class FuTrFusion(nn.Module):
             value_inputs.append(tokens)
         return torch.cat(key_inputs, 1), torch.cat(value_inputs, 1)  # (Bv, T, C) each
 
+    def cell_geometry(self, geometry: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Return each cell's query term (Bv, N, C) and ``seen`` (Bv, N) for (Bv, SIZE) cameras."""
+        uv, depth, inside = camera_geometry.project(self.cell_points, geometry)
+        batch, cells, count = inside.shape
+        width = self.out_channels
+        inside_f = inside.to(torch.float32)  # (Bv, N, K)
+        code = sinusoidal_encoding_2d(uv.reshape(-1, 2), width, self.camera_wavelengths)
+        code = code.view(batch, cells, count, width) * inside_f[..., None]  # (Bv, N, K, C)
+        code = code.sum(2) / inside_f.sum(2, keepdim=True).clamp(min=1.0)  # (Bv, N, C)
+        log_depth = torch.log(depth.clamp(min=camera_geometry.NEAR_M)) * inside_f
+        scalars = torch.cat([inside_f, log_depth], 2)  # (Bv, N, 2K)
+        term = self.geometry_uv(code) + self.geometry_scalars(scalars)
+        return term, inside.any(2)
+
     def forward(self, bev: torch.Tensor, camera_features: Dict[str, torch.Tensor],
-                camera_valid: Optional[torch.Tensor]) -> torch.Tensor:
+                camera_valid: Optional[torch.Tensor],
+                geometry: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Fuse camera information into the BEV features.
 
         Args:
@@ -127,9 +166,12 @@ class FuTrFusion(nn.Module):
                 ``camera_valid`` is True, in batch order.
             camera_valid: (B,) bool, or None when every sample has an image (no host
                 synchronisation then).
+            geometry: (Bv, camera_geometry.SIZE) calibration of those Bv cameras; required
+                when the block is calibration-aware, ignored otherwise.
 
         Returns:
-            (B, C, h, w); rows where ``camera_valid`` is False equal ``bev`` exactly.
+            (B, C, h, w); rows where ``camera_valid`` is False equal ``bev`` exactly, and so
+            do the cells a calibration-aware block finds outside the camera's view.
         """
         batch, channels, rows, cols = bev.shape
         if (rows, cols) != tuple(self.head_hw):
@@ -152,6 +194,15 @@ class FuTrFusion(nn.Module):
         queries = selected.flatten(2).transpose(1, 2)  # (Bv, N, C)
         key_input, value_input = self.camera_tokens(camera_features)  # (Bv, T, C) each
         position = self.bev_encoding.to(queries.dtype)  # (N, C)
+        seen = None
+        if self.uses_calibration:
+            if geometry is None or tuple(geometry.shape) != (num_valid, camera_geometry.SIZE):
+                raise ValueError(
+                    f'calibration-aware fusion needs ({num_valid}, {camera_geometry.SIZE}) '
+                    f'camera geometry, got {None if geometry is None else tuple(geometry.shape)}')
+            term, seen = self.cell_geometry(geometry.to(torch.float32))
+            position = position + term.to(queries.dtype)  # (Bv, N, C)
+            seen = seen[..., None]  # (Bv, N, 1) bool
         q = self.query(self.norm_query(queries) + position)
         k = self.key(key_input)
         v = self.value(value_input)
@@ -162,6 +213,8 @@ class FuTrFusion(nn.Module):
         attended = attended.transpose(1, 2).reshape(num_valid, rows * cols, channels)  # (Bv, N, C)
         tokens = queries + self.gate_attention * self.attention_out(attended)
         tokens = tokens + self.gate_ffn * self.ffn(self.norm_ffn(tokens))
+        if seen is not None:
+            tokens = torch.where(seen, tokens, queries)
         fused = tokens.transpose(1, 2).reshape(num_valid, channels, rows, cols)  # (Bv, C, h, w)
         if num_valid == batch:
             return fused

@@ -2,8 +2,10 @@
 
 import math
 
+from bev_perception.model.camera_geometry import camera_geometry
 from bev_perception.model.config import FusionConfig
 from bev_perception.model.fusion import bev_cell_centres, FuTrFusion, sinusoidal_encoding_2d
+import numpy as np
 import pytest
 import torch
 
@@ -11,11 +13,23 @@ HEAD_HW = (5, 7)
 CAMERA_CHANNELS = {'c3': 4, 'c4': 6, 'c5': 8}
 
 
-def _fusion(levels=('c4', 'c5')):
+def _fusion(levels=('c4', 'c5'), heights=()):
     torch.manual_seed(0)
     return FuTrFusion(bev_channels=16, camera_channels=CAMERA_CHANNELS,
-                      config=FusionConfig(camera_levels=levels, num_heads=2, gate_init=0.5),
+                      config=FusionConfig(camera_levels=levels, num_heads=2, gate_init=0.5,
+                                          geometry_heights_m=heights),
                       head_hw=HEAD_HW, origin_m=(0.0, -2.24), cell_size_m=0.64).eval()
+
+
+def _geometry(focal_over_width=0.5, yaw=0.0, height_m=0.0):
+    """Return (1, SIZE) geometry of a forward camera at the model origin, turned by ``yaw``."""
+    c, s = math.cos(yaw), math.sin(yaw)
+    turn = np.array([[c, s, 0.0], [-s, c, 0.0], [0.0, 0.0, 1.0]])  # model -> camera body
+    to_optical = np.array([[0.0, -1.0, 0.0], [0.0, 0.0, -1.0], [1.0, 0.0, 0.0]])
+    k = np.array([[focal_over_width * 640, 0.0, 320.0], [0.0, focal_over_width * 640, 240.0],
+                  [0.0, 0.0, 1.0]])
+    return torch.from_numpy(camera_geometry(to_optical @ turn, (0.0, -height_m, 0.0), k, (),
+                                            (640, 480)))[None]
 
 
 def _camera(batch, seed):
@@ -100,3 +114,60 @@ def test_every_parameter_gets_a_gradient():
         assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
         assert torch.isfinite(parameter.grad).all(), name
     assert math.isclose(float(fusion.gate_attention.detach()[0]), 0.5)
+
+
+def test_calibration_blind_block_has_no_geometry_parameters():
+    names = {name for name, _ in _fusion().named_parameters()}
+    assert not any(name.startswith('geometry') for name in names)
+    aware = {name for name, _ in _fusion(heights=(-1.0, 0.0)).named_parameters()}
+    assert aware - names == {'geometry_uv.weight', 'geometry_uv.bias',
+                             'geometry_scalars.weight', 'geometry_scalars.bias'}
+
+
+def test_cells_outside_the_camera_view_get_no_image_features():
+    fusion = _fusion(heights=(-1.0, 0.0, 1.0))
+    bev = torch.randn(1, 16, *HEAD_HW)
+    geometry = _geometry(focal_over_width=1.5)  # narrow: about +-18 degrees
+    fused = fusion(bev, _camera(1, 5), torch.ones(1, dtype=torch.bool), geometry)
+    centres = bev_cell_centres(HEAD_HW, (0.0, -2.24), 0.64)  # (N, 2) x, y
+    bearing = torch.atan2(centres[:, 1], centres[:, 0]).abs().reshape(HEAD_HW)
+    changed = (fused[0] != bev[0]).any(0)  # (h, w)
+    outside = bearing > math.radians(25.0)
+    inside = bearing < math.radians(12.0)
+    assert outside.any() and inside.any()
+    assert not changed[outside].any(), 'a cell out of view received image features'
+    assert changed[inside].all()
+
+
+def test_calibration_decides_which_cells_fuse():
+    fusion = _fusion(heights=(-1.0, 0.0, 1.0))
+    bev = torch.randn(1, 16, *HEAD_HW)
+    camera = _camera(1, 6)
+    valid = torch.ones(1, dtype=torch.bool)
+    ahead = (fusion(bev, camera, valid, _geometry(1.5)) != bev).any(1)[0]
+    left = (fusion(bev, camera, valid, _geometry(1.5, yaw=math.radians(30.0))) != bev).any(1)[0]
+    # Turning the camera left moves the fused cells to the left (+y, higher rows).
+    rows = torch.arange(HEAD_HW[0], dtype=torch.float32)[:, None].expand(HEAD_HW)
+    assert rows[left].mean() > rows[ahead].mean()
+    wide = (fusion(bev, camera, valid, _geometry(0.3)) != bev).any(1)[0]
+    assert wide.sum() > ahead.sum()
+
+
+def test_calibration_aware_block_needs_the_geometry_and_keeps_lidar_only_exact():
+    fusion = _fusion(heights=(0.0,))
+    bev = torch.randn(2, 16, *HEAD_HW)
+    with pytest.raises(ValueError, match='camera geometry'):
+        fusion(bev, _camera(1, 7), torch.tensor([True, False]))
+    fused = fusion(bev, _camera(1, 7), torch.tensor([True, False]), _geometry())
+    assert torch.equal(fused[1], bev[1])
+    assert not torch.equal(fused[0], bev[0])
+
+
+def test_geometry_layers_get_gradients():
+    fusion = _fusion(heights=(-1.0, 0.5)).train()
+    bev = torch.randn(1, 16, *HEAD_HW)
+    fused = fusion(bev, _camera(1, 8), torch.ones(1, dtype=torch.bool), _geometry(0.5))
+    (fused * torch.randn_like(fused)).sum().backward()
+    for name in ('geometry_uv.weight', 'geometry_scalars.weight'):
+        grad = dict(fusion.named_parameters())[name].grad
+        assert grad is not None and grad.abs().sum() > 0 and torch.isfinite(grad).all(), name

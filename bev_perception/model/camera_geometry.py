@@ -1,0 +1,90 @@
+"""Where model-frame points appear in a camera image: the calibration the fusion matches by.
+
+A camera's calibration travels through the network as one flat vector per sample (``SIZE``
+floats, built by ``camera_geometry``):
+
+    [ R (9, row-major) | t (3) | fx/W, fy/H, cx/W, cy/H | k1, k2, p1, p2, k3 ]
+
+R, t map model-frame points (x forward, y left, z up, metres) into the camera's optical frame
+(x right, y down, z forward): p_cam = R p + t. The intrinsics are divided by the image width W
+and height H, so the vector does not depend on the size the image is resized to before the
+camera encoder, and the projection comes out in the normalised (u, v) in [0, 1] that the camera
+tokens are encoded with. The distortion is the plumb-bob model of ROS ``CameraInfo`` (and
+OpenCV, and A2D2's front camera); all zeros for a rectified image (KITTI's P2).
+"""
+
+from typing import Sequence, Tuple
+
+import numpy as np
+import torch
+
+#: Floats per camera in the geometry vector.
+SIZE = 21
+
+#: Points closer than this in front of the camera (metres) count as not seen.
+NEAR_M = 0.3
+
+
+def camera_geometry(rotation: np.ndarray, translation: Sequence[float], k: np.ndarray,
+                    distortion: Sequence[float], image_wh: Tuple[int, int]) -> np.ndarray:
+    """Return the (SIZE,) float32 geometry vector of one camera.
+
+    Args:
+        rotation: (3, 3) model frame -> camera optical frame.
+        translation: (3,) the model origin in the camera optical frame, metres.
+        k: (3, 3) intrinsic matrix in pixels of the ``image_wh`` image.
+        distortion: plumb-bob (k1, k2, p1, p2, k3); fewer values are zero-padded
+            (ROS gives 5, a rectified camera 0).
+        image_wh: (width, height) of the image ``k`` belongs to, pixels.
+    """
+    rotation = np.asarray(rotation, dtype=np.float64).reshape(3, 3)
+    k = np.asarray(k, dtype=np.float64).reshape(3, 3)
+    width, height = image_wh
+    if not (width > 0 and height > 0 and k[0, 0] > 0 and k[1, 1] > 0):
+        raise ValueError('camera geometry must be finite with a positive focal length and size')
+    coefficients = np.zeros(5)
+    distortion = np.asarray(distortion, dtype=np.float64).ravel()[:5]
+    coefficients[:len(distortion)] = distortion
+    vector = np.concatenate([
+        rotation.ravel(), np.asarray(translation, dtype=np.float64).reshape(3),
+        [k[0, 0] / width, k[1, 1] / height, k[0, 2] / width, k[1, 2] / height], coefficients])
+    if not np.isfinite(vector).all():
+        raise ValueError('camera geometry must be finite with a positive focal length and size')
+    return vector.astype(np.float32)
+
+
+def project(points: torch.Tensor, geometry: torch.Tensor
+            ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Project model-frame points into each sample's camera.
+
+    Args:
+        points: (..., 3) model-frame points, shared by the samples.
+        geometry: (B, SIZE) geometry vectors.
+
+    Returns:
+        uv: (B, ..., 2) normalised image position (u right, v down; [0, 1] inside the image).
+        depth: (B, ...) distance in front of the camera along its optical axis, metres.
+        inside: (B, ...) bool, in front of the camera, inside the image, and where the
+            distortion polynomial still grows with the radius (beyond, it folds back and the
+            projection lies).
+    """
+    batch = geometry.shape[0]
+    shape = points.shape[:-1]
+    flat = points.reshape(1, -1, 3).to(geometry.dtype)  # (1, P, 3)
+    rotation = geometry[:, :9].reshape(batch, 3, 3)
+    translation = geometry[:, 9:12].reshape(batch, 1, 3)
+    camera = flat @ rotation.transpose(1, 2) + translation  # (B, P, 3)
+    depth = camera[..., 2]
+    safe = torch.where(depth > NEAR_M, depth, torch.ones_like(depth))
+    x, y = camera[..., 0] / safe, camera[..., 1] / safe  # (B, P) each
+    fx, fy, cx, cy, k1, k2, p1, p2, k3 = (geometry[:, i:i + 1] for i in range(12, SIZE))
+    r2 = x * x + y * y
+    radial = 1.0 + r2 * (k1 + r2 * (k2 + r2 * k3))
+    x_d = x * radial + 2.0 * p1 * x * y + p2 * (r2 + 2.0 * x * x)
+    y_d = y * radial + p1 * (r2 + 2.0 * y * y) + 2.0 * p2 * x * y
+    uv = torch.stack([fx * x_d + cx, fy * y_d + cy], -1)  # (B, P, 2)
+    # d(r * radial(r)) / dr > 0: the radial mapping is still one-to-one.
+    growing = 1.0 + r2 * (3.0 * k1 + r2 * (5.0 * k2 + r2 * 7.0 * k3)) > 0.0
+    inside = ((depth > NEAR_M) & growing & (uv >= 0.0).all(-1) & (uv <= 1.0).all(-1))
+    return (uv.reshape((batch,) + shape + (2,)), depth.reshape((batch,) + shape),
+            inside.reshape((batch,) + shape))

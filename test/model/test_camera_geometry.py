@@ -1,0 +1,84 @@
+"""Camera geometry vectors and the projection the calibration-aware fusion uses."""
+
+from bev_perception.model.camera_geometry import camera_geometry, NEAR_M, project, SIZE
+import numpy as np
+import pytest
+import torch
+
+#: Model frame (x forward, y left, z up) -> optical frame (x right, y down, z forward).
+MODEL_TO_OPTICAL = np.array([[0.0, -1.0, 0.0], [0.0, 0.0, -1.0], [1.0, 0.0, 0.0]])
+K = np.array([[800.0, 0.0, 640.0], [0.0, 820.0, 360.0], [0.0, 0.0, 1.0]])
+
+
+def _geometry(distortion=(), translation=(0.0, 0.0, 0.0), image_wh=(1280, 720), k=K):
+    return torch.from_numpy(camera_geometry(MODEL_TO_OPTICAL, translation, k, distortion,
+                                            image_wh))[None]
+
+
+def test_vector_layout_and_image_size_invariance():
+    vector = camera_geometry(MODEL_TO_OPTICAL, (0.1, 0.2, 0.3), K, (0.1, -0.02), (1280, 720))
+    assert vector.shape == (SIZE,) and vector.dtype == np.float32
+    np.testing.assert_allclose(vector[:9], MODEL_TO_OPTICAL.ravel())
+    np.testing.assert_allclose(vector[9:12], (0.1, 0.2, 0.3), rtol=1e-6)
+    np.testing.assert_allclose(vector[12:16], (800 / 1280, 820 / 720, 0.5, 0.5), rtol=1e-6)
+    np.testing.assert_allclose(vector[16:], (0.1, -0.02, 0.0, 0.0, 0.0), rtol=1e-6)
+    # The same camera described at half the resolution gives the same vector.
+    half = camera_geometry(MODEL_TO_OPTICAL, (0.1, 0.2, 0.3), K * [[0.5], [0.5], [1.0]],
+                           (0.1, -0.02), (640, 360))
+    np.testing.assert_allclose(half, vector, rtol=1e-6)
+
+
+@pytest.mark.parametrize('bad', [{'k': K * 0.0}, {'image_wh': (0, 720)},
+                                 {'translation': (float('nan'), 0.0, 0.0)}])
+def test_bad_calibration_is_refused(bad):
+    with pytest.raises(ValueError, match='finite with a positive'):
+        _geometry(**bad)
+
+
+def test_pinhole_projection_matches_the_intrinsics():
+    points = torch.tensor([[10.0, 0.0, 0.0], [10.0, 2.0, -1.0], [20.0, -3.0, 0.5]])
+    uv, depth, inside = project(points, _geometry())
+    assert uv.shape == (1, 3, 2) and depth.shape == (1, 3) and inside.shape == (1, 3)
+    for index, (x, y, z) in enumerate(points.tolist()):
+        col = K[0, 2] + K[0, 0] * (-y / x)
+        row = K[1, 2] + K[1, 1] * (-z / x)
+        expected = torch.tensor([col / 1280, row / 720], dtype=torch.float32)
+        torch.testing.assert_close(uv[0, index], expected)
+        assert depth[0, index] == pytest.approx(x)
+    assert inside.all()
+
+
+def test_behind_beside_and_too_near_are_not_inside():
+    points = torch.tensor([[-5.0, 0.0, 0.0], [5.0, 10.0, 0.0], [NEAR_M / 2, 0.0, 0.0],
+                           [5.0, 0.0, 0.0]])
+    _, _, inside = project(points, _geometry())
+    assert inside.tolist() == [[False, False, False, True]]
+
+
+def test_translation_moves_the_camera():
+    # The model origin 1.5 m in front of the camera, i.e. the camera 1.5 m behind it.
+    _, depth, _ = project(torch.tensor([[10.0, 0.0, 0.0]]), _geometry(translation=(0, 0, 1.5)))
+    assert depth[0, 0] == pytest.approx(11.5)
+
+
+def test_distortion_bends_and_fold_over_is_not_inside():
+    barrel = (-0.3, 0.08)
+    straight_uv, _, _ = project(torch.tensor([[10.0, 4.0, 0.0]]), _geometry())
+    bent_uv, _, bent_inside = project(torch.tensor([[10.0, 4.0, 0.0]]), _geometry(barrel))
+    # Barrel distortion pulls an off-axis point towards the centre.
+    assert abs(bent_uv[0, 0, 0] - 0.5) < abs(straight_uv[0, 0, 0] - 0.5)
+    assert bent_inside.all()
+    # Far off-axis a strong barrel polynomial turns back towards the centre; it must not be
+    # taken as seen even though its (u, v) falls in the image.
+    folded_uv, _, folded_inside = project(torch.tensor([[1.0, -1.6, 0.0]]), _geometry((-0.3,)))
+    assert (folded_uv >= 0).all() and (folded_uv <= 1).all()
+    assert not folded_inside.any()
+
+
+def test_batch_of_cameras_and_leading_point_shape():
+    points = torch.zeros(4, 3, 3)
+    points[..., 0] = 10.0
+    geometry = torch.cat([_geometry(), _geometry(translation=(0.0, 0.0, 5.0))])
+    uv, depth, inside = project(points, geometry)
+    assert uv.shape == (2, 4, 3, 2) and depth.shape == (2, 4, 3) and inside.shape == (2, 4, 3)
+    assert torch.allclose(depth[1] - depth[0], torch.full((4, 3), 5.0))
