@@ -10,8 +10,13 @@ segment travels as UDP fragments, and with a 208 KiB default socket buffer (a co
 
 import os
 
-from bev_perception.tools.replay import large_message_dds_env, local_dds_env
+from bev_perception.tools.replay import (FASTDDS_PROFILE_NAME, FASTDDS_PROFILE_VARIABLES,
+                                         large_message_dds_env, local_dds_env)
 import pytest
+
+#: The checkout's Fast DDS profile: found from here, wherever pytest is started.
+_CHECKOUT_PROFILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                 'config', FASTDDS_PROFILE_NAME)
 
 
 def _domain_id_for_this_run() -> int:
@@ -20,7 +25,14 @@ def _domain_id_for_this_run() -> int:
     return int(override) if override else 1 + os.getpid() % 100
 
 
-LOCAL_DDS_ENV = dict(local_dds_env(_domain_id_for_this_run()), **large_message_dds_env())
+def _large_message_env():
+    """Return the profile variables; the checkout's profile when none is installed or chosen."""
+    if any(os.environ.get(name) for name in FASTDDS_PROFILE_VARIABLES):
+        return {}
+    return large_message_dds_env() or {FASTDDS_PROFILE_VARIABLES[0]: _CHECKOUT_PROFILE}
+
+
+LOCAL_DDS_ENV = dict(local_dds_env(_domain_id_for_this_run()), **_large_message_env())
 os.environ.update(LOCAL_DDS_ENV)
 
 
