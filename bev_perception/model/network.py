@@ -134,7 +134,8 @@ class BEVFusionNet(nn.Module):
 
     def forward(self, points: Sequence[torch.Tensor], images: Optional[torch.Tensor] = None,
                 camera_valid: Optional[torch.Tensor] = None,
-                stage_timer: Optional[StageTimer] = None) -> NetworkOutput:
+                stage_timer: Optional[StageTimer] = None,
+                camera_geometry: Optional[torch.Tensor] = None) -> NetworkOutput:
         """Run the network on a batch.
 
         Args:
@@ -144,13 +145,16 @@ class BEVFusionNet(nn.Module):
                 images are given.
             stage_timer: optional ``stage_timer(name)`` context manager wrapped around each
                 stage (names in ``STAGES``), e.g. for per-stage timings.
+            camera_geometry: (B, camera_geometry.SIZE) calibration of each sample's camera
+                (rows of samples without an image are not read); needed with images when
+                ``config.fusion.uses_calibration``, ignored otherwise.
 
         Returns:
             The dense predictions, the camera-valid mask and the voxelizer's counts.
         """
         canvas, counts = self.encode_lidar(points, stage_timer)
-        return self.forward_dense(canvas, images, camera_valid, stage_timer)._replace(
-            counts=counts)
+        return self.forward_dense(canvas, images, camera_valid, stage_timer,
+                                  camera_geometry=camera_geometry)._replace(counts=counts)
 
     def encode_lidar(self, points: Sequence[torch.Tensor],
                      stage_timer: Optional[StageTimer] = None
@@ -176,7 +180,8 @@ class BEVFusionNet(nn.Module):
     def forward_dense(self, canvas: torch.Tensor, images: Optional[torch.Tensor] = None,
                       camera_valid: Optional[torch.Tensor] = None,
                       stage_timer: Optional[StageTimer] = None,
-                      upsample_semantic: bool = True) -> NetworkOutput:
+                      upsample_semantic: bool = True,
+                      camera_geometry: Optional[torch.Tensor] = None) -> NetworkOutput:
         """Run the fixed-shape stages: backbone, camera encoder, fusion and both heads.
 
         With ``camera_valid`` None (all samples have an image, or none has) nothing here
@@ -191,6 +196,7 @@ class BEVFusionNet(nn.Module):
                 its final bilinear upsampling to (Hc, Wc), for inference that wants class ids
                 only (``semantic_ids.upsampled_argmax_ids`` gives those of the upsampled
                 logits).
+            camera_geometry: (B, camera_geometry.SIZE) or None, as in ``forward``.
 
         Returns:
             The predictions with ``counts`` None.
@@ -207,7 +213,7 @@ class BEVFusionNet(nn.Module):
             with timer('camera_encoder'):
                 features = self.camera_encoder(images)
             with timer('fusion'):
-                bev = self.fusion(bev, features, None)
+                bev = self.fusion(bev, features, None, camera_geometry)
             with timer('semantic_head'):
                 semantic = self.semantic_head(features, semantic_hw)
         elif images is not None:
@@ -221,7 +227,9 @@ class BEVFusionNet(nn.Module):
                     features = self.camera_encoder(
                         images if all_valid else images.index_select(0, valid_index))
                 with timer('fusion'):
-                    bev = self.fusion(bev, features, valid)
+                    geometry = (camera_geometry if camera_geometry is None or all_valid
+                                else camera_geometry.index_select(0, valid_index))
+                    bev = self.fusion(bev, features, valid, geometry)
                 with timer('semantic_head'):
                     semantic = self.semantic_head(features, semantic_hw)
                     if not all_valid:  # zero logits for samples without an image

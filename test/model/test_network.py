@@ -1,8 +1,10 @@
 """BEVFusionNet end to end: shapes, gradients, NaN safety, invariances, LiDAR-only batches."""
 
 import contextlib
+import dataclasses
 import math
 
+from bev_perception.model.camera_geometry import camera_geometry
 from bev_perception.model.config import ModelConfig
 from bev_perception.model.network import BEVFusionNet, preprocess_image, STAGES
 import numpy as np
@@ -265,3 +267,28 @@ def test_cuda_matches_cpu():
     for name in DETECTION_FIELDS + ('semantic',):
         torch.testing.assert_close(getattr(cuda, name).cpu(), getattr(cpu, name),
                                    atol=1e-3, rtol=1e-3)
+
+
+def test_calibration_aware_network_uses_each_samples_camera_and_keeps_lidar_only_exact():
+    config = dataclasses.replace(CONFIG, fusion=dataclasses.replace(
+        CONFIG.fusion, geometry_heights_m=(-1.5, 0.0)))
+    net = _net(config)
+    to_optical = np.array([[0.0, -1.0, 0.0], [0.0, 0.0, -1.0], [1.0, 0.0, 0.0]])
+    k = np.array([[400.0, 0.0, 320.0], [0.0, 400.0, 240.0], [0.0, 0.0, 1.0]])
+    wide = camera_geometry(to_optical, (0.0, 0.0, 0.0), k, (), (640, 480))
+    narrow = camera_geometry(to_optical, (0.0, 0.0, 0.0), k * [[4.0], [4.0], [1.0]], (),
+                             (2560, 1920))  # the same image centre, four times the focal
+    geometry = torch.from_numpy(np.stack([wide, narrow, wide]))
+    clouds = [_cloud(2000, 21), _cloud(1500, 22), _cloud(900, 23)]
+    images = _images(3, 7)
+    valid = torch.tensor([True, True, False])
+    with torch.no_grad():
+        mixed = net(clouds, images, valid, camera_geometry=geometry)
+        lidar_only = net([clouds[2]])
+        alone = net([clouds[1]], images[1:2], camera_geometry=geometry[1:2])
+        other_camera = net([clouds[1]], images[1:2], camera_geometry=geometry[:1])
+    _assert_sample_equal(mixed, 2, lidar_only, semantic=False)
+    _assert_sample_equal(mixed, 1, alone)
+    assert not torch.equal(other_camera.heatmap, alone.heatmap), 'calibration is used'
+    with pytest.raises(ValueError, match='camera geometry'):
+        net(clouds, images, valid)
