@@ -276,8 +276,9 @@ def test_calibration_aware_network_uses_each_samples_camera_and_keeps_lidar_only
     to_optical = np.array([[0.0, -1.0, 0.0], [0.0, 0.0, -1.0], [1.0, 0.0, 0.0]])
     k = np.array([[400.0, 0.0, 320.0], [0.0, 400.0, 240.0], [0.0, 0.0, 1.0]])
     wide = camera_geometry(to_optical, (0.0, 0.0, 0.0), k, (), (640, 480))
-    narrow = camera_geometry(to_optical, (0.0, 0.0, 0.0), k * [[4.0], [4.0], [1.0]], (),
-                             (2560, 1920))  # the same image centre, four times the focal
+    long_focal = k.copy()
+    long_focal[0, 0] = long_focal[1, 1] = 1600.0
+    narrow = camera_geometry(to_optical, (0.0, 0.0, 0.0), long_focal, (), (640, 480))
     geometry = torch.from_numpy(np.stack([wide, narrow, wide]))
     clouds = [_cloud(2000, 21), _cloud(1500, 22), _cloud(900, 23)]
     images = _images(3, 7)
