@@ -15,6 +15,7 @@ import json
 import os
 from typing import Dict, Mapping, Optional, Tuple, Union
 
+from bev_perception.model.camera_geometry import camera_geometry as geometry_vector
 import numpy as np
 
 Vector3 = Tuple[float, float, float]
@@ -80,6 +81,9 @@ class CameraCalibration:
 
 
 VEHICLE_VIEW = SensorView((0.0, 0.0, 0.0), (1.0, 0.0, 0.0), (0.0, 1.0, 0.0))
+
+#: View frame (x forward, y left, z up) -> optical frame (x right, y down, z forward).
+VIEW_TO_OPTICAL = np.array([[0.0, -1.0, 0.0], [0.0, 0.0, -1.0], [1.0, 0.0, 0.0]])
 
 #: Ego vehicle extent in the vehicle frame, metres: name -> (min, max).
 EGO_DIMENSIONS_M: Tuple[Tuple[str, Tuple[float, float]], ...] = (
@@ -282,6 +286,17 @@ class CameraModel:
             cam_matrix_original=intrinsics(camera['CamMatrixOriginal']),
             distortion=tuple(coefficients[:5]),
             width=int(camera['Resolution'][0]), height=int(camera['Resolution'][1]))
+
+    def camera_geometry(self) -> np.ndarray:
+        """Return the ``camera_geometry`` vector of the distorted original image.
+
+        The model frame is this camera's view frame, so the pose is only the axis change to
+        the optical frame (x right, y down, z forward).
+        """
+        k = self.cam_matrix_original
+        return geometry_vector(VIEW_TO_OPTICAL, (0.0, 0.0, 0.0),
+                               np.array([[k.fx, 0.0, k.cx], [0.0, k.fy, k.cy], [0.0, 0.0, 1.0]]),
+                               self.distortion, (self.width, self.height))
 
     @staticmethod
     def front_center(image_size: Tuple[int, int] = NATIVE_RESOLUTION) -> 'CameraModel':

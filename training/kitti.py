@@ -72,6 +72,7 @@ import types
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from bev_perception.geometry import wrap_angle
+from bev_perception.model.camera_geometry import camera_geometry as geometry_vector
 from bev_perception.pipeline import Extrinsic
 import numpy as np
 from PIL import Image
@@ -201,6 +202,24 @@ class KittiCalibration:
         xyz = np.asarray(points, dtype=np.float64)[:, :3]  # (N, 3)
         transform = self.rect_to_velo
         return xyz @ transform[:3, :3].T + transform[:3, 3]
+
+    def camera_geometry(self, extrinsic: 'SensorExtrinsic', image_wh: Tuple[int, int]
+                        ) -> np.ndarray:
+        """Return camera 2's ``camera_geometry`` vector for model-frame points.
+
+        model -> Velodyne (the inverse of ``extrinsic``) -> rectified camera 0 (R0_rect ·
+        Tr_velo_to_cam) -> camera 2: P2 = K2 [I | K2^-1 p4], so camera 2 sits at
+        K2^-1 p4 from the rectified camera 0 with the same axes. No distortion (rectified).
+        """
+        transform = extrinsic.transform  # velo -> model: p_model = R p_velo + t
+        model_to_velo = np.eye(4)
+        model_to_velo[:3, :3] = transform.rotation.T
+        model_to_velo[:3, 3] = -transform.rotation.T @ transform.translation
+        k2 = self.p2[:, :3]
+        shift = np.linalg.solve(k2, self.p2[:, 3])  # (3,)
+        model_to_cam2 = self.velo_to_rect @ model_to_velo
+        return geometry_vector(model_to_cam2[:3, :3], model_to_cam2[:3, 3] + shift, k2, (),
+                               image_wh)
 
     def project_rect(self, points_rect: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         """Project (N, 3) rectified-camera points with P2.
@@ -415,6 +434,11 @@ class KittiFrame:
     def name(self) -> str:
         """Return the frame's name in reports."""
         return self.frame_id
+
+    @property
+    def camera_geometry(self) -> np.ndarray:
+        """Return camera 2's ``camera_geometry`` vector (model frame -> image_2 pixels)."""
+        return self.calibration.camera_geometry(self.extrinsic, self.image_size)
 
     def project(self, centres_model: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         """Return ((K, 2) pixel u, v (NaN behind the camera), (K,) depth) of model-frame points."""

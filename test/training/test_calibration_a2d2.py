@@ -3,8 +3,10 @@
 import json
 import os
 
+from bev_perception.model.camera_geometry import project
 import numpy as np
 import pytest
+import torch
 from training import a2d2_calibration as calibration
 
 
@@ -48,6 +50,23 @@ def test_camera_model_projection_and_distortion():
     # Barrel distortion: the image corner sees further out than the pinhole would.
     u, _ = camera.undistort(np.array([0.0]), np.array([0.0]))
     assert -u[0] > 964.43 / 1844.18
+
+
+@pytest.mark.parametrize('image_size', [calibration.NATIVE_RESOLUTION, (640, 403)])
+def test_camera_geometry_projects_like_the_distortion_model(image_size):
+    camera = calibration.CameraModel.front_center(image_size)
+    rng = np.random.default_rng(2)
+    points = np.stack([rng.uniform(2.0, 60.0, 400), rng.uniform(-30.0, 30.0, 400),
+                       rng.uniform(-2.0, 2.0, 400)], axis=1)
+    uv, depth, inside = project(torch.from_numpy(points),
+                                torch.from_numpy(camera.camera_geometry())[None].double())
+    row, col = camera.distort(-points[:, 1] / points[:, 0], -points[:, 2] / points[:, 0])
+    seen = inside[0].numpy()
+    assert 0 < seen.sum() < len(points)
+    scale = np.array(image_size, dtype=np.float64)
+    np.testing.assert_allclose(uv[0].numpy()[seen] * scale, np.stack([col, row], 1)[seen],
+                               atol=0.05 * scale.max() / 1920)
+    np.testing.assert_allclose(depth[0].numpy(), points[:, 0], rtol=1e-6)
 
 
 def test_scaled_intrinsics_keep_the_field_of_view():

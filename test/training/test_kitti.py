@@ -8,9 +8,11 @@ import math
 import os
 
 from bev_perception.geometry import wrap_angle
+from bev_perception.model.camera_geometry import project
 from bev_perception.model.config import ModelConfig
 import numpy as np
 import pytest
+import torch
 from training import kitti
 from training.a2d2 import CorruptFrameError, DEFAULT_CLASS_MAP
 
@@ -156,6 +158,23 @@ def test_round_trip_and_projection(frames):
     uv, depth = reduced.project(reduced.points[:, :3])
     inside = (depth > 0) & (uv[:, 0] >= -2) & (uv[:, 0] < reduced.image_size[0] + 2)
     assert inside.mean() > 0.99
+
+
+def test_camera_geometry_projects_like_p2(frames):
+    rng = np.random.default_rng(1)
+    points = np.stack([rng.uniform(3.0, 60.0, 300), rng.uniform(-20.0, 20.0, 300),
+                       rng.uniform(-2.0, 1.0, 300)], axis=1)
+    for frame in frames:
+        uv, depth, inside = project(torch.from_numpy(points), torch.from_numpy(
+            frame.camera_geometry)[None].to(torch.float64))
+        pixels, expected_depth = frame.project(points)
+        width, height = frame.image_size
+        np.testing.assert_allclose(uv[0].numpy() * (width, height), pixels, atol=1e-3)
+        np.testing.assert_allclose(depth[0].numpy(), expected_depth, atol=1e-4)
+        seen = ((pixels[:, 0] >= 0) & (pixels[:, 0] <= width) & (pixels[:, 1] >= 0)
+                & (pixels[:, 1] <= height))
+        assert inside[0].numpy().tolist() == seen.tolist()
+        assert 0 < seen.sum() < len(points)
 
 
 def test_camera_view_scope(frames):
