@@ -88,3 +88,26 @@ def project(points: torch.Tensor, geometry: torch.Tensor
     inside = ((depth > NEAR_M) & growing & (uv >= 0.0).all(-1) & (uv <= 1.0).all(-1))
     return (uv.reshape((batch,) + shape + (2,)), depth.reshape((batch,) + shape),
             inside.reshape((batch,) + shape))
+
+
+def mirror_left_right(geometry: np.ndarray) -> np.ndarray:
+    """Return the geometry (SIZE,) of the same camera after mirroring the world and the image.
+
+    Mirroring maps model points y -> -y and image columns u -> 1 - u. The camera then sees the
+    mirrored point where it saw the original, mirrored, exactly: the pose flips the optical x
+    axis on both sides (R' = Mo R M, t' = Mo t with M = diag(1, -1, 1), Mo = diag(-1, 1, 1)),
+    the principal point moves to 1 - cx, and the tangential coefficient p2 (the one odd in x)
+    changes sign.
+    """
+    geometry = np.asarray(geometry, dtype=np.float32)
+    if geometry.shape != (SIZE,):
+        raise ValueError(f'a geometry vector has {SIZE} values, got shape {geometry.shape}')
+    rotation = geometry[:9].reshape(3, 3).copy()
+    rotation[:, 1] *= -1.0  # R M
+    rotation[0, :] *= -1.0  # Mo R M
+    mirrored = geometry.copy()
+    mirrored[:9] = rotation.ravel()
+    mirrored[9] = -geometry[9]
+    mirrored[14] = 1.0 - geometry[14]  # cx / W
+    mirrored[19] = -geometry[19]  # p2
+    return mirrored

@@ -1,6 +1,7 @@
 """Camera geometry vectors and the projection the calibration-aware fusion uses."""
 
-from bev_perception.model.camera_geometry import camera_geometry, NEAR_M, project, SIZE
+from bev_perception.model.camera_geometry import (camera_geometry, mirror_left_right, NEAR_M,
+                                                  project, SIZE)
 import numpy as np
 import pytest
 import torch
@@ -82,3 +83,23 @@ def test_batch_of_cameras_and_leading_point_shape():
     uv, depth, inside = project(points, geometry)
     assert uv.shape == (2, 4, 3, 2) and depth.shape == (2, 4, 3) and inside.shape == (2, 4, 3)
     assert torch.allclose(depth[1] - depth[0], torch.full((4, 3), 5.0))
+
+
+def test_mirrored_camera_sees_the_mirrored_world_in_the_mirrored_image():
+    rng = np.random.default_rng(4)
+    rotation = MODEL_TO_OPTICAL @ np.array([[0.99, -0.1, 0.05], [0.1, 0.99, 0.0],
+                                            [-0.05, 0.0, 0.99]])
+    geometry = camera_geometry(rotation, (0.2, -0.3, 0.4), K, (-0.2, 0.05, 0.004, -0.006, 0.01),
+                               (1280, 720))
+    points = np.stack([rng.uniform(3.0, 40.0, 200), rng.uniform(-8.0, 8.0, 200),
+                       rng.uniform(-2.0, 2.0, 200)], axis=1)
+    mirrored_points = points * (1.0, -1.0, 1.0)
+    uv, depth, inside = project(torch.from_numpy(points),
+                                torch.from_numpy(geometry)[None].double())
+    uv_m, depth_m, inside_m = project(torch.from_numpy(mirrored_points), torch.from_numpy(
+        mirror_left_right(geometry))[None].double())
+    torch.testing.assert_close(uv_m[..., 0], 1.0 - uv[..., 0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(uv_m[..., 1], uv[..., 1], atol=1e-5, rtol=0)
+    torch.testing.assert_close(depth_m, depth, atol=1e-5, rtol=0)
+    assert torch.equal(inside_m, inside) and inside.any()
+    np.testing.assert_allclose(mirror_left_right(mirror_left_right(geometry)), geometry)
