@@ -31,12 +31,14 @@ from bev_perception.a2d2_classes import (
     category_of, hex_to_rgb, IGNORE_INDEX, IGNORED_CATEGORIES, SEMANTIC_CATEGORIES)
 import numpy as np
 from PIL import Image
+from training.a2d2_calibration import CameraModel
 
 LOGGER = logging.getLogger(__name__)
 
 PathLike = Union[str, os.PathLike]
 
-#: Camera folder and file-name token of the front-center camera.
+#: Camera of ``cams_lidars.json``, folder and file-name token of the front-center camera.
+CAMERA_NAME = 'front_center'
 CAMERA_FOLDER = 'cam_front_center'
 CAMERA_TOKEN = 'frontcenter'
 
@@ -377,6 +379,27 @@ class Frame:
     lidar_timestamp_us: int  # earliest point timestamp (TAI us); camera stamp if none
     camera_timestamp_us: int  # cam_tstamp (TAI us); -1 if the camera info is absent
     paths: Dict[str, str]  # file kind -> path
+    # (camera_geometry.SIZE,) float32 front-center calibration (from the root's
+    # cams_lidars.json), None without that file
+    camera_geometry: Optional[np.ndarray] = None
+
+
+def read_camera_geometry(path: PathLike) -> Optional[np.ndarray]:
+    """Return the front-center camera's ``camera_geometry`` vector of a ``cams_lidars.json``.
+
+    None when the file does not exist (a root without calibration: fusion that needs it is
+    refused later, by the model). A file that is there but unreadable raises
+    ``CorruptFrameError`` naming it.
+    """
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path, encoding='utf-8') as stream:
+            camera = CameraModel.from_json(json.load(stream)['cameras'][CAMERA_NAME])
+        return camera.camera_geometry()
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as error:
+        raise CorruptFrameError(path, f'no usable {CAMERA_NAME} camera '
+                                f'({type(error).__name__}: {error})') from None
 
 
 @dataclass(frozen=True)
@@ -429,6 +452,7 @@ class A2D2Dataset:
         self._decoder = (SemanticDecoder.from_class_list(os.path.join(self.root,
                                                                       'class_list.json'))
                          if load_semantic else None)
+        self.camera_geometry = read_camera_geometry(os.path.join(self.root, 'cams_lidars.json'))
         self._skipped: List[Tuple[str, str]] = []
         self._reported: set = set()
         self._unknown_classes: set = set()
@@ -518,7 +542,7 @@ class A2D2Dataset:
         return Frame(scene=record.scene, frame_id=record.frame_id, points=points, boxes=boxes,
                      labels=labels, image=image, semantic=semantic,
                      lidar_timestamp_us=lidar_stamp, camera_timestamp_us=camera_stamp,
-                     paths=dict(paths))
+                     paths=dict(paths), camera_geometry=self.camera_geometry)
 
     def _map_boxes(self, boxes: List[Box3D], path: str) -> Tuple[np.ndarray, np.ndarray]:
         kept, labels = [], []

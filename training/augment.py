@@ -4,8 +4,10 @@ The camera image is fixed to the LiDAR by the calibration, so only transforms th
 (or that cannot break their agreement) are used:
 
 * **Horizontal flip** (``flip_prob``): LiDAR ``y -> -y``, box ``y -> -y`` and ``yaw -> -yaw``,
-  image and semantic label mirrored left-right. This is exact for the BEV and exact for the image
-  when the principal point sits at the image centre. A2D2's front-center camera has
+  image and semantic label mirrored left-right, and the camera geometry, when the sample has
+  one, mirrored exactly (``camera_geometry.mirror_left_right``: the flipped sample is a real
+  camera seeing a real mirrored world). For the calibration-blind fusion, which has no
+  geometry to adjust, the flip is exact when the principal point sits at the image centre. A2D2's front-center camera has
   cx = 965.43 px for a 1920 px wide image (centre 959.5 px), so a mirrored point lands about
   6 px (0.3 % of the width) away from where the real camera would see it; the lens distortion is
   radial about the principal point and shifts by the same amount. We accept that approximation:
@@ -37,6 +39,7 @@ import dataclasses
 import math
 from typing import Optional, Tuple
 
+from bev_perception.model.camera_geometry import mirror_left_right
 import numpy as np
 
 
@@ -88,6 +91,7 @@ class Sample:
         image: (H, W, 3) uint8 RGB or None.
         semantic: (H, W) uint8 category ids (255 = ignore) or None.
         camera_valid: whether the network may use the image.
+        camera_geometry: (camera_geometry.SIZE,) calibration of the image, or None.
     """
 
     points: np.ndarray
@@ -96,6 +100,7 @@ class Sample:
     image: Optional[np.ndarray]
     semantic: Optional[np.ndarray]
     camera_valid: bool
+    camera_geometry: Optional[np.ndarray] = None
 
 
 def wrap_yaw(yaw: np.ndarray) -> np.ndarray:
@@ -114,8 +119,10 @@ def flip_left_right(sample: Sample) -> Sample:
     image = None if sample.image is None else np.ascontiguousarray(sample.image[:, ::-1])
     semantic = (None if sample.semantic is None
                 else np.ascontiguousarray(sample.semantic[:, ::-1]))
+    geometry = (None if sample.camera_geometry is None
+                else mirror_left_right(sample.camera_geometry))
     return dataclasses.replace(sample, points=points, boxes=boxes, image=image,
-                               semantic=semantic)
+                               semantic=semantic, camera_geometry=geometry)
 
 
 def jitter_points(points: np.ndarray, config: AugmentConfig,

@@ -25,6 +25,7 @@ import re
 from typing import Any, Dict, List, Optional, Protocol, Sequence
 
 from bev_perception.a2d2_classes import IGNORE_INDEX
+from bev_perception.model.camera_geometry import SIZE as GEOMETRY_SIZE
 from bev_perception.model.config import ModelConfig
 from bev_perception.model.network import preprocess_image
 import numpy as np
@@ -37,7 +38,7 @@ from training.targets import build_targets, collate_targets, TargetConfig, Targe
 LOGGER = logging.getLogger(__name__)
 
 #: Bumped whenever the cache layout or the preparation changes.
-CACHE_FORMAT_VERSION = 2  # 2: images resized as uint8 on the CPU, like inference
+CACHE_FORMAT_VERSION = 3  # 2: images resized as uint8 on the CPU; 3: camera geometry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +52,8 @@ class PreparedFrame:
         labels: (K,) int64 detection class ids.
         image: (Hc, Wc, 3) uint8 RGB resized to ``camera.input_hw``, or None.
         semantic: (Hc, Wc) uint8 category ids (255 = ignore) resized (nearest), or None.
+        camera_geometry: (camera_geometry.SIZE,) float32 calibration of the image, or None
+            (normalised intrinsics: the resize does not change it).
     """
 
     name: str
@@ -59,6 +62,7 @@ class PreparedFrame:
     labels: np.ndarray
     image: Optional[np.ndarray]
     semantic: Optional[np.ndarray]
+    camera_geometry: Optional[np.ndarray] = None
 
 
 class FrameSource(Protocol):
@@ -104,7 +108,8 @@ def prepare_frame(frame: Frame, config: ModelConfig) -> PreparedFrame:
     return PreparedFrame(
         name=f'{frame.scene}/{frame.frame_id}', points=np.asarray(frame.points, np.float32),
         boxes=np.asarray(frame.boxes, np.float32).reshape(-1, 7),
-        labels=np.asarray(frame.labels, np.int64).reshape(-1), image=image, semantic=semantic)
+        labels=np.asarray(frame.labels, np.int64).reshape(-1), image=image, semantic=semantic,
+        camera_geometry=frame.camera_geometry)
 
 
 def _read_frame_substituting(dataset: A2D2Dataset, index: int) -> Frame:
@@ -202,6 +207,8 @@ class FrameCache:
                 arrays['image'] = prepared.image
             if prepared.semantic is not None:
                 arrays['semantic'] = prepared.semantic
+            if prepared.camera_geometry is not None:
+                arrays['camera_geometry'] = prepared.camera_geometry
             temporary = os.path.join(cache_dir, file_name + '.tmp.npz')
             np.savez(temporary, **arrays)
             os.replace(temporary, os.path.join(cache_dir, file_name))
@@ -225,7 +232,9 @@ class FrameCache:
                 name=self.names[index], points=arrays['points'], boxes=arrays['boxes'],
                 labels=arrays['labels'],
                 image=arrays['image'] if 'image' in arrays.files else None,
-                semantic=arrays['semantic'] if 'semantic' in arrays.files else None)
+                semantic=arrays['semantic'] if 'semantic' in arrays.files else None,
+                camera_geometry=(arrays['camera_geometry'] if 'camera_geometry' in arrays.files
+                                 else None))
 
 
 class Example(dict):
@@ -241,6 +250,9 @@ class Batch:
         images: (B, 3, Hc, Wc) float32 normalised images (zeros where no image).
         camera_valid: (B,) bool.
         semantic: (B, Hc, Wc) uint8 ids, 255 where ignored or where the sample has no image.
+        camera_geometry: (B, camera_geometry.SIZE) float32 calibration of each image (zeros
+            where a sample has none; such a sample has no usable image for a model that needs
+            the calibration).
         targets: collated CenterPoint targets.
         boxes: B tensors (K_i, 7) float32 ground truth boxes (after augmentation).
         labels: B tensors (K_i,) int64.
@@ -255,6 +267,7 @@ class Batch:
     boxes: List[torch.Tensor]
     labels: List[torch.Tensor]
     names: List[str]
+    camera_geometry: torch.Tensor
 
     def to(self, device: torch.device) -> 'Batch':
         """Return the batch with every tensor on ``device`` (non-blocking)."""
@@ -265,7 +278,7 @@ class Batch:
             camera_valid=move(self.camera_valid), semantic=move(self.semantic),
             targets=Targets(*(move(t) for t in self.targets)),
             boxes=[move(b) for b in self.boxes], labels=[move(b) for b in self.labels],
-            names=list(self.names))
+            names=list(self.names), camera_geometry=move(self.camera_geometry))
 
 
 class TrainingDataset(torch.utils.data.Dataset):
@@ -300,10 +313,13 @@ class TrainingDataset(torch.utils.data.Dataset):
         """Return example ``index`` of the current epoch."""
         frame = self.frames[index]
         rng = np.random.default_rng([self.seed, self.epoch, index])
+        needs_geometry = self.config.fusion.uses_calibration
+        usable = frame.image is not None and (frame.camera_geometry is not None
+                                              or not needs_geometry)
         sample = augment_sample(
             Sample(points=frame.points, boxes=frame.boxes, labels=frame.labels,
-                   image=frame.image, semantic=frame.semantic,
-                   camera_valid=frame.image is not None),
+                   image=frame.image, semantic=frame.semantic, camera_valid=usable,
+                   camera_geometry=frame.camera_geometry),
             self.augment, rng)
         height, width = self.config.camera.input_hw
         if sample.camera_valid:
@@ -320,7 +336,10 @@ class TrainingDataset(torch.utils.data.Dataset):
             points=torch.from_numpy(np.ascontiguousarray(sample.points, dtype=np.float32)),
             image=image, camera_valid=bool(sample.camera_valid), semantic=semantic,
             targets=build_targets(boxes, labels, self.config, self.target_config),
-            boxes=boxes, labels=labels, name=frame.name)
+            boxes=boxes, labels=labels, name=frame.name,
+            camera_geometry=torch.from_numpy(
+                np.zeros(GEOMETRY_SIZE, np.float32) if sample.camera_geometry is None
+                else np.asarray(sample.camera_geometry, dtype=np.float32)))
 
 
 def collate_examples(examples: Sequence[Example]) -> Batch:
@@ -332,4 +351,5 @@ def collate_examples(examples: Sequence[Example]) -> Batch:
         semantic=torch.stack([e['semantic'] for e in examples]),
         targets=collate_targets([e['targets'] for e in examples]),
         boxes=[e['boxes'] for e in examples], labels=[e['labels'] for e in examples],
-        names=[e['name'] for e in examples])
+        names=[e['name'] for e in examples],
+        camera_geometry=torch.stack([e['camera_geometry'] for e in examples]))

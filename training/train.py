@@ -626,7 +626,8 @@ def _train_step(network: torch.nn.Module, optimizer: torch.optim.Optimizer,
     autocast = (torch.autocast('cuda', dtype=torch.float16) if use_amp
                 else contextlib.nullcontext())
     with autocast:
-        output = network(batch.points, batch.images, batch.camera_valid)
+        output = network(batch.points, batch.images, batch.camera_valid,
+                         camera_geometry=batch.camera_geometry)
     losses = multitask_loss(output, batch.targets, batch.semantic, config.loss)
     if not torch.isfinite(losses.total):
         raise FloatingPointError(

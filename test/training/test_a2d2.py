@@ -12,6 +12,7 @@ import numpy as np
 from PIL import Image
 import pytest
 from training import a2d2, synthetic
+from training.a2d2_calibration import CameraModel
 
 IMAGE_SIZE = (96, 61)
 SEED, SCENES, FRAMES = 11, 2, 3
@@ -229,6 +230,25 @@ def test_dataset_frames(root, intended):
     assert frame.camera_timestamp_us == truth.camera_info['cam_tstamp']
     assert 0 < frame.camera_timestamp_us - frame.lidar_timestamp_us < 100_000
     assert frame.paths['lidar'] == a2d2.frame_path(root, truth.scene, truth.frame_id, 'lidar')
+    # The front-center calibration of the root's cams_lidars.json travels with every frame.
+    camera = CameraModel.from_json(_front_center(root))
+    np.testing.assert_array_equal(frame.camera_geometry, camera.camera_geometry())
+
+
+def _front_center(root):
+    with open(os.path.join(root, 'cams_lidars.json'), encoding='utf-8') as stream:
+        return json.load(stream)['cameras']['front_center']
+
+
+def test_root_without_or_with_a_corrupt_cams_lidars(tmp_path, root):
+    copy = str(tmp_path / 'root')
+    shutil.copytree(root, copy)
+    os.remove(os.path.join(copy, 'cams_lidars.json'))
+    assert a2d2.A2D2Dataset(copy)[0].camera_geometry is None
+    with open(os.path.join(copy, 'cams_lidars.json'), 'w', encoding='utf-8') as stream:
+        stream.write('{"cameras": {}}')
+    with pytest.raises(a2d2.CorruptFrameError, match='cams_lidars.json.*front_center'):
+        a2d2.A2D2Dataset(copy)
 
 
 def test_dataset_class_map_split_and_lidar_only(root):

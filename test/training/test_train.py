@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 
+from bev_perception.model.camera_geometry import mirror_left_right, SIZE as GEOMETRY_SIZE
 from bev_perception.model.config import ModelConfig
 from bev_perception.model.network import BEVFusionNet
 from bev_perception.weights import save_weights
@@ -16,7 +17,8 @@ from safetensors.torch import load_file
 import torch
 from training import synthetic
 from training.augment import augment_sample, AugmentConfig, flip_left_right, Sample, wrap_yaw
-from training.data import resize_labels_nearest
+from training.a2d2 import A2D2Dataset
+from training.data import collate_examples, FrameCache, resize_labels_nearest, TrainingDataset
 from training.train import (
     apply_override, load_checkpoint, load_config, TrainConfig, WarmupCosine)
 
@@ -89,6 +91,23 @@ def test_flip_is_consistent_and_an_involution():
     assert wrap_yaw(np.array([-math.pi], np.float32))[0] == pytest.approx(math.pi)
 
 
+def test_flip_mirrors_the_camera_geometry_and_the_cache_keeps_it(tiny_root, tmp_path):
+    dataset = A2D2Dataset(tiny_root)
+    geometry = dataset[0].camera_geometry
+    assert geometry is not None and geometry.shape == (GEOMETRY_SIZE,)
+    sample = Sample(np.zeros((0, 4), np.float32), np.zeros((0, 7), np.float32),
+                    np.zeros(0, np.int64), None, None, True, geometry)
+    flipped = flip_left_right(sample)
+    np.testing.assert_array_equal(flipped.camera_geometry, mirror_left_right(geometry))
+    cache = FrameCache.build(dataset, ModelConfig.tiny(), str(tmp_path / 'cache'),
+                             show_progress=False)
+    np.testing.assert_array_equal(cache[0].camera_geometry, geometry)
+    batch = collate_examples([TrainingDataset(cache, ModelConfig.tiny(), AugmentConfig.none(),
+                                              0)[i] for i in range(2)])
+    assert batch.camera_geometry.shape == (2, GEOMETRY_SIZE)
+    torch.testing.assert_close(batch.camera_geometry[0], torch.from_numpy(geometry))
+
+
 def test_augment_is_deterministic_and_camera_dropout_marks_invalid():
     points = np.random.default_rng(1).normal(size=(1000, 4)).astype(np.float32)
     sample = Sample(points, np.zeros((0, 7), np.float32), np.zeros(0, np.int64),
@@ -149,6 +168,17 @@ def test_short_cpu_run_overfits_a_few_frames(tiny_root, tmp_path):
     assert last['heatmap'] < first['heatmap'] / 2.0
     assert last['semantic'] < first['semantic'] / 2.0
     assert (out / 'tensorboard').is_dir() and os.listdir(out / 'tensorboard')
+
+
+def test_calibration_aware_model_trains_on_each_frames_calibration(tiny_root, tmp_path):
+    out = tmp_path / 'calibrated'
+    _run_train('--out', str(out), '--override', f'data.root={tiny_root}',
+               '--override', 'model.overrides.fusion={geometry_heights_m: [-1.6, -0.6, 0.4]}')
+    state = _state(out / 'checkpoints' / 'last.pt')
+    assert state['model_config']['fusion']['geometry_heights_m'] == [-1.6, -0.6, 0.4]
+    assert 'fusion.geometry_uv.weight' in state['model']
+    assert len(state['history']) == 2
+    assert all(math.isfinite(epoch['total']) for epoch in state['history'])
 
 
 def test_resume_continues_bit_identically(tiny_root, tmp_path):
