@@ -7,9 +7,9 @@ The camera image is fixed to the LiDAR by the calibration, so only transforms th
   image and semantic label mirrored left-right, and the camera geometry, when the sample has
   one, mirrored exactly (``camera_geometry.mirror_left_right``: the flipped sample is a real
   camera seeing a real mirrored world). For the calibration-blind fusion, which has no
-  geometry to adjust, the flip is exact when the principal point sits at the image centre. A2D2's front-center camera has
-  cx = 965.43 px for a 1920 px wide image (centre 959.5 px), so a mirrored point lands about
-  6 px (0.3 % of the width) away from where the real camera would see it; the lens distortion is
+  geometry to adjust, the flip is exact when the principal point sits at the image centre.
+  A2D2's front-center camera has cx = 965.43 px for a 1920 px wide image (centre 959.5 px), so
+  a mirrored point lands about 6 px (0.3 % of the width) away from where the real camera would see it; the lens distortion is
   radial about the principal point and shifts by the same amount. We accept that approximation:
   the fusion block relates BEV cells and camera tokens through learned attention, and the shift
   is well below one camera token (16 or 32 px at the network input). A flipped frame also turns

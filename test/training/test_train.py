@@ -16,8 +16,8 @@ import pytest
 from safetensors.torch import load_file
 import torch
 from training import synthetic
-from training.augment import augment_sample, AugmentConfig, flip_left_right, Sample, wrap_yaw
 from training.a2d2 import A2D2Dataset
+from training.augment import augment_sample, AugmentConfig, flip_left_right, Sample, wrap_yaw
 from training.data import collate_examples, FrameCache, resize_labels_nearest, TrainingDataset
 from training.train import (
     apply_override, load_checkpoint, load_config, TrainConfig, WarmupCosine)
