@@ -9,10 +9,11 @@ The camera image is fixed to the LiDAR by the calibration, so only transforms th
   camera seeing a real mirrored world). For the calibration-blind fusion, which has no
   geometry to adjust, the flip is exact when the principal point sits at the image centre.
   A2D2's front-center camera has cx = 965.43 px for a 1920 px wide image (centre 959.5 px), so
-  a mirrored point lands about 6 px (0.3 % of the width) away from where the real camera would see it; the lens distortion is
-  radial about the principal point and shifts by the same amount. We accept that approximation:
-  the fusion block relates BEV cells and camera tokens through learned attention, and the shift
-  is well below one camera token (16 or 32 px at the network input). A flipped frame also turns
+  a mirrored point lands about 6 px (0.3 % of the width) away from where the real camera would
+  see it; the lens distortion is radial about the principal point and shifts by the same
+  amount. That approximation is accepted there: the blind fusion relates BEV cells and camera
+  tokens through learned attention, and the shift is well below one camera token (16 or 32 px
+  at the network input). A flipped frame also turns
   right-hand traffic into left-hand traffic, which is harmless for detection and segmentation.
 * **Point dropout / jitter / intensity scale**: drop a random fraction of the points, add a small
   Gaussian to x, y, z (a few centimetres, below the sensor's own range noise), scale the raw
