@@ -33,6 +33,7 @@ import logging
 import time
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
+from bev_perception.model.camera_geometry import forward_camera, SIZE as GEOMETRY_SIZE
 from bev_perception.model.config import ModelConfig, NMSConfig
 from bev_perception.model.decode import decode_padded, PaddedDetections, score_threshold_tensor
 from bev_perception.model.network import (BEVFusionNet, image_normalisation, preprocess_image,
@@ -58,6 +59,9 @@ GRAPH_WARMUP_RUNS = 3
 MAX_CACHED_CONSTANTS = 64
 
 Thresholds = Union[None, float, Sequence[float]]
+#: A frame for ``run_batch``: (points, image or None[, camera geometry or None]).
+Frame = Union[Tuple[np.ndarray, Optional[np.ndarray]],
+              Tuple[np.ndarray, Optional[np.ndarray], Optional[np.ndarray]]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,6 +157,7 @@ class _CapturedGraph:
     graph: Any  # torch.cuda.CUDAGraph
     canvas: torch.Tensor  # (1, C, H, W)
     images: Optional[torch.Tensor]  # (1, 3, Hc, Wc) or None (LiDAR-only graph)
+    geometry: Optional[torch.Tensor]  # (1, camera_geometry.SIZE) for calibration-aware fusion
     thresholds: torch.Tensor  # (n_cls,) float32
     limit: torch.Tensor  # () int64
     detections: PaddedDetections
@@ -244,6 +249,25 @@ class InferenceRuntime:
         return preprocess_image(self._to_device(array, np.dtype(np.uint8)), self.config,
                                 normalisation=self._normalisation)
 
+    def _geometry_tensor(self, frames: Sequence[Frame], valid: Sequence[bool]
+                         ) -> Optional[torch.Tensor]:
+        """Return the (B, SIZE) camera geometry of a calibration-aware model, else None."""
+        if not self.needs_calibration or not any(valid):
+            return None
+        rows = []
+        for frame, has_image in zip(frames, valid):
+            geometry = frame[2] if len(frame) > 2 else None
+            if has_image and geometry is None:
+                raise ValueError('these weights fuse by calibration: an image needs its '
+                                 'camera_geometry (or run the frame LiDAR-only)')
+            array = (np.zeros(GEOMETRY_SIZE, np.float32) if geometry is None
+                     else np.asarray(geometry, dtype=np.float32))
+            if array.shape != (GEOMETRY_SIZE,) or not np.isfinite(array).all():
+                raise ValueError(f'camera_geometry must be {GEOMETRY_SIZE} finite values, '
+                                 f'got shape {array.shape}')
+            rows.append(array)
+        return self._to_device(np.stack(rows), np.dtype(np.float32))
+
     def _constant(self, key: Any, values: Any, dtype: torch.dtype) -> torch.Tensor:
         """Return a cached device tensor of ``values`` (no host-to-device copy per frame)."""
         cache_key = (key, dtype, values)
@@ -268,9 +292,15 @@ class InferenceRuntime:
 
     # ------------------------------------------------------------------ running
 
+    @property
+    def needs_calibration(self) -> bool:
+        """Return True when images must come with their camera's geometry (calibration)."""
+        return self.config.fusion.uses_calibration
+
     def __call__(self, points: np.ndarray, image: Optional[np.ndarray] = None,
                  score_thresholds: Thresholds = None, max_detections: Optional[int] = None,
-                 nms: Optional[NMSConfig] = None) -> FrameResult:
+                 nms: Optional[NMSConfig] = None,
+                 camera_geometry: Optional[np.ndarray] = None) -> FrameResult:
         """Run one frame.
 
         Args:
@@ -279,16 +309,23 @@ class InferenceRuntime:
             score_thresholds: one value or one per class (default: the config's).
             max_detections: cap on detections (default: the config's top-K).
             nms: NMS settings (default: the config's).
+            camera_geometry: (camera_geometry.SIZE,) calibration of ``image``; required with an
+                image when ``needs_calibration``, ignored otherwise.
 
         Returns:
             The frame's detections, semantic map, overflow counts and stage timings.
         """
-        return self.run_batch([(points, image)], score_thresholds, max_detections, nms)[0]
+        return self.run_batch([(points, image, camera_geometry)], score_thresholds,
+                              max_detections, nms)[0]
 
-    def run_batch(self, frames: Sequence[Tuple[np.ndarray, Optional[np.ndarray]]],
-                  score_thresholds: Thresholds = None, max_detections: Optional[int] = None,
-                  nms: Optional[NMSConfig] = None) -> List[FrameResult]:
-        """Run several (points, image or None) frames as one batch; timings are batch-wide."""
+    def run_batch(self, frames: Sequence[Frame], score_thresholds: Thresholds = None,
+                  max_detections: Optional[int] = None, nms: Optional[NMSConfig] = None
+                  ) -> List[FrameResult]:
+        """Run several frames as one batch; timings are batch-wide.
+
+        A frame is (points, image or None) or (points, image or None, camera geometry or
+        None), as the arguments of ``__call__``.
+        """
         if not frames:
             return []
         nms = self.config.head.nms if nms is None else nms
@@ -310,15 +347,16 @@ class InferenceRuntime:
                         for frame in frames])  # (B, 3, Hc, Wc)
                     if not all(valid):
                         camera_valid = self._to_device(np.asarray(valid), np.dtype(np.bool_))
+                geometry = self._geometry_tensor(frames, valid)
             with self._autocast():
                 canvas, counts = self.model.encode_lidar(points, stage_timer=clock)
             thresholds = self._thresholds(score_thresholds)
             if self.cuda_graphs and len(frames) == 1:
                 detections, semantic_ids = self._run_graph(
-                    canvas, images, thresholds, limit, nms, clock)
+                    canvas, images, geometry, thresholds, limit, nms, clock)
             else:
                 detections, semantic_ids = self._run_eager(
-                    canvas, images, camera_valid, thresholds, limit, nms, clock)
+                    canvas, images, camera_valid, geometry, thresholds, limit, nms, clock)
             with clock('semantic_resize'):
                 semantic = [
                     resize_nearest(semantic_ids[index], np.asarray(frame[1]).shape[:2])
@@ -335,8 +373,9 @@ class InferenceRuntime:
         return [FrameResult(**result, timings_ms=dict(timings)) for result in results]
 
     def _run_eager(self, canvas: torch.Tensor, images: Optional[torch.Tensor],
-                   camera_valid: Optional[torch.Tensor], thresholds: torch.Tensor,
-                   limit: Union[int, torch.Tensor], nms: NMSConfig, clock: Optional[StageClock]
+                   camera_valid: Optional[torch.Tensor], geometry: Optional[torch.Tensor],
+                   thresholds: torch.Tensor, limit: Union[int, torch.Tensor], nms: NMSConfig,
+                   clock: Optional[StageClock]
                    ) -> Tuple[PaddedDetections, Optional[torch.Tensor]]:
         """Run the fixed-shape stages, decode and the semantic argmax (no host syncs)."""
         timer = clock if clock is not None else _no_clock
@@ -345,7 +384,8 @@ class InferenceRuntime:
         on_cpu = self.device.type == 'cpu'
         with self._autocast():
             output = self.model.forward_dense(canvas, images, camera_valid, stage_timer=clock,
-                                              upsample_semantic=not on_cpu)
+                                              upsample_semantic=not on_cpu,
+                                              camera_geometry=geometry)
         with timer('decode'):
             radius = (self._constant('radius', tuple(nms.radius_m), torch.float32)
                       if nms.kind == 'distance' else None)
@@ -362,18 +402,21 @@ class InferenceRuntime:
         return detections, semantic_ids
 
     def _run_graph(self, canvas: torch.Tensor, images: Optional[torch.Tensor],
-                   thresholds: torch.Tensor, limit: int, nms: NMSConfig, clock: StageClock
+                   geometry: Optional[torch.Tensor], thresholds: torch.Tensor, limit: int,
+                   nms: NMSConfig, clock: StageClock
                    ) -> Tuple[PaddedDetections, Optional[torch.Tensor]]:
         """Replay (capturing on first use) the CUDA graph of a batch-1 frame."""
         key = (images is not None, tuple(canvas.shape), canvas.dtype, nms)
         captured = self._graphs.get(key)
         if captured is None:
-            captured = self._capture(canvas, images, thresholds, limit, nms)
+            captured = self._capture(canvas, images, geometry, thresholds, limit, nms)
             self._graphs[key] = captured
         with clock('cuda_graph'):
             captured.canvas.copy_(canvas, non_blocking=True)
             if images is not None:
                 captured.images.copy_(images, non_blocking=True)
+            if captured.geometry is not None:
+                captured.geometry.copy_(geometry, non_blocking=True)
             captured.thresholds.copy_(thresholds, non_blocking=True)
             captured.limit.copy_(self._constant('limit', int(limit), torch.int64),
                                  non_blocking=True)
@@ -381,16 +424,18 @@ class InferenceRuntime:
         return captured.detections, captured.semantic_ids
 
     def _capture(self, canvas: torch.Tensor, images: Optional[torch.Tensor],
-                 thresholds: torch.Tensor, limit: int, nms: NMSConfig) -> _CapturedGraph:
+                 geometry: Optional[torch.Tensor], thresholds: torch.Tensor, limit: int,
+                 nms: NMSConfig) -> _CapturedGraph:
         """Capture the fixed-shape stages of one frame kind as a CUDA graph."""
         static_canvas = canvas.clone()
         static_images = None if images is None else images.clone()
+        static_geometry = None if geometry is None else geometry.clone()
         static_thresholds = thresholds.clone()
         static_limit = self._constant('limit', int(limit), torch.int64).clone()
 
         def run() -> Tuple[PaddedDetections, Optional[torch.Tensor]]:
-            return self._run_eager(static_canvas, static_images, None, static_thresholds,
-                                   static_limit, nms, None)
+            return self._run_eager(static_canvas, static_images, None, static_geometry,
+                                   static_thresholds, static_limit, nms, None)
 
         side_stream = torch.cuda.Stream(self.device)
         side_stream.wait_stream(torch.cuda.current_stream(self.device))
@@ -407,7 +452,7 @@ class InferenceRuntime:
         LOGGER.info('captured a CUDA graph (%s)', 'camera' if images is not None else
                     'LiDAR-only')
         return _CapturedGraph(
-            graph=graph, canvas=static_canvas, images=static_images,
+            graph=graph, canvas=static_canvas, images=static_images, geometry=static_geometry,
             thresholds=static_thresholds, limit=static_limit, detections=detections,
             semantic_ids=semantic_ids, constants=constants)
 
@@ -423,7 +468,7 @@ class InferenceRuntime:
         torch.cuda.current_stream(self.device).synchronize()
         return unpack_arrays(host.numpy(), tensors)
 
-    def _results(self, frames: Sequence[Tuple[np.ndarray, Optional[np.ndarray]]],
+    def _results(self, frames: Sequence[Frame],
                  valid: Sequence[bool], fetched: Sequence[np.ndarray]) -> List[Dict[str, Any]]:
         """Split the fetched padded arrays into per-frame result fields."""
         boxes, scores, labels, count, overflow = fetched[:5]
@@ -455,8 +500,9 @@ class InferenceRuntime:
         points = generator.uniform(low, high, size=(4096, 4)).astype(np.float32)
         image = generator.integers(0, 256, size=(*self.config.camera.input_hw, 3),
                                    dtype=np.uint8)
+        geometry = forward_camera(image.shape[1::-1])
         for _ in range(iterations):
-            self(points, image)
+            self(points, image, camera_geometry=geometry)
             self(points, None)
 
 

@@ -9,10 +9,12 @@ Tolerances (stated once, used below and in the README):
 * CUDA graphs vs eager on CUDA: boxes within 1e-4, identical classes and semantic maps.
 """
 
+import dataclasses
 import shutil
 
 from bev_perception.inference import (InferenceRuntime, pack_tensors, StageClock, TIMING_KEYS,
                                       unpack_arrays)
+from bev_perception.model.camera_geometry import forward_camera
 from bev_perception.model.config import ModelConfig, NMSConfig
 from bev_perception.model.decode import decode_detections, decode_padded
 from bev_perception.model.network import BEVFusionNet, preprocess_image
@@ -208,6 +210,20 @@ def test_cuda_graphs_match_eager_on_later_frames(precision):
             assert result.timings_ms['cuda_graph'] > 0 and result.timings_ms['backbone'] == 0
     tighter = graphed(points, rgb, score_thresholds=0.5, max_detections=3)  # new inputs only
     assert len(tighter.boxes) <= 3 and np.all(tighter.scores >= 0.5)
+
+
+@needs_cuda
+def test_cuda_graphs_replay_each_frames_camera_geometry():
+    config = dataclasses.replace(TINY, fusion=dataclasses.replace(
+        TINY.fusion, geometry_heights_m=(-1.5, 0.0)))
+    eager = InferenceRuntime(_model(config), config, device='cuda')
+    graphed = InferenceRuntime(_model(config), config, device='cuda', cuda_graphs=True)
+    points, image = _points(3000, 31), random_image(240, 320, 32)
+    for fov in (1.6, 0.4, 1.0):  # the first frame captures, the later ones replay a new camera
+        geometry = forward_camera((320, 240), fov)
+        expected = eager(points, image, score_thresholds=0.0, camera_geometry=geometry)
+        result = graphed(points, image, score_thresholds=0.0, camera_geometry=geometry)
+        _assert_same_result(expected, result, atol=GRAPH_TOLERANCE)
 
 
 @needs_cuda

@@ -1,9 +1,11 @@
 """Inference runtime: numpy in, FrameResult out; LiDAR-only, fallbacks, batches, A2D2 sizes."""
 
+import dataclasses
 import logging
 
 from bev_perception.inference import (
     FrameResult, InferenceRuntime, OverflowCounts, resize_nearest, TIMING_KEYS)
+from bev_perception.model.camera_geometry import forward_camera
 from bev_perception.model.config import ModelConfig, NMSConfig
 from bev_perception.model.decode import decode_detections
 from bev_perception.model.network import BEVFusionNet, preprocess_image
@@ -181,6 +183,34 @@ def test_a2d2_sized_frame_on_cpu():
     assert result.overflow.out_of_range_dropped > 0
     assert result.boxes.shape[1] == 7 and len(result.class_names) == len(result.scores)
     print({key: round(value, 1) for key, value in result.timings_ms.items()})
+
+
+CALIBRATED = dataclasses.replace(CONFIG, fusion=dataclasses.replace(
+    CONFIG.fusion, geometry_heights_m=(-1.5, 0.0)))
+
+
+def test_calibration_aware_weights_take_each_images_geometry():
+    runtime = InferenceRuntime(_model(CALIBRATED), CALIBRATED, {}, device='cpu')
+    assert runtime.needs_calibration and not InferenceRuntime(
+        _model(), CONFIG, {}, device='cpu').needs_calibration
+    points, image = _points(3000, 21), _image(240, 320, 22)
+    wide, narrow = forward_camera((320, 240), 1.6), forward_camera((320, 240), 0.4)
+    first = runtime(points, image, score_thresholds=0.0, camera_geometry=wide)
+    again = runtime(points, image, score_thresholds=0.0, camera_geometry=wide)
+    other = runtime(points, image, score_thresholds=0.0, camera_geometry=narrow)
+    np.testing.assert_array_equal(first.scores, again.scores)
+    assert not np.array_equal(first.scores, other.scores)
+    batch = runtime.run_batch([(points, image, wide), (points, None), (points, image, narrow)],
+                              score_thresholds=0.0)
+    np.testing.assert_allclose(batch[0].scores, first.scores, atol=1e-5)
+    np.testing.assert_allclose(batch[2].scores, other.scores, atol=1e-5)
+    np.testing.assert_allclose(batch[1].scores, runtime(points, None, score_thresholds=0.0)
+                               .scores, atol=1e-5)
+    with pytest.raises(ValueError, match='needs its camera_geometry'):
+        runtime(points, image)
+    with pytest.raises(ValueError, match='finite values'):
+        runtime(points, image, camera_geometry=wide[:5])
+    runtime.warmup(iterations=1)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')

@@ -15,7 +15,8 @@ import json
 import os
 from typing import Dict, Mapping, Optional, Tuple, Union
 
-from bev_perception.model.camera_geometry import camera_geometry as geometry_vector
+from bev_perception.model.camera_geometry import (camera_geometry as geometry_vector,
+                                                  MODEL_TO_OPTICAL)
 import numpy as np
 
 Vector3 = Tuple[float, float, float]
@@ -81,9 +82,6 @@ class CameraCalibration:
 
 
 VEHICLE_VIEW = SensorView((0.0, 0.0, 0.0), (1.0, 0.0, 0.0), (0.0, 1.0, 0.0))
-
-#: View frame (x forward, y left, z up) -> optical frame (x right, y down, z forward).
-VIEW_TO_OPTICAL = np.array([[0.0, -1.0, 0.0], [0.0, 0.0, -1.0], [1.0, 0.0, 0.0]])
 
 #: Ego vehicle extent in the vehicle frame, metres: name -> (min, max).
 EGO_DIMENSIONS_M: Tuple[Tuple[str, Tuple[float, float]], ...] = (
@@ -294,7 +292,7 @@ class CameraModel:
         the optical frame (x right, y down, z forward).
         """
         k = self.cam_matrix_original
-        return geometry_vector(VIEW_TO_OPTICAL, (0.0, 0.0, 0.0),
+        return geometry_vector(MODEL_TO_OPTICAL, (0.0, 0.0, 0.0),
                                np.array([[k.fx, 0.0, k.cx], [0.0, k.fy, k.cy], [0.0, 0.0, 1.0]]),
                                self.distortion, (self.width, self.height))
 

@@ -24,6 +24,11 @@ SIZE = 21
 #: Points closer than this in front of the camera (metres) count as not seen.
 NEAR_M = 0.3
 
+#: Model frame (x forward, y left, z up) -> optical frame (x right, y down, z forward): the
+#: rotation of a camera at the model origin looking along +x (A2D2's front-center camera,
+#: whose view frame is the model frame).
+MODEL_TO_OPTICAL = np.array([[0.0, -1.0, 0.0], [0.0, 0.0, -1.0], [1.0, 0.0, 0.0]])
+
 
 def camera_geometry(rotation: np.ndarray, translation: Sequence[float], k: np.ndarray,
                     distortion: Sequence[float], image_wh: Tuple[int, int]) -> np.ndarray:
@@ -111,3 +116,15 @@ def mirror_left_right(geometry: np.ndarray) -> np.ndarray:
     mirrored[14] = 1.0 - geometry[14]  # cx / W
     mirrored[19] = -geometry[19]  # p2
     return mirrored
+
+
+def forward_camera(image_wh: Tuple[int, int], horizontal_fov_rad: float = 1.0) -> np.ndarray:
+    """Return the geometry (SIZE,) of an undistorted camera at the model origin looking along +x.
+
+    The principal point is the image centre and the pixels are square. For warm-up runs and
+    examples; real cameras bring their own calibration.
+    """
+    width, height = image_wh
+    focal = 0.5 * width / np.tan(0.5 * horizontal_fov_rad)
+    k = np.array([[focal, 0.0, 0.5 * width], [0.0, focal, 0.5 * height], [0.0, 0.0, 1.0]])
+    return camera_geometry(MODEL_TO_OPTICAL, (0.0, 0.0, 0.0), k, (), image_wh)

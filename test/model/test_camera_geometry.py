@@ -1,13 +1,14 @@
 """Camera geometry vectors and the projection the calibration-aware fusion uses."""
 
-from bev_perception.model.camera_geometry import (camera_geometry, mirror_left_right, NEAR_M,
+import math
+
+from bev_perception.model.camera_geometry import (camera_geometry, forward_camera,
+                                                  mirror_left_right, MODEL_TO_OPTICAL, NEAR_M,
                                                   project, SIZE)
 import numpy as np
 import pytest
 import torch
 
-#: Model frame (x forward, y left, z up) -> optical frame (x right, y down, z forward).
-MODEL_TO_OPTICAL = np.array([[0.0, -1.0, 0.0], [0.0, 0.0, -1.0], [1.0, 0.0, 0.0]])
 K = np.array([[800.0, 0.0, 640.0], [0.0, 820.0, 360.0], [0.0, 0.0, 1.0]])
 
 
@@ -103,3 +104,11 @@ def test_mirrored_camera_sees_the_mirrored_world_in_the_mirrored_image():
     torch.testing.assert_close(depth_m, depth, atol=1e-5, rtol=0)
     assert torch.equal(inside_m, inside) and inside.any()
     np.testing.assert_allclose(mirror_left_right(mirror_left_right(geometry)), geometry)
+
+
+def test_forward_camera_sees_half_its_field_of_view_to_each_side():
+    geometry = torch.from_numpy(forward_camera((640, 480), horizontal_fov_rad=1.0))[None]
+    edge = torch.tensor([[10.0, -10.0 * math.tan(0.49), 0.0], [10.0, -10.0 * math.tan(0.51), 0.0]])
+    uv, _, inside = project(edge, geometry)
+    assert inside.tolist() == [[True, False]]
+    assert uv[0, 0, 1] == pytest.approx(0.5)

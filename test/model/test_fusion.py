@@ -2,7 +2,7 @@
 
 import math
 
-from bev_perception.model.camera_geometry import camera_geometry
+from bev_perception.model.camera_geometry import camera_geometry, MODEL_TO_OPTICAL
 from bev_perception.model.config import FusionConfig
 from bev_perception.model.fusion import bev_cell_centres, FuTrFusion, sinusoidal_encoding_2d
 import numpy as np
@@ -25,10 +25,9 @@ def _geometry(focal_over_width=0.5, yaw=0.0, height_m=0.0):
     """Return (1, SIZE) geometry of a forward camera at the model origin, turned by ``yaw``."""
     c, s = math.cos(yaw), math.sin(yaw)
     turn = np.array([[c, s, 0.0], [-s, c, 0.0], [0.0, 0.0, 1.0]])  # model -> camera body
-    to_optical = np.array([[0.0, -1.0, 0.0], [0.0, 0.0, -1.0], [1.0, 0.0, 0.0]])
     k = np.array([[focal_over_width * 640, 0.0, 320.0], [0.0, focal_over_width * 640, 240.0],
                   [0.0, 0.0, 1.0]])
-    return torch.from_numpy(camera_geometry(to_optical @ turn, (0.0, -height_m, 0.0), k, (),
+    return torch.from_numpy(camera_geometry(MODEL_TO_OPTICAL @ turn, (0.0, -height_m, 0.0), k, (),
                                             (640, 480)))[None]
 
 

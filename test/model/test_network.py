@@ -4,7 +4,7 @@ import contextlib
 import dataclasses
 import math
 
-from bev_perception.model.camera_geometry import camera_geometry
+from bev_perception.model.camera_geometry import camera_geometry, MODEL_TO_OPTICAL
 from bev_perception.model.config import ModelConfig
 from bev_perception.model.network import BEVFusionNet, preprocess_image, STAGES
 import numpy as np
@@ -273,12 +273,11 @@ def test_calibration_aware_network_uses_each_samples_camera_and_keeps_lidar_only
     config = dataclasses.replace(CONFIG, fusion=dataclasses.replace(
         CONFIG.fusion, geometry_heights_m=(-1.5, 0.0)))
     net = _net(config)
-    to_optical = np.array([[0.0, -1.0, 0.0], [0.0, 0.0, -1.0], [1.0, 0.0, 0.0]])
     k = np.array([[400.0, 0.0, 320.0], [0.0, 400.0, 240.0], [0.0, 0.0, 1.0]])
-    wide = camera_geometry(to_optical, (0.0, 0.0, 0.0), k, (), (640, 480))
+    wide = camera_geometry(MODEL_TO_OPTICAL, (0.0, 0.0, 0.0), k, (), (640, 480))
     long_focal = k.copy()
     long_focal[0, 0] = long_focal[1, 1] = 1600.0
-    narrow = camera_geometry(to_optical, (0.0, 0.0, 0.0), long_focal, (), (640, 480))
+    narrow = camera_geometry(MODEL_TO_OPTICAL, (0.0, 0.0, 0.0), long_focal, (), (640, 480))
     geometry = torch.from_numpy(np.stack([wide, narrow, wide]))
     clouds = [_cloud(2000, 21), _cloud(1500, 22), _cloud(900, 23)]
     images = _images(3, 7)
