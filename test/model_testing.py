@@ -1,7 +1,7 @@
 """Random inputs and weights for tests of the network, the runtime and the node (not tests)."""
 
 import os
-from typing import Union
+from typing import Optional, Union
 
 from bev_perception.model.config import ModelConfig
 import numpy as np
@@ -21,15 +21,19 @@ def random_image(height: int, width: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, size=(height, width, 3), dtype=np.uint8)
 
 
-def write_tiny_weights(path: Union[str, os.PathLike], seed: int = 0) -> ModelConfig:
-    """Write random weights of the tiny model config (torch seed ``seed``); return the config."""
+def write_tiny_weights(path: Union[str, os.PathLike], seed: int = 0,
+                       config: Optional[ModelConfig] = None) -> ModelConfig:
+    """Write random weights of ``config`` (default: the tiny one), torch seed ``seed``.
+
+    Returns the config.
+    """
     import torch
 
     from bev_perception.model.network import BEVFusionNet
     from bev_perception.weights import save_weights
 
     torch.manual_seed(seed)
-    config = ModelConfig.tiny()
+    config = ModelConfig.tiny() if config is None else config
     save_weights(path, BEVFusionNet(config).eval(), config,
                  provenance={'dataset': 'none (random weights for tests)'})
     return config

@@ -71,6 +71,7 @@ from bev_perception.inference import InferenceRuntime
 from bev_perception.metrics import (
     DEFAULT_DISTANCE_THRESHOLDS_M, DetectionAccumulator, DetectionMetrics, match_frame_indices,
     SemanticAccumulator, SemanticMetrics)
+from bev_perception.model.camera_geometry import forward_camera, moved as moved_camera
 from bev_perception.model.config import ModelConfig
 from bev_perception.node_params import parameter_spec
 from bev_perception.tools.report import plot_pr_curves
@@ -134,6 +135,8 @@ class EvalFrame:
         gt_labels: (G,) int64 class indices.
         semantic: (H, W) uint8 true category ids (255 = ignore) or None.
         in_scope: boxes (P, 7) -> (P,) bool, False for ignorable detections; None: all.
+        camera_geometry: (camera_geometry.SIZE,) calibration of ``image`` in the model frame,
+            or None (no calibration known).
     """
 
     name: str
@@ -143,6 +146,7 @@ class EvalFrame:
     gt_labels: np.ndarray
     semantic: Optional[np.ndarray]
     in_scope: Optional[Callable[[np.ndarray], np.ndarray]] = None
+    camera_geometry: Optional[np.ndarray] = None
 
     def ignorable(self, boxes: np.ndarray, config: ModelConfig) -> np.ndarray:
         """Return (P,) bool: detections out of scope or off the BEV grid."""
@@ -151,6 +155,28 @@ class EvalFrame:
         if self.in_scope is not None and len(boxes):
             keep &= self.in_scope(boxes)
         return ~keep
+
+
+class MissingCalibrationError(ValueError):
+    """A fused run of weights that fuse by calibration met an image without calibration."""
+
+
+def _run_geometry(frame: EvalFrame, runtime: InferenceRuntime,
+                  detection: bool) -> Optional[np.ndarray]:
+    """Return the camera geometry a fused run of ``frame`` passes to the runtime.
+
+    Weights that fuse by calibration need it with every image. Semantic-only frames without a
+    calibration get a nominal forward camera: the semantic head does not read the geometry and
+    nothing the fusion makes of it is scored.
+    """
+    if (not runtime.needs_calibration or frame.image is None
+            or frame.camera_geometry is not None):
+        return frame.camera_geometry
+    if detection:
+        raise MissingCalibrationError(
+            f'{frame.name}: no camera calibration for a fused run of weights that fuse by '
+            'calibration (cams_lidars.json beside the A2D2 scenes, or evaluate LiDAR-only)')
+    return forward_camera(frame.image.shape[1::-1])
 
 
 def in_grid(boxes: np.ndarray, config: ModelConfig) -> np.ndarray:
@@ -179,18 +205,24 @@ def eval_frame(frame: Any, config: ModelConfig,
         name, points, boxes = frame.name, frame.points, frame.boxes
         keep = frame.gt_in_scope()
         in_scope = frame.detection_in_scope
+        geometry = frame.camera_geometry
     else:
         name = f'{frame.scene}_{frame.frame_id}'
         points, boxes = frame.points, frame.boxes
+        geometry = frame.camera_geometry
         if not extrinsic.is_identity:
             points, boxes = extrinsic.points_to_model(points), extrinsic.boxes_to_model(boxes)
+            if geometry is not None:
+                transform = extrinsic.transform
+                geometry = moved_camera(geometry, transform.rotation, transform.translation)
         keep, in_scope = np.ones(len(boxes), dtype=bool), None
     if gain != 1.0:
         points = np.array(points, dtype=np.float32)  # (N, 4) own copy
         points[:, 3] *= gain
     keep = keep & in_grid(boxes, config)
     return EvalFrame(name=name, points=points, image=frame.image, gt_boxes=boxes[keep],
-                     gt_labels=frame.labels[keep], semantic=frame.semantic, in_scope=in_scope)
+                     gt_labels=frame.labels[keep], semantic=frame.semantic, in_scope=in_scope,
+                     camera_geometry=geometry)
 
 
 # ----------------------------------------------------------------------------- semantic-only A2D2
@@ -514,7 +546,8 @@ def evaluate(runtime: InferenceRuntime, dataset: Any, batch_size: int = 4,
         for run in RUNS:
             if run in runs:
                 results[run] = runtime.run_batch(
-                    [(f.points, f.image if run == 'fused' else None) for f in frames],
+                    [(f.points, f.image, _run_geometry(f, runtime, detection))
+                     if run == 'fused' else (f.points, None) for f in frames],
                     score_threshold)
         for index, frame in enumerate(frames):
             for run, run_results in results.items():
@@ -852,19 +885,26 @@ def main(argv: Optional[List[str]] = None) -> int:
                         'head only', args.data)
             dataset = SemanticOnlyFrames(args.data, scenes=args.scenes)
         else:
-            dataset = A2D2Dataset(args.data, scenes=args.scenes, class_map=class_map_for(runtime),
-                                  classes=config.detection_classes,
-                                  load_image=not args.lidar_only,
-                                  load_semantic=not args.lidar_only)
+            try:
+                dataset = A2D2Dataset(args.data, scenes=args.scenes,
+                                      class_map=class_map_for(runtime),
+                                      classes=config.detection_classes,
+                                      load_image=not args.lidar_only,
+                                      load_semantic=not args.lidar_only)
+            except CorruptFrameError as error:
+                raise SystemExit(f'{error.path}: {error.reason}') from None
     if not len(dataset):
         raise SystemExit(f'{args.data}: no frames to evaluate (format {data_format})')
     runs = ('fused',) if semantic_only else ('lidar_only',) if args.lidar_only else RUNS
-    result = evaluate(
-        runtime, dataset, batch_size=args.batch_size, score_threshold=args.score_threshold,
-        workers=args.workers, extrinsic=extrinsic,
-        gain=intensity_gain(intensity_scale, config), runs=runs, detection=not semantic_only,
-        operating_threshold=args.operating_threshold,
-        render_dir=None if args.no_renders else os.path.join(args.out, 'renders'))
+    try:
+        result = evaluate(
+            runtime, dataset, batch_size=args.batch_size, score_threshold=args.score_threshold,
+            workers=args.workers, extrinsic=extrinsic,
+            gain=intensity_gain(intensity_scale, config), runs=runs,
+            detection=not semantic_only, operating_threshold=args.operating_threshold,
+            render_dir=None if args.no_renders else os.path.join(args.out, 'renders'))
+    except MissingCalibrationError as error:
+        raise SystemExit(str(error)) from None
     extra = {'data': os.path.abspath(args.data), 'weights': args.weights or args.checkpoint,
              'format': data_format + (' (semantic only)' if semantic_only else ''),
              'extrinsic_translation_m': list(extrinsic.translation_m),

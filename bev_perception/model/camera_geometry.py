@@ -128,3 +128,20 @@ def forward_camera(image_wh: Tuple[int, int], horizontal_fov_rad: float = 1.0) -
     focal = 0.5 * width / np.tan(0.5 * horizontal_fov_rad)
     k = np.array([[focal, 0.0, 0.5 * width], [0.0, focal, 0.5 * height], [0.0, 0.0, 1.0]])
     return camera_geometry(MODEL_TO_OPTICAL, (0.0, 0.0, 0.0), k, (), image_wh)
+
+
+def moved(geometry: np.ndarray, rotation: np.ndarray, translation: Sequence[float]) -> np.ndarray:
+    """Return the geometry (SIZE,) of the same camera after the world moved by p' = R p + t.
+
+    For a cloud frame mapped into the model frame by an extrinsic (R, t): a camera calibrated
+    against the cloud frame sees model point p' where it saw R^T (p' - t).
+    """
+    geometry = np.asarray(geometry, dtype=np.float64)
+    if geometry.shape != (SIZE,):
+        raise ValueError(f'a geometry vector has {SIZE} values, got shape {geometry.shape}')
+    rotation = np.asarray(rotation, dtype=np.float64).reshape(3, 3)
+    pose = geometry[:9].reshape(3, 3) @ rotation.T
+    result = geometry.copy()
+    result[:9] = pose.ravel()
+    result[9:12] = geometry[9:12] - pose @ np.asarray(translation, dtype=np.float64)
+    return result.astype(np.float32)

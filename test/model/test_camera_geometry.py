@@ -3,8 +3,8 @@
 import math
 
 from bev_perception.model.camera_geometry import (camera_geometry, forward_camera,
-                                                  mirror_left_right, MODEL_TO_OPTICAL, NEAR_M,
-                                                  project, SIZE)
+                                                  mirror_left_right, MODEL_TO_OPTICAL, moved,
+                                                  NEAR_M, project, SIZE)
 import numpy as np
 import pytest
 import torch
@@ -112,3 +112,16 @@ def test_forward_camera_sees_half_its_field_of_view_to_each_side():
     uv, _, inside = project(edge, geometry)
     assert inside.tolist() == [[True, False]]
     assert uv[0, 0, 1] == pytest.approx(0.5)
+
+
+def test_moved_camera_sees_moved_points_where_it_saw_the_originals():
+    geometry = camera_geometry(MODEL_TO_OPTICAL, (0.1, -0.2, 0.3), K, (-0.1,), (1280, 720))
+    c, s = np.cos(0.2), np.sin(0.2)
+    rotation = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+    translation = np.array([1.0, -0.5, 0.2])
+    points = np.array([[10.0, 1.0, -0.5], [25.0, -3.0, 1.0]])
+    before = project(torch.from_numpy(points), torch.from_numpy(geometry)[None].double())
+    after = project(torch.from_numpy(points @ rotation.T + translation),
+                    torch.from_numpy(moved(geometry, rotation, translation))[None].double())
+    for first, second in zip(before, after):
+        torch.testing.assert_close(second.double(), first.double(), atol=1e-5, rtol=0)

@@ -50,6 +50,8 @@ class _Result:
 class OracleRuntime:
     """Return the ground truth on the BEV grid for fused calls, nothing for LiDAR-only calls."""
 
+    needs_calibration = False
+
     def __init__(self, dataset, config):
         self.config = config
         self.truth = {}
@@ -60,8 +62,8 @@ class OracleRuntime:
 
     def run_batch(self, frames, score_threshold=None):
         results = []
-        self.calls.append([image is None for _, image in frames])
-        for points, image in frames:
+        self.calls.append([frame[1] is None for frame in frames])
+        for points, image, *_ in frames:
             frame = self.truth[np.asarray(points).tobytes()]
             if image is None:
                 results.append(_Result(np.zeros((0, 7), np.float32), np.zeros(0, np.float32),
@@ -109,6 +111,36 @@ def test_gt_present_miou_ignores_categories_only_predicted():
     # IoU: class 0 = 1/2, class 1 = 1, class 3 = 0 (predicted only), class 2 NaN.
     assert metrics.miou == pytest.approx((0.5 + 1.0 + 0.0) / 3)
     assert gt_present_miou(metrics) == pytest.approx(0.75)
+
+
+def _evaluate_cli(weights, data, out):
+    return subprocess.run(
+        [sys.executable, '-m', 'training.evaluate', '--weights', str(weights), '--data',
+         str(data), '--out', str(out), '--no-renders'], cwd=REPO, capture_output=True,
+        text=True, timeout=300)
+
+
+def test_calibration_aware_weights_evaluate_with_each_roots_calibration(tiny_root, tmp_path):
+    tiny = ModelConfig.tiny()
+    config = dataclasses.replace(tiny, fusion=dataclasses.replace(
+        tiny.fusion, geometry_heights_m=(-1.5, 0.0)))
+    weights = tmp_path / 'calibrated.safetensors'
+    write_tiny_weights(weights, config=config)
+    completed = _evaluate_cli(weights, tiny_root, tmp_path / 'with')
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert json.loads(completed.stdout.strip().splitlines()[-1])['frames'] == 4
+    # The same root without its cams_lidars.json: the fused run cannot place the camera.
+    copy = tmp_path / 'root'
+    shutil.copytree(tiny_root, copy)
+    os.remove(copy / 'cams_lidars.json')
+    completed = _evaluate_cli(weights, copy, tmp_path / 'without')
+    assert completed.returncode != 0
+    assert 'no camera calibration' in completed.stderr and 'Traceback' not in completed.stderr
+    # A corrupt calibration file is named.
+    (copy / 'cams_lidars.json').write_text('{"cameras": []}')
+    completed = _evaluate_cli(weights, copy, tmp_path / 'corrupt')
+    assert completed.returncode != 0 and 'cams_lidars.json' in completed.stderr
+    assert 'Traceback' not in completed.stderr
 
 
 def test_cli_evaluates_weights_and_writes_report(tiny_root, tmp_path):
@@ -199,6 +231,8 @@ class KittiOracle:
     truck in range; the place is clear of the DontCare areas).
     """
 
+    needs_calibration = False
+
     def __init__(self, dataset, config):
         self.config = config
         self.truth = {}
@@ -208,7 +242,7 @@ class KittiOracle:
 
     def run_batch(self, frames, score_threshold=None):
         results = []
-        for points, image in frames:
+        for points, image, *_ in frames:
             frame = self.truth[len(points)]
             extra_box = np.array([[10.0, 30.0, -1.0, 4.0, 1.8, 1.5, 0.0] if image is not None
                                   else [15.0, -6.0, -1.0, 8.0, 2.5, 3.0, 0.0]], np.float32)
