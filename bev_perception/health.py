@@ -25,6 +25,7 @@ WARN_COUNTERS = (
     ('points_subsampled', 'points subsampled'), ('pillars_capped', 'pillars capped'),
     ('intensity_out_of_range', 'intensity out of range'), ('time_jumps', 'time jumps back'),
     ('over_budget', 'frames over budget'),
+    ('uncalibrated_images', 'images without camera calibration'),
 )
 
 
@@ -40,6 +41,7 @@ class Counters:
     dropped_frames: int = 0
     skipped_frames: int = 0
     unpaired_clouds: int = 0  # approximate sync: the pair's image was refused
+    uncalibrated_images: int = 0  # weights that fuse by calibration got an image without one
     bad_clouds: int = 0
     bad_images: int = 0
     empty_clouds: int = 0

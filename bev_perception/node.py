@@ -417,6 +417,10 @@ class PerceptionNode(Node):
         timings['convert'] = (time.perf_counter() - started) * 1e3
         output = self._pipeline.run(prepared, rgb, frame_settings)
         result = output.result
+        if output.image_uncalibrated:
+            self.counters.add(uncalibrated_images=1)
+            self._warn('uncalibrated_images', 'these weights fuse by camera calibration and the '
+                       'node has none for the image: running LiDAR-only')
         timings.update(result.timings_ms)
         self.counters.add(
             points_out_of_range=result.overflow.out_of_range_dropped,

@@ -162,6 +162,9 @@ class FrameOutput:
     result: FrameResult  # the runtime's result (model-frame boxes, semantic ids, counts)
     boxes: np.ndarray  # (K, 7) float32 in the cloud frame
     quaternions: np.ndarray  # (K, 4) float64 x, y, z, w box orientations in the cloud frame
+    # The frame had an image, but the weights fuse by calibration and none was known: it ran
+    # LiDAR-only.
+    image_uncalibrated: bool = False
 
     @property
     def scores(self) -> np.ndarray:
@@ -238,22 +241,30 @@ class FramePipeline:
                              max_scaled_intensity=max_scaled)
 
     def run(self, cloud: PreparedCloud, rgb: Optional[np.ndarray],
-            frame_settings: Optional[FrameSettings] = None) -> FrameOutput:
+            frame_settings: Optional[FrameSettings] = None,
+            camera_geometry: Optional[np.ndarray] = None) -> FrameOutput:
         """Run the network on a prepared cloud and an RGB image (H, W, 3) uint8 or None.
 
         A cloud without points gives no boxes (no LiDAR evidence); the image still gives the
-        semantic map.
+        semantic map. ``camera_geometry`` (``camera_geometry.SIZE``, model frame) is the image's
+        calibration; weights that fuse by calibration run an image without one LiDAR-only
+        (``FrameOutput.image_uncalibrated``), others ignore it.
         """
         frame_settings = frame_settings or self.frame_settings
+        uncalibrated = (rgb is not None and camera_geometry is None
+                        and self.runtime.needs_calibration)
+        if uncalibrated:
+            rgb = None
         result = self.runtime(cloud.points, rgb, score_thresholds=frame_settings.score_thresholds,
                               max_detections=frame_settings.max_detections,
-                              nms=frame_settings.nms)
+                              nms=frame_settings.nms, camera_geometry=camera_geometry)
         if len(cloud.points) == 0:
             result = replace(result, boxes=np.zeros((0, 7), np.float32),
                              scores=np.zeros(0, np.float32), class_ids=np.zeros(0, np.int64),
                              class_names=[])
         boxes, quaternions = frame_settings.extrinsic.boxes_to_cloud(result.boxes)
-        return FrameOutput(result=result, boxes=boxes, quaternions=quaternions)
+        return FrameOutput(result=result, boxes=boxes, quaternions=quaternions,
+                           image_uncalibrated=uncalibrated)
 
 
 class PipelineError(Exception):

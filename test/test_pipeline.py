@@ -1,10 +1,12 @@
 """Tests of bev_perception.pipeline: a frame from points to boxes in the cloud frame."""
 
+import dataclasses
 import math
 
 from bev_perception.geometry import quaternion_to_yaw, rotation_from_rpy, rotation_to_quaternion
 from bev_perception.geometry import yaw_to_quaternion
 from bev_perception.inference import InferenceRuntime
+from bev_perception.model.camera_geometry import forward_camera
 from bev_perception.model.config import ModelConfig
 from bev_perception.model.network import BEVFusionNet
 from bev_perception.node_params import NodeSettings
@@ -124,6 +126,25 @@ def test_a_cloud_without_points_gives_no_boxes_but_semantics(runtime):
     empty = pipeline.run(pipeline.prepare(np.zeros((0, 4), np.float32)), image)
     assert len(empty.boxes) == 0 and empty.quaternions.shape == (0, 4)
     assert empty.result.semantic.shape == (48, 64)
+
+
+def test_weights_that_fuse_by_calibration_run_an_uncalibrated_image_lidar_only(runtime):
+    tiny = ModelConfig.tiny()
+    config = dataclasses.replace(tiny, fusion=dataclasses.replace(
+        tiny.fusion, geometry_heights_m=(-1.5, 0.0)))
+    torch.manual_seed(0)
+    calibrated = InferenceRuntime(BEVFusionNet(config), config, device='cpu')
+    settings = NodeSettings.from_values({'score_thresholds': [0.0]})
+    pipeline = FramePipeline(calibrated, settings)
+    cloud, image = pipeline.prepare(random_points(2000, seed=2)), np.zeros((48, 64, 3), np.uint8)
+    blind = pipeline.run(cloud, image)
+    assert blind.image_uncalibrated and blind.result.lidar_only
+    np.testing.assert_array_equal(blind.scores, pipeline.run(cloud, None).scores)
+    fused = pipeline.run(cloud, image, camera_geometry=forward_camera((64, 48)))
+    assert not fused.image_uncalibrated and not fused.result.lidar_only
+    # Weights without calibration-aware fusion never flag an image.
+    plain = FramePipeline(runtime, settings).run(cloud, image)
+    assert not plain.image_uncalibrated and not plain.result.lidar_only
 
 
 def test_nms_is_passed_per_call_and_the_runtime_config_is_untouched(runtime):
