@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import math
 from typing import Sequence, Tuple
 
-from bev_perception.model.camera_geometry import camera_geometry, moved
+from bev_perception.geometry import rotation_from_rpy
+from bev_perception.model.camera_geometry import camera_geometry, MODEL_TO_OPTICAL, moved
 import numpy as np
 
 #: Distortion models whose first five coefficients are plumb-bob's.
@@ -89,3 +90,16 @@ class CameraIntrinsics:
                                    (self.width, self.height))
         model_rotation, model_translation = cloud_to_model
         return moved(in_cloud, model_rotation, model_translation)
+
+
+def cloud_to_camera_from_pose(position_m: Sequence[float], rpy_rad: Sequence[float]
+                              ) -> Tuple[np.ndarray, np.ndarray]:
+    """Return (R, t), p_camera_optical = R p_cloud + t, of a camera posed in the cloud frame.
+
+    The pose is the camera body's (x forward, y left, z up, as ROS ``camera_link`` frames and
+    the node's ``camera_*`` parameters give it): position in the cloud frame and roll, pitch,
+    yaw of R_body = Rz(yaw) Ry(pitch) Rx(roll); the optical axes follow from the body's.
+    """
+    body = rotation_from_rpy(*rpy_rad)  # body -> cloud
+    rotation = MODEL_TO_OPTICAL @ body.T  # cloud -> optical
+    return rotation, -rotation @ np.asarray(position_m, dtype=np.float64)

@@ -26,6 +26,7 @@ WARN_COUNTERS = (
     ('intensity_out_of_range', 'intensity out of range'), ('time_jumps', 'time jumps back'),
     ('over_budget', 'frames over budget'),
     ('uncalibrated_images', 'images without camera calibration'),
+    ('bad_camera_info', 'refused camera_info'),
 )
 
 
@@ -42,6 +43,8 @@ class Counters:
     skipped_frames: int = 0
     unpaired_clouds: int = 0  # approximate sync: the pair's image was refused
     uncalibrated_images: int = 0  # weights that fuse by calibration got an image without one
+    camera_infos_in: int = 0
+    bad_camera_info: int = 0  # CameraInfo the network cannot use (calibration.CalibrationError)
     bad_clouds: int = 0
     bad_images: int = 0
     empty_clouds: int = 0

@@ -36,13 +36,15 @@ if __name__ == '__main__' or os.path.basename((sys.argv or [''])[0]) == 'percept
     signal.signal(signal.SIGTERM, _stop_while_importing)
 
 from bev_perception import conversions
+from bev_perception.calibration import (CalibrationError, CameraIntrinsics,
+                                        cloud_to_camera_from_pose)
 from bev_perception.health import (Counters, describe_input, ERROR, HealthReport, OK,
                                    ThrottledLog, WARN)
 from bev_perception.inference import InferenceRuntime
 from bev_perception.node_params import (check_params_files, descriptor, explain_init_error,
                                         NodeSettings, PARAMETERS)
 from bev_perception.outputs import OutputPublishers
-from bev_perception.pipeline import FrameOutput, load_pipeline, PipelineError
+from bev_perception.pipeline import FrameOutput, FrameSettings, load_pipeline, PipelineError
 from bev_perception.sync import (LatestWinsSlot, LidarTriggeredSync, stamp_to_seconds,
                                  SyncedFrame)
 from bev_perception.topics import INPUT_TOPICS, NODE_NAME
@@ -58,7 +60,7 @@ from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import Image, PointCloud2
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import Header
 import torch
 
@@ -119,6 +121,7 @@ class PerceptionNode(Node):
         self._stopping = threading.Event()
         self._worker: Optional[threading.Thread] = None
         self._input_topics = {'cloud': INPUT_TOPICS['pointcloud'], 'image': INPUT_TOPICS['image']}
+        self._camera: Optional[CameraIntrinsics] = None  # the latest usable camera_info
         try:
             self._start_up()
         except BaseException:  # a start-up error or a stop signal: leave nothing running
@@ -211,6 +214,8 @@ class PerceptionNode(Node):
 
     def _create_subscriptions(self, settings: NodeSettings) -> None:
         qos = self._input_qos(settings)
+        self._camera_info_sub = self.create_subscription(
+            CameraInfo, INPUT_TOPICS['camera_info'], self._on_camera_info, qos)
         if settings.sync_policy == 'approximate':
             try:
                 import message_filters
@@ -314,6 +319,35 @@ class PerceptionNode(Node):
         if payload is not None:
             self._add_to_sync('image', msg, payload)
 
+    def _on_camera_info(self, msg: CameraInfo) -> None:
+        self.counters.add(camera_infos_in=1)
+        try:
+            self._camera = CameraIntrinsics.from_camera_info(
+                msg.width, msg.height, msg.k, msg.distortion_model, msg.d)
+        except CalibrationError as error:
+            self.counters.add(bad_camera_info=1)
+            self._warn('bad_camera_info', f'refused camera_info on '
+                       f'{self._camera_info_sub.topic_name}: {error}')
+
+    def _camera_geometry(self, rgb: Optional[np.ndarray],
+                         frame_settings: FrameSettings) -> Optional[np.ndarray]:
+        """Return the image's camera geometry for weights that fuse by calibration, else None.
+
+        None as well while no usable camera_info came, or when the image's aspect ratio is not
+        the camera_info's (another camera, or a crop): the pipeline then runs LiDAR-only.
+        """
+        camera = self._camera
+        if rgb is None or camera is None or not self._runtime.needs_calibration:
+            return None
+        height, width = rgb.shape[:2]
+        if abs(width * camera.height - height * camera.width) > 0.01 * width * camera.height:
+            return None
+        settings = frame_settings.settings
+        extrinsic = frame_settings.extrinsic
+        return camera.geometry(
+            cloud_to_camera_from_pose(settings.camera_position_m, settings.camera_rpy_rad),
+            (extrinsic.rotation, extrinsic.translation))
+
     def _on_sync_poll(self) -> None:
         self._dispatch(self._sync.poll(time.monotonic()))
 
@@ -415,12 +449,14 @@ class PerceptionNode(Node):
         image: Optional[ImagePayload] = frame.image
         rgb = None if image is None else np.ascontiguousarray(image.rgb)
         timings['convert'] = (time.perf_counter() - started) * 1e3
-        output = self._pipeline.run(prepared, rgb, frame_settings)
+        output = self._pipeline.run(prepared, rgb, frame_settings,
+                                    self._camera_geometry(rgb, frame_settings))
         result = output.result
         if output.image_uncalibrated:
             self.counters.add(uncalibrated_images=1)
-            self._warn('uncalibrated_images', 'these weights fuse by camera calibration and the '
-                       'node has none for the image: running LiDAR-only')
+            self._warn('uncalibrated_images', 'these weights fuse by camera calibration and no '
+                       f'usable camera_info for this {rgb.shape[1]}x{rgb.shape[0]} image came on '
+                       f'{self._camera_info_sub.topic_name}: running LiDAR-only')
         timings.update(result.timings_ms)
         self.counters.add(
             points_out_of_range=result.overflow.out_of_range_dropped,
@@ -473,10 +509,20 @@ class PerceptionNode(Node):
             counts, worker_alive=self._worker is not None and self._worker.is_alive())
         values = [KeyValue(key=key, value=value) for key, value in self._health.values(counts) + [
             ('last_error', self._last_error), ('device', str(self._runtime.device)),
-            ('precision', self._runtime.precision)]]
+            ('precision', self._runtime.precision),
+            ('camera_calibration', self._calibration_state())]]
         return DiagnosticStatus(level=LEVELS[level], name=f'{self.get_name()}: bev_perception',
                                 message=message, hardware_id=str(self._runtime.device),
                                 values=values)
+
+    def _calibration_state(self) -> str:
+        """Say whether the image's calibration is needed and known."""
+        camera = self._camera
+        known = ('none yet' if camera is None
+                 else f'camera_info {camera.width}x{camera.height}')
+        needed = ('needed (weights fuse by calibration)' if self._runtime.needs_calibration
+                  else 'not used by these weights')
+        return f'{needed}; {known}'
 
     def _publish_diagnostics(self) -> None:
         self._outputs.publish_diagnostics(Header(stamp=self.get_clock().now().to_msg()),

@@ -211,6 +211,17 @@ PARAMETERS: Tuple[ParameterSpec, ...] = (
         'frame to the model frame: p_model = R p_cloud + t.',
         'Input', value_range=(-2.0 * math.pi, 2.0 * math.pi), lengths=(3,)),
     ParameterSpec(
+        'camera_position_m', 'double_array', [0.0, 0.0, 0.0],
+        'Position (x, y, z, metres) of the camera in the cloud frame. With the intrinsics of '
+        '`~/input/camera_info` it places the camera for weights that fuse by calibration '
+        '(others ignore it).',
+        'Input', value_range=(-1000.0, 1000.0), lengths=(3,)),
+    ParameterSpec(
+        'camera_rpy_rad', 'double_array', [0.0, 0.0, 0.0],
+        'Orientation (roll, pitch, yaw, radians) of the camera body (x forward, y left, z up; '
+        'its optical frame follows) in the cloud frame.',
+        'Input', value_range=(-2.0 * math.pi, 2.0 * math.pi), lengths=(3,)),
+    ParameterSpec(
         'qos_depth', 'integer', 5,
         'History depth of the input subscriptions.',
         'Input', value_range=(1, 1000), read_only=True),

@@ -1,7 +1,8 @@
 """The node's name and topic names, written once for the node, its launch file and the tools.
 
 * in: ``~/input/pointcloud`` (sensor_msgs/PointCloud2), ``~/input/image`` (sensor_msgs/Image),
-  sensor-data QoS (best effort) by default.
+  ``~/input/camera_info`` (sensor_msgs/CameraInfo of that image, read by weights that fuse by
+  calibration), sensor-data QoS (best effort) by default.
 * out: ``~/output/detections`` (vision_msgs/Detection3DArray, the cloud's header),
   ``~/output/semantic`` (mono8 class ids, the image's header), ``~/output/semantic_color``
   (rgb8), ``~/output/markers`` (visualization_msgs/MarkerArray), ``~/output/label_info``
@@ -20,10 +21,11 @@ from typing import Dict
 #: The node's default name (the launch file and the tools use it).
 NODE_NAME = 'perception_node'
 
-#: Input topics (PointCloud2 and Image), remapped by users.
+#: Input topics (PointCloud2, Image and its CameraInfo), remapped by users.
 INPUT_TOPICS: Dict[str, str] = {
     'pointcloud': '~/input/pointcloud',
     'image': '~/input/image',
+    'camera_info': '~/input/camera_info',
 }
 
 #: Output topics by name: (ROS message type, node-private topic).

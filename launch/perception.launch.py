@@ -29,6 +29,7 @@ RVIZ_CONFIG = ('config', 'perception.rviz')
 REMAPPINGS = {
     '~/input/pointcloud': 'pointcloud_topic',
     '~/input/image': 'image_topic',
+    '~/input/camera_info': 'camera_info_topic',
 }
 #: Launch arguments forwarded as node parameters of the same name when not empty.
 FORWARDED_PARAMETERS = ('weights_path', 'profile', 'device')
@@ -48,6 +49,8 @@ ARGUMENTS = {
                                     '~/input/pointcloud).'),
     'image_topic': ('/camera/image', 'sensor_msgs/Image input topic of the front camera (remaps '
                                      '~/input/image).'),
+    'camera_info_topic': ('/camera/camera_info', 'sensor_msgs/CameraInfo of that camera '
+                                                 '(remaps ~/input/camera_info).'),
     'namespace': ('', 'Namespace of the node (and of its private topics).'),
     'use_sim_time': ('false', 'Use /clock (bag replay with --clock).'),
     'rviz': ('false', 'Start RViz2 with the shipped config/perception.rviz.'),

@@ -1,6 +1,7 @@
 """CameraInfo fields and the LiDAR-to-camera extrinsic -> the network's camera geometry."""
 
-from bev_perception.calibration import CalibrationError, CameraIntrinsics
+from bev_perception.calibration import (CalibrationError, CameraIntrinsics,
+                                        cloud_to_camera_from_pose)
 from bev_perception.geometry import rotation_from_rpy
 from bev_perception.model.camera_geometry import MODEL_TO_OPTICAL, project
 import numpy as np
@@ -44,3 +45,15 @@ def test_geometry_projects_model_points_where_the_camera_sees_their_cloud_points
     uv, depth, _ = project(torch.from_numpy(model), torch.from_numpy(geometry)[None].double())
     np.testing.assert_allclose(uv[0].numpy() * (1242, 375), expected, atol=2e-3)
     np.testing.assert_allclose(depth[0].numpy(), camera[:, 2], atol=1e-5)
+
+
+def test_camera_pose_in_the_cloud_frame_gives_the_optical_extrinsic():
+    # A camera 1 m ahead of and 0.5 m above the LiDAR, turned 90 degrees left.
+    rotation, translation = cloud_to_camera_from_pose((1.0, 0.0, 0.5), (0.0, 0.0, np.pi / 2))
+    # A point 3 m to the LiDAR's left of the camera lies straight ahead of it, depth 3 m.
+    camera = rotation @ np.array([1.0, 3.0, 0.5]) + translation
+    np.testing.assert_allclose(camera, (0.0, 0.0, 3.0), atol=1e-12)
+    # Above the camera is up in the image (optical y points down).
+    above = rotation @ np.array([1.0, 3.0, 1.5]) + translation
+    np.testing.assert_allclose(above, (0.0, -1.0, 3.0), atol=1e-12)
+    np.testing.assert_allclose(rotation @ rotation.T, np.eye(3), atol=1e-12)

@@ -97,3 +97,57 @@ def test_cpu_fallback_is_told_once_and_shown_in_the_device_parameter(
         assert not refused.successful and 'read-only' in refused.reason
     finally:
         node.destroy_node()
+
+
+def camera_info(stamp_s, width=96, height=64, focal=80.0):
+    """Return a CameraInfo of the test image (plumb-bob, no distortion)."""
+    from builtin_interfaces.msg import Time
+    from sensor_msgs.msg import CameraInfo
+    from std_msgs.msg import Header
+
+    return CameraInfo(header=Header(stamp=Time(sec=int(stamp_s), nanosec=0), frame_id='camera'),
+                      width=width, height=height, distortion_model='plumb_bob',
+                      d=[0.0] * 5, k=[focal, 0.0, width / 2, 0.0, focal, height / 2, 0.0, 0.0,
+                                      1.0])
+
+
+def test_weights_that_fuse_by_calibration_wait_for_camera_info(rclpy_context, tmp_path):
+    import dataclasses
+
+    from bev_perception.model.config import ModelConfig
+
+    tiny = ModelConfig.tiny()
+    config = dataclasses.replace(tiny, fusion=dataclasses.replace(
+        tiny.fusion, geometry_heights_m=(-1.5, 0.0)))
+    weights = tmp_path / 'calibrated.safetensors'
+    write_tiny_weights(weights, config=config)
+    node = make_node(rclpy_context, str(weights), device='cpu', camera_position_m=[0.5, 0.0, 0.3])
+    try:
+        # No camera_info yet: the image is not used, and the node says why.
+        node._on_approximate_pair(*messages(300))
+        assert wait_until(lambda: node.counters.frames_out == 1, 30.0)
+        assert (node.counters.uncalibrated_images, node.counters.lidar_only_frames) == (1, 1)
+        assert 'none yet' in _value(node, 'camera_calibration')
+        # A refused camera_info (zero focal length) changes nothing ...
+        node._on_camera_info(camera_info(301, focal=0.0))
+        assert (node.counters.camera_infos_in, node.counters.bad_camera_info) == (1, 1)
+        node._on_approximate_pair(*messages(302))
+        assert wait_until(lambda: node.counters.frames_out == 2, 30.0)
+        assert node.counters.uncalibrated_images == 2
+        # ... a good one makes the next frame fused.
+        node._on_camera_info(camera_info(303))
+        node._on_approximate_pair(*messages(304))
+        assert wait_until(lambda: node.counters.frames_out == 3, 30.0)
+        assert (node.counters.fused_frames, node.counters.uncalibrated_images) == (1, 2)
+        assert 'camera_info 96x64' in _value(node, 'camera_calibration')
+        # An image of another aspect ratio than the camera_info's is not trusted.
+        node._on_camera_info(camera_info(305, width=128))
+        node._on_approximate_pair(*messages(306))
+        assert wait_until(lambda: node.counters.frames_out == 4, 30.0)
+        assert node.counters.uncalibrated_images == 3
+    finally:
+        node.destroy_node()
+
+
+def _value(node, key):
+    return {item.key: item.value for item in node.diagnostic_status().values}[key]
