@@ -21,6 +21,15 @@ def random_image(height: int, width: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, size=(height, width, 3), dtype=np.uint8)
 
 
+def calibrated_tiny_config() -> ModelConfig:
+    """Return the tiny config with calibration-aware fusion (cells lifted to two heights)."""
+    import dataclasses
+
+    tiny = ModelConfig.tiny()
+    return dataclasses.replace(tiny, fusion=dataclasses.replace(
+        tiny.fusion, geometry_heights_m=(-1.5, 0.0)))
+
+
 def write_tiny_weights(path: Union[str, os.PathLike], seed: int = 0,
                        config: Optional[ModelConfig] = None) -> ModelConfig:
     """Write random weights of ``config`` (default: the tiny one), torch seed ``seed``.

@@ -9,7 +9,6 @@ Tolerances (stated once, used below and in the README):
 * CUDA graphs vs eager on CUDA: boxes within 1e-4, identical classes and semantic maps.
 """
 
-import dataclasses
 import shutil
 
 from bev_perception.inference import (InferenceRuntime, pack_tensors, StageClock, TIMING_KEYS,
@@ -18,7 +17,7 @@ from bev_perception.model.camera_geometry import forward_camera
 from bev_perception.model.config import ModelConfig, NMSConfig
 from bev_perception.model.decode import decode_detections, decode_padded
 from bev_perception.model.network import BEVFusionNet, preprocess_image
-from model_testing import random_image, random_points
+from model_testing import calibrated_tiny_config, random_image, random_points
 import numpy as np
 import pytest
 import torch
@@ -214,8 +213,7 @@ def test_cuda_graphs_match_eager_on_later_frames(precision):
 
 @needs_cuda
 def test_cuda_graphs_replay_each_frames_camera_geometry():
-    config = dataclasses.replace(TINY, fusion=dataclasses.replace(
-        TINY.fusion, geometry_heights_m=(-1.5, 0.0)))
+    config = calibrated_tiny_config()
     eager = InferenceRuntime(_model(config), config, device='cuda')
     graphed = InferenceRuntime(_model(config), config, device='cuda', cuda_graphs=True)
     points, image = _points(3000, 31), random_image(240, 320, 32)

@@ -1,6 +1,5 @@
 """Inference runtime: numpy in, FrameResult out; LiDAR-only, fallbacks, batches, A2D2 sizes."""
 
-import dataclasses
 import logging
 
 from bev_perception.inference import (
@@ -10,7 +9,7 @@ from bev_perception.model.config import ModelConfig, NMSConfig
 from bev_perception.model.decode import decode_detections
 from bev_perception.model.network import BEVFusionNet, preprocess_image
 from bev_perception.weights import save_weights
-from model_testing import random_image, random_points
+from model_testing import calibrated_tiny_config, random_image, random_points
 import numpy as np
 import pytest
 import torch
@@ -185,8 +184,7 @@ def test_a2d2_sized_frame_on_cpu():
     print({key: round(value, 1) for key, value in result.timings_ms.items()})
 
 
-CALIBRATED = dataclasses.replace(CONFIG, fusion=dataclasses.replace(
-    CONFIG.fusion, geometry_heights_m=(-1.5, 0.0)))
+CALIBRATED = calibrated_tiny_config()
 
 
 def test_calibration_aware_weights_take_each_images_geometry():

@@ -5,7 +5,7 @@ its pair callback is called directly here; the CPU fallback needs a machine with
 """
 
 from bev_perception.conversions import array_to_pointcloud2, rgb_to_image
-from model_testing import write_tiny_weights
+from model_testing import calibrated_tiny_config, write_tiny_weights
 import numpy as np
 import pytest
 from ros_testing import wait_until
@@ -112,15 +112,8 @@ def camera_info(stamp_s, width=96, height=64, focal=80.0):
 
 
 def test_weights_that_fuse_by_calibration_wait_for_camera_info(rclpy_context, tmp_path):
-    import dataclasses
-
-    from bev_perception.model.config import ModelConfig
-
-    tiny = ModelConfig.tiny()
-    config = dataclasses.replace(tiny, fusion=dataclasses.replace(
-        tiny.fusion, geometry_heights_m=(-1.5, 0.0)))
     weights = tmp_path / 'calibrated.safetensors'
-    write_tiny_weights(weights, config=config)
+    write_tiny_weights(weights, config=calibrated_tiny_config())
     node = make_node(rclpy_context, str(weights), device='cpu', camera_position_m=[0.5, 0.0, 0.3])
     try:
         # No camera_info yet: the image is not used, and the node says why.

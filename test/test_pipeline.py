@@ -1,6 +1,5 @@
 """Tests of bev_perception.pipeline: a frame from points to boxes in the cloud frame."""
 
-import dataclasses
 import math
 
 from bev_perception.geometry import quaternion_to_yaw, rotation_from_rpy, rotation_to_quaternion
@@ -11,7 +10,7 @@ from bev_perception.model.config import ModelConfig
 from bev_perception.model.network import BEVFusionNet
 from bev_perception.node_params import NodeSettings
 from bev_perception.pipeline import Extrinsic, FramePipeline, FrameSettings, resize_ids_nearest
-from model_testing import random_points
+from model_testing import calibrated_tiny_config, random_points
 import numpy as np
 import pytest
 import torch
@@ -129,9 +128,7 @@ def test_a_cloud_without_points_gives_no_boxes_but_semantics(runtime):
 
 
 def test_weights_that_fuse_by_calibration_run_an_uncalibrated_image_lidar_only(runtime):
-    tiny = ModelConfig.tiny()
-    config = dataclasses.replace(tiny, fusion=dataclasses.replace(
-        tiny.fusion, geometry_heights_m=(-1.5, 0.0)))
+    config = calibrated_tiny_config()
     torch.manual_seed(0)
     calibrated = InferenceRuntime(BEVFusionNet(config), config, device='cpu')
     settings = NodeSettings.from_values({'score_thresholds': [0.0]})

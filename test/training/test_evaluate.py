@@ -15,7 +15,7 @@ import sys
 from bev_perception.metrics import DetectionAccumulator, SemanticAccumulator
 from bev_perception.model.config import ModelConfig
 from bev_perception.node_params import parameter_spec
-from model_testing import write_tiny_weights
+from model_testing import calibrated_tiny_config, write_tiny_weights
 import numpy as np
 import pytest
 from training import kitti, synthetic
@@ -121,11 +121,8 @@ def _evaluate_cli(weights, data, out):
 
 
 def test_calibration_aware_weights_evaluate_with_each_roots_calibration(tiny_root, tmp_path):
-    tiny = ModelConfig.tiny()
-    config = dataclasses.replace(tiny, fusion=dataclasses.replace(
-        tiny.fusion, geometry_heights_m=(-1.5, 0.0)))
     weights = tmp_path / 'calibrated.safetensors'
-    write_tiny_weights(weights, config=config)
+    write_tiny_weights(weights, config=calibrated_tiny_config())
     completed = _evaluate_cli(weights, tiny_root, tmp_path / 'with')
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert json.loads(completed.stdout.strip().splitlines()[-1])['frames'] == 4
