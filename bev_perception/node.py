@@ -36,15 +36,14 @@ if __name__ == '__main__' or os.path.basename((sys.argv or [''])[0]) == 'percept
     signal.signal(signal.SIGTERM, _stop_while_importing)
 
 from bev_perception import conversions
-from bev_perception.calibration import (CalibrationError, CameraIntrinsics,
-                                        cloud_to_camera_from_pose)
+from bev_perception.calibration import CalibrationError, CameraIntrinsics
 from bev_perception.health import (Counters, describe_input, ERROR, HealthReport, OK,
                                    ThrottledLog, WARN)
 from bev_perception.inference import InferenceRuntime
 from bev_perception.node_params import (check_params_files, descriptor, explain_init_error,
                                         NodeSettings, PARAMETERS)
 from bev_perception.outputs import OutputPublishers
-from bev_perception.pipeline import FrameOutput, FrameSettings, load_pipeline, PipelineError
+from bev_perception.pipeline import FrameOutput, load_pipeline, PipelineError
 from bev_perception.sync import (LatestWinsSlot, LidarTriggeredSync, stamp_to_seconds,
                                  SyncedFrame)
 from bev_perception.topics import INPUT_TOPICS, NODE_NAME
@@ -329,25 +328,6 @@ class PerceptionNode(Node):
             self._warn('bad_camera_info', f'refused camera_info on '
                        f'{self._camera_info_sub.topic_name}: {error}')
 
-    def _camera_geometry(self, rgb: Optional[np.ndarray],
-                         frame_settings: FrameSettings) -> Optional[np.ndarray]:
-        """Return the image's camera geometry for weights that fuse by calibration, else None.
-
-        None as well while no usable camera_info came, or when the image's aspect ratio is not
-        the camera_info's (another camera, or a crop): the pipeline then runs LiDAR-only.
-        """
-        camera = self._camera
-        if rgb is None or camera is None or not self._runtime.needs_calibration:
-            return None
-        height, width = rgb.shape[:2]
-        if abs(width * camera.height - height * camera.width) > 0.01 * width * camera.height:
-            return None
-        settings = frame_settings.settings
-        extrinsic = frame_settings.extrinsic
-        return camera.geometry(
-            cloud_to_camera_from_pose(settings.camera_position_m, settings.camera_rpy_rad),
-            (extrinsic.rotation, extrinsic.translation))
-
     def _on_sync_poll(self) -> None:
         self._dispatch(self._sync.poll(time.monotonic()))
 
@@ -449,8 +429,9 @@ class PerceptionNode(Node):
         image: Optional[ImagePayload] = frame.image
         rgb = None if image is None else np.ascontiguousarray(image.rgb)
         timings['convert'] = (time.perf_counter() - started) * 1e3
-        output = self._pipeline.run(prepared, rgb, frame_settings,
-                                    self._camera_geometry(rgb, frame_settings))
+        geometry = (None if rgb is None else
+                    self._pipeline.camera_geometry(self._camera, rgb.shape[:2], frame_settings))
+        output = self._pipeline.run(prepared, rgb, frame_settings, geometry)
         result = output.result
         if output.image_uncalibrated:
             self.counters.add(uncalibrated_images=1)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 import math
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
+from bev_perception.calibration import CameraIntrinsics, cloud_to_camera_from_pose
 from bev_perception.geometry import (quaternion_to_yaw, rotation_from_rpy,
                                      rotation_to_quaternion, wrap_angle, yaw_to_quaternion)
 from bev_perception.inference import FrameResult, InferenceRuntime
@@ -239,6 +240,27 @@ class FramePipeline:
                       if len(prepared) else math.nan)
         return PreparedCloud(points=prepared, num_subsampled=len(points) - len(prepared),
                              max_scaled_intensity=max_scaled)
+
+    def camera_geometry(self, camera: Optional[CameraIntrinsics], image_hw: Tuple[int, int],
+                        frame_settings: Optional[FrameSettings] = None) -> Optional[np.ndarray]:
+        """Return an image's camera geometry (model frame) for weights that fuse by calibration.
+
+        ``camera`` is the image's CameraInfo (None: none yet), placed by the settings'
+        ``camera_position_m`` / ``camera_rpy_rad`` in the cloud frame and the extrinsic.
+        None when the weights do not read a calibration, without ``camera``, or when the
+        image's aspect ratio is not the camera_info's (another camera, or a crop): ``run``
+        then runs such weights LiDAR-only.
+        """
+        if camera is None or not self.runtime.needs_calibration:
+            return None
+        height, width = image_hw
+        if abs(width * camera.height - height * camera.width) > 0.01 * width * camera.height:
+            return None
+        frame_settings = frame_settings or self.frame_settings
+        settings, extrinsic = frame_settings.settings, frame_settings.extrinsic
+        return camera.geometry(
+            cloud_to_camera_from_pose(settings.camera_position_m, settings.camera_rpy_rad),
+            (extrinsic.rotation, extrinsic.translation))
 
     def run(self, cloud: PreparedCloud, rgb: Optional[np.ndarray],
             frame_settings: Optional[FrameSettings] = None,

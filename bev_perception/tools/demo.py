@@ -162,7 +162,8 @@ def replay_bag(config: DemoConfig, weights_path: str, params_file: str, out_dir:
     if config.device:
         parameters['device'] = config.device
     command = replay.node_command(parameters, params_file, {
-        INPUT_TOPICS['pointcloud']: topics.pointcloud, INPUT_TOPICS['image']: topics.image})
+        INPUT_TOPICS['pointcloud']: topics.pointcloud, INPUT_TOPICS['image']: topics.image,
+        INPUT_TOPICS['camera_info']: topics.camera_info})
     session = replay.RosSession('bev_demo')
     process = None
     try:

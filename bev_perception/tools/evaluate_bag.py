@@ -48,11 +48,12 @@ import time
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from bev_perception import conversions, pipeline
-from bev_perception.bag_io import (BagError, BagReader, BagTopics, BagWriter,
+from bev_perception.bag_io import (BagError, BagReader, BagTopics, BagWriter, CAMERA_INFO_TYPE,
                                    cdr_header_stamp_ns, DEFAULT_TOPICS, DetectionArrays,
                                    detections_from_msg, DETECTIONS_TYPE,
                                    IMAGE_TYPE, mono8_to_array, POINTCLOUD_TYPE,
                                    stamp_ns)
+from bev_perception.calibration import CalibrationError, CameraIntrinsics
 from bev_perception.inference import InferenceRuntime
 from bev_perception.metrics import DetectionAccumulator, SemanticAccumulator
 from bev_perception.node_params import NodeSettings, PARAMETERS
@@ -532,10 +533,13 @@ def _load_pipeline(options: EvalOptions, settings: NodeSettings
 def _check_topics(bag: BagReader, topics: BagTopics, notes: List[str]) -> Dict[str, bool]:
     """Check the input and ground truth topics; return which optional ones are used."""
     bag.require(topics.pointcloud, [POINTCLOUD_TYPE], 'point cloud topic')
-    used = {'image': False, 'gt_detections': False, 'gt_semantic': False}
+    used = {'image': False, 'camera_info': False, 'gt_detections': False, 'gt_semantic': False}
     if topics.image:
         bag.require(topics.image, [IMAGE_TYPE], 'image topic')
         used['image'] = True
+        if topics.camera_info and bag.has_topic(topics.camera_info):
+            bag.require(topics.camera_info, [CAMERA_INFO_TYPE], 'camera info topic')
+            used['camera_info'] = True
     else:
         notes.append('no image topic: every frame runs LiDAR-only')
     for key, msgtype in (('gt_detections', DETECTIONS_TYPE), ('gt_semantic', IMAGE_TYPE)):
@@ -609,7 +613,9 @@ def evaluate_offline(options: EvalOptions) -> Dict[str, Any]:
         sync = LidarTriggeredSync(settings.sync_settings())
         timings: Dict[str, List[float]] = {}
         counts = {'clouds': 0, 'images': 0, 'frames': 0, 'fused': 0, 'lidar_only': 0,
-                  'bad_clouds': 0, 'bad_images': 0, 'empty_clouds': 0}
+                  'bad_clouds': 0, 'bad_images': 0, 'empty_clouds': 0, 'bad_camera_info': 0,
+                  'uncalibrated_images': 0}
+        camera: List[Optional[CameraIntrinsics]] = [None]  # the latest usable camera_info
         cloud_stamps: List[int] = []
         cloud_index: Dict[int, int] = {}
         runtime.warmup(iterations=1)  # first-frame set-up costs stay out of the timings
@@ -626,7 +632,10 @@ def evaluate_offline(options: EvalOptions) -> Dict[str, Any]:
                 rgb = None if frame.image is None else np.ascontiguousarray(frame.image[1])
                 image_stamp = None if frame.image is None else frame.image[0]
                 convert_ms = (time.perf_counter() - convert_started) * 1e3
-                output = frame_pipeline.run(cloud, rgb)
+                geometry = (None if rgb is None
+                            else frame_pipeline.camera_geometry(camera[0], rgb.shape[:2]))
+                output = frame_pipeline.run(cloud, rgb, camera_geometry=geometry)
+                counts['uncalibrated_images'] += int(output.image_uncalibrated)
                 result = output.result
                 counts['frames'] += 1
                 counts['empty_clouds'] += int(len(cloud.points) == 0)
@@ -651,6 +660,8 @@ def evaluate_offline(options: EvalOptions) -> Dict[str, Any]:
             input_topics.append(options.topics.image)
         if used['gt_semantic']:
             input_topics.append(options.topics.gt_semantic)
+        if used['camera_info']:
+            input_topics.append(options.topics.camera_info)
         fields = settings.cloud_fields()
         with tqdm(total=total, desc='offline evaluation', unit='frame',
                   disable=not options.progress) as bar:
@@ -686,6 +697,12 @@ def evaluate_offline(options: EvalOptions) -> Dict[str, Any]:
                     process(sync.add_image(
                         stamp_to_seconds(msg.header.stamp.sec, msg.header.stamp.nanosec),
                         (image_stamp, rgb), now_s))
+                elif item.topic == options.topics.camera_info:
+                    try:
+                        camera[0] = CameraIntrinsics.from_camera_info(
+                            msg.width, msg.height, msg.k, msg.distortion_model, msg.d)
+                    except CalibrationError:
+                        counts['bad_camera_info'] += 1
                 else:
                     evaluation.add_semantic_gt(stamp_ns(msg.header), mono8_to_array(msg))
             process(sync.flush())
@@ -876,6 +893,8 @@ def evaluate_live(options: EvalOptions) -> Dict[str, Any]:
                 if used['image']:
                     targets[topics.image] = (options.node_image_topic
                                              or f'{node_path}/input/image')
+                if used['camera_info']:
+                    targets[topics.camera_info] = f'{node_path}/input/camera_info'
                 publishers = replay.bag_publishers(session.node, bag, targets, LOGGER.warning)
                 clock = (replay.SimClock(session.node, options.rate) if options.use_sim_time
                          else None)
@@ -974,7 +993,7 @@ def _live_inputs(bag: BagReader, topics: BagTopics, evaluation: Evaluation,
                 gt = evaluation.gt_detections.get(stamp, (np.zeros((0, 7)), None))[0]
                 strip.add_cloud(stamp, points, gt)
             clouds += 1
-        elif strip.active:
+        elif item.topic == topics.image and strip.active:
             msg = bag.deserialize(item.message, IMAGE_TYPE, item.topic)
             try:
                 strip.add_image(stamp_ns(msg.header), conversions.image_to_rgb(msg))

@@ -17,7 +17,7 @@ from bev_perception.tools import evaluate_bag
 from bev_perception.tools.evaluate_bag import (ClassMapper, EvalError, EvalOptions,
                                                evaluate_offline, load_params_file, node_command,
                                                parse_param_overrides)
-from model_testing import write_tiny_weights
+from model_testing import calibrated_tiny_config, write_tiny_weights
 import numpy as np
 import pytest
 from ros_testing import write_scene_bag
@@ -77,6 +77,25 @@ def test_offline_report_files_and_counts(offline):
     assert len(frames) == FRAMES and all(not f['lidar_only'] for f in frames)
     assert sum(len(f['boxes']) for f in frames) > 0
     assert 'mAP 2 m' in (out / 'report.md').read_text()
+
+
+def test_offline_passes_the_bags_camera_info_to_calibration_aware_weights(data, tmp_path):
+    root, bag, _ = data
+    weights = str(tmp_path / 'calibrated.safetensors')
+    write_tiny_weights(weights, config=calibrated_tiny_config())
+    report = evaluate_offline(_options(bag, weights, tmp_path / 'with'))
+    assert report['frames']['fused'] == FRAMES and report['frames']['uncalibrated_images'] == 0
+    # The same bag without its CameraInfo: the images cannot be placed, every frame LiDAR-only.
+    stripped = str(tmp_path / 'without_camera_info')
+    with BagReader(bag) as reader, BagWriter(stripped, storage='mcap') as writer:
+        kept = [topic for topic in reader.topics if topic != DEFAULT_TOPICS.camera_info]
+        for topic in kept:
+            writer.add_topic(topic, reader.topics[topic])
+        for item in reader.messages(kept, raw=True):
+            writer.write_raw(item.topic, item.log_time_ns, item.message)
+    report = evaluate_offline(_options(stripped, weights, tmp_path / 'without'))
+    assert report['frames']['lidar_only'] == FRAMES
+    assert report['frames']['uncalibrated_images'] == FRAMES
 
 
 def test_offline_matches_training_evaluate_on_the_same_frames(data, offline):
