@@ -16,27 +16,12 @@ import argparse
 import datetime
 import json
 import os
-import subprocess
 import sys
 from typing import Any, Dict, List, Optional
 
 from bev_perception.weights import load_weights, save_weights
 import torch
-from training.train import load_checkpoint, model_from_checkpoint
-
-
-def git_revision(folder: str) -> Optional[str]:
-    """Return the git commit of ``folder`` (+dirty: uncommitted/untracked files), or None."""
-    try:
-        revision = subprocess.run(
-            ['git', 'rev-parse', 'HEAD'], cwd=folder, capture_output=True, text=True,
-            timeout=10, check=True).stdout.strip()
-        status = subprocess.run(
-            ['git', 'status', '--porcelain'], cwd=folder,
-            capture_output=True, text=True, timeout=10, check=True).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return revision + ('+dirty' if status else '') if revision else None
+from training.train import git_revision, load_checkpoint, model_from_checkpoint
 
 
 def _portable_path(path: str) -> str:
@@ -87,7 +72,9 @@ def export(checkpoint: str, out: str, metrics: Optional[Dict[str, Any]] = None,
         'export_command': command,
         'train_config': train_config,
         'seed': train_config.get('seed'),
-        'git_revision': git_revision(os.path.dirname(os.path.abspath(__file__))),
+        # The revision the training ran at (recorded when it started), else the current one.
+        'git_revision': (state.get('git_revision')
+                         or git_revision(os.path.dirname(os.path.abspath(__file__)))),
         'dataset': describe_dataset(train_config),
         'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
         'training_time_s': round(float(state['train_seconds']), 1),

@@ -35,7 +35,7 @@ import torch
 from training import synthetic
 from training.a2d2 import A2D2Dataset
 from training.evaluate import class_map_for, evaluate, write_report
-from training.export import export, git_revision
+from training.export import export
 from training.train import load_checkpoint, load_config, model_from_checkpoint, train
 
 #: Generator seed of the training scenes.
@@ -149,7 +149,7 @@ def make_weights(recipe: Recipe, overrides: Tuple[str, ...] = ()) -> Dict[str, A
 
     with open(metrics_path, encoding='utf-8') as stream:
         metrics = json.load(stream)
-    export(result.checkpoint, recipe.weights_path, metrics, {
+    provenance = export(result.checkpoint, recipe.weights_path, metrics, {
         'recipe': 'training.make_weights', 'make_command': command,
         'train_data': train_data, 'held_out_data': held_out_data,
         'ci_test_seed': CI_TEST_SEED}, command)
@@ -164,7 +164,7 @@ def make_weights(recipe: Recipe, overrides: Tuple[str, ...] = ()) -> Dict[str, A
         'model': config.model.name,
         'epochs': result.epochs_done,
         'steps': result.steps,
-        'git_revision': git_revision(REPO_ROOT),
+        'git_revision': provenance['git_revision'],  # recorded when the training started
         'device': device,
         'torch_threads': torch.get_num_threads(),
         'wall_times_s': {k: round(v, 1) for k, v in timings.items()},

@@ -33,6 +33,7 @@ import math
 import os
 import random
 import shlex
+import subprocess
 import sys
 import time
 import typing
@@ -466,6 +467,20 @@ def _initial_state(model_config: ModelConfig, path: str) -> Dict[str, torch.Tens
     return source.state_dict()
 
 
+def git_revision(folder: str) -> Optional[str]:
+    """Return the git commit of ``folder`` (+dirty: uncommitted/untracked files), or None."""
+    try:
+        revision = subprocess.run(
+            ['git', 'rev-parse', 'HEAD'], cwd=folder, capture_output=True, text=True,
+            timeout=10, check=True).stdout.strip()
+        status = subprocess.run(
+            ['git', 'status', '--porcelain'], cwd=folder,
+            capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return revision + ('+dirty' if status else '') if revision else None
+
+
 def train(config: TrainConfig, output_dir: Optional[str] = None, resume: Optional[str] = None,
           stop_after_epoch: Optional[int] = None, save_rank_states: bool = False,
           command: Optional[str] = None, show_progress: bool = True) -> TrainResult:
@@ -487,6 +502,7 @@ def train(config: TrainConfig, output_dir: Optional[str] = None, resume: Optiona
     """
     output_dir = output_dir or config.output_dir
     checkpoint_dir = os.path.join(output_dir, 'checkpoints')
+    revision = git_revision(os.path.dirname(os.path.abspath(__file__)))  # the code that trains
     process = init_process_group(config.device)
     _configure_determinism(config)
     model_config = config.model.build()
@@ -601,6 +617,7 @@ def train(config: TrainConfig, output_dir: Optional[str] = None, resume: Optiona
                 'train_config': config.to_dict(), 'model_config': model_config.to_dict(),
                 'train_seconds': train_seconds, 'history': history,
                 'command': command or '', 'world_size': process.world_size,
+                'git_revision': revision,
             }
             epoch_path = os.path.join(checkpoint_dir, f'epoch_{epoch + 1:03d}.pt')
             save_checkpoint(epoch_path, state)

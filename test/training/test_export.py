@@ -66,7 +66,8 @@ def test_export_round_trip_keeps_outputs_and_records_provenance(checkpoint, tmp_
     assert provenance['epochs'] == 1 and provenance['steps'] == 1
     assert provenance['training_time_s'] >= 0.0
     assert provenance['date'][:2] == '20'
-    assert 'git_revision' in provenance
+    # The revision the training ran at, recorded in the checkpoint when it started.
+    assert provenance['git_revision'] == load_checkpoint(checkpoint)['git_revision']
     assert metadata['metrics']['summary']['map_2m_fused'] == 0.75
     assert metadata['metrics']['semantic']['iou'] == {'Sky': 0.9}
     assert read_metadata(out)['metrics'] == metadata['metrics']
