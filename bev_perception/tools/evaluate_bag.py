@@ -500,6 +500,7 @@ class EvalOptions:
     node_name: str = DEFAULT_NODE_NAME
     node_pointcloud_topic: Optional[str] = None  # where to publish clouds (remapped input)
     node_image_topic: Optional[str] = None  # where to publish images (remapped input)
+    node_camera_info_topic: Optional[str] = None  # where to publish camera_info (remapped)
     startup_timeout_s: float = 120.0
     drain_timeout_s: float = 5.0
 
@@ -894,7 +895,8 @@ def evaluate_live(options: EvalOptions) -> Dict[str, Any]:
                     targets[topics.image] = (options.node_image_topic
                                              or f'{node_path}/input/image')
                 if used['camera_info']:
-                    targets[topics.camera_info] = f'{node_path}/input/camera_info'
+                    targets[topics.camera_info] = (options.node_camera_info_topic
+                                                   or f'{node_path}/input/camera_info')
                 publishers = replay.bag_publishers(session.node, bag, targets, LOGGER.warning)
                 clock = (replay.SimClock(session.node, options.rate) if options.use_sim_time
                          else None)
@@ -1054,6 +1056,10 @@ def build_parser() -> argparse.ArgumentParser:
     live.add_argument('--node-image-topic',
                       help='topic the node reads images from (default: its ~/input/image; the '
                            'launch file remaps it to /camera/image)')
+    live.add_argument('--node-camera-info-topic',
+                      help='topic the node reads camera_info from (default: its '
+                           '~/input/camera_info; the launch file remaps it to '
+                           '/camera/camera_info)')
     live.add_argument('--startup-timeout', type=float, default=120.0,
                       help='seconds to wait for the node (default 120)')
     return parser
@@ -1071,7 +1077,9 @@ def options_from_args(args: argparse.Namespace) -> EvalOptions:
         max_frames=args.max_frames, progress=not args.no_progress, live=args.live,
         rate=args.rate, use_sim_time=args.use_sim_time, node_namespace=args.node_namespace,
         node_name=args.node_name, node_pointcloud_topic=args.node_pointcloud_topic,
-        node_image_topic=args.node_image_topic, startup_timeout_s=args.startup_timeout)
+        node_image_topic=args.node_image_topic,
+        node_camera_info_topic=args.node_camera_info_topic,
+        startup_timeout_s=args.startup_timeout)
 
 
 def _summary(report: Mapping[str, Any]) -> str:

@@ -161,6 +161,7 @@ def test_live_replay_into_a_running_node_with_remapped_inputs(
     command = ([node] if node else [sys.executable, '-m', 'bev_perception.node']) + [
         '--ros-args', '-r', f'__ns:={namespace}',
         '-r', f'~/input/pointcloud:={namespace}/points', '-r', f'~/input/image:={namespace}/image',
+        '-r', f'~/input/camera_info:={namespace}/camera_info',
         '--params-file', PARAMS_FILE, '-p', f'weights_path:={weights}', '-p', 'device:=cpu',
         '-p', f'score_thresholds:=[{SCORE_THRESHOLD}]']
     log_path = tmp_path / 'node.log'
@@ -170,8 +171,9 @@ def test_live_replay_into_a_running_node_with_remapped_inputs(
         out = tmp_path / 'live'
         code = evaluate_bag.main([  # in-process this time (the DDS variables are set)
             bag, '--live', '--node-namespace', namespace, '--node-pointcloud-topic',
-            f'{namespace}/points', '--node-image-topic', f'{namespace}/image', '--weights',
-            weights, '--out', str(out), '--no-progress'])
+            f'{namespace}/points', '--node-image-topic', f'{namespace}/image',
+            '--node-camera-info-topic', f'{namespace}/camera_info', '--weights', weights,
+            '--out', str(out), '--no-progress'])
         assert code == 0, log_path.read_text()[-2000:]
     finally:
         process.send_signal(signal.SIGINT)
@@ -180,6 +182,8 @@ def test_live_replay_into_a_running_node_with_remapped_inputs(
     assert report['live']['started_node'] is False and report['live']['dropped_frames'] == 0
     assert _frames(out / 'frames.jsonl') == _frames(offline_out / 'frames.jsonl')
     assert not (out / 'node.log').exists()
+    # The bag's camera_info reached the node on its remapped topic.
+    assert int(report['live']['node_diagnostics']['camera_infos_in']) == FRAMES
 
 
 def _run_cli(args, capsys):
