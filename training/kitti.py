@@ -72,7 +72,7 @@ import types
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from bev_perception.geometry import wrap_angle
-from bev_perception.model.camera_geometry import camera_geometry as geometry_vector
+from bev_perception.model.camera_geometry import camera_geometry as geometry_vector, moved
 from bev_perception.pipeline import Extrinsic
 import numpy as np
 from PIL import Image
@@ -211,15 +211,13 @@ class KittiCalibration:
         Tr_velo_to_cam) -> camera 2: P2 = K2 [I | K2^-1 p4], so camera 2 sits at
         K2^-1 p4 from the rectified camera 0 with the same axes. No distortion (rectified).
         """
-        transform = extrinsic.transform  # velo -> model: p_model = R p_velo + t
-        model_to_velo = np.eye(4)
-        model_to_velo[:3, :3] = transform.rotation.T
-        model_to_velo[:3, 3] = -transform.rotation.T @ transform.translation
         k2 = self.p2[:, :3]
         shift = np.linalg.solve(k2, self.p2[:, 3])  # (3,)
-        model_to_cam2 = self.velo_to_rect @ model_to_velo
-        return geometry_vector(model_to_cam2[:3, :3], model_to_cam2[:3, 3] + shift, k2, (),
-                               image_wh)
+        velo_to_rect = self.velo_to_rect
+        in_velodyne = geometry_vector(velo_to_rect[:3, :3], velo_to_rect[:3, 3] + shift, k2, (),
+                                      image_wh)
+        transform = extrinsic.transform  # velo -> model: p_model = R p_velo + t
+        return moved(in_velodyne, transform.rotation, transform.translation)
 
     def project_rect(self, points_rect: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         """Project (N, 3) rectified-camera points with P2.

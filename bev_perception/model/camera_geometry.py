@@ -95,6 +95,14 @@ def project(points: torch.Tensor, geometry: torch.Tensor
             inside.reshape((batch,) + shape))
 
 
+def _checked(geometry: np.ndarray, dtype: type) -> np.ndarray:
+    """Return ``geometry`` as a (SIZE,) array of ``dtype``; ValueError for another shape."""
+    geometry = np.asarray(geometry, dtype=dtype)
+    if geometry.shape != (SIZE,):
+        raise ValueError(f'a geometry vector has {SIZE} values, got shape {geometry.shape}')
+    return geometry
+
+
 def mirror_left_right(geometry: np.ndarray) -> np.ndarray:
     """Return the geometry (SIZE,) of the same camera after mirroring the world and the image.
 
@@ -104,9 +112,7 @@ def mirror_left_right(geometry: np.ndarray) -> np.ndarray:
     the principal point moves to 1 - cx, and the tangential coefficient p2 (the one odd in x)
     changes sign.
     """
-    geometry = np.asarray(geometry, dtype=np.float32)
-    if geometry.shape != (SIZE,):
-        raise ValueError(f'a geometry vector has {SIZE} values, got shape {geometry.shape}')
+    geometry = _checked(geometry, np.float32)
     rotation = geometry[:9].reshape(3, 3).copy()
     rotation[:, 1] *= -1.0  # R M
     rotation[0, :] *= -1.0  # Mo R M
@@ -136,9 +142,7 @@ def moved(geometry: np.ndarray, rotation: np.ndarray, translation: Sequence[floa
     For a cloud frame mapped into the model frame by an extrinsic (R, t): a camera calibrated
     against the cloud frame sees model point p' where it saw R^T (p' - t).
     """
-    geometry = np.asarray(geometry, dtype=np.float64)
-    if geometry.shape != (SIZE,):
-        raise ValueError(f'a geometry vector has {SIZE} values, got shape {geometry.shape}')
+    geometry = _checked(geometry, np.float64)
     rotation = np.asarray(rotation, dtype=np.float64).reshape(3, 3)
     pose = geometry[:9].reshape(3, 3) @ rotation.T
     result = geometry.copy()
