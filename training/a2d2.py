@@ -379,27 +379,49 @@ class Frame:
     lidar_timestamp_us: int  # earliest point timestamp (TAI us); camera stamp if none
     camera_timestamp_us: int  # cam_tstamp (TAI us); -1 if the camera info is absent
     paths: Dict[str, str]  # file kind -> path
-    # (camera_geometry.SIZE,) float32 front-center calibration (from the root's
-    # cams_lidars.json), None without that file
+    # (camera_geometry.SIZE,) float32 front-center calibration (the scene's or the root's
+    # cams_lidars.json, see read_camera_geometry), None without that file
     camera_geometry: Optional[np.ndarray] = None
 
 
-def read_camera_geometry(path: PathLike) -> Optional[np.ndarray]:
-    """Return the front-center camera's ``camera_geometry`` vector of a ``cams_lidars.json``.
+def read_camera_model(path: PathLike) -> Optional[CameraModel]:
+    """Return the front-center camera of a ``cams_lidars.json``, None where the file is absent.
 
-    None when the file does not exist (a root without calibration: fusion that needs it is
-    refused later, by the model). A file that is there but unreadable raises
-    ``CorruptFrameError`` naming it.
+    A root without the file has no calibration (fusion that needs one is refused later, by the
+    model). A file that is there but unreadable raises ``CorruptFrameError`` naming it.
     """
     if not os.path.exists(path):
         return None
     try:
         with open(path, encoding='utf-8') as stream:
-            camera = CameraModel.from_json(json.load(stream)['cameras'][CAMERA_NAME])
-        return camera.camera_geometry()
+            return CameraModel.from_json(json.load(stream)['cameras'][CAMERA_NAME])
     except (OSError, ValueError, KeyError, TypeError, IndexError) as error:
         raise CorruptFrameError(path, f'no usable {CAMERA_NAME} camera '
                                 f'({type(error).__name__}: {error})') from None
+
+
+def read_camera_geometry(root: PathLike, scenes: Sequence[str] = ()
+                         ) -> Tuple[Optional[np.ndarray], Dict[str, np.ndarray]]:
+    """Return the ``camera_geometry`` of a root's frames: (root's, {scene: scene's own}).
+
+    The root's ``cams_lidars.json`` gives its front-center camera, whose view frame is the
+    model frame. A scene folder may hold its own ``cams_lidars.json`` (the synthetic world's
+    extension for scenes filmed by another camera): its front-center entry is that drive's
+    camera, placed relative to the root's front-center view, in which points and boxes stay.
+    """
+    root_path = os.path.join(root, 'cams_lidars.json')
+    root_camera = read_camera_model(root_path)
+    own = {}
+    for scene in scenes:
+        path = os.path.join(root, scene, 'cams_lidars.json')
+        camera = read_camera_model(path)
+        if camera is None:
+            continue
+        if root_camera is None:
+            raise CorruptFrameError(path, f'a scene camera needs {root_path} (its '
+                                    f'{CAMERA_NAME} view is the frame of the points)')
+        own[scene] = camera.camera_geometry(root_camera.view)
+    return (None if root_camera is None else root_camera.camera_geometry()), own
 
 
 @dataclass(frozen=True)
@@ -452,13 +474,18 @@ class A2D2Dataset:
         self._decoder = (SemanticDecoder.from_class_list(os.path.join(self.root,
                                                                       'class_list.json'))
                          if load_semantic else None)
-        self.camera_geometry = read_camera_geometry(os.path.join(self.root, 'cams_lidars.json'))
+        self.camera_geometry, self._scene_geometry = read_camera_geometry(self.root,
+                                                                          self.scenes)
         self._skipped: List[Tuple[str, str]] = []
         self._reported: set = set()
         self._unknown_classes: set = set()
         self._records: List[_FrameRecord] = []
         for scene in self.scenes:
             self._index_scene(scene)
+
+    def scene_camera_geometry(self, scene: str) -> Optional[np.ndarray]:
+        """Return the calibration of ``scene``'s frames (its own camera's, else the root's)."""
+        return self._scene_geometry.get(scene, self.camera_geometry)
 
     # -- indexing
 
@@ -542,7 +569,8 @@ class A2D2Dataset:
         return Frame(scene=record.scene, frame_id=record.frame_id, points=points, boxes=boxes,
                      labels=labels, image=image, semantic=semantic,
                      lidar_timestamp_us=lidar_stamp, camera_timestamp_us=camera_stamp,
-                     paths=dict(paths), camera_geometry=self.camera_geometry)
+                     paths=dict(paths),
+                     camera_geometry=self.scene_camera_geometry(record.scene))
 
     def _map_boxes(self, boxes: List[Box3D], path: str) -> Tuple[np.ndarray, np.ndarray]:
         kept, labels = [], []

@@ -229,18 +229,21 @@ def _camera_json(camera: CameraCalibration, image_size: Tuple[int, int]) -> dict
     return entry
 
 
-def cams_lidars_dict(image_size: Tuple[int, int] = NATIVE_RESOLUTION) -> dict:
+def cams_lidars_dict(image_size: Tuple[int, int] = NATIVE_RESOLUTION,
+                     cameras: Optional[Mapping[str, CameraCalibration]] = None) -> dict:
     """Return the calibration as the nested ``cams_lidars.json`` object.
 
     Args:
         image_size: (width, height) of the written camera images in pixels; the intrinsics are
-            rescaled from the native 1920x1208 when it differs.
+            rescaled from their calibrated resolution when it differs.
+        cameras: cameras that replace the published ones of the same name.
     """
+    table = dict(CAMERAS, **(cameras or {}))
     return {
         'vehicle': {'view': VEHICLE_VIEW.to_json(),
                     'ego-dimensions': {key: list(span) for key, span in EGO_DIMENSIONS_M}},
         'lidars': {name: {'view': view.to_json()} for name, view in LIDARS},
-        'cameras': {name: _camera_json(camera, image_size) for name, camera in CAMERAS},
+        'cameras': {name: _camera_json(camera, image_size) for name, camera in table.items()},
     }
 
 
@@ -285,14 +288,19 @@ class CameraModel:
             distortion=tuple(coefficients[:5]),
             width=int(camera['Resolution'][0]), height=int(camera['Resolution'][1]))
 
-    def camera_geometry(self) -> np.ndarray:
+    def camera_geometry(self, model_view: Optional[SensorView] = None) -> np.ndarray:
         """Return the ``camera_geometry`` vector of the distorted original image.
 
-        The model frame is this camera's view frame, so the pose is only the axis change to
-        the optical frame (x right, y down, z forward).
+        Args:
+            model_view: the view frame that is the model frame (points and boxes are in it);
+                None: this camera's own view frame, and the pose is only the axis change to
+                the optical frame (x right, y down, z forward).
         """
         k = self.cam_matrix_original
-        return geometry_vector(MODEL_TO_OPTICAL, (0.0, 0.0, 0.0),
+        model_to_view = (np.eye(4) if model_view is None
+                         else view_to_view(model_view.to_json(), self.view.to_json()))
+        return geometry_vector(MODEL_TO_OPTICAL @ model_to_view[:3, :3],
+                               MODEL_TO_OPTICAL @ model_to_view[:3, 3],
                                np.array([[k.fx, 0.0, k.cx], [0.0, k.fy, k.cy], [0.0, 0.0, 1.0]]),
                                self.distortion, (self.width, self.height))
 

@@ -20,7 +20,14 @@ The camera image is fixed to the LiDAR by the calibration, so only transforms th
   reflectance and, with ``intensity_dropout_prob``, zero it for the whole frame (sensors differ
   in how, and whether, they report intensity: the network must not depend on one calibration);
   none of these moves anything the image sees.
-* **Photometric jitter** of the image (brightness, contrast, saturation): geometry unchanged.
+* **Photometric jitter** of the image (brightness, contrast, saturation, hue, white balance,
+  gamma, grey, blur, noise): real cameras differ in all of them; geometry unchanged.
+* **Global yaw rotation and scaling** (``rotation_rad``, ``scale_range``) of samples whose
+  camera is calibrated (or not used): points and boxes turn about the model z axis and scale
+  about the origin, and the camera geometry moves with them (``camera_geometry.moved`` for the
+  turn; scaling the world scales the camera's translation and leaves every projection where it
+  was), so the image still agrees exactly. Samples that keep an image without a calibration
+  are left as they are: the calibration-blind fusion has nothing to adjust.
 * **Camera dropout** (``camera_dropout_prob``): the sample is marked camera-invalid, so the
   network runs it LiDAR-only and the semantic loss skips it.
 * **Vertical shift of LiDAR-only samples** (``lidar_only_z_shift_m``): a camera-dropped sample
@@ -28,9 +35,8 @@ The camera image is fixed to the LiDAR by the calibration, so only transforms th
   not used, so nothing can disagree; the LiDAR path learns the spread of road heights that
   mounting heights and extrinsic errors of real sensors give.
 
-Not used, because they would break the camera-LiDAR agreement with a fixed image: global yaw
-rotation, global scaling, translation of samples that keep their image, and copy-paste of
-objects.
+Not used, because they would break the camera-LiDAR agreement with a fixed image: translation
+of samples that keep their image, and copy-paste of objects.
 
 All randomness comes from the ``numpy.random.Generator`` passed in, so a sample's augmentation
 is a pure function of (seed, epoch, index).
@@ -40,8 +46,9 @@ import dataclasses
 import math
 from typing import Optional, Tuple
 
-from bev_perception.model.camera_geometry import mirror_left_right
+from bev_perception.model.camera_geometry import mirror_left_right, moved
 import numpy as np
+from PIL import Image, ImageFilter
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,21 +64,32 @@ class AugmentConfig:
     brightness: float = 0.2  # multiply by a factor in [1 - b, 1 + b]
     contrast: float = 0.2  # blend with the mean grey level, factor in [1 - c, 1 + c]
     saturation: float = 0.2  # blend with the grey image, factor in [1 - s, 1 + s]
+    hue_rad: float = 0.0  # turn the chroma by an angle in [-h, h]
+    white_balance: float = 0.0  # channel gains exp(N(0, wb))
+    gamma: float = 0.0  # exponent exp(U(-g, g)) on the 0..1 image
+    grey_prob: float = 0.0  # the image becomes grey
+    blur_prob: float = 0.0  # Gaussian blur, sigma 0.3..1.2 pixels
+    noise: float = 0.0  # std of the pixel noise in 8-bit levels, drawn in [0, noise]
+    rotation_rad: float = 0.0  # global yaw in [-r, r] (calibrated or LiDAR-only samples)
+    scale_range: Tuple[float, float] = (1.0, 1.0)  # global scale (the same samples)
     lidar_only_z_shift_m: float = 0.0  # camera-dropped samples move up/down by up to this
 
     def __post_init__(self) -> None:
         for name in ('flip_prob', 'camera_dropout_prob', 'point_dropout_max',
-                     'intensity_dropout_prob'):
+                     'intensity_dropout_prob', 'grey_prob', 'blur_prob'):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f'AugmentConfig.{name} must be in [0, 1], got {value}')
-        for name in ('point_jitter_m', 'brightness', 'contrast', 'saturation',
-                     'lidar_only_z_shift_m'):
+        for name in ('point_jitter_m', 'brightness', 'contrast', 'saturation', 'hue_rad',
+                     'white_balance', 'gamma', 'noise', 'rotation_rad', 'lidar_only_z_shift_m'):
             if getattr(self, name) < 0:
                 raise ValueError(f'AugmentConfig.{name} must be >= 0')
         low, high = self.intensity_scale_range
         if not 0 < low <= high:
             raise ValueError('AugmentConfig.intensity_scale_range must be 0 < low <= high')
+        low, high = self.scale_range
+        if not 0 < low <= high:
+            raise ValueError('AugmentConfig.scale_range must be 0 < low <= high')
 
     @classmethod
     def none(cls) -> 'AugmentConfig':
@@ -144,15 +162,59 @@ def jitter_points(points: np.ndarray, config: AugmentConfig,
 
 def jitter_photometric(image: np.ndarray, config: AugmentConfig,
                        rng: np.random.Generator) -> np.ndarray:
-    """Randomly change brightness, contrast and saturation of an (H, W, 3) uint8 image."""
+    """Randomly change the look of an (H, W, 3) uint8 image (see ``AugmentConfig``)."""
     brightness = rng.uniform(1.0 - config.brightness, 1.0 + config.brightness)
     contrast = rng.uniform(1.0 - config.contrast, 1.0 + config.contrast)
     saturation = rng.uniform(1.0 - config.saturation, 1.0 + config.saturation)
-    rgb = image.astype(np.float32) * brightness
-    grey = rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)  # (H, W)
-    rgb = grey[..., None] + (rgb - grey[..., None]) * saturation
+    hue = rng.uniform(-config.hue_rad, config.hue_rad)
+    gains = np.exp(rng.normal(0.0, config.white_balance, 3)).astype(np.float32)
+    gamma = math.exp(rng.uniform(-config.gamma, config.gamma))
+    grey_out = rng.random() < config.grey_prob
+    blur = rng.uniform(0.3, 1.2) if rng.random() < config.blur_prob else 0.0
+    noise = rng.uniform(0.0, config.noise)
+    rgb = image.astype(np.float32) * (brightness * gains)
+    weights = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    grey = rgb @ weights  # (H, W)
+    chroma = rgb - grey[..., None]  # (H, W, 3), zero mean over the luma weights
+    if hue:
+        # Turn the chroma about the grey axis (Rodrigues about the unit (1, 1, 1) / sqrt 3).
+        axis = np.full(3, 1.0 / math.sqrt(3.0), dtype=np.float32)
+        chroma = (chroma * math.cos(hue) + np.cross(axis, chroma) * math.sin(hue)
+                  + axis * (chroma @ axis)[..., None] * (1.0 - math.cos(hue)))
+        chroma -= (chroma @ weights)[..., None]  # keep the luma
+    rgb = grey[..., None] + chroma * (0.0 if grey_out else saturation)
     rgb = grey.mean() + (rgb - grey.mean()) * contrast
-    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+    if gamma != 1.0:
+        rgb = 255.0 * (np.clip(rgb, 0.0, 255.0) / 255.0) ** np.float32(gamma)
+    if noise:
+        rgb += rng.normal(0.0, noise, rgb.shape).astype(np.float32)
+    out = np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+    if blur:
+        out = np.asarray(Image.fromarray(out).filter(ImageFilter.GaussianBlur(blur)))
+    return out
+
+
+def rotate_scale(sample: Sample, yaw: float, scale: float) -> Sample:
+    """Turn a sample by ``yaw`` about the model z axis and scale it about the origin.
+
+    Points and boxes move; the camera geometry follows (see the module docstring), so the
+    image and the label stay valid. The sample must have a geometry or no usable image.
+    """
+    if sample.camera_valid and sample.image is not None and sample.camera_geometry is None:
+        raise ValueError('an image without camera geometry cannot follow a rotation')
+    c, s = math.cos(yaw), math.sin(yaw)
+    rotation = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+    points = sample.points.copy()
+    points[:, :3] = (points[:, :3] @ rotation.T.astype(np.float32)) * np.float32(scale)
+    boxes = sample.boxes.copy()
+    boxes[:, :3] = (boxes[:, :3] @ rotation.T.astype(np.float32)) * np.float32(scale)
+    boxes[:, 3:6] *= np.float32(scale)
+    boxes[:, 6] = wrap_yaw(boxes[:, 6] + np.float32(yaw))
+    geometry = sample.camera_geometry
+    if geometry is not None:
+        geometry = moved(geometry, rotation, (0.0, 0.0, 0.0))
+        geometry[9:12] *= np.float32(scale)
+    return dataclasses.replace(sample, points=points, boxes=boxes, camera_geometry=geometry)
 
 
 def augment_sample(sample: Sample, config: AugmentConfig, rng: np.random.Generator) -> Sample:
@@ -165,6 +227,7 @@ def augment_sample(sample: Sample, config: AugmentConfig, rng: np.random.Generat
     drop_camera = rng.random() < config.camera_dropout_prob
     point_rng, image_rng = rng.spawn(2)
     (shift_rng,) = rng.spawn(1)  # drawn after the others: their streams stay as they were
+    (pose_rng,) = rng.spawn(1)  # likewise
     if do_flip:
         sample = flip_left_right(sample)
     image = sample.image
@@ -177,5 +240,11 @@ def augment_sample(sample: Sample, config: AugmentConfig, rng: np.random.Generat
         points[:, 2] += np.float32(shift)  # jitter_points returned a copy
         boxes = boxes.copy()
         boxes[:, 2] += np.float32(shift)
-    return dataclasses.replace(sample, points=points, boxes=boxes, image=image,
-                               camera_valid=camera_valid)
+    sample = dataclasses.replace(sample, points=points, boxes=boxes, image=image,
+                                 camera_valid=camera_valid)
+    yaw = pose_rng.uniform(-config.rotation_rad, config.rotation_rad)
+    scale = pose_rng.uniform(*config.scale_range)
+    if (yaw or scale != 1.0) and (sample.camera_geometry is not None or not camera_valid
+                                  or sample.image is None):
+        sample = rotate_scale(sample, yaw, scale)
+    return sample

@@ -143,7 +143,7 @@ class PreparedFrames:
 
 
 def dataset_fingerprint(dataset: A2D2Dataset, config: ModelConfig) -> Dict[str, Any]:
-    """Return what a cache depends on: root, frames (with file times), classes, input size."""
+    """Return what a cache depends on: root, frames (file times), classes, input size, cameras."""
     frames = []
     for scene, frame_id in dataset.frame_keys:
         stamps = [os.stat(frame_path(dataset.root, scene, frame_id, kind)).st_mtime_ns
@@ -158,6 +158,9 @@ def dataset_fingerprint(dataset: A2D2Dataset, config: ModelConfig) -> Dict[str, 
         'load_image': dataset.load_image,
         'load_semantic': dataset.load_semantic,
         'input_hw': list(config.camera.input_hw),
+        'camera_geometry': {scene: (None if geometry is None else geometry.tolist())
+                            for scene in dataset.scenes
+                            for geometry in (dataset.scene_camera_geometry(scene),)},
     }
 
 

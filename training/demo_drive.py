@@ -20,7 +20,8 @@ import time
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 from training.a2d2 import list_scenes
-from training.synthetic import generate
+from training.cameras import CameraSetup
+from training.synthetic import generate, SyntheticConfig, WORLD_VERSION
 from training.to_bag import convert_scene
 
 #: Seed of the demo drive: outside the seeds the shipped weights were trained on, and a scene
@@ -46,12 +47,14 @@ def write_drive(out: str, frames: int = 60, seed: int = DEMO_SEED,
     parent = os.path.dirname(out)
     os.makedirs(parent, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix='bev_drive_', dir=parent) as work:
+        # A2D2's front-center camera, whose view frame is the cloud frame: the node's default
+        # camera pose parameters (zero) are then exact.
         generate(work, scenes=1, frames=frames, seed=seed, image_size=image_size,
-                 workers=workers)
+                 workers=workers, config=SyntheticConfig(camera=CameraSetup()))
         (scene,) = list_scenes(work)
         convert_scene(work, scene, out, storage='mcap', overwrite=True, progress=False)
-    description = {'generator': 'training.synthetic', 'seed': seed, 'frames': frames,
-                   'image_size': list(image_size)}
+    description = {'generator': 'training.synthetic', 'world': WORLD_VERSION, 'seed': seed,
+                   'frames': frames, 'image_size': list(image_size), 'camera': 'front_center'}
     with open(os.path.join(out, DESCRIPTION_FILE), 'w', encoding='utf-8') as stream:
         json.dump(description, stream, indent=2)
     return description

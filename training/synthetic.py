@@ -24,7 +24,12 @@ A2D2 look-alike. Each scene draws:
   mounting height and tilt, range noise, ray drop by range, incidence and material, intensity
   model; glass, foliage, spokes and mesh fences let some rays through; most scenes keep every
   return ahead of the car, some only those inside the camera image (as A2D2 files do);
-- the camera height (the model frame's origin) above the road, 1.45-2.2 m.
+- the height of the model frame's origin (A2D2's front-center camera) above the road,
+  1.45-2.2 m;
+- a camera (``training.cameras``): A2D2's front-center one, or one of its own (field of view,
+  aspect, principal point, distortion, mounting, pitch and yaw), written to the scene's own
+  ``cams_lidars.json``; and a look: colours by season and material, foliage texture, clear or
+  overcast sky with clouds, exposure, white balance, gamma, blur, noise, JPEG artefacts.
 
 Rays are cast with Embree (``training.world``) against the triangle mesh of each frame. The
 camera renders the distorted original image and its label through CamMatrixOriginal +
@@ -40,7 +45,6 @@ import json
 import math
 import multiprocessing
 import os
-import statistics
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 import zipfile
@@ -49,17 +53,17 @@ from bev_perception.a2d2_classes import hex_to_rgb, IGNORE_INDEX, SEMANTIC_CATEG
     SEMANTIC_COLOURS
 import numpy as np
 from PIL import Image
-from training import sensors, shapes
+from training import cameras, sensors, shapes
 from training.a2d2 import CAMERA_FOLDER, FILE_KINDS, frame_path, wrap_angle
 from training.a2d2_calibration import (
-    camera_calibration, CameraModel, LIDAR_IDS, lidar_view, NATIVE_RESOLUTION, view_to_view,
-    write_cams_lidars)
+    camera_calibration, CameraModel, cams_lidars_dict, LIDAR_IDS, lidar_view, NATIVE_RESOLUTION,
+    view_to_view, write_cams_lidars)
 from training.world import hash_noise, Hits, MeshBuilder, rotation_z, World, WorldBuilder
 
 # ----------------------------------------------------------------------------- constants
 
 #: Changes whenever the generated world changes (data made by another version is regenerated).
-WORLD_VERSION = 4
+WORLD_VERSION = 5
 FRAME_PERIOD_US = 100_000  # 10 Hz lidar sweeps
 TAI_MINUS_UTC_S = 37
 LASER_INTERVAL_US = 2.304
@@ -78,8 +82,6 @@ GROUND_SURFACES = (
 ROAD, SOLID, DASHED, CURB, PAVEMENT, VERGE, PARKING, SHOULDER = range(len(GROUND_SURFACES))
 SIDE_KINDS = ('urban', 'suburban', 'rural', 'car_park')
 _SIDE_WEIGHTS = (0.35, 0.3, 0.22, 0.13)
-_HORIZON = np.array((0.78, 0.84, 0.92), dtype=np.float32)
-_ZENITH = np.array((0.32, 0.52, 0.85), dtype=np.float32)
 
 # Instance-numbered label colours per semantic category ('Car 1'..'Car 4', ...).
 _LABEL_NAMES = {'Car': 4, 'Truck': 3, 'Pedestrian': 3, 'Bicycle': 4}
@@ -112,7 +114,7 @@ class SyntheticConfig:
     min_box_points: int = 5  # an actor is labelled with at least this many LiDAR points
     max_box_depth_m: float = 80.0  # ... and its centre at most this far ahead
     empty_scene_probability: float = 0.06  # scenes without any road user
-    image_noise: float = 3.0  # std of the pixel noise in 8-bit levels
+    camera: Optional[cameras.CameraSetup] = None  # None: drawn per scene, else every scene's
     png_compress_level: int = 1
     view_ahead_m: float = 110.0  # the world is built this far ahead of the ego ...
     view_behind_m: float = 30.0  # ... and this far behind
@@ -289,6 +291,8 @@ class Scene:
     sun_direction: np.ndarray  # (3,) unit vector towards the sun
     exposure: float
     haze_distance_m: float
+    camera: cameras.CameraSetup
+    appearance: cameras.Appearance
 
     def ego_pose(self, frame_index: int) -> Tuple[np.ndarray, np.ndarray]:
         """Return the camera position (3,) and the view axes (3, 3) (columns) in the world."""
@@ -478,6 +482,11 @@ def build_scene(seed: int, index: int, frames: int,
     azimuth = float(rng.uniform(-math.pi, math.pi))
     sun = np.array([math.cos(elevation) * math.cos(azimuth),
                     math.cos(elevation) * math.sin(azimuth), math.sin(elevation)])
+    # The camera and the look come from their own stream: the world above stays as drawn.
+    look_rng = np.random.default_rng(np.random.SeedSequence([seed, index, 2]))
+    camera = cameras.draw_camera(look_rng)  # drawn in any case: the look does not change
+    camera = camera if config.camera is None else config.camera
+    appearance = cameras.draw_appearance(look_rng, _LABEL_NAMES_ALL, len(materials.materials))
     return Scene(
         name=name, seed=seed, index=index, frames=frames,
         first_frame_number=int(rng.integers(0, 3000)), start_tai_us=start_tai_us,
@@ -487,7 +496,7 @@ def build_scene(seed: int, index: int, frames: int,
         ego_yaw_offset=float(rng.normal(0.0, 0.02)), lidar=lidar,
         lidar_phase_steps=tuple(int(p) for p in rng.integers(0, lidar.azimuth_steps, 5)),
         sun_direction=sun, exposure=float(rng.uniform(0.75, 1.15)),
-        haze_distance_m=float(rng.uniform(200.0, 700.0)))
+        haze_distance_m=float(rng.uniform(200.0, 700.0)), camera=camera, appearance=appearance)
 
 
 def _vehicle_kind(rng: np.random.Generator, heavy: float = 0.12) -> str:
@@ -799,32 +808,45 @@ def _place_junction(rng, placer: _Placer, street: Street, world, busy: float,
 
 @dataclass(frozen=True)
 class PixelRays:
-    """View-frame unit rays of every pixel of the distorted image, row-major (H * W,)."""
+    """Model-frame unit rays of every pixel of the distorted image, row-major (H * W,)."""
 
+    origin: np.ndarray  # (3,) the camera centre in the model frame
     directions: np.ndarray  # (H * W, 3) float64
     hood: np.ndarray  # bool: pixels covered by the ego car's bonnet
 
 
 @dataclass(frozen=True)
 class SensorRig:
-    """The front-center camera for one image size and its pixel rays."""
+    """A scene's camera for one nominal image size and its pixel rays."""
 
-    camera: CameraModel
+    setup: cameras.CameraSetup
+    camera: CameraModel  # intrinsics and size; its view frame is the camera's own
+    camera_to_model: np.ndarray  # (4, 4) camera view frame -> model frame
     pixels: PixelRays
 
     @staticmethod
-    def build(image_size: Tuple[int, int] = NATIVE_RESOLUTION) -> 'SensorRig':
-        """Precompute pixel rays for images of ``image_size`` (width, height)."""
-        camera = CameraModel.front_center(image_size)
-        width, height = image_size
+    def build(image_size: Tuple[int, int] = NATIVE_RESOLUTION,
+              setup: cameras.CameraSetup = cameras.CameraSetup()) -> 'SensorRig':
+        """Precompute pixel rays of ``setup`` for the recipe's ``image_size`` (width, height).
+
+        A drawn camera keeps the width and has its own height (``CameraSetup.image_size``).
+        """
+        camera = cameras.camera_model(setup, image_size)
+        width, height = camera.width, camera.height
         rows, cols = np.meshgrid(np.arange(height, dtype=np.float64),
                                  np.arange(width, dtype=np.float64), indexing='ij')
         u, v = camera.undistort(rows.ravel(), cols.ravel())
         norm = np.sqrt(1.0 + u * u + v * v)
         hood_top = height * (0.975 + 0.015 * ((cols.ravel() - width / 2) / (width / 2)) ** 2)
-        return SensorRig(camera=camera, pixels=PixelRays(
-            directions=np.stack([1.0 / norm, -u / norm, -v / norm], axis=1),
-            hood=rows.ravel() >= hood_top))
+        transform = setup.camera_to_model()
+        directions = np.stack([1.0 / norm, -u / norm, -v / norm], axis=1) @ transform[:3, :3].T
+        return SensorRig(setup=setup, camera=camera, camera_to_model=transform,
+                         pixels=PixelRays(origin=transform[:3, 3].copy(), directions=directions,
+                                          hood=(rows.ravel() >= hood_top) & setup.nominal))
+
+    def to_camera(self, points: np.ndarray) -> np.ndarray:
+        """Return model-frame points (..., 3) in the camera's view frame."""
+        return (points - self.camera_to_model[:3, 3]) @ self.camera_to_model[:3, :3]
 
 
 @dataclass(frozen=True)
@@ -938,19 +960,16 @@ def _category_id(name: str) -> int:
 _LABEL_CATEGORY = np.array([_category_id(name) for name in _LABEL_NAMES_ALL], dtype=np.uint8)
 
 
-def _gaussian_levels(std: float) -> np.ndarray:
-    """Return 256 equiprobable N(0, std) values (a random byte indexes one: Gaussian noise)."""
-    normal = statistics.NormalDist(0.0, std)
-    return np.array([normal.inv_cdf((i + 0.5) / 256) for i in range(256)], dtype=np.float32)
-
-
-def _render_camera(scene: Scene, frame: _Frame, rig: SensorRig, rng: np.random.Generator,
-                   config: SyntheticConfig):
+def _render_camera(scene: Scene, frame: _Frame, rig: SensorRig, rng: np.random.Generator):
     """Return (image, label, semantic ids, visible pixels per object)."""
     directions = rig.pixels.directions @ frame.axes.T  # (P, 3) world
-    hits = frame.world.cast(frame.position, directions)
-    points = frame.position + np.where(hits.hit, hits.distance, 0.0)[:, None] * directions
+    origin = frame.position + frame.axes @ rig.pixels.origin
+    hits = frame.world.cast(origin, directions)
+    points = origin + np.where(hits.hit, hits.distance, 0.0)[:, None] * directions
     albedo, _, _, labels, texture = _surface_properties(scene, frame, hits, points)
+    look = scene.appearance
+    material = frame.world.mesh.material[np.where(hits.hit, hits.face, 0)]
+    albedo *= look.label_gain[labels] * look.material_gain[material]
     sky = ~hits.hit
     labels[sky] = _LABEL_INDEX['Sky']
     labels[rig.pixels.hood] = _LABEL_INDEX['Ego car']
@@ -968,22 +987,21 @@ def _render_camera(scene: Scene, frame: _Frame, rig: SensorRig, rng: np.random.G
     facing[shadow_rays.hit] = 0.0
     noise = hash_noise(points[lit], 0.35, scene.index) * 0.6 + hash_noise(
         points[lit], 0.07, scene.index + 1) * 0.4
-    colour = np.zeros((len(directions), 3), dtype=np.float32)
-    shade = (0.35 + 0.65 * facing) * (1.0 + texture[lit] * noise)
+    variation = texture[lit] * noise
+    foliage = labels[lit] == _LABEL_INDEX['Nature object']  # leaves: fine, strong texture
+    variation[foliage] += look.foliage_texture * hash_noise(points[lit][foliage], 0.03,
+                                                            scene.index + 2)
+    colour = np.zeros((len(directions), 3))
+    shade = (1.0 - look.sun_strength + look.sun_strength * facing) * (1.0 + variation)
+    sky_colour = cameras.sky_colour(directions, look, scene.index)
     haze = 1.0 - np.exp(-hits.distance[lit] / scene.haze_distance_m)
     colour[lit] = (albedo[lit] * (shade * (1.0 - haze))[:, None]
-                   + haze[:, None] * _HORIZON).astype(np.float32)
-    sky_rays = np.nonzero(sky)[0]
-    elevation = np.clip(directions[sky_rays, 2] * 3.0, 0.0, 1.0)[:, None]
-    colour[sky_rays] = _HORIZON + (_ZENITH - _HORIZON) * elevation.astype(np.float32)
+                   + haze[:, None] * sky_colour[lit] * 0.95)
+    colour[sky] = sky_colour[sky]
     colour[rig.pixels.hood] = (0.1, 0.11, 0.13)
-    colour *= np.float32(255.0 * scene.exposure)
-    colour += _gaussian_levels(config.image_noise)[
-        np.frombuffer(rng.bytes(colour.size), dtype=np.uint8)].reshape(colour.shape)
-    colour += np.float32(0.5)
-    image = np.clip(colour, 0.0, 255.0).astype(np.uint8)
     shape = (rig.camera.height, rig.camera.width)
-    return (image.reshape(shape + (3,)), _LABEL_RGB[labels].reshape(shape + (3,)),
+    image = cameras.finish_image(colour.reshape(shape + (3,)), scene.exposure, look, rng)
+    return (image, _LABEL_RGB[labels].reshape(shape + (3,)),
             _LABEL_CATEGORY[labels].reshape(shape), visible)
 
 
@@ -1014,7 +1032,12 @@ def _scan_lidar(scene: Scene, frame: _Frame, rays: _LidarRays, rng: np.random.Ge
 
 def render_frame(scene: Scene, frame_index: int, rig: SensorRig,
                  config: SyntheticConfig = SyntheticConfig()) -> 'SyntheticFrame':
-    """Render frame ``frame_index`` of ``scene`` (deterministic for the scene's seed)."""
+    """Render frame ``frame_index`` of ``scene`` (deterministic for the scene's seed).
+
+    ``rig`` is ``SensorRig.build(image_size, scene.camera)`` (built once per scene).
+    """
+    if rig.setup != scene.camera:
+        raise ValueError(f'scene {scene.name}: the rig was built for another camera')
     rng = np.random.default_rng(np.random.SeedSequence([scene.seed, scene.index,
                                                         1 + frame_index]))
     frame = _frame_world(scene, frame_index)
@@ -1024,13 +1047,16 @@ def render_frame(scene: Scene, frame_index: int, rig: SensorRig,
                                                   config.camera_delay_us[1] + 1))
     rays = _lidar_rays(scene.lidar)
     points_view, reflectance, owner, valid = _scan_lidar(scene, frame, rays, rng)
-    image, label, semantic, visible = _render_camera(scene, frame, rig, rng, config)
+    image, label, semantic, visible = _render_camera(scene, frame, rig, rng)
 
     camera = rig.camera
+    in_camera = rig.to_camera(points_view)
     ahead = points_view[:, 0] > 0.5
+    facing = ahead & (in_camera[:, 0] > 0.5)
     with np.errstate(divide='ignore', invalid='ignore'):
-        row, col = camera.project_undistorted(np.where(ahead[:, None], points_view, 1.0))
-    in_image = ahead & (col >= 0.0) & (col < camera.width) & (row >= 0.0) & (row < camera.height)
+        row, col = camera.project_undistorted(np.where(facing[:, None], in_camera, 1.0))
+    in_image = (facing & (col >= 0.0) & (col < camera.width) & (row >= 0.0)
+                & (row < camera.height))
     keep = valid & (in_image if scene.lidar.fov_crop else ahead)
     steps = scene.lidar.azimuth_steps
     phases = np.array(scene.lidar_phase_steps)[rays.lidar_id]
@@ -1053,7 +1079,7 @@ def render_frame(scene: Scene, frame_index: int, rig: SensorRig,
     }
     points_per_object = np.bincount(owner[order][owner[order] >= 0],
                                     minlength=len(frame.objects))
-    boxes, box_points = _label_boxes(frame, camera, points_per_object, visible, config)
+    boxes, box_points = _label_boxes(frame, rig, points_per_object, visible, config)
     info = {'cam_name': 'front_center', 'cam_tstamp': int(camera_stamp),
             'lidar_ids': {str(i): name for i, name in enumerate(LIDAR_IDS)}}
     return SyntheticFrame(scene=scene.name,
@@ -1095,10 +1121,11 @@ def _clip_near(corners: np.ndarray, near_m: float = 0.05) -> np.ndarray:
     return np.concatenate([inside[inside[:, 0] >= near_m], intersections[crossing]])
 
 
-def _label_boxes(frame: _Frame, camera: CameraModel, points_per_object: np.ndarray,
+def _label_boxes(frame: _Frame, rig: SensorRig, points_per_object: np.ndarray,
                  visible: np.ndarray, config: SyntheticConfig
                  ) -> Tuple[Dict[str, dict], Dict[str, int]]:
     boxes, box_points = {}, {}
+    camera = rig.camera
     heading = math.atan2(frame.axes[1, 0], frame.axes[0, 0])
     for index, obj in enumerate(frame.objects):
         centre = _to_view(frame.centres[index], frame)
@@ -1107,7 +1134,7 @@ def _label_boxes(frame: _Frame, camera: CameraModel, points_per_object: np.ndarr
             continue
         yaw = wrap_angle(obj.yaw - heading)
         corners = box_corners(centre, obj.size_m, yaw)
-        vertices = _clip_near(corners[None])
+        vertices = _clip_near(rig.to_camera(corners)[None])
         with np.errstate(divide='ignore', invalid='ignore'):
             row, col = camera.project_undistorted(vertices)
         if len(vertices):
@@ -1173,6 +1200,16 @@ def write_root_files(root: str, image_size: Tuple[int, int] = NATIVE_RESOLUTION)
         stream.write(json.dumps(class_list_dict(), indent=4) + '\n')
 
 
+def write_scene_camera(scene_dir: str, camera: cameras.CameraSetup,
+                       image_size: Tuple[int, int]) -> None:
+    """Write a scene's own ``cams_lidars.json`` (its front-center camera is ``camera``)."""
+    document = cams_lidars_dict(image_size)
+    document['cameras']['front_center'] = cameras.scene_camera_entry(camera, image_size)
+    os.makedirs(scene_dir, exist_ok=True)
+    with open(os.path.join(scene_dir, 'cams_lidars.json'), 'w', encoding='utf-8') as stream:
+        stream.write(json.dumps(document, indent=2) + '\n')
+
+
 @dataclass(frozen=True)
 class GenerationReport:
     """What ``generate`` wrote and how long it took."""
@@ -1190,7 +1227,9 @@ def _render_chunk(task: Tuple[str, int, int, int, int, int, Tuple[int, int],
     root, seed, scene_index, frames, first, stop, image_size, config = task
     started, cpu_started = time.perf_counter(), time.process_time()
     scene = build_scene(seed, scene_index, frames, config)
-    rig = SensorRig.build(image_size)
+    rig = SensorRig.build(image_size, scene.camera)
+    if first == 0 and not scene.camera.nominal:
+        write_scene_camera(os.path.join(root, scene.name), scene.camera, image_size)
     for frame_index in range(first, stop):
         write_frame(root, render_frame(scene, frame_index, rig, config),
                     config.png_compress_level)

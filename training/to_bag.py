@@ -46,7 +46,7 @@ from tqdm import tqdm
 from training.a2d2 import (A2D2FormatError, CAMERA_FOLDER, CAMERA_TOKEN, DEFAULT_CLASS_MAP,
                            frame_path, list_scenes, read_boxes, read_camera_info, read_image,
                            read_lidar_arrays, SemanticDecoder)
-from training.a2d2_calibration import view_to_vehicle
+from training.a2d2_calibration import view_to_vehicle, view_to_view
 
 LOGGER = logging.getLogger(__name__)
 
@@ -132,12 +132,20 @@ def camera_info_data(cams_lidars: Mapping, camera: str = 'front_center',
         distortion=distortion, distortion_model=model)
 
 
-def static_transforms(cams_lidars: Mapping, camera: str = 'front_center'
-                      ) -> List[Tuple[str, str, np.ndarray]]:
-    """Return (parent, child, (4, 4) child -> parent) for vehicle -> view -> optical frames."""
-    view_to_vehicle_matrix = view_to_vehicle(cams_lidars['cameras'][camera]['view'])
+def static_transforms(cams_lidars: Mapping, camera: str = 'front_center',
+                      filming: Optional[Mapping] = None) -> List[Tuple[str, str, np.ndarray]]:
+    """Return (parent, child, (4, 4) child -> parent) for vehicle -> view -> optical frames.
+
+    ``filming`` is the ``cams_lidars.json`` of the camera that took the images where it is not
+    the root's (a scene's own camera, ``training.a2d2.read_camera_geometry``): the view frame
+    stays the root camera's (the points are in it) and the optical frame is that camera's.
+    """
+    view = cams_lidars['cameras'][camera]['view']
+    view_to_vehicle_matrix = view_to_vehicle(view)
     optical_to_view = np.eye(4)
     optical_to_view[:3, :3] = VIEW_FROM_OPTICAL
+    if filming is not None:
+        optical_to_view = view_to_view(filming['cameras'][camera]['view'], view) @ optical_to_view
     return [(VEHICLE_FRAME, CAMERA_VIEW_FRAME, view_to_vehicle_matrix),
             (CAMERA_VIEW_FRAME, CAMERA_OPTICAL_FRAME, optical_to_view)]
 
@@ -249,11 +257,13 @@ def convert_scene(root: str, scene: str, out: str, frames: slice = slice(None),
         raise FileNotFoundError(f'{os.path.join(root, scene)}: no such scene folder '
                                 f'(scenes: {", ".join(list_scenes(root)) or "none"})')
     cams_lidars = _read_json(os.path.join(root, 'cams_lidars.json'))
+    own_camera = os.path.join(root, scene, 'cams_lidars.json')
+    filming = _read_json(own_camera) if os.path.exists(own_camera) else None
     decoder = SemanticDecoder.from_class_list(os.path.join(root, 'class_list.json'))
     frame_ids = scene_frame_ids(root, scene)[frames]
     report = ConversionReport(bag=os.fspath(out), scene=scene)
     topics = DEFAULT_TOPICS
-    transforms = static_transforms(cams_lidars)
+    transforms = static_transforms(cams_lidars, filming=filming)
     calibration: Optional[CameraInfoData] = None
     with BagWriter(out, storage=storage, overwrite=overwrite) as writer:
         factory = writer.factory
@@ -312,7 +322,8 @@ def convert_scene(root: str, scene: str, out: str, frames: slice = slice(None),
                 continue
             height, width = rgb.shape[:2]
             if calibration is None or (calibration.width, calibration.height) != (width, height):
-                calibration = camera_info_data(cams_lidars, image_size=(width, height))
+                calibration = camera_info_data(filming or cams_lidars,
+                                               image_size=(width, height))
             ordered.put(topics.image, camera_ns,
                         factory.image(camera_ns, CAMERA_OPTICAL_FRAME, rgb, 'rgb8'))
             ordered.put(topics.camera_info, camera_ns, factory.camera_info(

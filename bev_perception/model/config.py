@@ -261,6 +261,8 @@ class ModelConfig:
         164 x 144 canvas instead of 248 x 216), narrow widths, the BEV convolutions on the
         head grid only (none at canvas resolution), fusion over C5 only and a 192 x 320 camera
         input (the camera encoder, the semantic upsampling and argmax scale with its pixels).
+        The fusion is calibration-aware, at the heights of the default recipe
+        (``training/configs/synthetic.yaml``).
         """
         return cls(
             grid=GridConfig(pillar_size_m=0.48, y_range_m=(-39.36, 39.36)),
@@ -269,7 +271,8 @@ class ModelConfig:
                 pfn_channels=32, backbone_channels=32, backbone_out_channels=48,
                 full_res_blocks=0, out_blocks=2),
             camera_encoder=CameraEncoderConfig(stem_channels=16, stage_channels=(24, 32, 64, 96)),
-            fusion=FusionConfig(camera_levels=('c5',), num_heads=2),
+            fusion=FusionConfig(camera_levels=('c5',), num_heads=2,
+                                geometry_heights_m=(-1.6, -0.8, 0.0)),
             head=HeadConfig(shared_channels=32, tower_channels=32, semantic_channels=32))
 
     @classmethod

@@ -30,8 +30,8 @@ def root(tmp_path_factory):
 @pytest.fixture(scope='module')
 def intended():
     """Return the generator's frames of scene 0 as rendered in memory."""
-    rig = synthetic.SensorRig.build(IMAGE_SIZE)
     scene = synthetic.build_scene(SEED, 0, FRAMES)
+    rig = synthetic.SensorRig.build(IMAGE_SIZE, scene.camera)
     return [synthetic.render_frame(scene, k, rig) for k in range(FRAMES)]
 
 
@@ -164,7 +164,8 @@ def test_read_semantic_round_trip(root, intended):
         ids, categories = a2d2.read_semantic(
             a2d2.frame_path(root, frame.scene, frame.frame_id, 'label'), class_list)
         assert categories == SEMANTIC_CATEGORIES and len(categories) == 38
-        assert ids.dtype == np.uint8 and ids.shape == IMAGE_SIZE[::-1]
+        assert ids.dtype == np.uint8 and ids.shape == frame.image.shape[:2]
+        assert ids.shape[1] == IMAGE_SIZE[0]  # a scene's own camera keeps the width
         np.testing.assert_array_equal(ids, frame.semantic_ids)
         assert {SEMANTIC_CATEGORIES.index(n) for n in ('Sky', 'RD normal street')} <= set(
             np.unique(ids).tolist())
@@ -193,7 +194,7 @@ def test_class_list_with_other_categories_is_refused(tmp_path):
 def test_read_image_and_camera_info(root, intended):
     frame = intended[0]
     image = a2d2.read_image(a2d2.frame_path(root, frame.scene, frame.frame_id, 'camera'))
-    assert image.dtype == np.uint8 and image.shape == (IMAGE_SIZE[1], IMAGE_SIZE[0], 3)
+    assert image.dtype == np.uint8 and image.shape[1:] == (IMAGE_SIZE[0], 3)
     np.testing.assert_array_equal(image, frame.image)
     info = a2d2.read_camera_info(
         a2d2.frame_path(root, frame.scene, frame.frame_id, 'camera_info'))
@@ -224,19 +225,25 @@ def test_dataset_frames(root, intended):
     expected = [a2d2.DEFAULT_CLASSES.index(a2d2.DEFAULT_CLASS_MAP[b['class']])
                 for b in truth.boxes.values() if a2d2.DEFAULT_CLASS_MAP[b['class']]]
     assert sorted(frame.labels.tolist()) == sorted(expected)
-    assert frame.image.shape == (IMAGE_SIZE[1], IMAGE_SIZE[0], 3)
+    assert frame.image.shape == truth.image.shape
     np.testing.assert_array_equal(frame.semantic, truth.semantic_ids)
     assert frame.lidar_timestamp_us == int(truth.lidar['timestamp'].min())
     assert frame.camera_timestamp_us == truth.camera_info['cam_tstamp']
     assert 0 < frame.camera_timestamp_us - frame.lidar_timestamp_us < 100_000
     assert frame.paths['lidar'] == a2d2.frame_path(root, truth.scene, truth.frame_id, 'lidar')
-    # The front-center calibration of the root's cams_lidars.json travels with every frame.
-    camera = CameraModel.from_json(_front_center(root))
-    np.testing.assert_array_equal(frame.camera_geometry, camera.camera_geometry())
+    # Scene 0 films with a camera of its own (its cams_lidars.json, placed relative to the
+    # root's front-center view, the frame of the points); scene 1 with the root's camera.
+    root_camera = CameraModel.from_json(_front_center(root))
+    own = CameraModel.from_json(_front_center(os.path.join(root, truth.scene)))
+    np.testing.assert_array_equal(frame.camera_geometry, own.camera_geometry(root_camera.view))
+    assert (own.width, own.height) == frame.image.shape[1::-1]
+    later = dataset[FRAMES]
+    assert later.scene != truth.scene and later.image.shape == (IMAGE_SIZE[1], IMAGE_SIZE[0], 3)
+    np.testing.assert_array_equal(later.camera_geometry, root_camera.camera_geometry())
 
 
-def _front_center(root):
-    with open(os.path.join(root, 'cams_lidars.json'), encoding='utf-8') as stream:
+def _front_center(folder):
+    with open(os.path.join(folder, 'cams_lidars.json'), encoding='utf-8') as stream:
         return json.load(stream)['cameras']['front_center']
 
 
@@ -244,6 +251,11 @@ def test_root_without_or_with_a_corrupt_cams_lidars(tmp_path, root):
     copy = str(tmp_path / 'root')
     shutil.copytree(root, copy)
     os.remove(os.path.join(copy, 'cams_lidars.json'))
+    own = [os.path.join(copy, scene, 'cams_lidars.json') for scene in a2d2.list_scenes(copy)]
+    assert os.path.exists(own[0])  # scene 0 of the seed films with a camera of its own
+    with pytest.raises(a2d2.CorruptFrameError, match='a scene camera needs'):
+        a2d2.A2D2Dataset(copy)  # its pose is relative to the root's camera
+    os.remove(own[0])
     assert a2d2.A2D2Dataset(copy)[0].camera_geometry is None
     with open(os.path.join(copy, 'cams_lidars.json'), 'w', encoding='utf-8') as stream:
         stream.write('{"cameras": {}}')

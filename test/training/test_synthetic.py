@@ -13,9 +13,12 @@ from PIL import Image
 import pytest
 from training import sensors, synthetic
 from training.a2d2_calibration import CameraModel, cams_lidars_dict
+from training.cameras import CameraSetup
 
 IMAGE_SIZE = (160, 101)  # width, height: tiny, odd height
 SCENES, FRAMES, SEED = 2, 3, 11
+#: The format tests film with A2D2's front-center camera (test_cameras covers drawn cameras).
+NOMINAL = synthetic.SyntheticConfig(camera=CameraSetup())
 NPZ_DTYPES = {'points': np.float64, 'reflectance': np.int64, 'row': np.float64,
               'col': np.float64, 'depth': np.float64, 'distance': np.float64,
               'lidar_id': np.float64, 'timestamp': np.int64, 'azimuth': np.float64}
@@ -27,7 +30,7 @@ BOX_KEYS = {'2d_bbox', '3d_points', 'alpha', 'axis', 'center', 'class', 'id', 'o
 def root(tmp_path_factory):
     """Return a generated root of 2 scenes x 3 frames at a tiny image size."""
     out = str(tmp_path_factory.mktemp('synthetic') / 'a2d2')
-    report = synthetic.generate(out, SCENES, FRAMES, SEED, image_size=IMAGE_SIZE)
+    report = synthetic.generate(out, SCENES, FRAMES, SEED, image_size=IMAGE_SIZE, config=NOMINAL)
     assert report.frames == SCENES * FRAMES and len(report.scenes) == SCENES
     return out
 
@@ -129,7 +132,7 @@ def test_class_list_equals_official_and_table(root):
 
 def _scenes(root):
     """Return {scene name: Scene} of the generated root (rebuilt from the seed)."""
-    scenes = [synthetic.build_scene(SEED, index, FRAMES) for index in range(SCENES)]
+    scenes = [synthetic.build_scene(SEED, index, FRAMES, NOMINAL) for index in range(SCENES)]
     assert sorted(scene.name for scene in scenes) == sorted(
         name for name in os.listdir(root) if os.path.isdir(os.path.join(root, name)))
     return {scene.name: scene for scene in scenes}
@@ -307,10 +310,10 @@ def test_boxes_do_not_overlap_in_bev(root):
 
 
 def test_class_sizes_are_realistic():
-    rig = synthetic.SensorRig.build((48, 30))
     sizes = {}
     for seed in (1, 2, 3):
         scene = synthetic.build_scene(seed, 0, 2)
+        rig = synthetic.SensorRig.build((48, 30), scene.camera)
         for box in synthetic.render_frame(scene, 0, rig).boxes.values():
             sizes.setdefault(box['class'], []).append(box['size'])
     expected = {'Car': (4.3, 1.76, 1.47), 'VanSUV': (4.8, 1.9, 1.8),
@@ -381,7 +384,7 @@ def test_label_is_aligned_with_lidar_through_the_distortion(root):
 
 
 def test_render_frame_matches_written_files(root):
-    scene = synthetic.build_scene(SEED, 1, FRAMES)
+    scene = synthetic.build_scene(SEED, 1, FRAMES, NOMINAL)
     frame = synthetic.render_frame(scene, 2, synthetic.SensorRig.build(IMAGE_SIZE))
     paths = [p for s, f, p in _frames(root) if s == scene.name and f == frame.frame_id][0]
     with np.load(paths['lidar']) as archive:
@@ -398,7 +401,7 @@ def test_frames_form_a_drive():
     travelled = np.linalg.norm(later[:2] - start[:2])
     assert travelled == pytest.approx(scene.ego_speed_mps * 0.5, rel=0.01)
     np.testing.assert_allclose(axes.T @ axes, np.eye(3), atol=1e-9)
-    rig = synthetic.SensorRig.build((48, 30))
+    rig = synthetic.SensorRig.build((48, 30), scene.camera)
     first, second = (synthetic.render_frame(scene, k, rig) for k in (0, 1))
     step = second.camera_info['cam_tstamp'] - first.camera_info['cam_tstamp']
     assert 100_000 - 21_000 < step < 100_000 + 21_000
@@ -408,7 +411,8 @@ def test_frames_form_a_drive():
 def test_empty_scene_has_no_boxes_but_points():
     config = synthetic.SyntheticConfig(empty_scene_probability=1.0)
     scene = synthetic.build_scene(5, 0, 1, config)
-    frame = synthetic.render_frame(scene, 0, synthetic.SensorRig.build((48, 30)), config)
+    frame = synthetic.render_frame(scene, 0, synthetic.SensorRig.build((48, 30), scene.camera),
+                                   config)
     assert frame.boxes == {} and len(frame.lidar['points']) > 1000
     assert not any(obj.box_class for obj in scene.objects)
 
@@ -420,7 +424,8 @@ def test_same_seed_same_bytes_any_workers(tmp_path):
     synthetic.generate(other, 1, 2, SEED + 1, image_size=IMAGE_SIZE)
     files = sorted(os.path.relpath(os.path.join(d, f), first)
                    for d, _, names in os.walk(first) for f in names)
-    assert len(files) == 2 + 2 * 5
+    # Root files, the scene's own camera (seed 11 draws one) and five files per frame.
+    assert len(files) == 2 + 1 + 2 * 5
     match, mismatch, errors = filecmp.cmpfiles(first, second, files, shallow=False)
     assert mismatch == [] and errors == []
     other_files = sorted(os.path.relpath(os.path.join(d, f), other)
@@ -434,6 +439,9 @@ def test_command_line(tmp_path):
                            '--width', '64', '--height', '40']) == 0
     scene = [name for name in os.listdir(out) if re.fullmatch(r'\d{8}_\d{6}', name)]
     assert len(scene) == 1
+    own = os.path.join(out, scene[0], 'cams_lidars.json')
+    resolution = _load_json(own if os.path.exists(own) else os.path.join(out, 'cams_lidars.json')
+                            )['cameras']['front_center']['Resolution']
     with Image.open(next(os.path.join(d, f) for d, _, names in os.walk(out) for f in names
                          if f.endswith('.png'))) as image:
-        assert image.size == (64, 40)
+        assert image.size == tuple(resolution) and image.size[0] == 64

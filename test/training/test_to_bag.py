@@ -16,7 +16,7 @@ from rosbags.highlevel import AnyReader
 from rosbags.typesys import get_typestore, Stores
 from training.a2d2 import (DEFAULT_CLASS_MAP, frame_path, read_boxes, read_camera_info,
                            read_image, read_lidar, read_lidar_arrays, read_semantic)
-from training.a2d2_calibration import view_to_vehicle
+from training.a2d2_calibration import view_to_vehicle, view_to_view
 from training.synthetic import generate
 from training.to_bag import (camera_info_data, convert_scene, main, parse_frame_range,
                              scene_frame_ids, static_transforms)
@@ -60,6 +60,9 @@ def test_bag_messages_equal_the_source_files(scene, tmp_path, storage):
     assert len(messages[topics.tf_static]) == 1
 
     cams_lidars = json.load(open(os.path.join(root, 'cams_lidars.json')))
+    # Seed 41 films with a camera of its own: CameraInfo and the optical frame are that
+    # camera's, the cloud stays in the root's front-center view frame.
+    filming = json.load(open(os.path.join(root, name, 'cams_lidars.json')))
     for index, frame_id in enumerate(scene_frame_ids(root, name)):
         path = {kind: frame_path(root, name, frame_id, kind)
                 for kind in ('lidar', 'label3D', 'camera', 'camera_info', 'label')}
@@ -84,8 +87,9 @@ def test_bag_messages_equal_the_source_files(scene, tmp_path, storage):
         np.testing.assert_array_equal(image_to_rgb(image), read_image(path['camera']))
 
         info = messages[topics.camera_info][index].message
-        entry = cams_lidars['cameras']['front_center']
-        assert (info.width, info.height) == IMAGE_SIZE
+        entry = filming['cameras']['front_center']
+        assert (info.width, info.height) == tuple(entry['Resolution'])
+        assert info.width == IMAGE_SIZE[0] and info.height != IMAGE_SIZE[1]
         assert info.distortion_model == 'plumb_bob'
         np.testing.assert_allclose(info.k.reshape(3, 3), entry['CamMatrixOriginal'])
         np.testing.assert_allclose(info.p.reshape(3, 4)[:, :3], entry['CamMatrix'])
@@ -116,6 +120,11 @@ def test_bag_messages_equal_the_source_files(scene, tmp_path, storage):
     expected = view_to_vehicle(cams_lidars['cameras']['front_center']['view'])
     translation = transforms[0].transform.translation
     np.testing.assert_allclose([translation.x, translation.y, translation.z], expected[:3, 3])
+    camera = view_to_view(filming['cameras']['front_center']['view'],
+                          cams_lidars['cameras']['front_center']['view'])
+    offset = transforms[1].transform.translation
+    np.testing.assert_allclose([offset.x, offset.y, offset.z], camera[:3, 3], atol=1e-9)
+    assert np.linalg.norm(camera[:3, 3]) > 0.05  # the camera is not at the cloud's origin
 
 
 def test_bag_decodes_with_plain_rosbags_from_its_embedded_definitions(scene, tmp_path):

@@ -1,0 +1,86 @@
+"""Tests of training.augment: the photometric look and the global turn and scale."""
+
+import dataclasses
+import math
+
+from bev_perception.model.camera_geometry import camera_geometry, MODEL_TO_OPTICAL, project
+import numpy as np
+import pytest
+import torch
+from training.augment import (augment_sample, AugmentConfig, jitter_photometric, rotate_scale,
+                              Sample)
+
+
+def _calibrated_sample(rng: np.random.Generator) -> Sample:
+    """Return a sample with points ahead of a camera 1.2 m behind and above the origin."""
+    points = np.zeros((400, 4), np.float32)
+    points[:, 0] = rng.uniform(5.0, 40.0, 400)
+    points[:, 1] = rng.uniform(-10.0, 10.0, 400)
+    points[:, 2] = rng.uniform(-1.8, 1.0, 400)
+    boxes = np.array([[12.0, 3.0, -1.0, 4.2, 1.8, 1.5, 0.4]], np.float32)
+    k = np.array([[300.0, 0.0, 160.0], [0.0, 300.0, 100.0], [0.0, 0.0, 1.0]])
+    geometry = camera_geometry(MODEL_TO_OPTICAL, MODEL_TO_OPTICAL @ np.array([1.2, 0.1, -0.3]),
+                               k, (-0.1, 0.01, 0.0, 0.0, 0.0), (320, 200))
+    return Sample(points, boxes, np.array([0]), np.zeros((200, 320, 3), np.uint8),
+                  np.zeros((200, 320), np.uint8), True, geometry)
+
+
+def _uv(points: np.ndarray, geometry: np.ndarray):
+    uv, _, inside = project(torch.from_numpy(points[:, :3]).double(),
+                            torch.from_numpy(geometry[None]).double())
+    return uv[0].numpy(), inside[0].numpy()
+
+
+def test_turn_and_scale_keep_every_point_where_the_camera_sees_it():
+    sample = _calibrated_sample(np.random.default_rng(0))
+    before, seen = _uv(sample.points, sample.camera_geometry)
+    assert seen.mean() > 0.5  # the check below is about points the camera sees
+    turned = rotate_scale(sample, 0.35, 1.04)
+    after, seen_after = _uv(turned.points, turned.camera_geometry)
+    np.testing.assert_array_equal(seen_after, seen)
+    np.testing.assert_allclose(after[seen], before[seen], atol=2e-5)
+    # The world moved: points and boxes turned about z and scaled, sizes scaled, yaw turned.
+    radius = np.hypot(sample.points[:, 0], sample.points[:, 1]) * 1.04
+    np.testing.assert_allclose(np.hypot(turned.points[:, 0], turned.points[:, 1]), radius,
+                               rtol=1e-5)
+    assert turned.boxes[0, 6] == pytest.approx(0.75)
+    np.testing.assert_allclose(turned.boxes[0, 3:6], sample.boxes[0, 3:6] * 1.04, rtol=1e-6)
+    np.testing.assert_allclose(math.atan2(turned.boxes[0, 1], turned.boxes[0, 0]),
+                               math.atan2(3.0, 12.0) + 0.35, atol=1e-6)
+    np.testing.assert_array_equal(turned.image, sample.image)  # the image is not touched
+
+
+def test_an_image_without_calibration_is_never_turned():
+    sample = dataclasses.replace(_calibrated_sample(np.random.default_rng(1)),
+                                 camera_geometry=None)
+    with pytest.raises(ValueError, match='camera geometry'):
+        rotate_scale(sample, 0.2, 1.0)
+    config = dataclasses.replace(AugmentConfig.none(), rotation_rad=0.5, scale_range=(0.9, 1.1))
+    out = augment_sample(sample, config, np.random.default_rng(3))
+    np.testing.assert_array_equal(out.points, sample.points)
+    calibrated = augment_sample(_calibrated_sample(np.random.default_rng(1)), config,
+                                np.random.default_rng(3))
+    assert not np.allclose(calibrated.points, sample.points)  # the same draw turns this one
+
+
+def test_photometric_jitter_changes_the_look_within_its_ranges():
+    rng = np.random.default_rng(4)
+    image = rng.integers(20, 235, size=(24, 32, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(jitter_photometric(image, AugmentConfig.none(), rng), image)
+    grey = jitter_photometric(image, dataclasses.replace(AugmentConfig.none(), grey_prob=1.0),
+                              rng).astype(int)
+    assert np.abs(grey[..., 0] - grey[..., 1]).max() <= 1
+    assert np.abs(grey[..., 1] - grey[..., 2]).max() <= 1
+    # A hue turn keeps the luma and moves the colours.
+    turned = jitter_photometric(image, dataclasses.replace(AugmentConfig.none(), hue_rad=0.6),
+                                np.random.default_rng(5)).astype(np.float64)
+    luma = np.array([0.299, 0.587, 0.114])
+    clipped = (turned == 0) | (turned == 255)
+    keep = ~clipped.any(axis=2)
+    np.testing.assert_allclose((turned @ luma)[keep], (image @ luma)[keep], atol=1.0)
+    assert np.abs(turned - image).mean() > 3.0
+    blurred = jitter_photometric(image, dataclasses.replace(AugmentConfig.none(), blur_prob=1.0),
+                                 rng)
+    assert np.diff(blurred.astype(int), axis=1).std() < np.diff(image.astype(int), axis=1).std()
+    with pytest.raises(ValueError, match='scale_range'):
+        AugmentConfig(scale_range=(1.1, 0.9))
