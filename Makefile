@@ -43,9 +43,9 @@ $(DEPS_STAMP): $(VENV)/bin/python requirements.txt setup.py
 	$(PIP) --no-deps --no-build-isolation -e . $(QUIET_PIP)
 	touch $@
 
-$(IFACES_STAMP): $(DEPS_STAMP) $(wildcard interfaces/vision_msgs/msg/*.msg) \
-		interfaces/vision_msgs/CMakeLists.txt interfaces/vision_msgs/package.xml
-	tools/build_vision_msgs.sh $(VENV) $(abspath $(IFACES))
+$(IFACES_STAMP): $(DEPS_STAMP) tools/build_interfaces.sh $(wildcard interfaces/*/msg/*.msg) \
+		$(wildcard interfaces/*/CMakeLists.txt) $(wildcard interfaces/*/package.xml)
+	tools/build_interfaces.sh $(VENV) $(abspath $(IFACES))
 	touch $@
 
 test: setup

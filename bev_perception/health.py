@@ -27,6 +27,7 @@ WARN_COUNTERS = (
     ('over_budget', 'frames over budget'),
     ('uncalibrated_images', 'images without camera calibration'),
     ('bad_camera_info', 'refused camera_info'),
+    ('bad_transforms', 'refused /tf transforms'),
 )
 
 
@@ -45,6 +46,8 @@ class Counters:
     uncalibrated_images: int = 0  # weights that fuse by calibration got an image without one
     camera_infos_in: int = 0
     bad_camera_info: int = 0  # CameraInfo the network cannot use (calibration.CalibrationError)
+    transforms_in: int = 0  # transforms received on /tf and /tf_static
+    bad_transforms: int = 0  # refused ones (transforms.TransformError)
     bad_clouds: int = 0
     bad_images: int = 0
     empty_clouds: int = 0

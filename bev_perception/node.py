@@ -47,6 +47,7 @@ from bev_perception.pipeline import FrameOutput, load_pipeline, PipelineError
 from bev_perception.sync import (LatestWinsSlot, LidarTriggeredSync, stamp_to_seconds,
                                  SyncedFrame)
 from bev_perception.topics import INPUT_TOPICS, NODE_NAME
+from bev_perception.transforms import TransformTree
 from bev_perception.weights import describe_provenance
 from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
 import numpy as np
@@ -121,6 +122,9 @@ class PerceptionNode(Node):
         self._worker: Optional[threading.Thread] = None
         self._input_topics = {'cloud': INPUT_TOPICS['pointcloud'], 'image': INPUT_TOPICS['image']}
         self._camera: Optional[CameraIntrinsics] = None  # the latest usable camera_info
+        self._camera_frame = ''  # its header's frame (the camera's optical frame)
+        self._tf: Optional[TransformTree] = None  # /tf and /tf_static, when use_tf
+        self._camera_pose_source = 'parameters'
         try:
             self._start_up()
         except BaseException:  # a start-up error or a stop signal: leave nothing running
@@ -215,6 +219,8 @@ class PerceptionNode(Node):
         qos = self._input_qos(settings)
         self._camera_info_sub = self.create_subscription(
             CameraInfo, INPUT_TOPICS['camera_info'], self._on_camera_info, qos)
+        if settings.use_tf:
+            self._subscribe_tf()
         if settings.sync_policy == 'approximate':
             try:
                 import message_filters
@@ -318,11 +324,49 @@ class PerceptionNode(Node):
         if payload is not None:
             self._add_to_sync('image', msg, payload)
 
+    def _subscribe_tf(self) -> None:
+        """Follow /tf and /tf_static for the camera pose (tf2_msgs is optional)."""
+        try:
+            from tf2_msgs.msg import TFMessage
+        except ImportError:
+            self.get_logger().info('tf2_msgs is not installed: the camera pose comes from '
+                                   'camera_position_m / camera_rpy_rad')
+            return
+        self._tf = TransformTree()
+        reliable = {'reliability': ReliabilityPolicy.RELIABLE, 'history': HistoryPolicy.KEEP_LAST,
+                    'depth': 100}
+        self._tf_subscriptions = [
+            self.create_subscription(
+                TFMessage, '/tf', lambda msg: self._on_tf(msg, static=False),
+                QoSProfile(durability=DurabilityPolicy.VOLATILE, **reliable)),
+            self.create_subscription(
+                TFMessage, '/tf_static', lambda msg: self._on_tf(msg, static=True),
+                QoSProfile(durability=DurabilityPolicy.TRANSIENT_LOCAL, **reliable))]
+
+    def _on_tf(self, msg: Any, static: bool) -> None:
+        refused = self._tf.update_from_message(msg, static, time.monotonic())
+        self.counters.add(transforms_in=len(msg.transforms), bad_transforms=len(refused))
+        if refused:
+            topic = '/tf_static' if static else '/tf'
+            self._warn('bad_transforms', f'refused a transform on {topic}: {refused[0]}')
+
+    def _camera_pose(self, cloud_frame: str) -> Optional[Tuple[np.ndarray, np.ndarray]]:
+        """Return (R, t) cloud frame -> camera optical frame from /tf, None: the parameters."""
+        pose = (None if self._tf is None or not self._camera_frame
+                else self._tf.lookup(self._camera_frame, cloud_frame, time.monotonic()))
+        if pose is not None:
+            self._camera_pose_source = f'/tf {cloud_frame} -> {self._camera_frame}'
+        elif self._tf is not None and self._camera_frame:
+            self._camera_pose_source = (f'parameters (/tf does not link {cloud_frame!r} and '
+                                        f'{self._camera_frame!r})')
+        return pose
+
     def _on_camera_info(self, msg: CameraInfo) -> None:
         self.counters.add(camera_infos_in=1)
         try:
             self._camera = CameraIntrinsics.from_camera_info(
                 msg.width, msg.height, msg.k, msg.distortion_model, msg.d)
+            self._camera_frame = msg.header.frame_id
         except CalibrationError as error:
             self.counters.add(bad_camera_info=1)
             self._warn('bad_camera_info', f'refused camera_info on '
@@ -429,8 +473,9 @@ class PerceptionNode(Node):
         image: Optional[ImagePayload] = frame.image
         rgb = None if image is None else np.ascontiguousarray(image.rgb)
         timings['convert'] = (time.perf_counter() - started) * 1e3
-        geometry = (None if rgb is None else
-                    self._pipeline.camera_geometry(self._camera, rgb.shape[:2], frame_settings))
+        geometry = (None if rgb is None else self._pipeline.camera_geometry(
+            self._camera, rgb.shape[:2], frame_settings,
+            self._camera_pose(cloud_msg.header.frame_id)))
         output = self._pipeline.run(prepared, rgb, frame_settings, geometry)
         result = output.result
         if output.image_uncalibrated:
@@ -503,7 +548,7 @@ class PerceptionNode(Node):
                  else f'camera_info {camera.width}x{camera.height}')
         needed = ('needed (weights fuse by calibration)' if self._runtime.needs_calibration
                   else 'not used by these weights')
-        return f'{needed}; {known}'
+        return f'{needed}; {known}; pose from {self._camera_pose_source}'
 
     def _publish_diagnostics(self) -> None:
         self._outputs.publish_diagnostics(Header(stamp=self.get_clock().now().to_msg()),

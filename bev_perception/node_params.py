@@ -214,13 +214,19 @@ PARAMETERS: Tuple[ParameterSpec, ...] = (
         'camera_position_m', 'double_array', [0.0, 0.0, 0.0],
         'Position (x, y, z, metres) of the camera in the cloud frame. With the intrinsics of '
         '`~/input/camera_info` it places the camera for weights that fuse by calibration '
-        '(others ignore it).',
+        '(others ignore it), where `/tf` does not link the two frames (see `use_tf`).',
         'Input', value_range=(-1000.0, 1000.0), lengths=(3,)),
     ParameterSpec(
         'camera_rpy_rad', 'double_array', [0.0, 0.0, 0.0],
         'Orientation (roll, pitch, yaw, radians) of the camera body (x forward, y left, z up; '
         'its optical frame follows) in the cloud frame.',
         'Input', value_range=(-2.0 * math.pi, 2.0 * math.pi), lengths=(3,)),
+    ParameterSpec(
+        'use_tf', 'bool', True,
+        'Take the camera pose from `/tf` and `/tf_static` (the frame of the cloud to the '
+        'frame of the camera_info) when they link the two; otherwise, or when false, from '
+        '`camera_position_m` / `camera_rpy_rad`. Needs the tf2_msgs package.',
+        'Input', read_only=True),
     ParameterSpec(
         'qos_depth', 'integer', 5,
         'History depth of the input subscriptions.',

@@ -242,11 +242,14 @@ class FramePipeline:
                              max_scaled_intensity=max_scaled)
 
     def camera_geometry(self, camera: Optional[CameraIntrinsics], image_hw: Tuple[int, int],
-                        frame_settings: Optional[FrameSettings] = None) -> Optional[np.ndarray]:
+                        frame_settings: Optional[FrameSettings] = None,
+                        cloud_to_camera: Optional[Tuple[np.ndarray, np.ndarray]] = None
+                        ) -> Optional[np.ndarray]:
         """Return an image's camera geometry (model frame) for weights that fuse by calibration.
 
-        ``camera`` is the image's CameraInfo (None: none yet), placed by the settings'
-        ``camera_position_m`` / ``camera_rpy_rad`` in the cloud frame and the extrinsic.
+        ``camera`` is the image's CameraInfo (None: none yet), placed by ``cloud_to_camera``
+        ((R, t), p_camera_optical = R p_cloud + t, e.g. from ``/tf``) or else by the settings'
+        ``camera_position_m`` / ``camera_rpy_rad`` in the cloud frame, and the extrinsic.
         None when the weights do not read a calibration, without ``camera``, or when the
         image's aspect ratio is not the camera_info's (another camera, or a crop): ``run``
         then runs such weights LiDAR-only.
@@ -258,9 +261,10 @@ class FramePipeline:
             return None
         frame_settings = frame_settings or self.frame_settings
         settings, extrinsic = frame_settings.settings, frame_settings.extrinsic
-        return camera.geometry(
-            cloud_to_camera_from_pose(settings.camera_position_m, settings.camera_rpy_rad),
-            (extrinsic.rotation, extrinsic.translation))
+        if cloud_to_camera is None:
+            cloud_to_camera = cloud_to_camera_from_pose(settings.camera_position_m,
+                                                        settings.camera_rpy_rad)
+        return camera.geometry(cloud_to_camera, (extrinsic.rotation, extrinsic.translation))
 
     def run(self, cloud: PreparedCloud, rgb: Optional[np.ndarray],
             frame_settings: Optional[FrameSettings] = None,

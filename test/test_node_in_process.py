@@ -144,3 +144,54 @@ def test_weights_that_fuse_by_calibration_wait_for_camera_info(rclpy_context, tm
 
 def _value(node, key):
     return {item.key: item.value for item in node.diagnostic_status().values}[key]
+
+
+def tf_message(parent, child, translation, quaternion):
+    """Return a TFMessage with one transform (child posed in parent)."""
+    from geometry_msgs.msg import Quaternion, Transform, TransformStamped, Vector3
+    from std_msgs.msg import Header
+    from tf2_msgs.msg import TFMessage
+
+    return TFMessage(transforms=[TransformStamped(
+        header=Header(frame_id=parent), child_frame_id=child,
+        transform=Transform(translation=Vector3(x=translation[0], y=translation[1],
+                                                z=translation[2]),
+                            rotation=Quaternion(x=quaternion[0], y=quaternion[1],
+                                                z=quaternion[2], w=quaternion[3])))])
+
+
+def test_the_camera_pose_comes_from_tf_where_it_links_cloud_and_camera(rclpy_context,
+                                                                       tmp_path):
+    from bev_perception.calibration import cloud_to_camera_from_pose
+
+    weights = tmp_path / 'calibrated.safetensors'
+    write_tiny_weights(weights, config=calibrated_tiny_config())
+    node = make_node(rclpy_context, str(weights), device='cpu', camera_position_m=[0.5, 0.0, 0.3])
+    try:
+        node._on_camera_info(camera_info(400))
+        node._on_approximate_pair(*messages(401))
+        assert wait_until(lambda: node.counters.frames_out == 1, 30.0)
+        assert _value(node, 'camera_calibration').endswith(
+            "pose from parameters (/tf does not link 'lidar' and 'camera')")
+        # lidar -> base_link -> camera: the camera 1.2 m ahead of the LiDAR, optical axes.
+        half = 0.5
+        node._on_tf(tf_message('base_link', 'lidar', (0.2, 0.0, 1.8), (0, 0, 0, 1)), True)
+        node._on_tf(tf_message('base_link', 'camera', (1.4, 0.0, 1.8), (-half, half, -half, half)),
+                    True)
+        node._on_tf(tf_message('base_link', 'odd', (0.0, 0.0, 0.0), (0, 0, 0, 2.0)), False)
+        assert (node.counters.transforms_in, node.counters.bad_transforms) == (3, 1)
+        rotation, translation = node._camera_pose('lidar')
+        expected = cloud_to_camera_from_pose((1.2, 0.0, 0.0), (0.0, 0.0, 0.0))
+        np.testing.assert_allclose(rotation, expected[0], atol=1e-12)
+        np.testing.assert_allclose(translation, expected[1], atol=1e-12)
+        node._on_approximate_pair(*messages(402))
+        assert wait_until(lambda: node.counters.frames_out == 2, 30.0)
+        assert node.counters.fused_frames == 2
+        assert _value(node, 'camera_calibration').endswith('pose from /tf lidar -> camera')
+    finally:
+        node.destroy_node()
+    ignoring = make_node(rclpy_context, str(weights), device='cpu', use_tf=False)
+    try:
+        assert ignoring._tf is None and ignoring._camera_pose('lidar') is None
+    finally:
+        ignoring.destroy_node()

@@ -17,6 +17,7 @@ class LossWeights:
     heatmap: float = 1.0
     regression: float = 0.25  # CenterPoint's weight of the box regression
     semantic: float = 1.0
+    semantic_balance: float = 0.0  # class weights (batch frequency)^-balance; 0: plain mean
     offset: float = 1.0
     z: float = 1.0
     log_size: float = 1.0
@@ -76,14 +77,35 @@ def regression_loss(output: NetworkOutput, targets: Targets,
     return total
 
 
+#: Largest class weight of the balanced semantic loss (the pixel-weighted mean is 1).
+MAX_CLASS_WEIGHT = 10.0
+
+
+def semantic_class_weights(labels: torch.Tensor, classes: int, balance: float) -> torch.Tensor:
+    """Return (classes,) weights (batch frequency)^-balance, pixel-weighted mean 1, capped.
+
+    Rare classes (poles, signs, people, lane markings) weigh more than road and sky, so the
+    loss follows the per-class IoU rather than the pixel count. Classes absent from the batch
+    get weight 0 (they have no pixel to weigh).
+    """
+    counts = torch.bincount(labels[labels != IGNORE_INDEX].reshape(-1),
+                            minlength=classes)[:classes].float()
+    total = counts.sum().clamp_min(1.0)
+    weights = torch.where(counts > 0, (counts / total).clamp_min(1e-9) ** -balance,
+                          torch.zeros_like(counts))
+    weights = weights * total / (weights * counts).sum().clamp_min(1e-9)
+    return weights.clamp(max=MAX_CLASS_WEIGHT)
+
+
 def semantic_loss(logits: Optional[torch.Tensor], labels: Optional[torch.Tensor],
-                  camera_valid: torch.Tensor) -> torch.Tensor:
+                  camera_valid: torch.Tensor, balance: float = 0.0) -> torch.Tensor:
     """Return the pixel-mean cross-entropy over labelled pixels of camera-valid samples.
 
     Args:
         logits: (B, n_sem, Hc, Wc) or None.
         labels: (B, Hc, Wc) class ids, IGNORE_INDEX (255) where unlabelled, or None.
         camera_valid: (B,) bool; samples without a valid image contribute nothing.
+        balance: exponent of the class weights (``semantic_class_weights``); 0: none.
     """
     if logits is None or labels is None:
         zero = camera_valid.new_zeros((), dtype=torch.float32)
@@ -95,7 +117,10 @@ def semantic_loss(logits: Optional[torch.Tensor], labels: Optional[torch.Tensor]
     ignored = torch.full_like(labels, IGNORE_INDEX)
     labels = torch.where(camera_valid[:, None, None], labels, ignored)
     labelled = (labels != IGNORE_INDEX).sum()
-    summed = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX, reduction='sum')
+    weight = (semantic_class_weights(labels, logits.shape[1], balance) if balance > 0
+              else None)
+    summed = F.cross_entropy(logits.float(), labels, weight=weight, ignore_index=IGNORE_INDEX,
+                             reduction='sum')
     return summed / labelled.clamp_min(1).to(summed.dtype)
 
 
@@ -112,7 +137,8 @@ def multitask_loss(output: NetworkOutput, targets: Targets,
     """
     heatmap = heatmap_focal_loss(output.heatmap, targets.heatmap)
     regression = regression_loss(output, targets, weights)
-    semantic = semantic_loss(output.semantic, semantic_labels, output.camera_valid)
+    semantic = semantic_loss(output.semantic, semantic_labels, output.camera_valid,
+                             weights.semantic_balance)
     total = (weights.heatmap * heatmap + weights.regression * regression
              + weights.semantic * semantic)
     return LossBreakdown(total=total, heatmap=heatmap, regression=regression, semantic=semantic)

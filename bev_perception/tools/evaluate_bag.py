@@ -61,6 +61,7 @@ from bev_perception.sync import LidarTriggeredSync, stamp_to_seconds
 from bev_perception.tools import replay
 from bev_perception.tools.report import (percentiles, PlotData, StripFrame, write_json,
                                          write_report)
+from bev_perception.transforms import TransformTree
 import numpy as np
 from tqdm import tqdm
 import yaml
@@ -615,8 +616,16 @@ def evaluate_offline(options: EvalOptions) -> Dict[str, Any]:
         timings: Dict[str, List[float]] = {}
         counts = {'clouds': 0, 'images': 0, 'frames': 0, 'fused': 0, 'lidar_only': 0,
                   'bad_clouds': 0, 'bad_images': 0, 'empty_clouds': 0, 'bad_camera_info': 0,
-                  'uncalibrated_images': 0}
+                  'uncalibrated_images': 0, 'camera_pose_from_tf': 0, 'bad_transforms': 0}
         camera: List[Optional[CameraIntrinsics]] = [None]  # the latest usable camera_info
+        camera_frame = ['']  # its frame
+        # The camera pose, as the node takes it: /tf where it links the cloud's and the
+        # camera's frames, else the camera_* settings.
+        tf_topics = {topic: topic == options.topics.tf_static
+                     for topic in (options.topics.tf_static, '/tf')
+                     if settings.use_tf and topic and bag.has_topic(topic)}
+        tree = TransformTree()
+        clock_s = [0.0]  # log time of the latest message: ages /tf edges
         cloud_stamps: List[int] = []
         cloud_index: Dict[int, int] = {}
         runtime.warmup(iterations=1)  # first-frame set-up costs stay out of the timings
@@ -633,8 +642,11 @@ def evaluate_offline(options: EvalOptions) -> Dict[str, Any]:
                 rgb = None if frame.image is None else np.ascontiguousarray(frame.image[1])
                 image_stamp = None if frame.image is None else frame.image[0]
                 convert_ms = (time.perf_counter() - convert_started) * 1e3
-                geometry = (None if rgb is None
-                            else frame_pipeline.camera_geometry(camera[0], rgb.shape[:2]))
+                pose = (tree.lookup(camera_frame[0], frame.cloud.header.frame_id, clock_s[0])
+                        if camera_frame[0] else None)
+                geometry = (None if rgb is None else frame_pipeline.camera_geometry(
+                    camera[0], rgb.shape[:2], cloud_to_camera=pose))
+                counts['camera_pose_from_tf'] += int(geometry is not None and pose is not None)
                 output = frame_pipeline.run(cloud, rgb, camera_geometry=geometry)
                 counts['uncalibrated_images'] += int(output.image_uncalibrated)
                 result = output.result
@@ -663,14 +675,18 @@ def evaluate_offline(options: EvalOptions) -> Dict[str, Any]:
             input_topics.append(options.topics.gt_semantic)
         if used['camera_info']:
             input_topics.append(options.topics.camera_info)
+        input_topics += list(tf_topics)
         fields = settings.cloud_fields()
         with tqdm(total=total, desc='offline evaluation', unit='frame',
                   disable=not options.progress) as bar:
             for item in bag.messages(input_topics):
-                now_s = item.log_time_ns * 1e-9
+                now_s = clock_s[0] = item.log_time_ns * 1e-9
                 process(sync.poll(now_s))
                 msg = item.message
-                if item.topic == options.topics.pointcloud:
+                if item.topic in tf_topics:
+                    counts['bad_transforms'] += len(tree.update_from_message(
+                        msg, tf_topics[item.topic], now_s))
+                elif item.topic == options.topics.pointcloud:
                     if options.max_frames is not None and counts['clouds'] >= options.max_frames:
                         break
                     counts['clouds'] += 1
@@ -702,6 +718,7 @@ def evaluate_offline(options: EvalOptions) -> Dict[str, Any]:
                     try:
                         camera[0] = CameraIntrinsics.from_camera_info(
                             msg.width, msg.height, msg.k, msg.distortion_model, msg.d)
+                        camera_frame[0] = msg.header.frame_id
                     except CalibrationError:
                         counts['bad_camera_info'] += 1
                 else:

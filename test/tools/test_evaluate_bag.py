@@ -85,6 +85,9 @@ def test_offline_passes_the_bags_camera_info_to_calibration_aware_weights(data, 
     write_tiny_weights(weights, config=calibrated_tiny_config())
     report = evaluate_offline(_options(bag, weights, tmp_path / 'with'))
     assert report['frames']['fused'] == FRAMES and report['frames']['uncalibrated_images'] == 0
+    # The bag's /tf_static links the cloud's frame and the camera's: the pose comes from it.
+    assert report['frames']['camera_pose_from_tf'] == FRAMES
+    assert report['frames']['bad_transforms'] == 0
     # The same bag without its CameraInfo: the images cannot be placed, every frame LiDAR-only.
     stripped = str(tmp_path / 'without_camera_info')
     with BagReader(bag) as reader, BagWriter(stripped, storage='mcap') as writer:

@@ -11,7 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from training.losses import (
-    heatmap_focal_loss, LossWeights, multitask_loss, regression_loss, semantic_loss)
+    heatmap_focal_loss, LossWeights, MAX_CLASS_WEIGHT, multitask_loss, regression_loss,
+    semantic_class_weights, semantic_loss)
 from training.targets import build_targets, collate_targets, gaussian_radius, TargetConfig
 
 CONFIG = ModelConfig.tiny()  # head grid 14 x 16 cells of 0.64 m, origin (0, -4.16)
@@ -121,6 +122,25 @@ def test_focal_loss_rewards_confident_correct_heatmaps():
     assert losses[0] < 1e-3 < losses[1] < losses[2]
     assert math.isfinite(float(heatmap_focal_loss(torch.full_like(targets, 100.0), targets)))
     assert float(heatmap_focal_loss(torch.zeros(1, 4, 3, 3), torch.zeros(1, 4, 3, 3))) > 0
+
+
+def test_balanced_semantic_loss_weighs_rare_classes_up():
+    labels = torch.zeros(1, 10, 10, dtype=torch.int64)  # road everywhere ...
+    labels[0, 0, :4] = 2  # ... but a thin pole
+    labels[0, 9, :] = 255
+    weights = semantic_class_weights(labels, 4, 0.5)
+    counts = torch.tensor([86.0, 0.0, 4.0, 0.0])
+    torch.testing.assert_close((weights * counts).sum(), counts.sum())  # pixel mean 1
+    assert weights[1] == 0 and weights[3] == 0 and weights[2] > 4 * weights[0]
+    assert float(semantic_class_weights(labels, 4, 3.0).max()) == MAX_CLASS_WEIGHT
+    # A model that calls the pole road costs more with balance than without.
+    logits = torch.zeros(1, 4, 10, 10)
+    logits[:, 0] = 3.0
+    valid = torch.ones(1, dtype=torch.bool)
+    assert float(semantic_loss(logits, labels, valid, 0.5)) > float(
+        semantic_loss(logits, labels, valid)) * 1.5
+    torch.testing.assert_close(semantic_loss(logits, labels, valid, 0.0),
+                               semantic_loss(logits, labels, valid))
 
 
 def test_semantic_loss_ignores_255_and_camera_invalid_samples():

@@ -9,13 +9,16 @@ import shutil
 from bev_perception import bag_io
 from bev_perception.bag_io import (BagError, BagReader, DEFAULT_TOPICS, detections_from_msg,
                                    mono8_to_array)
+from bev_perception.calibration import CameraIntrinsics
 from bev_perception.conversions import image_to_rgb, pointcloud2_to_array
+from bev_perception.transforms import TransformTree
 import numpy as np
 import pytest
 from rosbags.highlevel import AnyReader
 from rosbags.typesys import get_typestore, Stores
-from training.a2d2 import (DEFAULT_CLASS_MAP, frame_path, read_boxes, read_camera_info,
-                           read_image, read_lidar, read_lidar_arrays, read_semantic)
+from training.a2d2 import (A2D2Dataset, DEFAULT_CLASS_MAP, frame_path, read_boxes,
+                           read_camera_info, read_image, read_lidar, read_lidar_arrays,
+                           read_semantic)
 from training.a2d2_calibration import view_to_vehicle, view_to_view
 from training.synthetic import generate
 from training.to_bag import (camera_info_data, convert_scene, main, parse_frame_range,
@@ -125,6 +128,14 @@ def test_bag_messages_equal_the_source_files(scene, tmp_path, storage):
     offset = transforms[1].transform.translation
     np.testing.assert_allclose([offset.x, offset.y, offset.z], camera[:3, 3], atol=1e-9)
     assert np.linalg.norm(camera[:3, 3]) > 0.05  # the camera is not at the cloud's origin
+    # What a node makes of /tf_static and CameraInfo is the calibration training reads.
+    tree = TransformTree()
+    assert tree.update_from_message(messages[topics.tf_static][0].message, True, 0.0) == []
+    pose = tree.lookup(info.header.frame_id, cloud.header.frame_id, 0.0)
+    intrinsics = CameraIntrinsics.from_camera_info(info.width, info.height, info.k,
+                                                   info.distortion_model, info.d)
+    np.testing.assert_allclose(intrinsics.geometry(pose, (np.eye(3), np.zeros(3))),
+                               A2D2Dataset(root).scene_camera_geometry(name), atol=1e-5)
 
 
 def test_bag_decodes_with_plain_rosbags_from_its_embedded_definitions(scene, tmp_path):
