@@ -914,6 +914,8 @@ def evaluate_live(options: EvalOptions) -> Dict[str, Any]:
                 if used['camera_info']:
                     targets[topics.camera_info] = (options.node_camera_info_topic
                                                    or f'{node_path}/input/camera_info')
+                if topics.tf_static and bag.has_topic(topics.tf_static):
+                    targets[topics.tf_static] = '/tf_static'  # the camera pose, latched
                 publishers = replay.bag_publishers(session.node, bag, targets, LOGGER.warning)
                 clock = (replay.SimClock(session.node, options.rate) if options.use_sim_time
                          else None)

@@ -187,6 +187,8 @@ def test_live_replay_into_a_running_node_with_remapped_inputs(
     assert not (out / 'node.log').exists()
     # The bag's camera_info reached the node on its remapped topic.
     assert int(report['live']['node_diagnostics']['camera_infos_in']) == FRAMES
+    # ... and its /tf_static (vehicle -> view -> optical frame) reached the node's /tf tree.
+    assert int(report['live']['node_diagnostics']['transforms_in']) == 2
 
 
 def _run_cli(args, capsys):
