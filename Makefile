@@ -85,6 +85,11 @@ eval-real: setup
 	$(RUN) python -m training.evaluate --weights bev_perception/weights/default.safetensors \
 		--data $(REAL_DEV)/a2d2/camera_lidar_semantic --format a2d2 --semantic-only \
 		--out out/eval_real/a2d2_semantic
+	$(RUN) python -m training.evaluate --weights bev_perception/weights/lite.safetensors \
+		--data $(REAL_DEV)/kitti --format kitti --out out/eval_real/kitti_lite
+	$(RUN) python -m training.evaluate --weights bev_perception/weights/lite.safetensors \
+		--data $(REAL_DEV)/a2d2/camera_lidar_semantic --format a2d2 --semantic-only \
+		--out out/eval_real/a2d2_semantic_lite
 
 lint: setup
 	$(RUN) python -m pytest test/test_lint.py -q

@@ -4,6 +4,9 @@ Layout (the dataset's published one): ``<root>/<scene>/{camera,lidar,label,label
 cam_front_center/<scene without underscore>_<kind>_frontcenter_<9-digit id>.<ext>`` plus
 ``class_list.json`` and ``cams_lidars.json`` at the root. Points and boxes are in the
 front-center camera "view" frame (x forward, y left, z up, metres), which is the model frame.
+A scene folder may also hold a ``cams_lidars.json`` of its own (the synthetic world's extension
+for drives filmed by another camera; ``read_camera_geometry``): its front-center entry is the
+camera of that scene's images, placed relative to the root's front-center view.
 
 Boxes leave the reader in the common convention: float32 (K, 7) x, y, z (geometric centre),
 length, width, height, yaw (radians about +z in (-pi, pi], yaw = rot_angle * sign(axis_z)).
