@@ -33,7 +33,8 @@ import torch
 import tqdm
 from training.a2d2 import A2D2Dataset, Frame, frame_path
 from training.augment import augment_sample, AugmentConfig, Sample
-from training.targets import build_targets, collate_targets, TargetConfig, Targets
+from training.targets import (build_targets, collate_targets, points_in_boxes, TargetConfig,
+                              Targets)
 
 LOGGER = logging.getLogger(__name__)
 
@@ -338,7 +339,10 @@ class TrainingDataset(torch.utils.data.Dataset):
         return Example(
             points=torch.from_numpy(np.ascontiguousarray(sample.points, dtype=np.float32)),
             image=image, camera_valid=bool(sample.camera_valid), semantic=semantic,
-            targets=build_targets(boxes, labels, self.config, self.target_config),
+            targets=build_targets(
+                boxes, labels, self.config, self.target_config,
+                points_in_boxes(sample.points, sample.boxes)
+                if self.target_config.min_points > 0 else None),
             boxes=boxes, labels=labels, name=frame.name,
             camera_geometry=torch.from_numpy(
                 np.zeros(GEOMETRY_SIZE, np.float32) if sample.camera_geometry is None

@@ -34,7 +34,7 @@ class LossBreakdown(NamedTuple):
 
 
 def heatmap_focal_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float = 2.0,
-                       beta: float = 4.0) -> torch.Tensor:
+                       beta: float = 4.0, ignore: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Return the CenterNet penalty-reduced focal loss, summed and divided by the positives.
 
     Args:
@@ -42,6 +42,7 @@ def heatmap_focal_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float 
         target: (B, n_cls, h, w) Gaussian heatmap in [0, 1]; cells equal to 1 are positives.
         alpha: focusing exponent.
         beta: exponent of the penalty reduction around positives.
+        ignore: (B, h, w) bool cells that are no negatives for any class, or None.
     """
     logits = logits.float()
     positive = target >= 1.0
@@ -50,8 +51,9 @@ def heatmap_focal_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float 
     log_not_p = F.logsigmoid(-logits)
     positive_loss = torch.where(positive, (1 - probability) ** alpha * log_p,
                                 torch.zeros_like(logits))
-    negative_loss = torch.where(positive, torch.zeros_like(logits),
-                                (1 - target) ** beta * probability ** alpha * log_not_p)
+    negative = ~positive if ignore is None else ~positive & ~ignore[:, None].to(positive.device)
+    negative_loss = torch.where(negative, (1 - target) ** beta * probability ** alpha * log_not_p,
+                                torch.zeros_like(logits))
     num_positive = positive.sum().clamp_min(1).to(logits.dtype)
     return -(positive_loss.sum() + negative_loss.sum()) / num_positive
 
@@ -135,7 +137,7 @@ def multitask_loss(output: NetworkOutput, targets: Targets,
         semantic_labels: (B, Hc, Wc) uint8/long ids with 255 = ignore, or None.
         weights: task and regression weights.
     """
-    heatmap = heatmap_focal_loss(output.heatmap, targets.heatmap)
+    heatmap = heatmap_focal_loss(output.heatmap, targets.heatmap, ignore=targets.ignore)
     regression = regression_loss(output, targets, weights)
     semantic = semantic_loss(output.semantic, semantic_labels, output.camera_valid,
                              weights.semantic_balance)

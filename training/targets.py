@@ -2,10 +2,16 @@
 
 Uses the network's own box encoding (``bev_perception.model.decode.boxes_to_regression``), so
 targets and decoding are exact inverses of each other.
+
+Ignore regions (``TargetConfig.min_points``): a labelled object with fewer LiDAR points inside
+its box than that is neither a positive nor a negative. Its Gaussian window is marked in
+``Targets.ignore`` and the heatmap loss skips those cells for every class: a fragment of a
+person behind a parked car then teaches neither "any small blob is a person" nor "a person's
+returns are background".
 """
 
 import dataclasses
-from typing import NamedTuple, Sequence, Union
+from typing import NamedTuple, Optional, Sequence, Union
 
 from bev_perception.model.config import ModelConfig
 from bev_perception.model.decode import boxes_to_regression
@@ -21,6 +27,7 @@ class TargetConfig:
 
     gaussian_min_overlap: float = 0.1
     gaussian_min_radius: int = 2  # head cells
+    min_points: int = 0  # objects with fewer LiDAR points in their box are ignore regions
 
 
 class Targets(NamedTuple):
@@ -34,6 +41,7 @@ class Targets(NamedTuple):
     yaw: torch.Tensor  # (M, 2) float32 sin, cos
     labels: torch.Tensor  # (M,) int64 detection class
     mask: torch.Tensor  # (M,) bool slot holds an object
+    ignore: torch.Tensor  # (h, w) bool cells the heatmap loss skips (see the module docstring)
 
 
 def gaussian_radius(length_cells: torch.Tensor, width_cells: torch.Tensor,
@@ -87,15 +95,30 @@ def draw_heatmap(centres: torch.Tensor, radii: torch.Tensor, labels: torch.Tenso
     return heatmap.view(num_classes, rows, cols)
 
 
+def points_in_boxes(points: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """Return (K,) int64: how many of the points (N, >= 3) lie inside each box (K, 7)."""
+    counts = np.zeros(len(boxes), dtype=np.int64)
+    for index, (x, y, z, length, width, height, yaw) in enumerate(boxes):
+        dx, dy = points[:, 0] - x, points[:, 1] - y
+        c, s = np.cos(yaw), np.sin(yaw)
+        inside = ((np.abs(c * dx + s * dy) <= length / 2) & (np.abs(-s * dx + c * dy) <= width / 2)
+                  & (np.abs(points[:, 2] - z) <= height / 2))
+        counts[index] = int(np.count_nonzero(inside))
+    return counts
+
+
 def build_targets(boxes: ArrayLike, labels: ArrayLike, config: ModelConfig,
-                  target_config: TargetConfig = TargetConfig()) -> Targets:
+                  target_config: TargetConfig = TargetConfig(),
+                  num_points: Optional[ArrayLike] = None) -> Targets:
     """Build the targets of one sample.
 
     Args:
         boxes: (K, 7) boxes in the model frame (x, y, z, length, width, height, yaw).
         labels: (K,) detection class ids; ids outside [0, n_cls) are ignored.
         config: model config (head grid, classes, ``head.max_objects``).
-        target_config: Gaussian settings.
+        target_config: Gaussian settings and ``min_points``.
+        num_points: (K,) LiDAR points inside each box (``points_in_boxes``); needed when
+            ``target_config.min_points`` is set, else unused.
 
     Returns:
         Targets on the CPU. Boxes whose centre is off the head grid, with non-finite values or
@@ -112,15 +135,30 @@ def build_targets(boxes: ArrayLike, labels: ArrayLike, config: ModelConfig,
     encoding = boxes_to_regression(boxes, config)
     usable = (encoding.inside & torch.isfinite(boxes).all(1) & (boxes[:, 3:6] > 0).all(1)
               & (labels >= 0) & (labels < num_classes))
-    index = torch.nonzero(usable).squeeze(1)
+    few = torch.zeros_like(usable)
+    if target_config.min_points > 0:
+        if num_points is None:
+            raise ValueError('TargetConfig.min_points needs the points inside each box')
+        few = torch.as_tensor(np.asarray(num_points)).reshape(-1) < target_config.min_points
     cols = config.head_hw[1]
-    centres = torch.stack([encoding.cell_index[index] % cols, encoding.cell_index[index] // cols],
-                          1)  # (K, 2) col, row
     cell = config.head_cell_size_m
-    radius = gaussian_radius(boxes[index, 3].double() / cell, boxes[index, 4].double() / cell,
-                             target_config.gaussian_min_overlap)
-    radius = torch.clamp(radius.floor().to(torch.int64), min=target_config.gaussian_min_radius)
+
+    def windows(chosen: torch.Tensor):
+        centres = torch.stack([encoding.cell_index[chosen] % cols,
+                               encoding.cell_index[chosen] // cols], 1)  # (K, 2) col, row
+        radius = gaussian_radius(boxes[chosen, 3].double() / cell,
+                                 boxes[chosen, 4].double() / cell,
+                                 target_config.gaussian_min_overlap)
+        return centres, torch.clamp(radius.floor().to(torch.int64),
+                                    min=target_config.gaussian_min_radius)
+
+    index = torch.nonzero(usable & ~few).squeeze(1)
+    centres, radius = windows(index)
     heatmap = draw_heatmap(centres, radius, labels[index], num_classes, config.head_hw)
+    ignored = torch.nonzero(usable & few).squeeze(1)
+    ignored_centres, ignored_radius = windows(ignored)
+    ignore = draw_heatmap(ignored_centres, ignored_radius, torch.zeros_like(ignored), 1,
+                          config.head_hw)[0] > 0  # (h, w)
 
     slots = config.head.max_objects
     chosen = index[:slots]
@@ -136,7 +174,7 @@ def build_targets(boxes: ArrayLike, labels: ArrayLike, config: ModelConfig,
     return Targets(
         heatmap=heatmap, cell_index=padded(encoding.cell_index), offset=padded(encoding.offset),
         z=padded(encoding.z), log_size=padded(encoding.log_size), yaw=padded(encoding.yaw),
-        labels=padded(labels), mask=mask)
+        labels=padded(labels), mask=mask, ignore=ignore)
 
 
 def collate_targets(samples: Sequence[Targets]) -> Targets:

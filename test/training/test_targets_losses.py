@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from training.losses import (
     heatmap_focal_loss, LossWeights, MAX_CLASS_WEIGHT, multitask_loss, regression_loss,
     semantic_class_weights, semantic_loss)
-from training.targets import build_targets, collate_targets, gaussian_radius, TargetConfig
+from training.targets import (build_targets, collate_targets, gaussian_radius, points_in_boxes,
+                              TargetConfig)
 
 CONFIG = ModelConfig.tiny()  # head grid 14 x 16 cells of 0.64 m, origin (0, -4.16)
 BOXES = np.array([[2.0, -2.0, -1.0, 4.0, 1.8, 1.5, 0.3],
@@ -45,6 +46,37 @@ def test_heatmap_peaks_at_centres_with_minimum_radius():
     assert float(targets.heatmap[2, row, col - 2]) == pytest.approx(expected)
     assert float(targets.heatmap[2, row, col - 3]) == 0.0
     assert int((targets.heatmap == 1.0).sum()) == 2
+
+
+def test_objects_with_few_points_become_ignore_regions():
+    rng = np.random.default_rng(0)
+
+    def inside(box, count):
+        offsets = rng.uniform(-0.4, 0.4, (count, 3)) * box[3:6]  # in the box's own axes
+        c, s = math.cos(box[6]), math.sin(box[6])
+        return box[:3] + offsets @ np.array([[c, s, 0.0], [-s, c, 0.0], [0.0, 0.0, 1.0]])
+
+    car_points, person_points = inside(BOXES[0], 40), inside(BOXES[1], 6)
+    far = np.array([[30.0, 20.0, 0.0]])
+    counts = points_in_boxes(np.concatenate([car_points, person_points, far]), BOXES)
+    assert counts.tolist() == [40, 6]
+    config = TargetConfig(min_points=10)
+    targets = build_targets(BOXES, LABELS, CONFIG, config, counts)
+    assert int(targets.mask.sum()) == 1 and int(targets.labels[0]) == 0  # the car only
+    assert targets.heatmap[2].sum() == 0  # the person is no positive ...
+    row, col = divmod(int(build_targets(BOXES, LABELS, CONFIG).cell_index[1]), CONFIG.head_hw[1])
+    assert targets.ignore[row, col] and targets.ignore[row, col - 2]  # ... nor a negative
+    assert not targets.ignore[row, col - 3] and int(targets.ignore.sum()) == 25
+    assert not build_targets(BOXES, LABELS, CONFIG).ignore.any()
+    with pytest.raises(ValueError, match='points inside each box'):
+        build_targets(BOXES, LABELS, CONFIG, config)
+    # The heatmap loss does not punish a confident guess inside the ignore region.
+    batch = collate_targets([targets])
+    logits = torch.full((1, 4, 14, 16), -6.0)
+    logits[0, 2, row, col] = 4.0
+    with_region = heatmap_focal_loss(logits, batch.heatmap, ignore=batch.ignore)
+    without = heatmap_focal_loss(logits, batch.heatmap)
+    assert float(with_region) < float(without) - 1.0
 
 
 def test_regression_slots_decode_back_to_the_boxes():
