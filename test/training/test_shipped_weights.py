@@ -17,8 +17,8 @@ from bev_perception.model.config import ModelConfig
 from bev_perception.weights import SHIPPED_PROFILES
 import pytest
 from training import synthetic
-from training.cameras import CameraSetup
 from training.a2d2 import A2D2Dataset
+from training.cameras import CameraSetup
 from training.evaluate import class_map_for, evaluate
 from training.make_weights import (
     CI_TEST_SEED, HELD_OUT_SEED, PROFILES, Recipe, TRAIN_DATA_SEED)
