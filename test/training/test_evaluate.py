@@ -126,10 +126,16 @@ def test_calibration_aware_weights_evaluate_with_each_roots_calibration(tiny_roo
     completed = _evaluate_cli(weights, tiny_root, tmp_path / 'with')
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert json.loads(completed.stdout.strip().splitlines()[-1])['frames'] == 4
-    # The same root without its cams_lidars.json: the fused run cannot place the camera.
+    # The same root without its cams_lidars.json: a scene's own camera cannot be placed ...
     copy = tmp_path / 'root'
     shutil.copytree(tiny_root, copy)
     os.remove(copy / 'cams_lidars.json')
+    completed = _evaluate_cli(weights, copy, tmp_path / 'without')
+    assert completed.returncode != 0 and 'Traceback' not in completed.stderr
+    assert 'a scene camera needs' in completed.stderr
+    # ... and without any calibration the fused run cannot place the camera at all.
+    for own in copy.glob('*/cams_lidars.json'):
+        own.unlink()
     completed = _evaluate_cli(weights, copy, tmp_path / 'without')
     assert completed.returncode != 0
     assert 'no camera calibration' in completed.stderr and 'Traceback' not in completed.stderr
