@@ -49,6 +49,19 @@ def rotation_to_quaternion(rotation: np.ndarray) -> np.ndarray:
     return np.where(quaternion[..., 3:] < 0, -quaternion, quaternion)
 
 
+def rotation_from_quaternion(x: float, y: float, z: float, w: float) -> np.ndarray:
+    """Return the (3, 3) rotation of a unit quaternion; ValueError unless it is one (1e-3)."""
+    q = np.array([x, y, z, w], dtype=np.float64)
+    norm = float(np.linalg.norm(q))
+    if not np.isfinite(q).all() or abs(norm - 1.0) > 1e-3:
+        raise ValueError(f'rotation quaternion {q.tolist()} is not a unit quaternion')
+    x, y, z, w = q / norm
+    return np.array([
+        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
+
+
 def yaw_to_quaternion(yaw) -> np.ndarray:
     """Return the quaternion(s) (..., 4) as x, y, z, w of a rotation by ``yaw`` rad about +z."""
     half = 0.5 * np.asarray(yaw, dtype=np.float64)

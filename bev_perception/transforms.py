@@ -14,6 +14,7 @@ Frame names are compared without a leading '/', as tf2 does.
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from bev_perception.geometry import rotation_from_quaternion
 import numpy as np
 
 Rigid = Tuple[np.ndarray, np.ndarray]  # (R (3, 3), t (3,)) float64
@@ -21,19 +22,6 @@ Rigid = Tuple[np.ndarray, np.ndarray]  # (R (3, 3), t (3,)) float64
 
 class TransformError(ValueError):
     """A transform that cannot be used (not finite, not a unit quaternion, a frame loop)."""
-
-
-def rotation_from_quaternion(x: float, y: float, z: float, w: float) -> np.ndarray:
-    """Return the (3, 3) rotation of a unit quaternion (refused when not close to unit)."""
-    q = np.array([x, y, z, w], dtype=np.float64)
-    norm = float(np.linalg.norm(q))
-    if not np.isfinite(q).all() or abs(norm - 1.0) > 1e-3:
-        raise TransformError(f'rotation quaternion {q.tolist()} is not a unit quaternion')
-    x, y, z, w = q / norm
-    return np.array([
-        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
 
 
 def _frame(name: str) -> str:
@@ -71,7 +59,10 @@ class TransformTree:
         vector = np.asarray(translation, dtype=np.float64).reshape(3)
         if not np.isfinite(vector).all():
             raise TransformError(f'transform {parent!r} -> {child!r}: translation is not finite')
-        rotation = rotation_from_quaternion(*quaternion)
+        try:
+            rotation = rotation_from_quaternion(*quaternion)
+        except ValueError as error:
+            raise TransformError(f'transform {parent!r} -> {child!r}: {error}') from None
         if child in self._chain(parent, now_s):
             raise TransformError(f'transform {parent!r} -> {child!r} would close a loop')
         self._edges[child] = _Edge(parent, rotation, vector, static, now_s)

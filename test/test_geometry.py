@@ -2,7 +2,8 @@
 
 import math
 
-from bev_perception.geometry import (box_outline_xy, quaternion_to_yaw, rotation_from_rpy,
+from bev_perception.geometry import (box_outline_xy, quaternion_to_yaw,
+                                     rotation_from_quaternion, rotation_from_rpy,
                                      rotation_to_quaternion, wrap_angle, yaw_to_quaternion)
 import numpy as np
 import pytest
@@ -49,3 +50,21 @@ def test_box_outline_is_closed_and_turns_with_the_yaw():
     np.testing.assert_allclose(outline[0], [1.0 - 1.0, 2.0 + 2.0], atol=1e-12)  # front-left
     assert outline[:, 0].max() - outline[:, 0].min() == pytest.approx(2.0)
     assert outline[:, 1].max() - outline[:, 1].min() == pytest.approx(4.0)
+
+
+def test_quaternions_give_the_rotations_about_their_axes():
+    for angle in (0.3, -1.2, math.pi):
+        half_cos, half_sin = math.cos(angle / 2), math.sin(angle / 2)
+        np.testing.assert_allclose(rotation_from_quaternion(half_sin, 0.0, 0.0, half_cos),
+                                   rotation_from_rpy(angle, 0.0, 0.0), atol=1e-12)
+        np.testing.assert_allclose(rotation_from_quaternion(0.0, half_sin, 0.0, half_cos),
+                                   rotation_from_rpy(0.0, angle, 0.0), atol=1e-12)
+        np.testing.assert_allclose(rotation_from_quaternion(0.0, 0.0, half_sin, half_cos),
+                                   rotation_from_rpy(0.0, 0.0, angle), atol=1e-12)
+    rotation = rotation_from_rpy(1.2, 0.4, -2.0)
+    np.testing.assert_allclose(rotation_from_quaternion(*rotation_to_quaternion(rotation)),
+                               rotation, atol=1e-12)
+    with pytest.raises(ValueError, match='unit quaternion'):
+        rotation_from_quaternion(0.0, 0.0, 0.0, 2.0)
+    with pytest.raises(ValueError, match='unit quaternion'):
+        rotation_from_quaternion(math.nan, 0.0, 0.0, 1.0)
