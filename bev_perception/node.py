@@ -473,9 +473,11 @@ class PerceptionNode(Node):
         image: Optional[ImagePayload] = frame.image
         rgb = None if image is None else np.ascontiguousarray(image.rgb)
         timings['convert'] = (time.perf_counter() - started) * 1e3
-        geometry = (None if rgb is None else self._pipeline.camera_geometry(
+        # The /tf lookup only where the weights will place this image by its calibration.
+        placed = rgb is not None and self._camera is not None and self._runtime.needs_calibration
+        geometry = (self._pipeline.camera_geometry(
             self._camera, rgb.shape[:2], frame_settings,
-            self._camera_pose(cloud_msg.header.frame_id)))
+            self._camera_pose(cloud_msg.header.frame_id)) if placed else None)
         output = self._pipeline.run(prepared, rgb, frame_settings, geometry)
         result = output.result
         if output.image_uncalibrated:

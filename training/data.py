@@ -159,9 +159,8 @@ def dataset_fingerprint(dataset: A2D2Dataset, config: ModelConfig) -> Dict[str, 
         'load_image': dataset.load_image,
         'load_semantic': dataset.load_semantic,
         'input_hw': list(config.camera.input_hw),
-        'camera_geometry': {scene: (None if geometry is None else geometry.tolist())
-                            for scene in dataset.scenes
-                            for geometry in (dataset.scene_camera_geometry(scene),)},
+        'camera_geometry': {scene: np.asarray(dataset.scene_camera_geometry(scene)).tolist()
+                            for scene in dataset.scenes},
     }
 
 

@@ -642,10 +642,12 @@ def evaluate_offline(options: EvalOptions) -> Dict[str, Any]:
                 rgb = None if frame.image is None else np.ascontiguousarray(frame.image[1])
                 image_stamp = None if frame.image is None else frame.image[0]
                 convert_ms = (time.perf_counter() - convert_started) * 1e3
+                placed = (rgb is not None and camera[0] is not None
+                          and runtime.needs_calibration)
                 pose = (tree.lookup(camera_frame[0], frame.cloud.header.frame_id, clock_s[0])
-                        if camera_frame[0] else None)
-                geometry = (None if rgb is None else frame_pipeline.camera_geometry(
-                    camera[0], rgb.shape[:2], cloud_to_camera=pose))
+                        if placed and camera_frame[0] else None)
+                geometry = (frame_pipeline.camera_geometry(
+                    camera[0], rgb.shape[:2], cloud_to_camera=pose) if placed else None)
                 counts['camera_pose_from_tf'] += int(geometry is not None and pose is not None)
                 output = frame_pipeline.run(cloud, rgb, camera_geometry=geometry)
                 counts['uncalibrated_images'] += int(output.image_uncalibrated)
