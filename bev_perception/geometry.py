@@ -93,3 +93,19 @@ def box_outline_xy(box: Sequence[float]) -> np.ndarray:
     cos_yaw, sin_yaw = math.cos(yaw), math.sin(yaw)
     rotation = np.array([[cos_yaw, -sin_yaw], [sin_yaw, cos_yaw]])
     return local @ rotation.T + np.array([x, y])
+
+
+def in_footprints(xy: np.ndarray, boxes: np.ndarray, margin_m: float = 0.0) -> np.ndarray:
+    """Return (P,) bool: points (P, 2) x, y inside the BEV footprint of any box (K, >= 7).
+
+    Each footprint is grown by ``margin_m`` on every side.
+    """
+    xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 7)
+    offset = xy[:, None, :] - boxes[None, :, :2]  # (P, K, 2)
+    cos_yaw, sin_yaw = np.cos(boxes[:, 6]), np.sin(boxes[:, 6])  # (K,)
+    along = offset[..., 0] * cos_yaw + offset[..., 1] * sin_yaw  # (P, K)
+    across = -offset[..., 0] * sin_yaw + offset[..., 1] * cos_yaw
+    inside = ((np.abs(along) <= 0.5 * boxes[:, 3] + margin_m)
+              & (np.abs(across) <= 0.5 * boxes[:, 4] + margin_m))  # (P, K)
+    return inside.any(axis=1)

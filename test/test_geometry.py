@@ -2,7 +2,7 @@
 
 import math
 
-from bev_perception.geometry import (box_outline_xy, quaternion_to_yaw,
+from bev_perception.geometry import (box_outline_xy, in_footprints, quaternion_to_yaw,
                                      rotation_from_quaternion, rotation_from_rpy,
                                      rotation_to_quaternion, wrap_angle, yaw_to_quaternion)
 import numpy as np
@@ -50,6 +50,17 @@ def test_box_outline_is_closed_and_turns_with_the_yaw():
     np.testing.assert_allclose(outline[0], [1.0 - 1.0, 2.0 + 2.0], atol=1e-12)  # front-left
     assert outline[:, 0].max() - outline[:, 0].min() == pytest.approx(2.0)
     assert outline[:, 1].max() - outline[:, 1].min() == pytest.approx(4.0)
+
+
+def test_footprints_turn_with_the_yaw_and_grow_by_the_margin():
+    boxes = np.array([[10.0, 0.0, 0.0, 4.0, 2.0, 1.5, math.pi / 2],  # long along y
+                      [-5.0, -5.0, 0.0, 1.0, 1.0, 1.0, 0.0]])
+    xy = np.array([[10.0, 1.8], [11.8, 0.0], [10.9, 0.0], [-5.0, -5.0], [0.0, 0.0]])
+    np.testing.assert_array_equal(in_footprints(xy, boxes), [True, False, True, True, False])
+    np.testing.assert_array_equal(in_footprints(xy, boxes, margin_m=1.0),
+                                  [True, True, True, True, False])
+    assert in_footprints(xy, np.zeros((0, 7))).tolist() == [False] * 5
+    assert in_footprints(np.zeros((0, 2)), boxes).shape == (0,)
 
 
 def test_quaternions_give_the_rotations_about_their_axes():

@@ -10,7 +10,7 @@ get a camera of their own, so that the calibration-aware fusion sees many geomet
   spread; the image keeps the recipe's width;
 - plumb-bob radial distortion k1 (none for 45 %, rectified images), scaled with the focal
   length so that the fold-over radius stays outside the image;
-- mounting relative to the model origin: 1.5 m behind to 0.3 m ahead, +-0.15 m sideways,
+- mounting relative to the model origin: 1.5 m behind to 0.3 m ahead, sideways sd 0.15 m,
   0.4 m lower to 0.3 m higher; pitch -2..+7 degrees (down), yaw sd 2.3, roll sd 0.6 degrees.
 
 Such a scene writes its camera to ``<scene>/cams_lidars.json`` (the root's file with the
@@ -29,9 +29,10 @@ It is a training-time module: nothing under ``bev_perception/`` imports it.
 from dataclasses import dataclass
 import io
 import math
-from typing import Mapping, Optional, Tuple
+from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 from bev_perception.geometry import rotation_from_rpy
+from bev_perception.model.camera_geometry import describe
 import numpy as np
 from PIL import Image, ImageFilter
 from training.a2d2_calibration import (camera_calibration, CameraCalibration, CameraModel,
@@ -248,3 +249,25 @@ def finish_image(linear: np.ndarray, exposure: float, appearance: Appearance,
         buffer.seek(0)
         image = Image.open(buffer).convert('RGB')
     return np.asarray(image, dtype=np.uint8)
+
+
+def summarize(geometries: Sequence[np.ndarray]) -> Dict[str, object]:
+    """Return the range of cameras a set of geometry vectors spans (for the weights' metadata).
+
+    Args:
+        geometries: (camera_geometry.SIZE,) vectors, one per scene.
+
+    Returns:
+        ``cameras`` (how many), ``distinct`` (how many differ) and, per quantity of
+        ``camera_geometry.describe``, ``[min, median, max]`` over the cameras, rounded.
+    """
+    if not len(geometries):
+        return {'cameras': 0, 'distinct': 0}
+    vectors = np.stack([np.asarray(g, dtype=np.float32) for g in geometries])  # (S, SIZE)
+    described = [describe(v) for v in vectors]
+    summary: Dict[str, object] = {'cameras': len(vectors),
+                                  'distinct': len(np.unique(vectors, axis=0))}
+    for key in described[0]:
+        values = np.array([d[key] for d in described])
+        summary[key] = [round(float(v), 3) for v in np.percentile(values, [0, 50, 100])]
+    return summary

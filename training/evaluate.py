@@ -40,7 +40,12 @@ low score threshold (``EVAL_SCORE_THRESHOLD``) so the precision-recall curves ar
 plus recall and precision per class at the node's default score threshold
 (``NODE_SCORE_THRESHOLD``, ``--operating-threshold``). Ground-truth boxes whose centre lies
 outside the model's BEV grid (``config.grid`` x and y range) cannot be detected and are not
-evaluated (like the range filter of KITTI and nuScenes). Semantic IoU per class and mIoU
+evaluated (like the range filter of KITTI and nuScenes). ``--min-points N`` evaluates only
+the objects with at least N LiDAR points inside their box (the points the network gets, in the
+model frame): fewer-point boxes leave the ground truth and a detection whose centre lies in
+such a box's footprint grown by ``kitti.IGNORE_MARGIN_M`` is ignored unless it matches an
+evaluated box (Waymo's LEVEL_1 keeps boxes with more than 5 points: ``--min-points 6``;
+default 0: every labelled object counts). Semantic IoU per class and mIoU
 come from the fused run, compared with the label at its native resolution (the runtime
 upsamples the prediction by nearest neighbour, like the node does). ``miou`` follows the
 metrics library (classes in ground truth or prediction); ``miou_gt_present`` averages only
@@ -66,7 +71,7 @@ import re
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from bev_perception.a2d2_classes import IGNORE_INDEX
-from bev_perception.geometry import box_outline_xy
+from bev_perception.geometry import box_outline_xy, in_footprints
 from bev_perception.inference import InferenceRuntime
 from bev_perception.metrics import (
     DEFAULT_DISTANCE_THRESHOLDS_M, DetectionAccumulator, DetectionMetrics, match_frame_indices,
@@ -84,6 +89,7 @@ from training.a2d2 import (
     A2D2Dataset, CAMERA_FOLDER, CAMERA_TOKEN, collate_frames, CorruptFrameError,
     DEFAULT_CLASS_MAP, FILE_KINDS, frame_path, list_scenes, PathLike, read_image,
     SemanticDecoder, SkippingDataset)
+from training.targets import points_in_boxes
 from training.train import load_checkpoint, model_from_checkpoint
 
 LOGGER = logging.getLogger(__name__)
@@ -184,9 +190,26 @@ def in_grid(boxes: np.ndarray, config: ModelConfig) -> np.ndarray:
     return config.grid.contains_xy(np.asarray(boxes).reshape(-1, 7))
 
 
+def _without_few_point_boxes(in_scope: Optional[Callable[[np.ndarray], np.ndarray]],
+                             few: np.ndarray) -> Optional[Callable[[np.ndarray], np.ndarray]]:
+    """Return ``in_scope`` that also puts detections in the footprints of ``few`` out of scope.
+
+    Args:
+        in_scope: the frame's own scope test (None: everything in scope).
+        few: (F, 7) boxes with too few points to be evaluated.
+    """
+    if not len(few):
+        return in_scope
+
+    def scope(boxes: np.ndarray) -> np.ndarray:
+        keep = ~in_footprints(boxes[:, :2], few, kitti.IGNORE_MARGIN_M)  # (P,)
+        return keep if in_scope is None else keep & in_scope(boxes)
+    return scope
+
+
 def eval_frame(frame: Any, config: ModelConfig,
                extrinsic: kitti.SensorExtrinsic = kitti.SensorExtrinsic(),
-               gain: float = 1.0) -> EvalFrame:
+               gain: float = 1.0, min_points: int = 0) -> EvalFrame:
     """Prepare a loaded frame of any format for the runtime and the metrics.
 
     Args:
@@ -196,6 +219,8 @@ def eval_frame(frame: Any, config: ModelConfig,
         config: the model config (BEV grid).
         extrinsic: cloud -> model frame for A2D2 frames.
         gain: intensity gain (``intensity_gain``).
+        min_points: objects with fewer LiDAR points in their box are not evaluated and
+            detections on them are ignored (module docstring); 0: every object counts.
     """
     if isinstance(frame, SemanticFrame):
         return EvalFrame(name=frame.name, points=np.zeros((0, 4), np.float32),
@@ -220,6 +245,10 @@ def eval_frame(frame: Any, config: ModelConfig,
         points = np.array(points, dtype=np.float32)  # (N, 4) own copy
         points[:, 3] *= gain
     keep = keep & in_grid(boxes, config)
+    if min_points > 0 and len(boxes):
+        few = points_in_boxes(points, boxes) < min_points  # (K,)
+        in_scope = _without_few_point_boxes(in_scope, boxes[keep & few])
+        keep &= ~few
     return EvalFrame(name=name, points=points, image=frame.image, gt_boxes=boxes[keep],
                      gt_labels=frame.labels[keep], semantic=frame.semantic, in_scope=in_scope,
                      camera_geometry=geometry)
@@ -504,7 +533,7 @@ def evaluate(runtime: InferenceRuntime, dataset: Any, batch_size: int = 4,
              extrinsic: kitti.SensorExtrinsic = kitti.SensorExtrinsic(), gain: float = 1.0,
              runs: Sequence[str] = RUNS, detection: bool = True,
              operating_threshold: float = NODE_SCORE_THRESHOLD,
-             render_dir: Optional[str] = None) -> EvaluationResult:
+             render_dir: Optional[str] = None, min_points: int = 0) -> EvaluationResult:
     """Run every frame fused and LiDAR-only and accumulate the metrics.
 
     Args:
@@ -521,6 +550,7 @@ def evaluate(runtime: InferenceRuntime, dataset: Any, batch_size: int = 4,
         detection: evaluate detection (False for frames without boxes).
         operating_threshold: score threshold of the reported recall and precision.
         render_dir: write one render per frame and run here (None: no renders).
+        min_points: evaluate only objects with at least this many LiDAR points (``eval_frame``).
     """
     config = runtime.config
     unknown_runs = sorted(set(runs) - set(RUNS))
@@ -541,7 +571,7 @@ def evaluate(runtime: InferenceRuntime, dataset: Any, batch_size: int = 4,
     for loaded in tqdm.tqdm(loader, desc='evaluating', unit='batch', disable=not show_progress):
         if not loaded:
             continue
-        frames = [eval_frame(item, config, extrinsic, gain) for item in loaded]
+        frames = [eval_frame(item, config, extrinsic, gain, min_points) for item in loaded]
         results = {}
         for run in RUNS:
             if run in runs:
@@ -852,6 +882,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help='A2D2: evaluate the semantic head only (automatic for a root '
                         'without LiDAR folders)')
     parser.add_argument('--no-renders', action='store_true', help='write no per-frame renders')
+    parser.add_argument('--min-points', type=int, default=0, metavar='N',
+                        help='evaluate only objects with at least N LiDAR points in their box '
+                        '(fewer-point boxes are ignore regions; default 0: all objects)')
     return parser
 
 
@@ -896,20 +929,23 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not len(dataset):
         raise SystemExit(f'{args.data}: no frames to evaluate (format {data_format})')
     runs = ('fused',) if semantic_only else ('lidar_only',) if args.lidar_only else RUNS
+    if args.min_points < 0:
+        raise SystemExit(f'--min-points must be >= 0, got {args.min_points}')
     try:
         result = evaluate(
             runtime, dataset, batch_size=args.batch_size, score_threshold=args.score_threshold,
             workers=args.workers, extrinsic=extrinsic,
             gain=intensity_gain(intensity_scale, config), runs=runs,
             detection=not semantic_only, operating_threshold=args.operating_threshold,
-            render_dir=None if args.no_renders else os.path.join(args.out, 'renders'))
+            render_dir=None if args.no_renders else os.path.join(args.out, 'renders'),
+            min_points=args.min_points)
     except MissingCalibrationError as error:
         raise SystemExit(str(error)) from None
     extra = {'data': os.path.abspath(args.data), 'weights': args.weights or args.checkpoint,
              'format': data_format + (' (semantic only)' if semantic_only else ''),
              'extrinsic_translation_m': list(extrinsic.translation_m),
              'extrinsic_rpy_rad': list(extrinsic.rpy_rad), 'intensity_scale': intensity_scale,
-             'runs': list(runs)}
+             'runs': list(runs), 'min_points': args.min_points}
     path = write_report(result, args.out, extra)
     print(json.dumps({'metrics': path, 'frames': result.num_frames, **result.summary()}))
     return 0

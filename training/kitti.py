@@ -71,7 +71,7 @@ import os
 import types
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
-from bev_perception.geometry import wrap_angle
+from bev_perception.geometry import in_footprints, wrap_angle
 from bev_perception.model.camera_geometry import camera_geometry as geometry_vector, moved
 from bev_perception.pipeline import Extrinsic
 import numpy as np
@@ -472,13 +472,7 @@ class KittiFrame:
                 inside = ((u >= left - grow) & (u <= right + grow) & (v >= top - grow)
                           & (v <= bottom + grow))  # (P, D)
             keep &= ~inside.any(axis=1)
-        for box in self.ignore_boxes:
-            offset = boxes[:, :2] - box[:2]  # (P, 2)
-            cos_yaw, sin_yaw = math.cos(box[6]), math.sin(box[6])
-            along = offset[:, 0] * cos_yaw + offset[:, 1] * sin_yaw
-            across = -offset[:, 0] * sin_yaw + offset[:, 1] * cos_yaw
-            keep &= ~((np.abs(along) <= 0.5 * box[3] + IGNORE_MARGIN_M)
-                      & (np.abs(across) <= 0.5 * box[4] + IGNORE_MARGIN_M))
+        keep &= ~in_footprints(boxes[:, :2], self.ignore_boxes, IGNORE_MARGIN_M)
         return keep
 
 

@@ -11,7 +11,8 @@ by the same recipe: only the model preset differs). Steps (all on CPU in about 7
 2. train with ``training/configs/synthetic.yaml`` (checkpoints in ``out/weights/train``);
 3. evaluate the final checkpoint on the held-out scenes (``out/weights/eval``: metrics.json
    and plots);
-4. export ``bev_perception/weights/<profile>.safetensors`` with provenance and those metrics;
+4. export ``bev_perception/weights/<profile>.safetensors`` with provenance (including the range
+   of the training cameras, ``train_cameras``) and those metrics;
 5. print a summary (command, seeds, wall times, metrics) for the README.
 
 Seeds of the synthetic generator: ``TRAIN_DATA_SEED`` for training only, ``HELD_OUT_SEED`` for
@@ -32,8 +33,8 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from bev_perception.inference import InferenceRuntime
 import torch
-from training import synthetic
-from training.a2d2 import A2D2Dataset
+from training import cameras, synthetic
+from training.a2d2 import A2D2Dataset, list_scenes, read_camera_geometry
 from training.evaluate import class_map_for, evaluate, write_report
 from training.export import export
 from training.train import load_checkpoint, load_config, model_from_checkpoint, train
@@ -103,6 +104,14 @@ def _generate(root: str, scenes: int, frames: int, seed: int, recipe: Recipe) ->
     return description
 
 
+def train_cameras(root: str) -> Dict[str, Any]:
+    """Return the range of the training scenes' cameras (``training.cameras.summarize``)."""
+    scenes = list_scenes(root)
+    root_geometry, own = read_camera_geometry(root, scenes)
+    geometries = [own.get(scene, root_geometry) for scene in scenes]
+    return cameras.summarize([g for g in geometries if g is not None])
+
+
 def make_weights(recipe: Recipe, overrides: Tuple[str, ...] = ()) -> Dict[str, Any]:
     """Run the whole recipe; return the summary that is also printed."""
     started = time.perf_counter()
@@ -152,7 +161,7 @@ def make_weights(recipe: Recipe, overrides: Tuple[str, ...] = ()) -> Dict[str, A
     provenance = export(result.checkpoint, recipe.weights_path, metrics, {
         'recipe': 'training.make_weights', 'make_command': command,
         'train_data': train_data, 'held_out_data': held_out_data,
-        'ci_test_seed': CI_TEST_SEED}, command)
+        'train_cameras': train_cameras(train_root), 'ci_test_seed': CI_TEST_SEED}, command)
     timings['total_s'] = time.perf_counter() - started
     summary = {
         'command': command,

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import math
 from typing import Dict, Tuple
 
+from bev_perception.geometry import rotation_from_rpy
 import numpy as np
 
 #: Vertical laser angles in degrees, by pattern name.
@@ -70,14 +71,6 @@ class LidarSetup:
     half_azimuth_rad: float  # rays cast within this angle of the camera's forward axis
     laser_elevation_error: np.ndarray  # (L,) radians: each laser's calibration error ...
     laser_range_bias_m: np.ndarray  # (L,) ... and range offset (wavy, uneven rings)
-
-
-def _rpy_matrix(roll: float, pitch: float, yaw: float) -> np.ndarray:
-    cr, sr, cp, sp, cy, sy = (math.cos(roll), math.sin(roll), math.cos(pitch), math.sin(pitch),
-                              math.cos(yaw), math.sin(yaw))
-    return np.array([[cy * cp, cy * sp * sr - sy * cr, cy * sp * cr + sy * sr],
-                     [sy * cp, sy * sp * sr + cy * cr, sy * sp * cr - cy * sr],
-                     [-sp, cp * sr, cp * cr]])
 
 
 def draw_setup(rng: np.random.Generator, camera_height_m: float) -> LidarSetup:
@@ -134,7 +127,7 @@ def sensor_rays(setup: LidarSetup) -> Tuple[np.ndarray, np.ndarray, np.ndarray, 
 
 def sensor_pose(setup: LidarSetup) -> Tuple[np.ndarray, np.ndarray]:
     """Return (rotation (3, 3), translation (3,)) sensor frame -> camera view frame."""
-    return _rpy_matrix(*setup.tilt_rpy), np.asarray(setup.position_m, dtype=np.float64)
+    return rotation_from_rpy(*setup.tilt_rpy), np.asarray(setup.position_m, dtype=np.float64)
 
 
 def intensity(setup: LidarSetup, reflectance: np.ndarray, retro: np.ndarray,

@@ -13,7 +13,7 @@ tokens are encoded with. The distortion is the plumb-bob model of ROS ``CameraIn
 OpenCV, and A2D2's front camera); all zeros for a rectified image (KITTI's P2).
 """
 
-from typing import Sequence, Tuple
+from typing import Dict, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -149,3 +149,26 @@ def moved(geometry: np.ndarray, rotation: np.ndarray, translation: Sequence[floa
     result[:9] = pose.ravel()
     result[9:12] = geometry[9:12] - pose @ np.asarray(translation, dtype=np.float64)
     return result.astype(np.float32)
+
+
+def describe(geometry: np.ndarray) -> Dict[str, float]:
+    """Return a camera's geometry (SIZE,) in the terms people set up cameras by.
+
+    Keys: ``horizontal_fov_deg`` (distortion aside), ``aspect`` (image width / height, for
+    square pixels), ``x_m``, ``y_m``, ``z_m`` (the camera in the model frame), ``pitch_deg``
+    (optical axis below the horizon: positive looks down), ``yaw_deg`` (optical axis left of
+    +x) and ``k1``.
+    """
+    geometry = _checked(geometry, np.float64)
+    rotation = geometry[:9].reshape(3, 3)  # model -> optical
+    position = -rotation.T @ geometry[9:12]  # (3,) camera centre, model frame
+    axis = rotation.T @ np.array([0.0, 0.0, 1.0])  # (3,) optical axis, model frame
+    fx_w, fy_h = float(geometry[12]), float(geometry[13])
+    return {
+        'horizontal_fov_deg': float(np.degrees(2.0 * np.arctan(0.5 / fx_w))),
+        'aspect': fy_h / fx_w,
+        'x_m': float(position[0]), 'y_m': float(position[1]), 'z_m': float(position[2]),
+        'pitch_deg': float(np.degrees(np.arcsin(np.clip(-axis[2], -1.0, 1.0)))),
+        'yaw_deg': float(np.degrees(np.arctan2(axis[1], axis[0]))),
+        'k1': float(geometry[16]),
+    }

@@ -2,7 +2,8 @@
 
 import math
 
-from bev_perception.model.camera_geometry import (camera_geometry, forward_camera,
+from bev_perception.geometry import rotation_from_rpy
+from bev_perception.model.camera_geometry import (camera_geometry, describe, forward_camera,
                                                   mirror_left_right, MODEL_TO_OPTICAL, moved,
                                                   NEAR_M, project, SIZE)
 import numpy as np
@@ -15,6 +16,24 @@ K = np.array([[800.0, 0.0, 640.0], [0.0, 820.0, 360.0], [0.0, 0.0, 1.0]])
 def _geometry(distortion=(), translation=(0.0, 0.0, 0.0), image_wh=(1280, 720), k=K):
     return torch.from_numpy(camera_geometry(MODEL_TO_OPTICAL, translation, k, distortion,
                                             image_wh))[None]
+
+
+def test_describe_gives_back_the_fov_aspect_and_mounting():
+    forward = describe(forward_camera((1280, 720), horizontal_fov_rad=1.0))
+    assert forward['horizontal_fov_deg'] == pytest.approx(math.degrees(1.0), abs=1e-4)
+    assert forward['aspect'] == pytest.approx(1280 / 720, rel=1e-6)
+    assert [forward[k] for k in ('x_m', 'y_m', 'z_m', 'pitch_deg', 'yaw_deg')] == [0.0] * 5
+    camera_to_model = rotation_from_rpy(0.01, math.radians(4.0), math.radians(-3.0))
+    rotation = MODEL_TO_OPTICAL @ camera_to_model.T  # model -> optical
+    position = np.array([-1.2, 0.3, 0.25])
+    mounted = describe(camera_geometry(rotation, -rotation @ position, K, (-0.2,), (1280, 720)))
+    np.testing.assert_allclose([mounted[k] for k in ('x_m', 'y_m', 'z_m')], position,
+                               atol=1e-5)
+    assert mounted['pitch_deg'] == pytest.approx(4.0, abs=1e-4)
+    assert mounted['yaw_deg'] == pytest.approx(-3.0, abs=1e-4)
+    assert mounted['k1'] == pytest.approx(-0.2)
+    assert mounted['horizontal_fov_deg'] == pytest.approx(
+        math.degrees(2 * math.atan(640 / 800)), abs=1e-4)
 
 
 def test_vector_layout_and_image_size_invariance():

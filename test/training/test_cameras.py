@@ -4,13 +4,14 @@ import json
 import os
 
 from bev_perception.a2d2_classes import SEMANTIC_CATEGORIES
-from bev_perception.model.camera_geometry import project
+from bev_perception.model.camera_geometry import describe, project
 import numpy as np
 import pytest
 import torch
 from training import cameras, synthetic
 from training.a2d2 import A2D2Dataset, list_scenes
 from training.a2d2_calibration import CameraModel, cams_lidars_dict
+from training.make_weights import train_cameras
 
 NOMINAL_SIZE = (160, 101)
 SEED = 41  # scene 0 draws a camera of its own, scene 1 keeps A2D2's
@@ -75,6 +76,38 @@ def test_a_drawn_camera_has_its_own_file_with_the_official_structure(root):
     assert entry['Resolution'][0] == NOMINAL_SIZE[0] and entry['Resolution'] != list(NOMINAL_SIZE)
     with pytest.raises(ValueError, match='nominal'):
         cameras.scene_camera_entry(cameras.CameraSetup(), NOMINAL_SIZE)
+
+
+def test_the_summary_of_cameras_gives_their_fov_mounting_and_pitch():
+    rng = np.random.default_rng(3)
+    own = [c for c in (cameras.draw_camera(rng) for _ in range(30)) if not c.nominal]
+    nominal_view = CameraModel.front_center(NOMINAL_SIZE).view
+    geometries = [CameraModel.from_json(cameras.scene_camera_entry(c, NOMINAL_SIZE))
+                  .camera_geometry(nominal_view) for c in own]
+    summary = cameras.summarize(geometries + geometries[:1])
+    assert summary['cameras'] == len(own) + 1 and summary['distinct'] == len(own)
+    fov = np.degrees(2 * np.arctan(0.5 / np.array([c.intrinsics[0] for c in own])))
+    np.testing.assert_allclose(summary['horizontal_fov_deg'][::2], [fov.min(), fov.max()],
+                               atol=0.01)
+    x_m = [c.position_m[0] for c in own]
+    np.testing.assert_allclose(summary['x_m'][::2], [min(x_m), max(x_m)], atol=0.002)
+    pitch = np.degrees([c.rpy_rad[1] for c in own])  # positive: looking down
+    np.testing.assert_allclose(summary['pitch_deg'][::2], [pitch.min(), pitch.max()],
+                               atol=0.01)
+    aspect = [c.aspect for c in own]
+    np.testing.assert_allclose(summary['aspect'][::2], [min(aspect), max(aspect)], rtol=0.02)
+    assert cameras.summarize([]) == {'cameras': 0, 'distinct': 0}
+
+
+def test_make_weights_records_the_cameras_of_every_scene(root):
+    summary = train_cameras(root)  # scene 0: a camera of its own, scene 1: A2D2's front one
+    assert summary['cameras'] == 2 and summary['distinct'] == 2
+    front = CameraModel.front_center(NOMINAL_SIZE)
+    nominal = describe(front.camera_geometry(front.view))
+    for key in ('horizontal_fov_deg', 'x_m', 'pitch_deg'):
+        low, _, high = summary[key]
+        assert min(abs(low - nominal[key]), abs(high - nominal[key])) < 2e-3, key
+        assert high > low, key  # the scene's own camera differs
 
 
 def test_the_rig_rays_and_the_calibration_vector_agree_to_a_pixel():

@@ -102,6 +102,25 @@ def test_oracle_scores_perfect_fused_and_zero_lidar_only(tiny_root, tmp_path):
             assert stream.read(8) == b'\x89PNG\r\n\x1a\n'
 
 
+def test_min_points_leaves_few_point_objects_out_of_the_ground_truth(tiny_root):
+    config = ModelConfig()
+    frame = A2D2Dataset(tiny_root, classes=config.detection_classes)[0]
+    boxes = np.concatenate([frame.boxes, [[20.0, -8.0, -0.5, 4.2, 1.8, 1.5, 0.3]]])
+    labels = np.concatenate([frame.labels, [0]])
+    points = frame.points[np.max(np.abs(frame.points[:, :2] - [20.0, -8.0]), axis=1) > 3.0]
+    frame = dataclasses.replace(frame, boxes=boxes.astype(np.float32), labels=labels,
+                                points=points)  # the added car has no point
+    everything = eval_frame(frame, config)
+    visible = eval_frame(frame, config, min_points=1)
+    assert len(everything.gt_boxes) == len(visible.gt_boxes) + 1
+    assert not np.any(np.all(visible.gt_boxes[:, :2] == [20.0, -8.0], axis=1))
+    # A detection on the empty car is ignored, one elsewhere on empty ground is not.
+    detections = np.array([[20.5, -8.2, -0.5, 4.2, 1.8, 1.5, 0.3],
+                           [30.0, 25.0, -0.5, 4.2, 1.8, 1.5, 0.0]])
+    assert everything.ignorable(detections, config).tolist() == [False, False]
+    assert visible.ignorable(detections, config).tolist() == [True, False]
+
+
 def test_gt_present_miou_ignores_categories_only_predicted():
     accumulator = SemanticAccumulator(4)
     gt = np.array([[0, 0, 1, 1]], np.uint8)
