@@ -7,6 +7,11 @@ optical frame, x right, y down, z forward, as ``/tf`` or KITTI's ``Tr_velo_to_ca
 and the node's cloud-to-model extrinsic, it gives the ``camera_geometry`` vector the
 calibration-aware fusion reads.
 
+``unfamiliar_camera`` compares a camera geometry with the range of cameras the weights were
+trained with (their metadata's ``provenance.train_cameras``, written by
+``training.make_weights``): fusion can match by geometry for any camera, but it has learned
+from that range only, and a user should hear when a camera lies well outside it.
+
 Distortion models: ``plumb_bob`` (k1, k2, p1, p2, k3), ``rational_polynomial`` when its
 k4..k6 are zero (the same model), and no coefficients at all (a rectified image). Fisheye
 (``equidistant``) and other models are refused with a message.
@@ -14,14 +19,22 @@ k4..k6 are zero (the same model), and no coefficients at all (a rectified image)
 
 from dataclasses import dataclass
 import math
-from typing import Sequence, Tuple
+from typing import Any, List, Mapping, Sequence, Tuple
 
 from bev_perception.geometry import rotation_from_rpy
-from bev_perception.model.camera_geometry import camera_geometry, MODEL_TO_OPTICAL, moved
+from bev_perception.model.camera_geometry import (camera_geometry, describe, MODEL_TO_OPTICAL,
+                                                  moved)
 import numpy as np
 
 #: Distortion models whose first five coefficients are plumb-bob's.
 PLUMB_BOB_MODELS = ('plumb_bob', 'rational_polynomial', '')
+
+
+#: Quantities of ``camera_geometry.describe`` checked against the training cameras: how far
+#: beyond the trained [min, max] a camera may lie before it counts as unfamiliar (in the
+#: quantity's unit).
+TRAINED_RANGE_SLACK = {'horizontal_fov_deg': 5.0, 'aspect': 0.15, 'x_m': 0.5, 'y_m': 0.3,
+                       'z_m': 0.3, 'pitch_deg': 3.0, 'yaw_deg': 5.0}
 
 
 class CalibrationError(ValueError):
@@ -103,3 +116,28 @@ def cloud_to_camera_from_pose(position_m: Sequence[float], rpy_rad: Sequence[flo
     body = rotation_from_rpy(*rpy_rad)  # body -> cloud
     rotation = MODEL_TO_OPTICAL @ body.T  # cloud -> optical
     return rotation, -rotation @ np.asarray(position_m, dtype=np.float64)
+
+
+def unfamiliar_camera(geometry: np.ndarray, train_cameras: Mapping[str, Any]) -> List[str]:
+    """Return how a camera lies outside the range of the training cameras (empty: inside).
+
+    Args:
+        geometry: (camera_geometry.SIZE,) the camera in the model frame.
+        train_cameras: the weights' ``provenance.train_cameras`` (``[min, median, max]`` per
+            quantity); weights without it (or quantities missing from it) check nothing.
+
+    Returns:
+        One phrase per quantity beyond its trained range by more than ``TRAINED_RANGE_SLACK``,
+        e.g. ``'horizontal_fov_deg 120.00 (trained 42.16..94.98)'``.
+    """
+    notes = []
+    described = describe(geometry)
+    for key, slack in TRAINED_RANGE_SLACK.items():
+        trained = train_cameras.get(key)
+        if not (isinstance(trained, (list, tuple)) and len(trained) == 3):
+            continue
+        low, high = float(trained[0]), float(trained[2])
+        value = described[key]
+        if not low - slack <= value <= high + slack:
+            notes.append(f'{key} {value:.2f} (trained {low:.2f}..{high:.2f})')
+    return notes

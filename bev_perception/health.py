@@ -26,6 +26,7 @@ WARN_COUNTERS = (
     ('intensity_out_of_range', 'intensity out of range'), ('time_jumps', 'time jumps back'),
     ('over_budget', 'frames over budget'),
     ('uncalibrated_images', 'images without camera calibration'),
+    ('unfamiliar_camera_frames', 'fused with a camera unlike the training cameras'),
     ('bad_camera_info', 'refused camera_info'),
     ('bad_transforms', 'refused /tf transforms'),
 )
@@ -44,6 +45,7 @@ class Counters:
     skipped_frames: int = 0
     unpaired_clouds: int = 0  # approximate sync: the pair's image was refused
     uncalibrated_images: int = 0  # weights that fuse by calibration got an image without one
+    unfamiliar_camera_frames: int = 0  # fused with a camera outside the training cameras' range
     camera_infos_in: int = 0
     bad_camera_info: int = 0  # CameraInfo the network cannot use (calibration.CalibrationError)
     transforms_in: int = 0  # transforms received on /tf and /tf_static

@@ -485,6 +485,11 @@ class PerceptionNode(Node):
             self._warn('uncalibrated_images', 'these weights fuse by camera calibration and no '
                        f'usable camera_info for this {rgb.shape[1]}x{rgb.shape[0]} image came on '
                        f'{self._camera_info_sub.topic_name}: running LiDAR-only')
+        if output.unfamiliar_camera:
+            self.counters.add(unfamiliar_camera_frames=1)
+            self._warn('unfamiliar_camera', 'the camera lies outside the range these weights '
+                       'were trained with, fused results may suffer: '
+                       + '; '.join(output.unfamiliar_camera))
         timings.update(result.timings_ms)
         self.counters.add(
             points_out_of_range=result.overflow.out_of_range_dropped,

@@ -18,7 +18,8 @@ from dataclasses import dataclass, replace
 import math
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
-from bev_perception.calibration import CameraIntrinsics, cloud_to_camera_from_pose
+from bev_perception.calibration import (CameraIntrinsics, cloud_to_camera_from_pose,
+                                        unfamiliar_camera)
 from bev_perception.geometry import (quaternion_to_yaw, rotation_from_rpy,
                                      rotation_to_quaternion, wrap_angle, yaw_to_quaternion)
 from bev_perception.inference import FrameResult, InferenceRuntime
@@ -166,6 +167,9 @@ class FrameOutput:
     # The frame had an image, but the weights fuse by calibration and none was known: it ran
     # LiDAR-only.
     image_uncalibrated: bool = False
+    # How the fused image's camera lies outside the weights' training cameras (empty: inside,
+    # or not fused by calibration; ``calibration.unfamiliar_camera``).
+    unfamiliar_camera: Tuple[str, ...] = ()
 
     @property
     def scores(self) -> np.ndarray:
@@ -198,6 +202,18 @@ class FramePipeline:
     def __init__(self, runtime: InferenceRuntime, settings: NodeSettings) -> None:
         self.runtime = runtime
         self.frame_settings = self._derive(settings)
+        provenance = runtime.metadata.get('provenance')
+        self._train_cameras = (provenance.get('train_cameras') or {}
+                               if isinstance(provenance, dict) else {})
+        self._checked_camera: Tuple[bytes, Tuple[str, ...]] = (b'', ())
+
+    def unfamiliar_camera(self, camera_geometry: np.ndarray) -> Tuple[str, ...]:
+        """Return how a camera lies outside the weights' training cameras (cached per camera)."""
+        key = np.asarray(camera_geometry, dtype=np.float32).tobytes()
+        if key != self._checked_camera[0]:
+            notes = tuple(unfamiliar_camera(camera_geometry, self._train_cameras))
+            self._checked_camera = (key, notes)
+        return self._checked_camera[1]
 
     @property
     def settings(self) -> NodeSettings:
@@ -289,8 +305,11 @@ class FramePipeline:
                              scores=np.zeros(0, np.float32), class_ids=np.zeros(0, np.int64),
                              class_names=[])
         boxes, quaternions = frame_settings.extrinsic.boxes_to_cloud(result.boxes)
+        unfamiliar = (self.unfamiliar_camera(camera_geometry) if rgb is not None
+                      and camera_geometry is not None and self.runtime.needs_calibration
+                      else ())
         return FrameOutput(result=result, boxes=boxes, quaternions=quaternions,
-                           image_uncalibrated=uncalibrated)
+                           image_uncalibrated=uncalibrated, unfamiliar_camera=unfamiliar)
 
 
 class PipelineError(Exception):

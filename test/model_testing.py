@@ -31,10 +31,11 @@ def calibrated_tiny_config() -> ModelConfig:
 
 
 def write_tiny_weights(path: Union[str, os.PathLike], seed: int = 0,
-                       config: Optional[ModelConfig] = None) -> ModelConfig:
+                       config: Optional[ModelConfig] = None,
+                       provenance: Optional[dict] = None) -> ModelConfig:
     """Write random weights of ``config`` (default: the tiny one), torch seed ``seed``.
 
-    Returns the config.
+    ``provenance`` adds entries to the recorded provenance. Returns the config.
     """
     import torch
 
@@ -44,5 +45,5 @@ def write_tiny_weights(path: Union[str, os.PathLike], seed: int = 0,
     torch.manual_seed(seed)
     config = ModelConfig.tiny() if config is None else config
     save_weights(path, BEVFusionNet(config).eval(), config,
-                 provenance={'dataset': 'none (random weights for tests)'})
+                 provenance={'dataset': 'none (random weights for tests)', **(provenance or {})})
     return config

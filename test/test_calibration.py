@@ -1,9 +1,9 @@
 """CameraInfo fields and the LiDAR-to-camera extrinsic -> the network's camera geometry."""
 
 from bev_perception.calibration import (CalibrationError, CameraIntrinsics,
-                                        cloud_to_camera_from_pose)
+                                        cloud_to_camera_from_pose, unfamiliar_camera)
 from bev_perception.geometry import rotation_from_rpy
-from bev_perception.model.camera_geometry import MODEL_TO_OPTICAL, project
+from bev_perception.model.camera_geometry import forward_camera, MODEL_TO_OPTICAL, project
 import numpy as np
 import pytest
 import torch
@@ -57,3 +57,27 @@ def test_camera_pose_in_the_cloud_frame_gives_the_optical_extrinsic():
     above = rotation @ np.array([1.0, 3.0, 1.5]) + translation
     np.testing.assert_allclose(above, (0.0, -1.0, 3.0), atol=1e-12)
     np.testing.assert_allclose(rotation @ rotation.T, np.eye(3), atol=1e-12)
+
+
+#: A training range as ``training.make_weights`` records it ([min, median, max]).
+TRAIN_CAMERAS = {'cameras': 600, 'distinct': 431, 'horizontal_fov_deg': [42.2, 59.1, 95.0],
+                 'aspect': [1.24, 1.61, 3.54], 'x_m': [-1.5, -0.2, 0.3], 'y_m': [-0.48, 0.0, 0.42],
+                 'z_m': [-0.4, 0.0, 0.3], 'pitch_deg': [-2.0, 0.5, 6.8],
+                 'yaw_deg': [-6.4, 0.0, 7.5], 'k1': [-0.51, -0.08, 0.0]}
+
+
+def test_a_camera_outside_the_training_range_is_named():
+    kitti = CameraIntrinsics.from_camera_info(1242, 375, K, 'plumb_bob', [])
+    pose = cloud_to_camera_from_pose((0.27, 0.0, 0.08), (0.0, 0.0, 0.0))
+    identity = (np.eye(3), np.zeros(3))
+    assert unfamiliar_camera(kitti.geometry(pose, identity), TRAIN_CAMERAS) == []
+    wide = forward_camera((1920, 1080), horizontal_fov_rad=np.radians(120.0))
+    assert unfamiliar_camera(wide, TRAIN_CAMERAS) == [
+        'horizontal_fov_deg 120.00 (trained 42.20..95.00)']
+    # A camera 2 m above the model origin and looking 20 degrees down breaks two ranges.
+    high = kitti.geometry(cloud_to_camera_from_pose((0.0, 0.0, 2.0), (0.0, 0.35, 0.0)),
+                          identity)
+    notes = unfamiliar_camera(high, TRAIN_CAMERAS)
+    assert [note.split()[0] for note in notes] == ['z_m', 'pitch_deg']
+    # Weights without the record check nothing.
+    assert unfamiliar_camera(wide, {}) == []

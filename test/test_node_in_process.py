@@ -113,7 +113,9 @@ def camera_info(stamp_s, width=96, height=64, focal=80.0):
 
 def test_weights_that_fuse_by_calibration_wait_for_camera_info(rclpy_context, tmp_path):
     weights = tmp_path / 'calibrated.safetensors'
-    write_tiny_weights(weights, config=calibrated_tiny_config())
+    # Trained cameras narrower than the test camera (62 degrees): fused frames are flagged.
+    write_tiny_weights(weights, config=calibrated_tiny_config(), provenance={
+        'train_cameras': {'horizontal_fov_deg': [40.0, 45.0, 50.0]}})
     node = make_node(rclpy_context, str(weights), device='cpu', camera_position_m=[0.5, 0.0, 0.3])
     try:
         # No camera_info yet: the image is not used, and the node says why.
@@ -132,6 +134,7 @@ def test_weights_that_fuse_by_calibration_wait_for_camera_info(rclpy_context, tm
         node._on_approximate_pair(*messages(304))
         assert wait_until(lambda: node.counters.frames_out == 3, 30.0)
         assert (node.counters.fused_frames, node.counters.uncalibrated_images) == (1, 2)
+        assert node.counters.unfamiliar_camera_frames == 1
         assert 'camera_info 96x64' in _value(node, 'camera_calibration')
         # An image of another aspect ratio than the camera_info's is not trusted.
         node._on_camera_info(camera_info(305, width=128))
@@ -165,7 +168,9 @@ def test_the_camera_pose_comes_from_tf_where_it_links_cloud_and_camera(rclpy_con
     from bev_perception.calibration import cloud_to_camera_from_pose
 
     weights = tmp_path / 'calibrated.safetensors'
-    write_tiny_weights(weights, config=calibrated_tiny_config())
+    # Trained cameras narrower than the test camera (62 degrees): fused frames are flagged.
+    write_tiny_weights(weights, config=calibrated_tiny_config(), provenance={
+        'train_cameras': {'horizontal_fov_deg': [40.0, 45.0, 50.0]}})
     node = make_node(rclpy_context, str(weights), device='cpu', camera_position_m=[0.5, 0.0, 0.3])
     try:
         node._on_camera_info(camera_info(400))

@@ -144,6 +144,22 @@ def test_weights_that_fuse_by_calibration_run_an_uncalibrated_image_lidar_only(r
     assert not plain.image_uncalibrated and not plain.result.lidar_only
 
 
+def test_a_fused_camera_unlike_the_training_cameras_is_flagged():
+    config = calibrated_tiny_config()
+    torch.manual_seed(0)
+    trained = {'horizontal_fov_deg': [42.0, 60.0, 95.0], 'z_m': [-0.4, 0.0, 0.3]}
+    runtime = InferenceRuntime(BEVFusionNet(config), config,
+                               {'provenance': {'train_cameras': trained}}, device='cpu')
+    pipeline = FramePipeline(runtime, NodeSettings.defaults())
+    cloud, image = pipeline.prepare(random_points(500, seed=3)), np.zeros((48, 64, 3), np.uint8)
+    usual = pipeline.run(cloud, image, camera_geometry=forward_camera((64, 48), 1.0))
+    assert usual.unfamiliar_camera == ()
+    wide = forward_camera((64, 48), math.radians(130.0))
+    assert pipeline.run(cloud, image, camera_geometry=wide).unfamiliar_camera == (
+        'horizontal_fov_deg 130.00 (trained 42.00..95.00)',)
+    assert pipeline.run(cloud, None, camera_geometry=wide).unfamiliar_camera == ()  # not fused
+
+
 def test_nms_is_passed_per_call_and_the_runtime_config_is_untouched(runtime):
     before = runtime.config
     points = random_points(3000, seed=2)

@@ -616,7 +616,8 @@ def evaluate_offline(options: EvalOptions) -> Dict[str, Any]:
         timings: Dict[str, List[float]] = {}
         counts = {'clouds': 0, 'images': 0, 'frames': 0, 'fused': 0, 'lidar_only': 0,
                   'bad_clouds': 0, 'bad_images': 0, 'empty_clouds': 0, 'bad_camera_info': 0,
-                  'uncalibrated_images': 0, 'camera_pose_from_tf': 0, 'bad_transforms': 0}
+                  'uncalibrated_images': 0, 'unfamiliar_camera_frames': 0,
+                  'camera_pose_from_tf': 0, 'bad_transforms': 0}
         camera: List[Optional[CameraIntrinsics]] = [None]  # the latest usable camera_info
         camera_frame = ['']  # its frame
         # The camera pose, as the node takes it: /tf where it links the cloud's and the
@@ -651,6 +652,7 @@ def evaluate_offline(options: EvalOptions) -> Dict[str, Any]:
                 counts['camera_pose_from_tf'] += int(geometry is not None and pose is not None)
                 output = frame_pipeline.run(cloud, rgb, camera_geometry=geometry)
                 counts['uncalibrated_images'] += int(output.image_uncalibrated)
+                counts['unfamiliar_camera_frames'] += int(bool(output.unfamiliar_camera))
                 result = output.result
                 counts['frames'] += 1
                 counts['empty_clouds'] += int(len(cloud.points) == 0)
