@@ -434,7 +434,40 @@ class _FrameRecord:
     paths: Dict[str, str]
 
 
-class A2D2Dataset:
+class SkipReports:
+    """What the datasets share: each missing or corrupt file is reported once and skipped.
+
+    A dataset sets ``self._skipped = []`` before it indexes, calls ``_report`` for missing
+    files and gets ``skipped``, ``safe_getitem`` (corrupt files while loading) and
+    ``skipping`` (the DataLoader view).
+    """
+
+    _skipped: List[Tuple[str, str]]
+
+    def _report(self, path: str, reason: str) -> None:
+        if (path, reason) not in self._skipped:
+            self._skipped.append((path, reason))
+            LOGGER.warning('%s: %s', path, reason)
+
+    @property
+    def skipped(self) -> List[Tuple[str, str]]:
+        """(path, reason) of every frame file reported missing or corrupt so far."""
+        return list(self._skipped)
+
+    def safe_getitem(self, index: int) -> Optional[Any]:
+        """Load frame ``index``, or report the corrupt file (once) and return None."""
+        try:
+            return self[index]  # type: ignore[index]
+        except CorruptFrameError as error:
+            self._report(error.path, f'{error.reason}; frame skipped')
+            return None
+
+    def skipping(self) -> 'SkippingDataset':
+        """Return a view for a DataLoader whose items are a frame or None (corrupt)."""
+        return SkippingDataset(self)
+
+
+class A2D2Dataset(SkipReports):
     """Frames of an A2D2 ``camera_lidar_semantic_bboxes`` root, indexed by scene and frame.
 
     Args:
@@ -480,7 +513,6 @@ class A2D2Dataset:
         self.camera_geometry, self._scene_geometry = read_camera_geometry(self.root,
                                                                           self.scenes)
         self._skipped: List[Tuple[str, str]] = []
-        self._reported: set = set()
         self._unknown_classes: set = set()
         self._records: List[_FrameRecord] = []
         for scene in self.scenes:
@@ -523,19 +555,7 @@ class A2D2Dataset:
                 continue
             self._records.append(_FrameRecord(scene, frame_id, paths))
 
-    def _report(self, path: str, reason: str) -> None:
-        if (path, reason) in self._reported:
-            return
-        self._reported.add((path, reason))
-        self._skipped.append((path, reason))
-        LOGGER.warning('%s: %s', path, reason)
-
     # -- access
-
-    @property
-    def skipped(self) -> List[Tuple[str, str]]:
-        """(path, reason) of every frame file reported missing or corrupt so far."""
-        return list(self._skipped)
 
     @property
     def frame_keys(self) -> List[Tuple[str, str]]:
@@ -590,18 +610,6 @@ class A2D2Dataset:
                 labels.append(self.classes.index(target))
         array = np.stack(kept) if kept else np.zeros((0, 7), dtype=np.float32)
         return array, np.asarray(labels, dtype=np.int64)
-
-    def safe_getitem(self, index: int) -> Optional[Frame]:
-        """Load frame ``index``, or report the corrupt file (once) and return None."""
-        try:
-            return self[index]
-        except CorruptFrameError as error:
-            self._report(error.path, f'{error.reason}; frame skipped')
-            return None
-
-    def skipping(self) -> 'SkippingDataset':
-        """Return a view for a DataLoader whose items are a Frame or None (corrupt frame)."""
-        return SkippingDataset(self)
 
 
 class SkippingDataset:

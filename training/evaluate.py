@@ -88,7 +88,7 @@ from training import kitti
 from training.a2d2 import (
     A2D2Dataset, CAMERA_FOLDER, CAMERA_TOKEN, collate_frames, CorruptFrameError,
     DEFAULT_CLASS_MAP, FILE_KINDS, frame_path, list_scenes, PathLike, read_image,
-    SemanticDecoder, SkippingDataset)
+    SemanticDecoder, SkipReports)
 from training.targets import points_in_boxes
 from training.train import load_checkpoint, model_from_checkpoint
 
@@ -273,7 +273,7 @@ class SemanticFrame:
         return f'{self.scene}_{self.frame_id}'
 
 
-class SemanticOnlyFrames:
+class SemanticOnlyFrames(SkipReports):
     """Front-centre camera + label frames of an A2D2 root, whatever else the frames lack.
 
     Indexes every ``camera/cam_front_center/*.png`` of the scenes; a frame without its label
@@ -311,16 +311,6 @@ class SemanticOnlyFrames:
                     continue
                 self._records.append((scene, frame_id, paths))
 
-    def _report(self, path: str, reason: str) -> None:
-        if (path, reason) not in self._skipped:
-            self._skipped.append((path, reason))
-            LOGGER.warning('%s: %s', path, reason)
-
-    @property
-    def skipped(self) -> List[Tuple[str, str]]:
-        """(path, reason) of every frame file reported missing or corrupt so far."""
-        return list(self._skipped)
-
     def __len__(self) -> int:
         """Return the number of indexed frames."""
         return len(self._records)
@@ -335,18 +325,6 @@ class SemanticOnlyFrames:
                                     f'the camera image {image.shape[:2]}')
         return SemanticFrame(scene=scene, frame_id=frame_id, image=image,
                              semantic=self._decoder.decode(label), paths=dict(paths))
-
-    def safe_getitem(self, index: int) -> Optional[SemanticFrame]:
-        """Load frame ``index``, or report the corrupt file and return None."""
-        try:
-            return self[index]
-        except CorruptFrameError as error:
-            self._report(error.path, f'{error.reason}; frame skipped')
-            return None
-
-    def skipping(self) -> SkippingDataset:
-        """Return a view for a DataLoader whose items are a frame or None (corrupt)."""
-        return SkippingDataset(self)
 
 
 def has_lidar(root: PathLike, scenes: Optional[Sequence[str]] = None) -> bool:

@@ -76,7 +76,7 @@ from bev_perception.model.camera_geometry import camera_geometry as geometry_vec
 from bev_perception.pipeline import Extrinsic
 import numpy as np
 from PIL import Image
-from training.a2d2 import CorruptFrameError, PathLike, read_image, SkippingDataset
+from training.a2d2 import CorruptFrameError, PathLike, read_image, SkipReports
 
 LOGGER = logging.getLogger(__name__)
 
@@ -476,7 +476,7 @@ class KittiFrame:
         return keep
 
 
-class KittiDataset:
+class KittiDataset(SkipReports):
     """Frames of a KITTI object root, sorted by id.
 
     Args:
@@ -504,7 +504,6 @@ class KittiDataset:
         self.extrinsic = extrinsic
         self.load_image = load_image
         self._skipped: List[Tuple[str, str]] = []
-        self._reported: set = set()
         folder = os.path.join(self.root, FILE_KINDS['velodyne'][0])
         available = sorted(name[:-4] for name in os.listdir(folder) if name.endswith('.bin'))
         if frame_ids is not None:
@@ -525,18 +524,6 @@ class KittiDataset:
         """Return file kind -> path of one frame."""
         return {kind: os.path.join(self.root, folder, f'{frame_id}.{extension}')
                 for kind, (folder, extension) in FILE_KINDS.items()}
-
-    def _report(self, path: str, reason: str) -> None:
-        if (path, reason) in self._reported:
-            return
-        self._reported.add((path, reason))
-        self._skipped.append((path, reason))
-        LOGGER.warning('%s: %s', path, reason)
-
-    @property
-    def skipped(self) -> List[Tuple[str, str]]:
-        """(path, reason) of every frame file reported missing or corrupt so far."""
-        return list(self._skipped)
 
     @property
     def frame_ids(self) -> List[str]:
@@ -575,15 +562,3 @@ class KittiDataset:
             dont_care=np.asarray(dont_care, dtype=np.float64).reshape(-1, 4), image=image,
             image_size=(int(size[0]), int(size[1])), calibration=calibration,
             extrinsic=self.extrinsic, paths=dict(paths))
-
-    def safe_getitem(self, index: int) -> Optional[KittiFrame]:
-        """Load frame ``index``, or report the corrupt file (once) and return None."""
-        try:
-            return self[index]
-        except CorruptFrameError as error:
-            self._report(error.path, f'{error.reason}; frame skipped')
-            return None
-
-    def skipping(self) -> SkippingDataset:
-        """Return a view for a DataLoader whose items are a KittiFrame or None (corrupt)."""
-        return SkippingDataset(self)
