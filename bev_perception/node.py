@@ -350,10 +350,15 @@ class PerceptionNode(Node):
             topic = '/tf_static' if static else '/tf'
             self._warn('bad_transforms', f'refused a transform on {topic}: {refused[0]}')
 
-    def _camera_pose(self, cloud_frame: str) -> Optional[Tuple[np.ndarray, np.ndarray]]:
-        """Return (R, t) cloud frame -> camera optical frame from /tf, None: the parameters."""
+    def _camera_pose(self, cloud_frame: str, stamp_s: float
+                     ) -> Optional[Tuple[np.ndarray, np.ndarray]]:
+        """Return (R, t) cloud frame -> camera optical frame from /tf, None: the parameters.
+
+        ``stamp_s`` is the image's stamp: a moving mount is taken where it was then.
+        """
         pose = (None if self._tf is None or not self._camera_frame
-                else self._tf.lookup(self._camera_frame, cloud_frame, time.monotonic()))
+                else self._tf.lookup(self._camera_frame, cloud_frame, time.monotonic(),
+                                     stamp_s))
         if pose is not None:
             self._camera_pose_source = f'/tf {cloud_frame} -> {self._camera_frame}'
         elif self._tf is not None and self._camera_frame:
@@ -477,7 +482,8 @@ class PerceptionNode(Node):
         placed = rgb is not None and self._camera is not None and self._runtime.needs_calibration
         geometry = (self._pipeline.camera_geometry(
             self._camera, rgb.shape[:2], frame_settings,
-            self._camera_pose(cloud_msg.header.frame_id)) if placed else None)
+            self._camera_pose(cloud_msg.header.frame_id, stamp_to_seconds(
+                image.header.stamp.sec, image.header.stamp.nanosec))) if placed else None)
         output = self._pipeline.run(prepared, rgb, frame_settings, geometry)
         result = output.result
         if output.image_uncalibrated:

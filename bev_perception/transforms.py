@@ -1,17 +1,23 @@
 """A small transform tree fed from ``/tf`` and ``/tf_static`` (no ROS; the node feeds it).
 
 Each ``geometry_msgs/TransformStamped`` says where a child frame sits in its parent:
-p_parent = R p_child + t, R from the unit quaternion (x, y, z, w). The tree keeps the latest
-transform of every (parent, child) edge and answers ``lookup(target, source)``: the (R, t)
-with p_target = R p_source + t, through the frames' common ancestor. It is what the node needs
-for the LiDAR-to-camera extrinsic, which is static on a rigid rig: there is no time
-interpolation (a moving camera mount would need tf2's buffer), and a dynamic edge older than
-``max_age_s`` counts as gone.
+p_parent = R p_child + t, R from the unit quaternion (x, y, z, w). The tree answers
+``lookup(target, source)``: the (R, t) with p_target = R p_source + t, through the frames'
+common ancestor.
+
+Time: a static edge holds one transform. A dynamic edge (``/tf``) keeps the transforms of the
+last ``max_age_s`` seconds of header stamps; a lookup at a stamp interpolates between the two
+around it (translation linearly, rotation by slerp), as tf2 does. Outside the kept span it takes
+the nearest one (tf2 would refuse to extrapolate; a camera pose a few milliseconds older than
+the image is what a rigid or slowly moving mount needs), and without a stamp the latest. A
+dynamic edge not received for ``max_age_s`` seconds of the caller's clock counts as gone.
 
 Frame names are compared without a leading '/', as tf2 does.
 """
 
+import bisect
 from dataclasses import dataclass
+import math
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from bev_perception.geometry import rotation_from_quaternion
@@ -29,25 +35,64 @@ def _frame(name: str) -> str:
 
 
 @dataclass(frozen=True)
+class _Sample:
+    stamp_s: float  # header stamp
+    quaternion: np.ndarray  # (4,) x, y, z, w, unit: child -> parent
+    translation: np.ndarray  # (3,)
+
+
+@dataclass(frozen=True)
 class _Edge:
     parent: str
-    rotation: np.ndarray  # child -> parent
-    translation: np.ndarray
+    samples: Tuple[_Sample, ...]  # by stamp; one for a static edge
     static: bool
-    received_s: float  # monotonic seconds
+    received_s: float  # caller's clock (monotonic seconds) at the latest sample
+
+    def at(self, stamp_s: Optional[float]) -> Rigid:
+        """Return (R, t) child -> parent at ``stamp_s`` (see the module docstring)."""
+        samples = self.samples
+        if stamp_s is None or len(samples) == 1 or stamp_s >= samples[-1].stamp_s:
+            return _rigid(samples[-1])
+        if stamp_s <= samples[0].stamp_s:
+            return _rigid(samples[0])
+        after = bisect.bisect_right([sample.stamp_s for sample in samples], stamp_s)
+        before, later = samples[after - 1], samples[after]
+        weight = (stamp_s - before.stamp_s) / (later.stamp_s - before.stamp_s)
+        return (rotation_from_quaternion(*_slerp(before.quaternion, later.quaternion, weight)),
+                (1.0 - weight) * before.translation + weight * later.translation)
+
+
+def _rigid(sample: _Sample) -> Rigid:
+    return rotation_from_quaternion(*sample.quaternion), sample.translation
+
+
+def _slerp(first: np.ndarray, second: np.ndarray, weight: float) -> np.ndarray:
+    """Return the unit quaternion (4,) a ``weight`` (0..1) of the way from first to second."""
+    dot = float(np.dot(first, second))
+    if dot < 0.0:  # q and -q are the same rotation: take the short way
+        second, dot = -second, -dot
+    if dot > 0.9995:  # nearly equal: linear is exact enough and stable
+        blended = (1.0 - weight) * first + weight * second
+        return blended / np.linalg.norm(blended)
+    angle = math.acos(dot)
+    return (math.sin((1.0 - weight) * angle) * first
+            + math.sin(weight * angle) * second) / math.sin(angle)
 
 
 class TransformTree:
-    """The latest transform of every frame to its parent (see the module docstring)."""
+    """Transforms of every frame to its parent over time (see the module docstring)."""
 
     def __init__(self, max_age_s: float = 10.0) -> None:
-        """Keep dynamic edges for ``max_age_s`` seconds after they were last received."""
+        """Keep ``max_age_s`` seconds of each dynamic edge (stamps) and age it out after that."""
         self.max_age_s = max_age_s
         self._edges: Dict[str, _Edge] = {}  # child -> edge to its parent
 
     def update(self, parent: str, child: str, translation: Sequence[float],
-               quaternion: Sequence[float], static: bool, now_s: float) -> None:
+               quaternion: Sequence[float], static: bool, now_s: float,
+               stamp_s: Optional[float] = None) -> None:
         """Store where ``child`` sits in ``parent`` (translation (3,), quaternion x, y, z, w).
+
+        ``now_s`` is the caller's clock, ``stamp_s`` the header stamp (None: ``now_s``).
 
         Raises:
             TransformError: non-finite values, a non-unit quaternion, an empty or equal frame
@@ -60,12 +105,23 @@ class TransformTree:
         if not np.isfinite(vector).all():
             raise TransformError(f'transform {parent!r} -> {child!r}: translation is not finite')
         try:
-            rotation = rotation_from_quaternion(*quaternion)
+            rotation_from_quaternion(*quaternion)
         except ValueError as error:
             raise TransformError(f'transform {parent!r} -> {child!r}: {error}') from None
-        if child in self._chain(parent, now_s):
+        if child in self._chain(parent, now_s, None):
             raise TransformError(f'transform {parent!r} -> {child!r} would close a loop')
-        self._edges[child] = _Edge(parent, rotation, vector, static, now_s)
+        unit = np.asarray(quaternion, dtype=np.float64)
+        sample = _Sample(now_s if stamp_s is None else float(stamp_s), unit / np.linalg.norm(unit),
+                         vector)
+        previous = self._edges.get(child)
+        samples: Tuple[_Sample, ...] = (sample,)
+        if not static and previous is not None and not previous.static \
+                and previous.parent == parent:
+            kept = [s for s in previous.samples if s.stamp_s != sample.stamp_s] + [sample]
+            kept.sort(key=lambda s: s.stamp_s)
+            newest = kept[-1].stamp_s
+            samples = tuple(s for s in kept if newest - s.stamp_s <= self.max_age_s)
+        self._edges[child] = _Edge(parent, samples, static, now_s)
 
     def update_from_message(self, msg: Any, static: bool, now_s: float) -> List[str]:
         """Store every transform of a tf2_msgs/TFMessage (rclpy's or rosbags' class).
@@ -75,10 +131,12 @@ class TransformTree:
         refused = []
         for stamped in msg.transforms:
             translation, rotation = stamped.transform.translation, stamped.transform.rotation
+            stamp = stamped.header.stamp
             try:
                 self.update(stamped.header.frame_id, stamped.child_frame_id,
                             (translation.x, translation.y, translation.z),
-                            (rotation.x, rotation.y, rotation.z, rotation.w), static, now_s)
+                            (rotation.x, rotation.y, rotation.z, rotation.w), static, now_s,
+                            stamp.sec + 1e-9 * stamp.nanosec)
             except TransformError as error:
                 refused.append(str(error))
         return refused
@@ -89,29 +147,32 @@ class TransformTree:
             return None
         return edge
 
-    def _chain(self, frame: str, now_s: float) -> Dict[str, Rigid]:
-        """Return {ancestor (frame itself included): (R, t) frame -> ancestor}."""
+    def _chain(self, frame: str, now_s: float, stamp_s: Optional[float]) -> Dict[str, Rigid]:
+        """Return {ancestor (frame itself included): (R, t) frame -> ancestor} at ``stamp_s``."""
         rotation, translation = np.eye(3), np.zeros(3)
         chain = {frame: (rotation, translation)}
         while True:
             edge = self._parent(frame, now_s)
             if edge is None or edge.parent in chain:
                 return chain
-            rotation, translation = (edge.rotation @ rotation,
-                                     edge.rotation @ translation + edge.translation)
+            edge_rotation, edge_translation = edge.at(stamp_s)
+            rotation, translation = (edge_rotation @ rotation,
+                                     edge_rotation @ translation + edge_translation)
             frame = edge.parent
             chain[frame] = (rotation, translation)
 
-    def lookup(self, target: str, source: str, now_s: float) -> Optional[Rigid]:
+    def lookup(self, target: str, source: str, now_s: float,
+               stamp_s: Optional[float] = None) -> Optional[Rigid]:
         """Return (R, t) with p_target = R p_source + t, or None when the frames are not linked.
 
-        ``now_s`` is the monotonic time that ages the dynamic edges.
+        ``now_s`` is the caller's clock that ages the dynamic edges; ``stamp_s`` the time the
+        transform is wanted at (a header stamp; None: the latest).
         """
         target, source = _frame(target), _frame(source)
         if not target or not source:
             return None
-        up_from_source = self._chain(source, now_s)
-        up_from_target = self._chain(target, now_s)
+        up_from_source = self._chain(source, now_s, stamp_s)
+        up_from_target = self._chain(target, now_s, stamp_s)
         common = next((frame for frame in up_from_target if frame in up_from_source), None)
         if common is None:
             return None

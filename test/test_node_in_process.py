@@ -185,18 +185,18 @@ def test_the_camera_pose_comes_from_tf_where_it_links_cloud_and_camera(rclpy_con
                     True)
         node._on_tf(tf_message('base_link', 'odd', (0.0, 0.0, 0.0), (0, 0, 0, 2.0)), False)
         assert (node.counters.transforms_in, node.counters.bad_transforms) == (3, 1)
-        rotation, translation = node._camera_pose('lidar')
+        rotation, translation = node._camera_pose('lidar', 402.0)
         expected = cloud_to_camera_from_pose((1.2, 0.0, 0.0), (0.0, 0.0, 0.0))
         np.testing.assert_allclose(rotation, expected[0], atol=1e-12)
         np.testing.assert_allclose(translation, expected[1], atol=1e-12)
         node._on_approximate_pair(*messages(402))
         assert wait_until(lambda: node.counters.frames_out == 2, 30.0)
-        assert node.counters.fused_frames == 2
+        assert (node.counters.fused_frames, node.counters.unfamiliar_camera_frames) == (2, 2)
         assert _value(node, 'camera_calibration').endswith('pose from /tf lidar -> camera')
     finally:
         node.destroy_node()
     ignoring = make_node(rclpy_context, str(weights), device='cpu', use_tf=False)
     try:
-        assert ignoring._tf is None and ignoring._camera_pose('lidar') is None
+        assert ignoring._tf is None and ignoring._camera_pose('lidar', 0.0) is None
     finally:
         ignoring.destroy_node()

@@ -55,3 +55,37 @@ def test_dynamic_edges_age_and_bad_ones_are_refused():
     with pytest.raises(TransformError, match='not finite'):
         tree.update('base_link', 'camera', (math.inf, 0.0, 0.0), (0, 0, 0, 1), True, 11.0)
     assert 'camera' not in tree.frames()
+
+
+def test_a_moving_edge_is_interpolated_at_the_stamp():
+    tree = TransformTree(max_age_s=5.0)
+    tree.update('base_link', 'lidar', (0.0, 0.0, 1.8), (0, 0, 0, 1), True, 0.0)
+    # A pan mount turning from 0 to 90 degrees and sliding 2 m between stamps 100 and 101,
+    # received out of order.
+    tree.update('base_link', 'camera', (2.0, 0.0, 0.0), _quaternion(0, 0, math.pi / 2), False,
+                0.1, stamp_s=101.0)
+    tree.update('base_link', 'camera', (0.0, 0.0, 0.0), _quaternion(0, 0, 0), False, 0.2,
+                stamp_s=100.0)
+
+    def camera_in_base(stamp_s):
+        rotation, translation = tree.lookup('base_link', 'camera', 0.3, stamp_s)
+        return math.atan2(rotation[1, 0], rotation[0, 0]), translation
+
+    yaw, translation = camera_in_base(100.25)
+    assert yaw == pytest.approx(math.pi / 8, abs=1e-9)  # slerp: a quarter of the turn
+    np.testing.assert_allclose(translation, (0.5, 0.0, 0.0), atol=1e-12)
+    assert camera_in_base(99.0)[0] == pytest.approx(0.0)  # before the kept span: the first
+    assert camera_in_base(102.0)[0] == pytest.approx(math.pi / 2)  # after it: the latest
+    assert camera_in_base(None)[0] == pytest.approx(math.pi / 2)
+    # Through the static LiDAR edge: a LiDAR point seen from the camera at the stamp.
+    rotation, translation = tree.lookup('camera', 'lidar', 0.3, 100.5)
+    quarter = rotation_from_rpy(0.0, 0.0, math.pi / 4)
+    np.testing.assert_allclose(rotation @ np.zeros(3) + translation,
+                               quarter.T @ (np.array([0.0, 0.0, 1.8]) - [1.0, 0.0, 0.0]),
+                               atol=1e-12)
+    # Samples older than max_age_s of stamps behind the newest are dropped.
+    tree.update('base_link', 'camera', (4.0, 0.0, 0.0), (0, 0, 0, 1), False, 0.4, stamp_s=106.0)
+    yaw, translation = camera_in_base(100.25)  # the stamp-100 sample is gone: 101 is first
+    assert yaw == pytest.approx(math.pi / 2)
+    np.testing.assert_allclose(translation, (2.0, 0.0, 0.0))
+    np.testing.assert_allclose(camera_in_base(103.5)[1], (3.0, 0.0, 0.0), atol=1e-12)

@@ -645,7 +645,8 @@ def evaluate_offline(options: EvalOptions) -> Dict[str, Any]:
                 convert_ms = (time.perf_counter() - convert_started) * 1e3
                 placed = (rgb is not None and camera[0] is not None
                           and runtime.needs_calibration)
-                pose = (tree.lookup(camera_frame[0], frame.cloud.header.frame_id, clock_s[0])
+                pose = (tree.lookup(camera_frame[0], frame.cloud.header.frame_id, clock_s[0],
+                                    image_stamp * 1e-9)
                         if placed and camera_frame[0] else None)
                 geometry = (frame_pipeline.camera_geometry(
                     camera[0], rgb.shape[:2], cloud_to_camera=pose) if placed else None)

@@ -10,15 +10,19 @@ LiDAR-only. The same scenes filmed by one fixed camera unlike A2D2's (KITTI's wi
 mounted elsewhere and turned) keep the fused quality (issue 12).
 """
 
+import math
 import os
 
+from bev_perception.calibration import unfamiliar_camera
 from bev_perception.inference import InferenceRuntime
+from bev_perception.model.camera_geometry import forward_camera
 from bev_perception.model.config import ModelConfig
 from bev_perception.weights import SHIPPED_PROFILES
 import pytest
 from training import synthetic
 from training.a2d2 import A2D2Dataset
-from training.cameras import CameraSetup
+from training.a2d2_calibration import CameraModel
+from training.cameras import CameraSetup, scene_camera_entry
 from training.evaluate import class_map_for, evaluate
 from training.make_weights import (
     CI_TEST_SEED, HELD_OUT_SEED, PROFILES, Recipe, TRAIN_DATA_SEED)
@@ -98,6 +102,15 @@ def test_weights_file_is_small_and_records_its_recipe(profile):
     assert provenance['train_data']['seed'] == TRAIN_DATA_SEED
     assert provenance['ci_test_seed'] == CI_TEST_SEED
     assert metadata['metrics']['summary']['map_2m_fused'] is not None
+    # The range of training cameras is recorded: the KITTI-like camera of the test below lies
+    # inside it, a 130-degree lens does not.
+    cameras = provenance['train_cameras']
+    assert cameras['cameras'] == Recipe.train_scenes
+    front = CameraModel.front_center(Recipe.image_size)
+    other = CameraModel.from_json(scene_camera_entry(OTHER_CAMERA, Recipe.image_size))
+    assert unfamiliar_camera(other.camera_geometry(front.view), cameras) == []
+    wide = forward_camera(Recipe.image_size, math.radians(130.0))
+    assert unfamiliar_camera(wide, cameras)[0].startswith('horizontal_fov_deg 130.00')
 
 
 def test_lite_weights_are_the_cpu_profile_trained_by_the_same_recipe():
