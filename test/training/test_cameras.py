@@ -82,8 +82,8 @@ def test_the_summary_of_cameras_gives_their_fov_mounting_and_pitch():
     rng = np.random.default_rng(3)
     own = [c for c in (cameras.draw_camera(rng) for _ in range(30)) if not c.nominal]
     nominal_view = CameraModel.front_center(NOMINAL_SIZE).view
-    geometries = [CameraModel.from_json(cameras.scene_camera_entry(c, NOMINAL_SIZE))
-                  .camera_geometry(nominal_view) for c in own]
+    geometries = [cameras.camera_model(c, NOMINAL_SIZE).camera_geometry(nominal_view)
+                  for c in own]
     summary = cameras.summarize(geometries + geometries[:1])
     assert summary['cameras'] == len(own) + 1 and summary['distinct'] == len(own)
     fov = np.degrees(2 * np.arctan(0.5 / np.array([c.intrinsics[0] for c in own])))

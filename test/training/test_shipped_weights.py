@@ -22,7 +22,7 @@ import pytest
 from training import synthetic
 from training.a2d2 import A2D2Dataset
 from training.a2d2_calibration import CameraModel
-from training.cameras import CameraSetup, scene_camera_entry
+from training.cameras import camera_model, CameraSetup
 from training.evaluate import class_map_for, evaluate
 from training.make_weights import (
     CI_TEST_SEED, HELD_OUT_SEED, PROFILES, Recipe, TRAIN_DATA_SEED)
@@ -107,7 +107,7 @@ def test_weights_file_is_small_and_records_its_recipe(profile):
     cameras = provenance['train_cameras']
     assert cameras['cameras'] == Recipe.train_scenes
     front = CameraModel.front_center(Recipe.image_size)
-    other = CameraModel.from_json(scene_camera_entry(OTHER_CAMERA, Recipe.image_size))
+    other = camera_model(OTHER_CAMERA, Recipe.image_size)
     assert unfamiliar_camera(other.camera_geometry(front.view), cameras) == []
     wide = forward_camera(Recipe.image_size, math.radians(130.0))
     assert unfamiliar_camera(wide, cameras)[0].startswith('horizontal_fov_deg 130.00')
