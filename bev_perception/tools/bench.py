@@ -54,6 +54,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 from bev_perception import conversions
 from bev_perception.bag_io import BagError, resolve_bag_path
 from bev_perception.inference import InferenceRuntime, TIMING_KEYS
+from bev_perception.model.camera_geometry import forward_camera
 from bev_perception.model.config import GridConfig, ModelConfig
 from bev_perception.model.network import BEVFusionNet, STAGES
 from bev_perception.model.voxelizer import Voxelizer
@@ -174,6 +175,17 @@ def lidar_cloud(num_points: int, fov_deg: float, seed: int) -> np.ndarray:
 def camera_image(height_width: Tuple[int, int], seed: int) -> np.ndarray:
     """Return an (H, W, 3) uint8 RGB noise image."""
     return np.random.default_rng(seed).integers(0, 256, (*height_width, 3), dtype=np.uint8)
+
+
+def camera_calibration(height_width: Tuple[int, int]) -> np.ndarray:
+    """Return the geometry (camera_geometry.SIZE,) of the bench camera.
+
+    It sits at the model origin, looking along +x with the field of view of the front cloud
+    (``FRONT_FOV_DEG``). Weights that fuse by calibration need one with every image (others ignore it); the
+    projection's cost does not depend on the values.
+    """
+    height, width = height_width
+    return forward_camera((width, height), math.radians(FRONT_FOV_DEG))
 
 
 def cloud_message(points: np.ndarray, header: Any = None) -> Any:
@@ -342,6 +354,7 @@ def bench_stages(config_name: str, device: str, precision: str, input_name: str,
     model, config, weights_from = model_and_weights(config_name, weights)
     points = lidar_cloud(spec['points'], spec['fov_deg'], seed=1)
     rgb = camera_image(tuple(spec['image_hw']), seed=2)
+    geometry = camera_calibration(tuple(spec['image_hw']))
     header = Header(frame_id='lidar')
     image_header = Header(frame_id='camera')
     cloud_msg = cloud_message(points, header)
@@ -365,7 +378,8 @@ def bench_stages(config_name: str, device: str, precision: str, input_name: str,
         converted = time.perf_counter()
         image = conversions.image_to_rgb(image_msg)
         image_converted = time.perf_counter()
-        result = runtime(cloud, image, score_thresholds=score_threshold)
+        result = runtime(cloud, image, score_thresholds=score_threshold,
+                         camera_geometry=geometry)
         inferred = time.perf_counter()
         _message_building(result, header, image_header, palette)
         finished = time.perf_counter()
@@ -409,6 +423,7 @@ def bench_fast_path(config_name: str, device: str, precision: str, spec: Mapping
     """Time the runtime (batch 1, camera frame) with torch.compile / CUDA graphs on and off."""
     points = lidar_cloud(spec['points'], spec['fov_deg'], seed=1)
     rgb = camera_image(tuple(spec['image_hw']), seed=2)
+    geometry = camera_calibration(tuple(spec['image_hw']))
     rows = []
     reference = None
     for variant in variants:
@@ -417,12 +432,14 @@ def bench_fast_path(config_name: str, device: str, precision: str, spec: Mapping
         runtime = InferenceRuntime(model, config, device=device, precision=precision,
                                    torch_compile=torch_compile, cuda_graphs=cuda_graphs)
         started = time.perf_counter()
-        runtime(points, rgb, score_thresholds=score_threshold)  # compiles / captures
+        runtime(points, rgb, score_thresholds=score_threshold,
+                camera_geometry=geometry)  # compiles / captures
         first_ms = (time.perf_counter() - started) * 1e3
         forward: List[float] = []
         totals: List[float] = []
         for index in range(warmup + iterations):
-            result = runtime(points, rgb, score_thresholds=score_threshold)
+            result = runtime(points, rgb, score_thresholds=score_threshold,
+                             camera_geometry=geometry)
             if index >= warmup:
                 timings = result.timings_ms
                 forward.append(sum(timings[stage] for stage in STAGES) + timings['cuda_graph'])

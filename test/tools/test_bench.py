@@ -113,3 +113,14 @@ def test_shipped_config_comes_from_the_shipped_weights_metadata():
     assert bench.model_config('shipped') == expected
     model, config, origin = bench.model_and_weights('shipped', {})
     assert config == expected and origin.endswith('default.safetensors')
+
+
+def test_weights_that_fuse_by_calibration_are_timed_with_a_camera():
+    spec = bench.input_specs(quick=True)['front']
+    row = bench.bench_stages('shipped', 'cpu', 'fp32', 'front', spec, iterations=1, warmup=0,
+                             weights={}, score_threshold=0.1)
+    assert bench.model_config('shipped').fusion.geometry_heights_m  # fuses by calibration
+    assert row['stages_ms']['fusion']['p50'] > 0.0
+    rows = bench.bench_fast_path('shipped', 'cpu', 'fp32', spec, ['eager'], iterations=1,
+                                 warmup=0, weights={}, score_threshold=0.1)
+    assert rows and rows[0]['variant'] == 'eager'
