@@ -181,8 +181,8 @@ def camera_calibration(height_width: Tuple[int, int]) -> np.ndarray:
     """Return the geometry (camera_geometry.SIZE,) of the bench camera.
 
     It sits at the model origin, looking along +x with the field of view of the front cloud
-    (``FRONT_FOV_DEG``). Weights that fuse by calibration need one with every image (others ignore it); the
-    projection's cost does not depend on the values.
+    (``FRONT_FOV_DEG``). Weights that fuse by calibration need one with every image (others
+    ignore it); the projection's cost does not depend on the values.
     """
     height, width = height_width
     return forward_camera((width, height), math.radians(FRONT_FOV_DEG))

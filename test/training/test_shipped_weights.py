@@ -6,8 +6,9 @@ image size of the training recipe; every scene films with a camera of its own dr
 generator (``training.cameras``). Targets (issue 4, and for the CPU profile issue 7: trained
 by the same recipe): BEV mAP at 2 m >= 0.5 over the trained classes with ground truth, semantic
 mIoU over the categories present in the ground truth, and fused detection not worse than
-LiDAR-only beyond the noise of the set (0.02). The same scenes filmed by one fixed camera unlike A2D2's (KITTI's wide, flat view,
-mounted elsewhere and turned) keep the fused quality (issue 12).
+LiDAR-only beyond the noise of the set (0.02). The same scenes filmed by one fixed camera
+unlike A2D2's (KITTI's wide, flat view, mounted elsewhere and turned) keep the fused quality
+(issue 12).
 """
 
 import math
