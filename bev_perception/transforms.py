@@ -37,33 +37,45 @@ def _frame(name: str) -> str:
 @dataclass(frozen=True)
 class _Sample:
     stamp_s: float  # header stamp
-    quaternion: np.ndarray  # (4,) x, y, z, w, unit: child -> parent
+    quaternion: np.ndarray  # (4,) x, y, z, w, unit: child -> parent (for slerp)
+    rotation: np.ndarray  # (3, 3) the same rotation
     translation: np.ndarray  # (3,)
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Edge:
     parent: str
-    samples: Tuple[_Sample, ...]  # by stamp; one for a static edge
     static: bool
+    samples: List[_Sample]  # by stamp; one for a static edge
     received_s: float  # caller's clock (monotonic seconds) at the latest sample
+
+    def add(self, sample: _Sample, max_age_s: float) -> None:
+        """Insert ``sample`` by stamp (replacing one of the same stamp); drop the too old."""
+        index = bisect.bisect_left(self.samples, sample.stamp_s, key=_stamp)
+        if index < len(self.samples) and self.samples[index].stamp_s == sample.stamp_s:
+            self.samples[index] = sample
+        else:
+            self.samples.insert(index, sample)
+        oldest = bisect.bisect_left(self.samples, self.samples[-1].stamp_s - max_age_s,
+                                    key=_stamp)
+        del self.samples[:oldest]
 
     def at(self, stamp_s: Optional[float]) -> Rigid:
         """Return (R, t) child -> parent at ``stamp_s`` (see the module docstring)."""
         samples = self.samples
-        if stamp_s is None or len(samples) == 1 or stamp_s >= samples[-1].stamp_s:
-            return _rigid(samples[-1])
+        if stamp_s is None or stamp_s >= samples[-1].stamp_s:
+            return samples[-1].rotation, samples[-1].translation
         if stamp_s <= samples[0].stamp_s:
-            return _rigid(samples[0])
-        after = bisect.bisect_right([sample.stamp_s for sample in samples], stamp_s)
+            return samples[0].rotation, samples[0].translation
+        after = bisect.bisect_right(samples, stamp_s, key=_stamp)
         before, later = samples[after - 1], samples[after]
         weight = (stamp_s - before.stamp_s) / (later.stamp_s - before.stamp_s)
         return (rotation_from_quaternion(*_slerp(before.quaternion, later.quaternion, weight)),
                 (1.0 - weight) * before.translation + weight * later.translation)
 
 
-def _rigid(sample: _Sample) -> Rigid:
-    return rotation_from_quaternion(*sample.quaternion), sample.translation
+def _stamp(sample: _Sample) -> float:
+    return sample.stamp_s
 
 
 def _slerp(first: np.ndarray, second: np.ndarray, weight: float) -> np.ndarray:
@@ -105,23 +117,20 @@ class TransformTree:
         if not np.isfinite(vector).all():
             raise TransformError(f'transform {parent!r} -> {child!r}: translation is not finite')
         try:
-            rotation_from_quaternion(*quaternion)
+            rotation = rotation_from_quaternion(*quaternion)
         except ValueError as error:
             raise TransformError(f'transform {parent!r} -> {child!r}: {error}') from None
         if child in self._chain(parent, now_s, None):
             raise TransformError(f'transform {parent!r} -> {child!r} would close a loop')
         unit = np.asarray(quaternion, dtype=np.float64)
-        sample = _Sample(now_s if stamp_s is None else float(stamp_s), unit / np.linalg.norm(unit),
-                         vector)
-        previous = self._edges.get(child)
-        samples: Tuple[_Sample, ...] = (sample,)
-        if not static and previous is not None and not previous.static \
-                and previous.parent == parent:
-            kept = [s for s in previous.samples if s.stamp_s != sample.stamp_s] + [sample]
-            kept.sort(key=lambda s: s.stamp_s)
-            newest = kept[-1].stamp_s
-            samples = tuple(s for s in kept if newest - s.stamp_s <= self.max_age_s)
-        self._edges[child] = _Edge(parent, samples, static, now_s)
+        sample = _Sample(now_s if stamp_s is None else float(stamp_s),
+                         unit / np.linalg.norm(unit), rotation, vector)
+        edge = self._edges.get(child)
+        if static or edge is None or edge.static or edge.parent != parent:
+            self._edges[child] = _Edge(parent, static, [sample], now_s)
+        else:
+            edge.add(sample, self.max_age_s)
+            edge.received_s = now_s
 
     def update_from_message(self, msg: Any, static: bool, now_s: float) -> List[str]:
         """Store every transform of a tf2_msgs/TFMessage (rclpy's or rosbags' class).
