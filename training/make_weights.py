@@ -34,7 +34,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from bev_perception.inference import InferenceRuntime
 import torch
 from training import cameras, synthetic
-from training.a2d2 import A2D2Dataset, list_scenes, read_camera_geometry
+from training.a2d2 import A2D2Dataset
 from training.evaluate import class_map_for, evaluate, write_report
 from training.export import export
 from training.train import load_checkpoint, load_config, model_from_checkpoint, train
@@ -106,9 +106,8 @@ def _generate(root: str, scenes: int, frames: int, seed: int, recipe: Recipe) ->
 
 def train_cameras(root: str) -> Dict[str, Any]:
     """Return the range of the training scenes' cameras (``training.cameras.summarize``)."""
-    scenes = list_scenes(root)
-    root_geometry, own = read_camera_geometry(root, scenes)
-    geometries = [own.get(scene, root_geometry) for scene in scenes]
+    dataset = A2D2Dataset(root, load_image=False, load_semantic=False)  # indexes, reads no frame
+    geometries = [dataset.scene_camera_geometry(scene) for scene in dataset.scenes]
     return cameras.summarize([g for g in geometries if g is not None])
 
 
