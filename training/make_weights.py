@@ -111,8 +111,16 @@ def train_cameras(root: str) -> Dict[str, Any]:
     return cameras.summarize([g for g in geometries if g is not None])
 
 
-def make_weights(recipe: Recipe, overrides: Tuple[str, ...] = ()) -> Dict[str, Any]:
-    """Run the whole recipe; return the summary that is also printed."""
+def make_weights(recipe: Recipe, overrides: Tuple[str, ...] = (),
+                 resume: Optional[str] = None) -> Dict[str, Any]:
+    """Run the whole recipe; return the summary that is also printed.
+
+    Args:
+        recipe: what to generate, train and export.
+        overrides: training config overrides.
+        resume: a checkpoint of this recipe's training to continue from (an interrupted run,
+            or a finished one whose recipe gained epochs) instead of a fresh run.
+    """
     started = time.perf_counter()
     os.chdir(REPO_ROOT)
     timings: Dict[str, float] = {}
@@ -136,9 +144,9 @@ def make_weights(recipe: Recipe, overrides: Tuple[str, ...] = ()) -> Dict[str, A
         'python', '-m', 'training.train', '--config', recipe.config_path,
         '--override', f'data.root={train_root}'] + [
         item for o in overrides for item in ('--override', o)])
-    if os.path.isdir(config.output_dir):
+    if resume is None and os.path.isdir(config.output_dir):
         shutil.rmtree(config.output_dir)  # a fresh run: no stale checkpoints or event files
-    result = train(config, command=train_command)
+    result = train(config, resume=resume, command=train_command)
     timings['train_s'] = time.perf_counter() - tick
 
     tick = time.perf_counter()
@@ -160,7 +168,8 @@ def make_weights(recipe: Recipe, overrides: Tuple[str, ...] = ()) -> Dict[str, A
     provenance = export(result.checkpoint, recipe.weights_path, metrics, {
         'recipe': 'training.make_weights', 'make_command': command,
         'train_data': train_data, 'held_out_data': held_out_data,
-        'train_cameras': train_cameras(train_root), 'ci_test_seed': CI_TEST_SEED}, command)
+        'train_cameras': train_cameras(train_root), 'ci_test_seed': CI_TEST_SEED,
+        'resumed_from': resume}, command)
     timings['total_s'] = time.perf_counter() - started
     summary = {
         'command': command,
@@ -171,6 +180,7 @@ def make_weights(recipe: Recipe, overrides: Tuple[str, ...] = ()) -> Dict[str, A
         'train_seed': config.seed,
         'model': config.model.name,
         'epochs': result.epochs_done,
+        'resumed_from': resume,
         'steps': result.steps,
         'git_revision': provenance['git_revision'],  # recorded when the training started
         'device': device,
@@ -213,12 +223,15 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help='which shipped weights to make (default: %(default)s)')
     parser.add_argument('--train-scenes', type=int, default=Recipe.train_scenes)
     parser.add_argument('--weights', help="output weights file (default: the profile's)")
+    parser.add_argument('--resume', metavar='CHECKPOINT',
+                        help='continue the training from a checkpoint of this profile, e.g. '
+                             'out/weights/train/checkpoints/last.pt (default: a fresh run)')
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(message)s')
     recipe = dataclasses.replace(PROFILES[args.profile], train_scenes=args.train_scenes)
     if args.weights:
         recipe = dataclasses.replace(recipe, weights_path=args.weights)
-    summary = make_weights(recipe, tuple(args.override))
+    summary = make_weights(recipe, tuple(args.override), args.resume)
     print('\n=== make weights summary (paste into README) ===')
     print(json.dumps(summary, indent=2))
     return 0 if summary['held_out_metrics']['map_2m_fused'] is not None else 1

@@ -10,14 +10,17 @@ The YAML file is read into the typed ``TrainConfig`` (every key checked, unknown
 ``--override key.path=value`` sets one value (parsed as YAML) before the check.
 
 What happens: AdamW (no weight decay on biases and norm weights), linear warm-up then cosine
-decay per step, gradient clipping, AMP (float16 autocast + GradScaler) on CUDA only, consistent
-augmentation and camera dropout (``training.augment``), a tqdm bar and TensorBoard scalars on
-rank 0, and after every epoch a checkpoint written atomically (temporary file + ``os.replace``)
-holding model, optimiser, scheduler, scaler, epoch, step and the python / numpy / torch / CUDA
-random states as plain types and tensors, so ``torch.load(..., weights_only=True)`` reads it.
+decay per step (optionally restarted: ``optim.restart_epochs``), gradient clipping, AMP
+(float16 autocast + GradScaler) on CUDA only, consistent augmentation and camera dropout
+(``training.augment``), a tqdm bar and TensorBoard scalars on rank 0, and after every epoch a
+checkpoint written atomically (temporary file + ``os.replace``) holding model, optimiser,
+scheduler, scaler, epoch, step and the python / numpy / torch / CUDA random states as plain
+types and tensors, so ``torch.load(..., weights_only=True)`` reads it.
 ``--resume`` restores all of it and continues exactly where the run stopped: data order and
 augmentation are functions of (seed, epoch, index), so an interrupted run resumed at an epoch
 boundary equals an uninterrupted one (bit for bit in deterministic mode on the same machine).
+The schedule comes from the config, not the checkpoint: a finished run resumed with more epochs
+and a restart at its old end continues as a run that had that schedule from the start.
 
 Under ``torchrun`` (``WORLD_SIZE`` > 1) it initialises ``torch.distributed`` from env://
 (NCCL on CUDA, else gloo), wraps the model in DDP and shards the data with a DistributedSampler
@@ -112,6 +115,10 @@ class OptimConfig:
     warmup_steps: int = 100  # linear warm-up from warmup_start_ratio * lr
     warmup_start_ratio: float = 0.01
     min_lr_ratio: float = 0.01  # cosine decays to min_lr_ratio * lr at the last step
+    # Warm restarts: the cosine ends (at min_lr_ratio) after each of these epochs and starts
+    # again from restart_lr_ratio * lr, decaying to min_lr_ratio by the next restart or the end.
+    restart_epochs: Tuple[int, ...] = ()
+    restart_lr_ratio: float = 0.5
     grad_clip_norm: float = 10.0  # 0 disables clipping
     amp: bool = True  # float16 autocast + GradScaler, on CUDA only
 
@@ -120,6 +127,13 @@ class OptimConfig:
             raise ValueError('optim.epochs and optim.batch_size must be at least 1')
         if self.lr <= 0 or self.warmup_steps < 0:
             raise ValueError('optim.lr must be positive and optim.warmup_steps >= 0')
+        restarts = list(self.restart_epochs)
+        if restarts != sorted(set(restarts)) or any(not 0 < e < self.epochs for e in restarts):
+            raise ValueError(f'optim.restart_epochs {restarts} must be increasing epochs between '
+                             f'0 and optim.epochs ({self.epochs}), exclusive')
+        if not 0 < self.restart_lr_ratio <= 1:
+            raise ValueError(f'optim.restart_lr_ratio must be in (0, 1], got '
+                             f'{self.restart_lr_ratio}')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -268,23 +282,34 @@ def load_config(path: Optional[str], overrides: Tuple[str, ...] = ()) -> TrainCo
 class WarmupCosine:
     """Learning-rate factor per step: linear warm-up, then cosine decay to ``min_ratio``.
 
+    With ``restarts`` (steps, increasing) the decay runs in cycles: the first from 1 (after the
+    warm-up) to ``min_ratio`` at the first restart, each later one from ``restart_ratio`` to
+    ``min_ratio`` at the next restart or ``total_steps``. The first cycle does not depend on
+    the later ones, so a run with restarts repeats a shorter run's schedule up to its end.
     A callable object with plain-number state, so ``LambdaLR.state_dict`` stores it.
     """
 
     def __init__(self, warmup_steps: int, total_steps: int, start_ratio: float,
-                 min_ratio: float) -> None:
+                 min_ratio: float, restarts: Tuple[int, ...] = (),
+                 restart_ratio: float = 0.5) -> None:
         self.warmup_steps = int(warmup_steps)
         self.total_steps = max(int(total_steps), 1)
         self.start_ratio = float(start_ratio)
         self.min_ratio = float(min_ratio)
+        self.restarts = [int(step) for step in restarts]
+        self.restart_ratio = float(restart_ratio)
 
     def __call__(self, step: int) -> float:
         """Return the factor applied to the peak learning rate at optimiser step ``step``."""
         if step < self.warmup_steps:
             return self.start_ratio + (1.0 - self.start_ratio) * step / self.warmup_steps
-        decay_steps = max(self.total_steps - self.warmup_steps, 1)
-        progress = min((step - self.warmup_steps) / decay_steps, 1.0)
-        return self.min_ratio + (1.0 - self.min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        starts = [self.warmup_steps] + self.restarts
+        ends = self.restarts + [self.total_steps]
+        cycle = sum(step >= restart for restart in self.restarts)
+        peak = 1.0 if cycle == 0 else self.restart_ratio
+        progress = min((step - starts[cycle]) / max(ends[cycle] - starts[cycle], 1), 1.0)
+        cosine = 0.5 * (1.0 + math.cos(math.pi * progress))
+        return self.min_ratio + (peak - self.min_ratio) * cosine
 
 
 # ----------------------------------------------------------------------------- distributed
@@ -518,7 +543,6 @@ def train(config: TrainConfig, output_dir: Optional[str] = None, resume: Optiona
                         pin_memory=process.device.type == 'cuda', drop_last=False,
                         persistent_workers=False)
     steps_per_epoch = len(loader)
-    total_steps = steps_per_epoch * config.optim.epochs
 
     model = BEVFusionNet(model_config)
     if initial is not None:
@@ -528,9 +552,8 @@ def train(config: TrainConfig, output_dir: Optional[str] = None, resume: Optiona
     model = model.to(process.device)
     optimizer = torch.optim.AdamW(_parameter_groups(model, config.optim.weight_decay),
                                   lr=config.optim.lr, betas=config.optim.betas)
-    schedule = WarmupCosine(config.optim.warmup_steps, total_steps,
-                            config.optim.warmup_start_ratio, config.optim.min_lr_ratio)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, _schedule(config.optim, steps_per_epoch))
     use_amp = config.optim.amp and process.device.type == 'cuda'
     if config.optim.amp and not use_amp and process.is_main:
         LOGGER.info('optim.amp: mixed precision needs CUDA; training in float32 on %s',
@@ -549,6 +572,8 @@ def train(config: TrainConfig, output_dir: Optional[str] = None, resume: Optiona
         model.load_state_dict(state['model'])
         optimizer.load_state_dict(state['optimizer'])
         scheduler.load_state_dict(state['scheduler'])
+        # load_state_dict wrote the saved schedule's numbers into the scheduler's object
+        _use_schedule(scheduler, _schedule(config.optim, steps_per_epoch))
         scaler.load_state_dict(state['scaler'])
         start_epoch, step = int(state['epoch']), int(state['step'])
         train_seconds = float(state['train_seconds'])
@@ -634,6 +659,26 @@ def train(config: TrainConfig, output_dir: Optional[str] = None, resume: Optiona
         distributed.destroy_process_group()
     return TrainResult(checkpoint=last_path, epochs_done=epochs_done, steps=step,
                        train_seconds=train_seconds, history=history)
+
+
+def _schedule(optim: OptimConfig, steps_per_epoch: int) -> WarmupCosine:
+    """Return the learning-rate schedule of ``optim`` for epochs of ``steps_per_epoch``."""
+    return WarmupCosine(optim.warmup_steps, steps_per_epoch * optim.epochs,
+                        optim.warmup_start_ratio, optim.min_lr_ratio,
+                        tuple(e * steps_per_epoch for e in optim.restart_epochs),
+                        optim.restart_lr_ratio)
+
+
+def _use_schedule(scheduler: torch.optim.lr_scheduler.LambdaLR,
+                  schedule: WarmupCosine) -> None:
+    """Make a resumed scheduler follow this run's schedule at the step it restored.
+
+    ``LambdaLR.load_state_dict`` restores the saved schedule's numbers; the config's win, so a
+    run resumed with more epochs or a restart follows them (the same ones when nothing changed).
+    """
+    scheduler.lr_lambdas = [schedule] * len(scheduler.lr_lambdas)
+    for group, base_lr in zip(scheduler.optimizer.param_groups, scheduler.base_lrs):
+        group['lr'] = base_lr * schedule(scheduler.last_epoch)
 
 
 def _train_step(network: torch.nn.Module, optimizer: torch.optim.Optimizer,

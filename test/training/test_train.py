@@ -20,7 +20,7 @@ from training.a2d2 import A2D2Dataset
 from training.augment import augment_sample, AugmentConfig, flip_left_right, Sample, wrap_yaw
 from training.data import collate_examples, FrameCache, resize_labels_nearest, TrainingDataset
 from training.train import (
-    apply_override, load_checkpoint, load_config, TrainConfig, WarmupCosine)
+    apply_override, load_checkpoint, load_config, OptimConfig, TrainConfig, WarmupCosine)
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY_CONFIG = os.path.join(REPO, 'training', 'configs', 'tiny_test.yaml')
@@ -69,6 +69,23 @@ def test_warmup_cosine_schedule_shape():
     assert schedule(60) == pytest.approx(0.01 + 0.99 * 0.5)
     assert schedule(110) == pytest.approx(0.01)
     assert all(schedule(s) >= schedule(s + 1) for s in range(10, 120))
+
+
+def test_warm_restarts_repeat_the_shorter_schedule_then_restart_lower():
+    short = WarmupCosine(warmup_steps=10, total_steps=110, start_ratio=0.1, min_ratio=0.01)
+    restarted = WarmupCosine(warmup_steps=10, total_steps=160, start_ratio=0.1, min_ratio=0.01,
+                             restarts=(110,), restart_ratio=0.5)
+    assert all(restarted(s) == short(s) for s in range(110))  # the first cycle is unchanged
+    assert restarted(110) == pytest.approx(0.5)
+    assert restarted(135) == pytest.approx(0.01 + 0.49 * 0.5)
+    assert restarted(160) == pytest.approx(0.01)
+    assert all(restarted(s) >= restarted(s + 1) for s in range(110, 170))
+    with pytest.raises(ValueError, match='restart_epochs'):
+        OptimConfig(epochs=8, restart_epochs=(8,))
+    with pytest.raises(ValueError, match='restart_epochs'):
+        OptimConfig(epochs=8, restart_epochs=(4, 2))
+    with pytest.raises(ValueError, match='restart_lr_ratio'):
+        OptimConfig(epochs=8, restart_epochs=(4,), restart_lr_ratio=0.0)
 
 
 def test_flip_is_consistent_and_an_involution():
@@ -202,6 +219,28 @@ def test_resume_continues_bit_identically(tiny_root, tmp_path):
     # The first epoch already moved the parameters, so the comparison is not vacuous.
     assert any(not torch.equal(value, interrupted['model'][name])
                for name, value in straight['model'].items())
+
+
+def test_a_finished_run_resumed_with_a_restart_equals_that_schedule_from_the_start(
+        tiny_root, tmp_path):
+    # The shipped recipe grew from 16 to 24 epochs this way: the 16-epoch checkpoint resumed
+    # with a restart at epoch 16 must continue exactly as a 24-epoch run would have.
+    base = ('--override', f'data.root={tiny_root}')
+    longer = ('--override', 'optim.epochs=3', '--override', 'optim.restart_epochs=[2]',
+              '--override', 'optim.restart_lr_ratio=0.5')
+    _run_train('--out', str(tmp_path / 'straight'), *base, *longer)
+    _run_train('--out', str(tmp_path / 'grown'), *base, '--override', 'optim.epochs=2')
+    _run_train('--out', str(tmp_path / 'grown'), '--resume', 'last', *base, *longer)
+    straight = _state(tmp_path / 'straight' / 'checkpoints' / 'last.pt')
+    grown = _state(tmp_path / 'grown' / 'checkpoints' / 'last.pt')
+    assert straight['step'] == grown['step'] == 3 * 2
+    # The learning rate for the step after epoch 2: the restart (0.5 x 0.005) in the straight
+    # run; the grown run logged its old schedule's end there, then took the restart's steps.
+    assert straight['history'][1]['lr'] == pytest.approx(0.0025)
+    assert grown['history'][1]['lr'] < 0.001
+    assert straight['history'][2]['lr'] == grown['history'][2]['lr']
+    for name, value in straight['model'].items():
+        assert torch.equal(value, grown['model'][name]), name
 
 
 def test_init_weights_start_the_run_and_a_mismatch_is_named(tiny_root, tmp_path):
