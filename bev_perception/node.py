@@ -479,7 +479,7 @@ class PerceptionNode(Node):
         rgb = None if image is None else np.ascontiguousarray(image.rgb)
         timings['convert'] = (time.perf_counter() - started) * 1e3
         # The /tf lookup only where the weights will place this image by its calibration.
-        placed = rgb is not None and self._camera is not None and self._runtime.needs_calibration
+        placed = rgb is not None and self._pipeline.places_images(self._camera)
         geometry = (self._pipeline.camera_geometry(
             self._camera, rgb.shape[:2], frame_settings,
             self._camera_pose(cloud_msg.header.frame_id, stamp_to_seconds(

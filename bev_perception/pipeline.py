@@ -257,6 +257,13 @@ class FramePipeline:
         return PreparedCloud(points=prepared, num_subsampled=len(points) - len(prepared),
                              max_scaled_intensity=max_scaled)
 
+    def places_images(self, camera: Optional[CameraIntrinsics]) -> bool:
+        """Return whether images of ``camera`` get a camera geometry (worth a /tf lookup).
+
+        True for weights that fuse by calibration once the camera's CameraInfo is known.
+        """
+        return camera is not None and self.runtime.needs_calibration
+
     def camera_geometry(self, camera: Optional[CameraIntrinsics], image_hw: Tuple[int, int],
                         frame_settings: Optional[FrameSettings] = None,
                         cloud_to_camera: Optional[Tuple[np.ndarray, np.ndarray]] = None
@@ -270,7 +277,7 @@ class FramePipeline:
         image's aspect ratio is not the camera_info's (another camera, or a crop): ``run``
         then runs such weights LiDAR-only.
         """
-        if camera is None or not self.runtime.needs_calibration:
+        if not self.places_images(camera):
             return None
         height, width = image_hw
         if abs(width * camera.height - height * camera.width) > 0.01 * width * camera.height:

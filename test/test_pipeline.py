@@ -2,6 +2,7 @@
 
 import math
 
+from bev_perception.calibration import CameraIntrinsics
 from bev_perception.geometry import quaternion_to_yaw, rotation_from_rpy, rotation_to_quaternion
 from bev_perception.geometry import yaw_to_quaternion
 from bev_perception.inference import InferenceRuntime
@@ -142,6 +143,14 @@ def test_weights_that_fuse_by_calibration_run_an_uncalibrated_image_lidar_only(r
     # Weights without calibration-aware fusion never flag an image.
     plain = FramePipeline(runtime, settings).run(cloud, image)
     assert not plain.image_uncalibrated and not plain.result.lidar_only
+    # Which images get a geometry (the node and the bag evaluator look up /tf only for them).
+    camera = CameraIntrinsics.from_camera_info(64, 48, [60.0, 0, 32, 0, 60.0, 24, 0, 0, 1],
+                                               'plumb_bob', [0.0] * 5)
+    assert pipeline.places_images(camera) and not pipeline.places_images(None)
+    assert pipeline.camera_geometry(camera, (48, 64)) is not None
+    assert pipeline.camera_geometry(camera, (48, 96)) is None  # another aspect: not this camera
+    assert not FramePipeline(runtime, settings).places_images(camera)
+    assert FramePipeline(runtime, settings).camera_geometry(camera, (48, 64)) is None
 
 
 def test_a_fused_camera_unlike_the_training_cameras_is_flagged():

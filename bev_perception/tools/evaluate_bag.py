@@ -643,8 +643,7 @@ def evaluate_offline(options: EvalOptions) -> Dict[str, Any]:
                 rgb = None if frame.image is None else np.ascontiguousarray(frame.image[1])
                 image_stamp = None if frame.image is None else frame.image[0]
                 convert_ms = (time.perf_counter() - convert_started) * 1e3
-                placed = (rgb is not None and camera[0] is not None
-                          and runtime.needs_calibration)
+                placed = rgb is not None and frame_pipeline.places_images(camera[0])
                 pose = (tree.lookup(camera_frame[0], frame.cloud.header.frame_id, clock_s[0],
                                     image_stamp * 1e-9)
                         if placed and camera_frame[0] else None)
