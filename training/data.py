@@ -150,6 +150,7 @@ def dataset_fingerprint(dataset: A2D2Dataset, config: ModelConfig) -> Dict[str, 
         stamps = [os.stat(frame_path(dataset.root, scene, frame_id, kind)).st_mtime_ns
                   for kind in ('lidar', 'label3D')]
         frames.append([scene, frame_id] + stamps)
+    geometries = {scene: dataset.scene_camera_geometry(scene) for scene in dataset.scenes}
     return {
         'format_version': CACHE_FORMAT_VERSION,
         'root': os.path.abspath(dataset.root),
@@ -159,8 +160,8 @@ def dataset_fingerprint(dataset: A2D2Dataset, config: ModelConfig) -> Dict[str, 
         'load_image': dataset.load_image,
         'load_semantic': dataset.load_semantic,
         'input_hw': list(config.camera.input_hw),
-        'camera_geometry': {scene: np.asarray(dataset.scene_camera_geometry(scene)).tolist()
-                            for scene in dataset.scenes},
+        'camera_geometry': {scene: None if geometry is None else np.asarray(geometry).tolist()
+                            for scene, geometry in geometries.items()},  # None: uncalibrated
     }
 
 
