@@ -223,8 +223,8 @@ def test_resume_continues_bit_identically(tiny_root, tmp_path):
 
 def test_a_finished_run_resumed_with_a_restart_equals_that_schedule_from_the_start(
         tiny_root, tmp_path):
-    # The shipped recipe grew from 16 to 24 epochs this way: the 16-epoch checkpoint resumed
-    # with a restart at epoch 16 must continue exactly as a 24-epoch run would have.
+    # How a finished recipe grows (e.g. 16 -> 24 epochs): its last checkpoint resumed with a
+    # restart at its old end must continue exactly as the longer run would have.
     base = ('--override', f'data.root={tiny_root}')
     longer = ('--override', 'optim.epochs=3', '--override', 'optim.restart_epochs=[2]',
               '--override', 'optim.restart_lr_ratio=0.5')
