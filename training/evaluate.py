@@ -80,7 +80,7 @@ from bev_perception.model.camera_geometry import forward_camera, moved as moved_
 from bev_perception.model.config import ModelConfig
 from bev_perception.node_params import parameter_spec
 from bev_perception.tools.report import plot_pr_curves
-from bev_perception.weights import load_weights
+from bev_perception.weights import load_weights, WeightsError
 import numpy as np
 import torch
 import tqdm
@@ -90,7 +90,7 @@ from training.a2d2 import (
     DEFAULT_CLASS_MAP, FILE_KINDS, frame_path, list_scenes, PathLike, read_image,
     SemanticDecoder, SkipReports)
 from training.targets import points_in_boxes
-from training.train import load_checkpoint, model_from_checkpoint
+from training.train import CheckpointError, load_checkpoint, model_from_checkpoint
 
 LOGGER = logging.getLogger(__name__)
 
@@ -877,7 +877,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         rpy_rad=_three(args.extrinsic_rpy, defaults['extrinsic'].rpy_rad))
     intensity_scale = (defaults['intensity_scale'] if args.intensity_scale is None
                        else args.intensity_scale)
-    runtime = load_runtime(args.weights, args.checkpoint, args.device)
+    try:
+        runtime = load_runtime(args.weights, args.checkpoint, args.device)
+    except (WeightsError, CheckpointError) as error:
+        raise SystemExit(f'training.evaluate: {error}') from None
     config: ModelConfig = runtime.config
     semantic_only = False
     dataset: Union[A2D2Dataset, kitti.KittiDataset, SemanticOnlyFrames]

@@ -21,10 +21,10 @@ from typing import Any, Dict, List, Optional
 
 from bev_perception.weights import load_weights, save_weights
 import torch
-from training.train import git_revision, load_checkpoint, model_from_checkpoint
+from training.train import CheckpointError, git_revision, load_checkpoint, model_from_checkpoint
 
 
-def _portable_path(path: str) -> str:
+def portable_path(path: str) -> str:
     """Return path relative to the repository when inside it, so no machine path is recorded."""
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     absolute = os.path.abspath(path)
@@ -81,7 +81,7 @@ def export(checkpoint: str, out: str, metrics: Optional[Dict[str, Any]] = None,
         'epochs': int(state['epoch']),
         'steps': int(state['step']),
         'world_size': int(state.get('world_size', 1)),
-        'checkpoint': _portable_path(checkpoint),
+        'checkpoint': portable_path(checkpoint),
     }
     provenance.update(extra_provenance or {})
     save_weights(out, model, config, provenance,
@@ -112,7 +112,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     extra = {'dataset_note': args.dataset} if args.dataset else None
     command = ' '.join(['python', '-m', 'training.export'] + list(
         argv if argv is not None else sys.argv[1:]))
-    export(args.checkpoint, args.out, metrics, extra, command)
+    try:
+        export(args.checkpoint, args.out, metrics, extra, command)
+    except CheckpointError as error:
+        raise SystemExit(f'training.export: {error}') from None
     print(f'wrote {args.out} ({os.path.getsize(args.out) / 1e6:.2f} MB)')
     return 0
 

@@ -36,8 +36,9 @@ import torch
 from training import cameras, synthetic
 from training.a2d2 import A2D2Dataset
 from training.evaluate import class_map_for, evaluate, write_report
-from training.export import export
-from training.train import load_checkpoint, load_config, model_from_checkpoint, train
+from training.export import export, portable_path
+from training.train import (
+    CheckpointError, load_checkpoint, load_config, model_from_checkpoint, train)
 
 #: Generator seed of the training scenes.
 TRAIN_DATA_SEED = 1000
@@ -169,7 +170,7 @@ def make_weights(recipe: Recipe, overrides: Tuple[str, ...] = (),
         'recipe': 'training.make_weights', 'make_command': command,
         'train_data': train_data, 'held_out_data': held_out_data,
         'train_cameras': train_cameras(train_root), 'ci_test_seed': CI_TEST_SEED,
-        'resumed_from': resume}, command)
+        'resumed_from': None if resume is None else portable_path(resume)}, command)
     timings['total_s'] = time.perf_counter() - started
     summary = {
         'command': command,
@@ -180,7 +181,7 @@ def make_weights(recipe: Recipe, overrides: Tuple[str, ...] = (),
         'train_seed': config.seed,
         'model': config.model.name,
         'epochs': result.epochs_done,
-        'resumed_from': resume,
+        'resumed_from': None if resume is None else portable_path(resume),
         'steps': result.steps,
         'git_revision': provenance['git_revision'],  # recorded when the training started
         'device': device,
@@ -231,7 +232,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     recipe = dataclasses.replace(PROFILES[args.profile], train_scenes=args.train_scenes)
     if args.weights:
         recipe = dataclasses.replace(recipe, weights_path=args.weights)
-    summary = make_weights(recipe, tuple(args.override), args.resume)
+    resume = None
+    if args.resume:  # checked before minutes of scene generation; make_weights changes folder
+        resume = os.path.abspath(args.resume)
+        try:
+            load_checkpoint(resume)
+        except CheckpointError as error:
+            raise SystemExit(f'training.make_weights: {error}') from None
+    summary = make_weights(recipe, tuple(args.override), resume)
     print('\n=== make weights summary (paste into README) ===')
     print(json.dumps(summary, indent=2))
     return 0 if summary['held_out_metrics']['map_2m_fused'] is not None else 1

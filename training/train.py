@@ -34,6 +34,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import random
 import shlex
 import subprocess
@@ -384,15 +385,30 @@ def save_checkpoint(path: str, state: Dict[str, Any]) -> None:
     os.replace(temporary, path)
 
 
+class CheckpointError(ValueError):
+    """A training checkpoint that cannot be used; the message names the file and the problem."""
+
+
 def load_checkpoint(path: str, map_location: Union[str, torch.device] = 'cpu'
                     ) -> Dict[str, Any]:
-    """Read a training checkpoint with ``weights_only=True`` (no arbitrary unpickling)."""
-    state = torch.load(path, map_location=map_location, weights_only=True)
+    """Read a training checkpoint with ``weights_only=True`` (no arbitrary unpickling).
+
+    Raises:
+        CheckpointError: a missing, unreadable, truncated or foreign file, or a newer version.
+    """
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f'{path}: no such checkpoint file') from None
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as error:
+        reason = str(error).split('\n')[0].split('. ')[0]  # torch's first sentence: the fault
+        raise CheckpointError(f'{path}: not a readable checkpoint ({type(error).__name__}: '
+                              f'{reason})') from None
     if not isinstance(state, dict) or state.get('format') != CHECKPOINT_FORMAT:
-        raise ValueError(f'{path}: not a bev_perception training checkpoint')
+        raise CheckpointError(f'{path}: not a bev_perception training checkpoint')
     if state.get('version', 0) > CHECKPOINT_VERSION:
-        raise ValueError(f'{path}: checkpoint version {state["version"]} is newer than '
-                         f'{CHECKPOINT_VERSION}')
+        raise CheckpointError(f'{path}: checkpoint version {state["version"]} is newer than '
+                              f'{CHECKPOINT_VERSION}')
     return state
 
 
@@ -734,24 +750,25 @@ def main(argv: Optional[List[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(message)s')
     if args.config is None and args.resume is None:
         raise SystemExit('--config is required (or --resume with a checkpoint)')
-    if args.config is None:
-        path = args.resume
-        if path == 'last':
-            path = os.path.join(args.out or TrainConfig().output_dir, 'checkpoints', 'last.pt')
-        saved = load_checkpoint(path)['train_config']
-        for assignment in args.override:
-            apply_override(saved, assignment)
-        config = TrainConfig.from_dict(saved)
-    else:
-        config = load_config(args.config, tuple(args.override))
-    command = ' '.join(shlex.quote(a) for a in [sys.executable, '-m', 'training.train']
-                       + list(sys.argv[1:] if argv is None else argv))
     try:
+        if args.config is None:
+            path = args.resume
+            if path == 'last':
+                path = os.path.join(args.out or TrainConfig().output_dir, 'checkpoints',
+                                    'last.pt')
+            saved = load_checkpoint(path)['train_config']
+            for assignment in args.override:
+                apply_override(saved, assignment)
+            config = TrainConfig.from_dict(saved)
+        else:
+            config = load_config(args.config, tuple(args.override))
+        command = ' '.join(shlex.quote(a) for a in [sys.executable, '-m', 'training.train']
+                           + list(sys.argv[1:] if argv is None else argv))
         result = train(config, output_dir=args.out, resume=args.resume,
                        stop_after_epoch=args.stop_after_epoch,
                        save_rank_states=args.save_rank_states, command=command,
                        show_progress=not args.no_progress)
-    except InitWeightsError as error:
+    except (InitWeightsError, CheckpointError) as error:
         raise SystemExit(f'training.train: {error}') from None
     if int(os.environ.get('RANK', '0')) == 0:
         print(json.dumps({'checkpoint': result.checkpoint, 'epochs': result.epochs_done,

@@ -378,3 +378,13 @@ def test_semantic_summary_baseline_and_road():
     assert summary['one_class_baseline_category'] == ROAD_CATEGORY
     assert summary['pixel_accuracy'] == pytest.approx(4 / 6)
     assert summary['road_iou'] == pytest.approx(2 / 4)
+
+
+def test_evaluate_names_a_missing_weights_file(tmp_path):
+    missing = tmp_path / 'missing.safetensors'
+    completed = subprocess.run(
+        [sys.executable, '-m', 'training.evaluate', '--weights', str(missing), '--data',
+         str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert completed.returncode != 0
+    assert f'{missing}: cannot read weights file' in completed.stderr, completed.stderr[-2000:]
+    assert 'Traceback' not in completed.stderr

@@ -82,3 +82,28 @@ def test_export_refuses_a_file_that_is_not_a_checkpoint(tmp_path):
         timeout=120)
     assert completed.returncode != 0
     assert 'not a bev_perception training checkpoint' in completed.stderr
+    assert 'Traceback' not in completed.stderr
+
+
+@pytest.mark.parametrize('content', [None, b'not a checkpoint', 'truncated'])
+def test_training_tools_name_a_missing_or_corrupt_checkpoint(checkpoint, tmp_path, content):
+    # Every tool that reads a checkpoint exits with the file and the fault, never a traceback.
+    path = tmp_path / 'broken.pt'
+    if content == 'truncated':
+        with open(checkpoint, 'rb') as stream:
+            path.write_bytes(stream.read(5000))
+    elif content is not None:
+        path.write_bytes(content)
+    expected = 'no such checkpoint file' if content is None else 'not a readable checkpoint'
+    commands = (
+        ['training.export', '--checkpoint', str(path), '--out', str(tmp_path / 'x.safetensors')],
+        ['training.train', '--resume', str(path)],
+        ['training.evaluate', '--checkpoint', str(path), '--data', str(tmp_path)],
+        ['training.make_weights', '--resume', str(path)],
+    )
+    for command in commands:
+        completed = subprocess.run([sys.executable, '-m', *command], cwd=REPO,
+                                   capture_output=True, text=True, timeout=120)
+        assert completed.returncode != 0, command
+        assert f'{path}: {expected}' in completed.stderr, (command, completed.stderr[-2000:])
+        assert 'Traceback' not in completed.stderr, command
