@@ -870,6 +870,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     """Command-line entry point; returns the exit status."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(message)s')
+    if not os.path.isdir(args.data):
+        raise SystemExit(f'training.evaluate: {args.data}: no such data folder')
     data_format = detect_format(args.data) if args.format == 'auto' else args.format
     defaults = format_defaults(data_format)
     extrinsic = kitti.SensorExtrinsic(

@@ -228,6 +228,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help='continue the training from a checkpoint of this profile, e.g. '
                              'out/weights/train/checkpoints/last.pt (default: a fresh run)')
     args = parser.parse_args(argv)
+    if args.train_scenes < 1:
+        parser.error(f'--train-scenes must be at least 1, got {args.train_scenes}')
     logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(message)s')
     recipe = dataclasses.replace(PROFILES[args.profile], train_scenes=args.train_scenes)
     if args.weights:

@@ -61,7 +61,7 @@ from bev_perception.model.voxelizer import Voxelizer
 from bev_perception.tools import replay
 from bev_perception.tools.report import percentiles as _percentiles
 from bev_perception.weights import (load_weights, read_metadata, save_weights, SHIPPED_PROFILES,
-                                    SHIPPED_WEIGHTS_DIR)
+                                    SHIPPED_WEIGHTS_DIR, WeightsError)
 import numpy as np
 import torch
 
@@ -931,6 +931,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         report = run(args, command.strip())
     except ValueError as error:
         parser.error(str(error))
+    except WeightsError as error:  # names the file and the fault
+        raise SystemExit(f'bev_perception_bench: {error}') from None
     print(markdown(report))
     print(f'[bench] wrote {os.path.join(args.out, "bench.json")} and bench.md')
     return 0

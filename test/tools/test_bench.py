@@ -101,6 +101,11 @@ def test_bad_arguments_exit_with_usage_errors(tmp_path):
     with pytest.raises(SystemExit) as raised:
         bench.main(['--out', str(tmp_path), '--configs', 'huge'])
     assert raised.value.code == 2
+    missing = tmp_path / 'missing.safetensors'
+    with pytest.raises(SystemExit) as raised:  # a message naming the file, not a traceback
+        bench.main(['--out', str(tmp_path), '--quick', '--configs', 'tiny', '--devices', 'cpu',
+                    '--skip-node', '--weights', f'tiny={missing}'])
+    assert str(raised.value.code).startswith(f'bev_perception_bench: {missing}: cannot read')
 
 
 def test_shipped_config_comes_from_the_shipped_weights_metadata():

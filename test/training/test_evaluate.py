@@ -380,11 +380,15 @@ def test_semantic_summary_baseline_and_road():
     assert summary['road_iou'] == pytest.approx(2 / 4)
 
 
-def test_evaluate_names_a_missing_weights_file(tmp_path):
+def test_evaluate_names_a_missing_weights_file_or_data_folder(tmp_path):
     missing = tmp_path / 'missing.safetensors'
-    completed = subprocess.run(
-        [sys.executable, '-m', 'training.evaluate', '--weights', str(missing), '--data',
-         str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert completed.returncode != 0
-    assert f'{missing}: cannot read weights file' in completed.stderr, completed.stderr[-2000:]
-    assert 'Traceback' not in completed.stderr
+    for arguments, expected in (
+            (['--weights', str(missing), '--data', str(tmp_path)],
+             f'{missing}: cannot read weights file'),
+            (['--weights', str(missing), '--data', str(tmp_path / 'nowhere')],
+             f'{tmp_path / "nowhere"}: no such data folder')):
+        completed = subprocess.run([sys.executable, '-m', 'training.evaluate', *arguments],
+                                   cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert completed.returncode != 0
+        assert expected in completed.stderr, completed.stderr[-2000:]
+        assert 'Traceback' not in completed.stderr

@@ -107,3 +107,13 @@ def test_training_tools_name_a_missing_or_corrupt_checkpoint(checkpoint, tmp_pat
         assert completed.returncode != 0, command
         assert f'{path}: {expected}' in completed.stderr, (command, completed.stderr[-2000:])
         assert 'Traceback' not in completed.stderr, command
+
+
+def test_make_weights_refuses_no_training_scenes_before_generating_any(tmp_path):
+    completed = subprocess.run(
+        [sys.executable, '-m', 'training.make_weights', '--train-scenes', '0', '--weights',
+         str(tmp_path / 'w.safetensors')], cwd=REPO, capture_output=True, text=True,
+        timeout=120)
+    assert completed.returncode == 2
+    assert '--train-scenes must be at least 1, got 0' in completed.stderr
+    assert not os.path.exists(tmp_path / 'w.safetensors')
