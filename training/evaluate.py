@@ -866,6 +866,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _dataset(args: argparse.Namespace, data_format: str, extrinsic: kitti.SensorExtrinsic,
+             runtime: InferenceRuntime
+             ) -> Union[A2D2Dataset, kitti.KittiDataset, SemanticOnlyFrames]:
+    """Return the frames the command line names: KITTI, A2D2 with LiDAR, or camera-only A2D2."""
+    classes = runtime.config.detection_classes
+    if data_format == 'kitti':
+        if args.semantic_only:
+            raise SystemExit('--semantic-only: KITTI object frames have no semantic labels')
+        return kitti.KittiDataset(args.data, classes=classes, extrinsic=extrinsic,
+                                  load_image=not args.lidar_only, frame_ids=args.frames)
+    if args.semantic_only or not has_lidar(args.data, args.scenes):
+        if args.lidar_only:
+            raise SystemExit('--lidar-only: this A2D2 root has no LiDAR to evaluate')
+        LOGGER.info('%s: no LiDAR folders (or --semantic-only): evaluating the semantic '
+                    'head only', args.data)
+        return SemanticOnlyFrames(args.data, scenes=args.scenes)
+    return A2D2Dataset(args.data, scenes=args.scenes, class_map=class_map_for(runtime),
+                       classes=classes, load_image=not args.lidar_only,
+                       load_semantic=not args.lidar_only)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Command-line entry point; returns the exit status."""
     args = build_parser().parse_args(argv)
@@ -884,31 +905,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (WeightsError, CheckpointError) as error:
         raise SystemExit(f'training.evaluate: {error}') from None
     config: ModelConfig = runtime.config
-    semantic_only = False
-    dataset: Union[A2D2Dataset, kitti.KittiDataset, SemanticOnlyFrames]
-    if data_format == 'kitti':
-        if args.semantic_only:
-            raise SystemExit('--semantic-only: KITTI object frames have no semantic labels')
-        dataset = kitti.KittiDataset(args.data, classes=config.detection_classes,
-                                     extrinsic=extrinsic, load_image=not args.lidar_only,
-                                     frame_ids=args.frames)
-    else:
-        semantic_only = args.semantic_only or not has_lidar(args.data, args.scenes)
-        if semantic_only:
-            if args.lidar_only:
-                raise SystemExit('--lidar-only: this A2D2 root has no LiDAR to evaluate')
-            LOGGER.info('%s: no LiDAR folders (or --semantic-only): evaluating the semantic '
-                        'head only', args.data)
-            dataset = SemanticOnlyFrames(args.data, scenes=args.scenes)
-        else:
-            try:
-                dataset = A2D2Dataset(args.data, scenes=args.scenes,
-                                      class_map=class_map_for(runtime),
-                                      classes=config.detection_classes,
-                                      load_image=not args.lidar_only,
-                                      load_semantic=not args.lidar_only)
-            except CorruptFrameError as error:
-                raise SystemExit(f'{error.path}: {error.reason}') from None
+    try:
+        dataset = _dataset(args, data_format, extrinsic, runtime)
+    except CorruptFrameError as error:
+        raise SystemExit(f'training.evaluate: {error.path}: {error.reason}') from None
+    except (OSError, ValueError) as error:  # the readers name the file or folder
+        raise SystemExit(f'training.evaluate: {error}') from None
+    semantic_only = isinstance(dataset, SemanticOnlyFrames)
     if not len(dataset):
         raise SystemExit(f'{args.data}: no frames to evaluate (format {data_format})')
     runs = ('fused',) if semantic_only else ('lidar_only',) if args.lidar_only else RUNS

@@ -1286,8 +1286,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('--height', type=int, default=NATIVE_RESOLUTION[1],
                         help='image height')
     args = parser.parse_args(argv)
-    report = generate(args.out, args.scenes, args.frames, args.seed,
-                      image_size=(args.width, args.height), workers=args.workers)
+    for name in ('scenes', 'frames', 'workers', 'width', 'height'):
+        if getattr(args, name) < 1:
+            parser.error(f'--{name} must be at least 1, got {getattr(args, name)}')
+    if args.seed < 0:
+        parser.error(f'--seed must be >= 0, got {args.seed}')
+    try:
+        report = generate(args.out, args.scenes, args.frames, args.seed,
+                          image_size=(args.width, args.height), workers=args.workers)
+    except OSError as error:  # the output folder cannot be written
+        raise SystemExit(f'training.synthetic: {error.filename or args.out}: '
+                         f'{error.strerror or error}') from None
     print(f'wrote {report.frames} frames in {len(report.scenes)} scenes to {report.root} '
           f'in {report.seconds:.1f} s; per frame and worker: {report.seconds_per_frame:.2f} s '
           f'wall, {report.cpu_seconds_per_frame:.2f} s CPU')

@@ -392,3 +392,25 @@ def test_evaluate_names_a_missing_weights_file_or_data_folder(tmp_path):
         assert completed.returncode != 0
         assert expected in completed.stderr, completed.stderr[-2000:]
         assert 'Traceback' not in completed.stderr
+
+
+def test_evaluate_names_frames_and_scenes_it_cannot_find(tmp_path):
+    tiny_weights = str(tmp_path / 'tiny.safetensors')
+    write_tiny_weights(tiny_weights)
+    kitti_root, a2d2_root = tmp_path / 'kitti' / 'training', tmp_path / 'a2d2'
+    for folder in ('velodyne', 'label_2', 'calib'):
+        (kitti_root / folder).mkdir(parents=True)
+    a2d2_root.mkdir()
+    for arguments, expected in (
+            (['--data', str(tmp_path / 'kitti'), '--format', 'kitti', '--frames', '000042'],
+             "no velodyne files for frames ['000042']"),
+            (['--data', str(a2d2_root), '--scenes', '20190101_000000'],
+             "no scene folders ['20190101_000000']"),
+            (['--data', str(a2d2_root), '--format', 'kitti'], 'not a KITTI object root')):
+        completed = subprocess.run(
+            [sys.executable, '-m', 'training.evaluate', '--weights', tiny_weights,
+             '--out', str(tmp_path / 'out'), *arguments],
+            cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert completed.returncode != 0, arguments
+        assert expected in completed.stderr, completed.stderr[-2000:]
+        assert 'Traceback' not in completed.stderr, arguments

@@ -445,3 +445,12 @@ def test_command_line(tmp_path):
     with Image.open(next(os.path.join(d, f) for d, _, names in os.walk(out) for f in names
                          if f.endswith('.png'))) as image:
         assert image.size == tuple(resolution) and image.size[0] == 64
+    with pytest.raises(SystemExit) as raised:  # usage error before any work
+        synthetic.main(['--out', out, '--scenes', '0', '--frames', '1', '--seed', '0'])
+    assert raised.value.code == 2
+    blocker = tmp_path / 'a_file'
+    blocker.write_text('')
+    with pytest.raises(SystemExit) as raised:  # the folder cannot be made: named, no traceback
+        synthetic.main(['--out', str(blocker / 'root'), '--scenes', '1', '--frames', '1',
+                        '--seed', '0', '--width', '64', '--height', '40'])
+    assert str(raised.value.code).startswith(f'training.synthetic: {blocker}')
