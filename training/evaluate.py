@@ -893,6 +893,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(message)s')
     if not os.path.isdir(args.data):
         raise SystemExit(f'training.evaluate: {args.data}: no such data folder')
+    try:  # before the evaluation, not after it
+        os.makedirs(args.out, exist_ok=True)
+    except OSError as error:
+        where = f'{error.filename}: ' if error.filename else ''
+        raise SystemExit(f'training.evaluate: --out {args.out}: {where}{error.strerror or error}'
+                         ) from None
     data_format = detect_format(args.data) if args.format == 'auto' else args.format
     defaults = format_defaults(data_format)
     extrinsic = kitti.SensorExtrinsic(

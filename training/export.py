@@ -116,6 +116,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         export(args.checkpoint, args.out, metrics, extra, command)
     except CheckpointError as error:
         raise SystemExit(f'training.export: {error}') from None
+    except OSError as error:  # the weights file cannot be written
+        where = f'{error.filename}: ' if error.filename else ''
+        raise SystemExit(f'training.export: --out {args.out}: {where}{error.strerror or error}'
+                         ) from None
     print(f'wrote {args.out} ({os.path.getsize(args.out) / 1e6:.2f} MB)')
     return 0
 

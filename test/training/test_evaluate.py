@@ -401,12 +401,16 @@ def test_evaluate_names_frames_and_scenes_it_cannot_find(tmp_path):
     for folder in ('velodyne', 'label_2', 'calib'):
         (kitti_root / folder).mkdir(parents=True)
     a2d2_root.mkdir()
+    blocker = tmp_path / 'a_file'
+    blocker.write_text('')
     for arguments, expected in (
             (['--data', str(tmp_path / 'kitti'), '--format', 'kitti', '--frames', '000042'],
              "no velodyne files for frames ['000042']"),
             (['--data', str(a2d2_root), '--scenes', '20190101_000000'],
              "no scene folders ['20190101_000000']"),
-            (['--data', str(a2d2_root), '--format', 'kitti'], 'not a KITTI object root')):
+            (['--data', str(a2d2_root), '--format', 'kitti'], 'not a KITTI object root'),
+            (['--data', str(a2d2_root), '--out', str(blocker / 'out')],  # the last --out wins
+             f'--out {blocker / "out"}: {blocker / "out"}: Not a directory')):
         completed = subprocess.run(
             [sys.executable, '-m', 'training.evaluate', '--weights', tiny_weights,
              '--out', str(tmp_path / 'out'), *arguments],

@@ -85,6 +85,19 @@ def test_export_refuses_a_file_that_is_not_a_checkpoint(tmp_path):
     assert 'Traceback' not in completed.stderr
 
 
+def test_export_names_an_output_it_cannot_write(checkpoint, tmp_path):
+    blocker = tmp_path / 'a_file'
+    blocker.write_text('')
+    out = blocker / 'x.safetensors'
+    completed = subprocess.run(
+        [sys.executable, '-m', 'training.export', '--checkpoint', checkpoint, '--out', str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert completed.returncode != 0
+    assert f'training.export: --out {out}: {blocker}: File exists' in completed.stderr, (
+        completed.stderr)
+    assert 'Traceback' not in completed.stderr
+
+
 @pytest.mark.parametrize('content', [None, b'not a checkpoint', 'truncated'])
 def test_training_tools_name_a_missing_or_corrupt_checkpoint(checkpoint, tmp_path, content):
     # Every tool that reads a checkpoint exits with the file and the fault, never a traceback.
