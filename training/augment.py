@@ -34,6 +34,11 @@ The camera image is fixed to the LiDAR by the calibration, so only transforms th
   moves its points and boxes up or down by a uniform amount in [-s, s] metres. The image is
   not used, so nothing can disagree; the LiDAR path learns the spread of road heights that
   mounting heights and extrinsic errors of real sensors give.
+* **Mixed returns** (``mixed_returns_max``, ``mixed_returns_depth_m``): where a laser beam
+  straddles a depth edge, real sensors report points between the edge and what lies behind it;
+  people and poles in real clouds show them as a tail along the ray. A random fraction of the
+  points gets such a second, weaker return a few decimetres behind it. Only LiDAR points are
+  added, so the image still agrees. Off in the shipped recipe (see training/EXPERIMENTS.md).
 
 Not used, because they would break the camera-LiDAR agreement with a fixed image: translation
 of samples that keep their image, and copy-paste of objects.
@@ -49,6 +54,10 @@ from typing import Optional, Tuple
 from bev_perception.model.camera_geometry import mirror_left_right, moved
 import numpy as np
 from PIL import Image, ImageFilter
+
+
+#: Mixed returns lie at least this far behind the point they come from (metres).
+MIXED_RETURN_MIN_DEPTH_M = 0.05
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,10 +82,14 @@ class AugmentConfig:
     rotation_rad: float = 0.0  # global yaw in [-r, r] (calibrated or LiDAR-only samples)
     scale_range: Tuple[float, float] = (1.0, 1.0)  # global scale (the same samples)
     lidar_only_z_shift_m: float = 0.0  # camera-dropped samples move up/down by up to this
+    # A fraction in [0, max] of the points gets a second, weaker return up to depth_m behind
+    # it along its ray (the mixed returns real LiDARs give at depth edges; see the docstring).
+    mixed_returns_max: float = 0.0
+    mixed_returns_depth_m: float = 0.6
 
     def __post_init__(self) -> None:
         for name in ('flip_prob', 'camera_dropout_prob', 'point_dropout_max',
-                     'intensity_dropout_prob', 'grey_prob', 'blur_prob'):
+                     'intensity_dropout_prob', 'grey_prob', 'blur_prob', 'mixed_returns_max'):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f'AugmentConfig.{name} must be in [0, 1], got {value}')
@@ -84,6 +97,9 @@ class AugmentConfig:
                      'white_balance', 'gamma', 'noise', 'rotation_rad', 'lidar_only_z_shift_m'):
             if getattr(self, name) < 0:
                 raise ValueError(f'AugmentConfig.{name} must be >= 0')
+        if self.mixed_returns_depth_m <= MIXED_RETURN_MIN_DEPTH_M:
+            raise ValueError(f'AugmentConfig.mixed_returns_depth_m must exceed '
+                             f'{MIXED_RETURN_MIN_DEPTH_M} m')
         low, high = self.intensity_scale_range
         if not 0 < low <= high:
             raise ValueError('AugmentConfig.intensity_scale_range must be 0 < low <= high')
@@ -160,6 +176,25 @@ def jitter_points(points: np.ndarray, config: AugmentConfig,
     return points
 
 
+def add_mixed_returns(points: np.ndarray, config: AugmentConfig,
+                      rng: np.random.Generator) -> np.ndarray:
+    """Return (N + M, 4) points: the input and M mixed returns behind a random subset of them.
+
+    Each chosen point gets a copy moved 5 cm to ``mixed_returns_depth_m`` further along its
+    ray from the model origin (where the LiDAR sits, near enough beyond a few metres) with
+    20-100 % of its reflectance, as a beam split between an edge and what lies behind it gives.
+    """
+    count = int(round(rng.uniform(0.0, config.mixed_returns_max) * len(points)))
+    if count == 0:
+        return points
+    extra = points[rng.choice(len(points), count, replace=False)]  # (M, 4) copies
+    distance = np.linalg.norm(extra[:, :3], axis=1, keepdims=True)  # (M, 1)
+    step = rng.uniform(MIXED_RETURN_MIN_DEPTH_M, config.mixed_returns_depth_m, (count, 1))
+    extra[:, :3] += extra[:, :3] / np.maximum(distance, 1e-3) * step.astype(np.float32)
+    extra[:, 3] *= rng.uniform(0.2, 1.0, count).astype(np.float32)
+    return np.concatenate([points, extra])
+
+
 def jitter_photometric(image: np.ndarray, config: AugmentConfig,
                        rng: np.random.Generator) -> np.ndarray:
     """Randomly change the look of an (H, W, 3) uint8 image (see ``AugmentConfig``)."""
@@ -228,6 +263,7 @@ def augment_sample(sample: Sample, config: AugmentConfig, rng: np.random.Generat
     point_rng, image_rng = rng.spawn(2)
     (shift_rng,) = rng.spawn(1)  # drawn after the others: their streams stay as they were
     (pose_rng,) = rng.spawn(1)  # likewise
+    (mixed_rng,) = rng.spawn(1)  # likewise
     if do_flip:
         sample = flip_left_right(sample)
     image = sample.image
@@ -235,6 +271,8 @@ def augment_sample(sample: Sample, config: AugmentConfig, rng: np.random.Generat
         image = jitter_photometric(image, config, image_rng)
     camera_valid = sample.camera_valid and not drop_camera
     points, boxes = jitter_points(sample.points, config, point_rng), sample.boxes
+    if config.mixed_returns_max:
+        points = add_mixed_returns(points, config, mixed_rng)
     shift = shift_rng.uniform(-config.lidar_only_z_shift_m, config.lidar_only_z_shift_m)
     if not camera_valid and shift:
         points[:, 2] += np.float32(shift)  # jitter_points returned a copy

@@ -84,3 +84,35 @@ def test_photometric_jitter_changes_the_look_within_its_ranges():
     assert np.diff(blurred.astype(int), axis=1).std() < np.diff(image.astype(int), axis=1).std()
     with pytest.raises(ValueError, match='scale_range'):
         AugmentConfig(scale_range=(1.1, 0.9))
+
+
+def test_mixed_returns_trail_behind_their_points_and_leave_the_rest_alone():
+    rng = np.random.default_rng(3)
+    sample = _calibrated_sample(rng)
+    sample.points[:, 3] = rng.uniform(0.1, 1.0, len(sample.points))
+    config = dataclasses.replace(AugmentConfig.none(), mixed_returns_max=0.5,
+                                 mixed_returns_depth_m=0.6)
+    plain = augment_sample(sample, AugmentConfig.none(), np.random.default_rng(7))
+    mixed = augment_sample(sample, config, np.random.default_rng(7))
+    n = len(sample.points)
+    np.testing.assert_array_equal(mixed.points[:n], plain.points)  # the originals, in order
+    extra = mixed.points[n:]
+    assert 0 < len(extra) <= n // 2
+    # Each added return lies on the ray of an original point, 5-60 cm further out, weaker.
+    directions = sample.points[:, :3] / np.linalg.norm(sample.points[:, :3], axis=1)[:, None]
+    for point in extra:
+        along = directions @ point[:3]  # (N,) distance along each original ray
+        off_ray = np.linalg.norm(point[:3] - along[:, None] * directions, axis=1)
+        source = int(np.argmin(off_ray))
+        assert off_ray[source] < 1e-3
+        depth = along[source] - np.linalg.norm(sample.points[source, :3])
+        assert 0.05 - 1e-4 <= depth <= 0.6 + 1e-4
+        assert 0.2 * sample.points[source, 3] - 1e-6 <= point[3] <= sample.points[source, 3]
+    np.testing.assert_array_equal(mixed.boxes, sample.boxes)
+    np.testing.assert_array_equal(mixed.image, sample.image)
+    again = augment_sample(sample, config, np.random.default_rng(7))
+    np.testing.assert_array_equal(again.points, mixed.points)  # a function of the seed
+    with pytest.raises(ValueError, match='mixed_returns_depth_m'):
+        AugmentConfig(mixed_returns_depth_m=0.05)
+    with pytest.raises(ValueError, match='mixed_returns_max'):
+        AugmentConfig(mixed_returns_max=1.5)
