@@ -166,11 +166,12 @@ def make_weights(recipe: Recipe, overrides: Tuple[str, ...] = (),
 
     with open(metrics_path, encoding='utf-8') as stream:
         metrics = json.load(stream)
+    resumed_from = None if resume is None else portable_path(resume)  # no machine path
     provenance = export(result.checkpoint, recipe.weights_path, metrics, {
         'recipe': 'training.make_weights', 'make_command': command,
         'train_data': train_data, 'held_out_data': held_out_data,
         'train_cameras': train_cameras(train_root), 'ci_test_seed': CI_TEST_SEED,
-        'resumed_from': None if resume is None else portable_path(resume)}, command)
+        'resumed_from': resumed_from}, command)
     timings['total_s'] = time.perf_counter() - started
     summary = {
         'command': command,
@@ -181,7 +182,7 @@ def make_weights(recipe: Recipe, overrides: Tuple[str, ...] = (),
         'train_seed': config.seed,
         'model': config.model.name,
         'epochs': result.epochs_done,
-        'resumed_from': None if resume is None else portable_path(resume),
+        'resumed_from': resumed_from,
         'steps': result.steps,
         'git_revision': provenance['git_revision'],  # recorded when the training started
         'device': device,
