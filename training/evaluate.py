@@ -89,6 +89,7 @@ from training.a2d2 import (
     A2D2Dataset, CAMERA_FOLDER, CAMERA_TOKEN, collate_frames, CorruptFrameError,
     DEFAULT_CLASS_MAP, FILE_KINDS, frame_path, list_scenes, PathLike, read_image,
     SemanticDecoder, SkipReports)
+from training.cli import output_error
 from training.targets import points_in_boxes
 from training.train import CheckpointError, load_checkpoint, model_from_checkpoint
 
@@ -896,9 +897,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:  # before the evaluation, not after it
         os.makedirs(args.out, exist_ok=True)
     except OSError as error:
-        where = f'{error.filename}: ' if error.filename else ''
-        raise SystemExit(f'training.evaluate: --out {args.out}: {where}{error.strerror or error}'
-                         ) from None
+        raise output_error('training.evaluate', args.out, error) from None
     data_format = detect_format(args.data) if args.format == 'auto' else args.format
     defaults = format_defaults(data_format)
     extrinsic = kitti.SensorExtrinsic(

@@ -21,6 +21,7 @@ from typing import Any, Dict, List, Optional
 
 from bev_perception.weights import load_weights, save_weights
 import torch
+from training.cli import output_error
 from training.train import CheckpointError, git_revision, load_checkpoint, model_from_checkpoint
 
 
@@ -117,9 +118,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except CheckpointError as error:
         raise SystemExit(f'training.export: {error}') from None
     except OSError as error:  # the weights file cannot be written
-        where = f'{error.filename}: ' if error.filename else ''
-        raise SystemExit(f'training.export: --out {args.out}: {where}{error.strerror or error}'
-                         ) from None
+        raise output_error('training.export', args.out, error) from None
     print(f'wrote {args.out} ({os.path.getsize(args.out) / 1e6:.2f} MB)')
     return 0
 

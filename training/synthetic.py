@@ -58,6 +58,7 @@ from training.a2d2 import CAMERA_FOLDER, FILE_KINDS, frame_path, wrap_angle
 from training.a2d2_calibration import (
     camera_calibration, CameraModel, cams_lidars_dict, LIDAR_IDS, lidar_view, NATIVE_RESOLUTION,
     view_to_view, write_cams_lidars)
+from training.cli import output_error
 from training.world import hash_noise, Hits, MeshBuilder, rotation_z, World, WorldBuilder
 
 # ----------------------------------------------------------------------------- constants
@@ -1295,8 +1296,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         report = generate(args.out, args.scenes, args.frames, args.seed,
                           image_size=(args.width, args.height), workers=args.workers)
     except OSError as error:  # the output folder cannot be written
-        raise SystemExit(f'training.synthetic: {error.filename or args.out}: '
-                         f'{error.strerror or error}') from None
+        raise output_error('training.synthetic', args.out, error) from None
     print(f'wrote {report.frames} frames in {len(report.scenes)} scenes to {report.root} '
           f'in {report.seconds:.1f} s; per frame and worker: {report.seconds_per_frame:.2f} s '
           f'wall, {report.cpu_seconds_per_frame:.2f} s CPU')

@@ -453,4 +453,5 @@ def test_command_line(tmp_path):
     with pytest.raises(SystemExit) as raised:  # the folder cannot be made: named, no traceback
         synthetic.main(['--out', str(blocker / 'root'), '--scenes', '1', '--frames', '1',
                         '--seed', '0', '--width', '64', '--height', '40'])
-    assert str(raised.value.code).startswith(f'training.synthetic: {blocker}')
+    assert str(raised.value.code).startswith(
+        f'training.synthetic: --out {blocker / "root"}: {blocker}')
