@@ -84,22 +84,36 @@ PROFILES: Dict[str, Recipe] = {
 
 
 def _generate(root: str, scenes: int, frames: int, seed: int, recipe: Recipe) -> Dict[str, Any]:
-    """Generate a synthetic root unless the same recipe already produced it."""
+    """Generate a synthetic root unless the same recipe already produced it.
+
+    Scene i depends only on (seed, i), so a root of the same recipe with another scene count is
+    grown by the missing scenes or trimmed, not generated again.
+    """
     description = {'generator': 'training.synthetic', 'world': synthetic.WORLD_VERSION,
                    'seed': seed, 'scenes': scenes,
                    'frames_per_scene': frames, 'image_size': list(recipe.image_size)}
     stamp = os.path.join(root, 'generated.json')
+    written = None
     if os.path.exists(stamp):
         with open(stamp, encoding='utf-8') as stream:
-            if json.load(stream) == description:
-                print(f'reusing {root} ({scenes} scenes x {frames} frames, seed {seed})')
-                return description
+            written = json.load(stream)
+        if written == description:
+            print(f'reusing {root} ({scenes} scenes x {frames} frames, seed {seed})')
+            return description
+        os.remove(stamp)  # the root is not what the stamp says until it is written again
+    kept = written['scenes'] if written is not None and dict(
+        written, scenes=scenes) == description else 0
+    if kept == 0 and os.path.exists(root):
         shutil.rmtree(root)
-    elif os.path.exists(root):
-        shutil.rmtree(root)
-    report = synthetic.generate(root, scenes, frames, seed, image_size=recipe.image_size,
-                                workers=recipe.generator_workers)
-    print(f'generated {report.frames} frames in {report.seconds:.0f} s under {root}')
+    for index in range(scenes, kept):  # fewer scenes than the root holds
+        shutil.rmtree(os.path.join(root, synthetic.scene_name(seed, index)), ignore_errors=True)
+    if kept < scenes:
+        report = synthetic.generate(root, scenes, frames, seed, image_size=recipe.image_size,
+                                    workers=recipe.generator_workers, first_scene=kept)
+        print(f'generated {report.frames} frames in {report.seconds:.0f} s under {root}'
+              + (f' (scenes {kept}..{scenes - 1}; the first {kept} were there)' if kept else ''))
+    else:
+        print(f'trimmed {root} to its first {scenes} scenes')
     with open(stamp, 'w', encoding='utf-8') as stream:
         json.dump(description, stream)
     return description

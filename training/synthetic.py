@@ -444,10 +444,19 @@ def _ground_mesh(street: Street, config: SyntheticConfig, travel: float,
     return vertices, faces.astype(np.int32)
 
 
+def _scene_rng(seed: int, index: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([seed, index, 0]))
+
+
+def scene_name(seed: int, index: int) -> str:
+    """Return the folder name of scene ``index`` of ``seed`` without building the scene."""
+    return _scene_name(seed, index, _scene_rng(seed, index))[0]
+
+
 def build_scene(seed: int, index: int, frames: int,
                 config: SyntheticConfig = SyntheticConfig()) -> Scene:
     """Return scene ``index`` of the drives of ``seed`` (deterministic, independent of others)."""
-    rng = np.random.default_rng(np.random.SeedSequence([seed, index, 0]))
+    rng = _scene_rng(seed, index)
     name, start_tai_us = _scene_name(seed, index, rng)
     street = _draw_street(rng)
     materials = WorldBuilder()
@@ -1216,8 +1225,8 @@ class GenerationReport:
     """What ``generate`` wrote and how long it took."""
 
     root: str
-    scenes: Tuple[str, ...]
-    frames: int  # frames written in total
+    scenes: Tuple[str, ...]  # the scene folders written by this call
+    frames: int  # frames written by this call
     seconds: float  # wall clock
     seconds_per_frame: float  # worker wall-clock seconds per frame (slower on a busy machine)
     cpu_seconds_per_frame: float  # worker CPU seconds per frame (one core)
@@ -1239,7 +1248,8 @@ def _render_chunk(task: Tuple[str, int, int, int, int, int, Tuple[int, int],
 
 def generate(out_dir: str, scenes: int, frames: int, seed: int,
              image_size: Tuple[int, int] = NATIVE_RESOLUTION, workers: int = 1,
-             config: SyntheticConfig = SyntheticConfig()) -> GenerationReport:
+             config: SyntheticConfig = SyntheticConfig(),
+             first_scene: int = 0) -> GenerationReport:
     """Write ``scenes`` drives of ``frames`` frames each under ``out_dir``.
 
     Args:
@@ -1250,17 +1260,23 @@ def generate(out_dir: str, scenes: int, frames: int, seed: int,
         image_size: (width, height) of images and labels; intrinsics are scaled to it.
         workers: processes; the files do not depend on it.
         config: generator settings.
+        first_scene: scenes below this index are already in ``out_dir`` (written by the same
+            seed, frames, image size and config) and are left alone: a root grows by the
+            scenes ``first_scene .. scenes - 1``, the same files a fresh run would write.
     """
     if scenes < 1 or frames < 1:
         raise ValueError('scenes and frames must be positive')
+    if not 0 <= first_scene < scenes:
+        raise ValueError(f'first_scene must lie in [0, {scenes}), got {first_scene}')
     started = time.perf_counter()
     write_root_files(out_dir, image_size)
-    chunks_per_scene = max(1, min(frames, math.ceil(2 * workers / scenes))) if workers > 1 \
-        else 1
+    new_scenes = scenes - first_scene
+    chunks_per_scene = max(1, min(frames, math.ceil(2 * workers / new_scenes))) \
+        if workers > 1 else 1
     bounds = np.linspace(0, frames, chunks_per_scene + 1).round().astype(int)
     tasks = [(out_dir, seed, index, frames, int(bounds[i]), int(bounds[i + 1]),
               tuple(image_size), config)
-             for index in range(scenes) for i in range(chunks_per_scene)
+             for index in range(first_scene, scenes) for i in range(chunks_per_scene)
              if bounds[i + 1] > bounds[i]]
     if workers > 1:
         with multiprocessing.Pool(min(workers, len(tasks))) as pool:
@@ -1269,10 +1285,10 @@ def generate(out_dir: str, scenes: int, frames: int, seed: int,
         results = [_render_chunk(task) for task in tasks]
     names = tuple(dict.fromkeys(name for name, _, _ in results))
     return GenerationReport(
-        root=out_dir, scenes=names, frames=scenes * frames,
+        root=out_dir, scenes=names, frames=new_scenes * frames,
         seconds=time.perf_counter() - started,
-        seconds_per_frame=sum(wall for _, wall, _ in results) / (scenes * frames),
-        cpu_seconds_per_frame=sum(cpu for _, _, cpu in results) / (scenes * frames))
+        seconds_per_frame=sum(wall for _, wall, _ in results) / (new_scenes * frames),
+        cpu_seconds_per_frame=sum(cpu for _, _, cpu in results) / (new_scenes * frames))
 
 
 def main(argv: Optional[List[str]] = None) -> int:
