@@ -121,6 +121,7 @@ class LidarEncoderConfig:
     backbone_stride: int = 2  # downsample factor, BEV canvas -> head grid
     full_res_blocks: int = 2  # 3x3 blocks on the canvas, before the downsample
     out_blocks: int = 1  # 3x3 blocks on the head grid, after the downsample
+    context_dilation: int = 1  # dilation of the last of them: receptive field for long objects
 
 
 @dataclasses.dataclass(frozen=True)
@@ -219,6 +220,8 @@ class ModelConfig:
             raise ValueError('semantic_palette needs one colour per semantic class')
         if self.lidar_encoder.backbone_stride < 1:
             raise ValueError('LidarEncoderConfig.backbone_stride must be at least 1')
+        if self.lidar_encoder.context_dilation < 1:
+            raise ValueError('LidarEncoderConfig.context_dilation must be at least 1')
         if self.lidar_encoder.backbone_out_channels % self.fusion.num_heads:
             raise ValueError('backbone_out_channels must be divisible by fusion.num_heads')
 

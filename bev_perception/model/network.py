@@ -115,7 +115,8 @@ class BEVFusionNet(nn.Module):
             out_channels=config.lidar_encoder.backbone_out_channels,
             stride=config.lidar_encoder.backbone_stride,
             full_res_blocks=config.lidar_encoder.full_res_blocks,
-            out_blocks=config.lidar_encoder.out_blocks)
+            out_blocks=config.lidar_encoder.out_blocks,
+            context_dilation=config.lidar_encoder.context_dilation)
         self.camera_encoder = CameraEncoder(config=config.camera_encoder)
         self.fusion = FuTrFusion(
             bev_channels=self.backbone.out_channels,
