@@ -29,8 +29,15 @@ from typing import Any, Dict, List, Optional, Tuple
 # torch and rclpy below takes seconds). Other importers keep their own signal handling.
 if __name__ == '__main__' or os.path.basename((sys.argv or [''])[0]) == 'perception_node':
     def _stop_while_importing(signum, frame):
-        """Leave quietly with exit code 0: nothing has been started yet."""
-        sys.exit(0)
+        """Leave quietly with exit code 0: nothing has been started yet.
+
+        ``os._exit``, not ``sys.exit``: a signal that lands while an extension module sets
+        itself up (rclpy's binds its C++ types) would have its SystemExit turned into an
+        ImportError with a traceback and exit code 1.
+        """
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        os._exit(0)
 
     signal.signal(signal.SIGINT, _stop_while_importing)
     signal.signal(signal.SIGTERM, _stop_while_importing)
