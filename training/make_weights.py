@@ -101,8 +101,8 @@ def _generate(root: str, scenes: int, frames: int, seed: int, recipe: Recipe) ->
             print(f'reusing {root} ({scenes} scenes x {frames} frames, seed {seed})')
             return description
         os.remove(stamp)  # the root is not what the stamp says until it is written again
-    kept = written['scenes'] if written is not None and dict(
-        written, scenes=scenes) == description else 0
+    same_recipe = written is not None and dict(written, scenes=scenes) == description
+    kept = written['scenes'] if same_recipe else 0  # scenes 0 .. kept - 1 are reusable
     if kept == 0 and os.path.exists(root):
         shutil.rmtree(root)
     for index in range(scenes, kept):  # fewer scenes than the root holds

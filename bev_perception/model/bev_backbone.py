@@ -51,11 +51,9 @@ class TinyBEVBackbone(nn.Module):
             *(conv_bn_relu(channels, channels, 3) for _ in range(full_res_blocks)))
         self.down = conv_bn_relu(channels, out_channels, 3, stride=stride)
         # One block keeps the module (and state-dict keys) of the original single out_block.
-        dilations = [1] * (out_blocks - 1) + [context_dilation]
-        self.out_block = (conv_bn_relu(out_channels, out_channels, 3, dilation=context_dilation)
-                          if out_blocks == 1 else
-                          nn.Sequential(*(conv_bn_relu(out_channels, out_channels, 3, dilation=d)
-                                          for d in dilations)))
+        blocks = [conv_bn_relu(out_channels, out_channels, 3, dilation=d)
+                  for d in [1] * (out_blocks - 1) + [context_dilation]]
+        self.out_block = blocks[0] if out_blocks == 1 else nn.Sequential(*blocks)
 
     def forward(self, canvas: torch.Tensor) -> torch.Tensor:
         """Map the canvas (B, C_in, H, W) to BEV features (B, C_out, h, w)."""

@@ -3,6 +3,7 @@
 import errno
 import os
 
+import pytest
 from training.cli import output_error
 
 
@@ -10,10 +11,9 @@ def test_output_error_names_the_option_the_failing_path_and_the_reason(tmp_path)
     blocker = tmp_path / 'a_file'
     blocker.write_text('')
     out = str(blocker / 'weights.safetensors')
-    try:
+    with pytest.raises(OSError) as raised:
         os.makedirs(out)
-    except OSError as error:
-        message = str(output_error('training.export', out, error).code)
+    message = str(output_error('training.export', out, raised.value).code)
     assert message == f'training.export: --out {out}: {out}: Not a directory'
     assert '\n' not in message
 
