@@ -83,6 +83,23 @@ PROFILES: Dict[str, Recipe] = {
 }
 
 
+def _read_stamp(stamp: str) -> Optional[Dict[str, Any]]:
+    """Return what a root's ``generated.json`` says it holds, or None when that is unknown.
+
+    A stamp that cannot be read or parsed (an interrupted write, a hand edit) says nothing: the
+    root is then treated as foreign and generated again.
+    """
+    if not os.path.exists(stamp):
+        return None
+    try:
+        with open(stamp, encoding='utf-8') as stream:
+            written = json.load(stream)
+    except (OSError, ValueError) as error:
+        print(f'{stamp}: unreadable ({error}); generating the root again')
+        return None
+    return written if isinstance(written, dict) else None
+
+
 def _generate(root: str, scenes: int, frames: int, seed: int, recipe: Recipe) -> Dict[str, Any]:
     """Generate a synthetic root unless the same recipe already produced it.
 
@@ -93,13 +110,11 @@ def _generate(root: str, scenes: int, frames: int, seed: int, recipe: Recipe) ->
                    'seed': seed, 'scenes': scenes,
                    'frames_per_scene': frames, 'image_size': list(recipe.image_size)}
     stamp = os.path.join(root, 'generated.json')
-    written = None
+    written = _read_stamp(stamp)
+    if written == description:
+        print(f'reusing {root} ({scenes} scenes x {frames} frames, seed {seed})')
+        return description
     if os.path.exists(stamp):
-        with open(stamp, encoding='utf-8') as stream:
-            written = json.load(stream)
-        if written == description:
-            print(f'reusing {root} ({scenes} scenes x {frames} frames, seed {seed})')
-            return description
         os.remove(stamp)  # the root is not what the stamp says until it is written again
     same_recipe = written is not None and dict(written, scenes=scenes) == description
     kept = written['scenes'] if same_recipe else 0  # scenes 0 .. kept - 1 are reusable

@@ -60,3 +60,20 @@ def test_another_seed_or_frame_count_generates_the_root_again(tmp_path):
 def test_first_scene_must_leave_something_to_generate(tmp_path):
     with pytest.raises(ValueError, match='first_scene'):
         synthetic.generate(str(tmp_path), 2, 1, SEED, image_size=(64, 40), first_scene=2)
+
+
+def test_a_corrupt_stamp_means_the_root_is_generated_again(tmp_path, capsys):
+    root, fresh = str(tmp_path / 'root'), str(tmp_path / 'fresh')
+    make_weights._generate(root, 2, FRAMES, SEED, _recipe())
+    stamp = os.path.join(root, 'generated.json')
+    with open(stamp, 'w', encoding='utf-8') as stream:
+        stream.write('{"generator": "training.synth')  # an interrupted write
+    lidar = os.path.join(root, synthetic.scene_name(SEED, 1), 'lidar', 'cam_front_center')
+    os.remove(os.path.join(lidar, os.listdir(lidar)[0]))  # a root the stamp vouches for no more
+    capsys.readouterr()
+    description = make_weights._generate(root, 2, FRAMES, SEED, _recipe())
+    assert 'generated.json: unreadable' in capsys.readouterr().out
+    make_weights._generate(fresh, 2, FRAMES, SEED, _recipe())
+    _same_tree(root, fresh)
+    with open(stamp, encoding='utf-8') as stream:
+        assert json.load(stream) == description
