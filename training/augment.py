@@ -38,7 +38,8 @@ The camera image is fixed to the LiDAR by the calibration, so only transforms th
   straddles a depth edge, real sensors report points between the edge and what lies behind it;
   people and poles in real clouds show them as a tail along the ray. A random fraction of the
   points gets such a second, weaker return a few decimetres behind it. Only LiDAR points are
-  added, so the image still agrees. Off in the shipped recipe (see training/EXPERIMENTS.md).
+  added, so the image still agrees. The shipped recipe adds them to up to 10 % of the points
+  (see training/EXPERIMENTS.md).
 
 Not used, because they would break the camera-LiDAR agreement with a fixed image: translation
 of samples that keep their image, and copy-paste of objects.

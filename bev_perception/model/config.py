@@ -262,8 +262,9 @@ class ModelConfig:
 
         0.48 m pillars over the default x range (y trimmed by 0.32 m to divide evenly: a
         164 x 144 canvas instead of 248 x 216), narrow widths, the BEV convolutions on the
-        head grid only (none at canvas resolution), fusion over C5 only and a 192 x 320 camera
-        input (the camera encoder, the semantic upsampling and argmax scale with its pixels).
+        head grid only (none at canvas resolution, the last one dilated for long objects),
+        fusion over C5 only and a 192 x 320 camera input (the camera encoder, the semantic
+        upsampling and argmax scale with its pixels).
         The fusion is calibration-aware, at the heights of the default recipe
         (``training/configs/synthetic.yaml``).
         """
@@ -272,7 +273,7 @@ class ModelConfig:
             camera=CameraConfig(input_hw=(192, 320)),
             lidar_encoder=LidarEncoderConfig(
                 pfn_channels=32, backbone_channels=32, backbone_out_channels=48,
-                full_res_blocks=0, out_blocks=2),
+                full_res_blocks=0, out_blocks=2, context_dilation=3),
             camera_encoder=CameraEncoderConfig(stem_channels=16, stage_channels=(24, 32, 64, 96)),
             fusion=FusionConfig(camera_levels=('c5',), num_heads=2,
                                 geometry_heights_m=(-1.6, -0.8, 0.0)),
