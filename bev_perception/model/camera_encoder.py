@@ -1,14 +1,14 @@
-"""Small ResNet-style camera encoder giving C3, C4, C5 (strides 8, 16, 32)."""
+"""Small ResNet-style camera encoder giving C2, C3, C4, C5 (strides 4, 8, 16, 32)."""
 
 from typing import Dict, Tuple
 
 from bev_perception.model.bev_backbone import conv_bn_relu
-from bev_perception.model.config import CameraEncoderConfig
+from bev_perception.model.config import CAMERA_LEVELS, CameraEncoderConfig
 import torch
 from torch import nn
 
 #: Output levels and their strides relative to the input image.
-LEVEL_STRIDES: Dict[str, int] = {'c3': 8, 'c4': 16, 'c5': 32}
+LEVEL_STRIDES: Dict[str, int] = {level: 4 * 2 ** i for i, level in enumerate(CAMERA_LEVELS)}
 
 
 class BasicBlock(nn.Module):
@@ -42,7 +42,7 @@ class BasicBlock(nn.Module):
 class CameraEncoder(nn.Module):
     """Stem (stride 2) and four residual stages (strides 4, 8, 16, 32).
 
-    Exposes ``out_channels`` and ``out_strides``: dicts keyed 'c3', 'c4', 'c5'.
+    Exposes ``out_channels`` and ``out_strides``: dicts keyed 'c2', 'c3', 'c4', 'c5'.
 
     Args:
         config: widths of the stem and the four stages.
@@ -54,14 +54,13 @@ class CameraEncoder(nn.Module):
         widths: Tuple[int, ...] = (config.stem_channels,) + tuple(config.stage_channels)
         self.stages = nn.ModuleList(
             BasicBlock(widths[i], widths[i + 1], stride=2) for i in range(4))
-        self.out_channels: Dict[str, int] = {
-            'c3': widths[2], 'c4': widths[3], 'c5': widths[4]}
+        self.out_channels: Dict[str, int] = dict(zip(LEVEL_STRIDES, widths[1:]))
         self.out_strides: Dict[str, int] = dict(LEVEL_STRIDES)
 
     def forward(self, images: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """Encode normalised images (B, 3, H, W) into {'c3', 'c4', 'c5'}: (B, C_l, H_l, W_l)."""
+        """Encode normalised images (B, 3, H, W) into {'c2' .. 'c5'}: (B, C_l, H_l, W_l)."""
         c2 = self.stages[0](self.stem(images))  # stride 4
         c3 = self.stages[1](c2)  # stride 8
         c4 = self.stages[2](c3)  # stride 16
         c5 = self.stages[3](c4)  # stride 32
-        return {'c3': c3, 'c4': c4, 'c5': c5}
+        return {'c2': c2, 'c3': c3, 'c4': c4, 'c5': c5}

@@ -26,6 +26,8 @@ from bev_perception.a2d2_classes import SEMANTIC_CATEGORIES, SEMANTIC_PALETTE
 
 #: Camera input height and width must be multiples of the encoder's deepest stride.
 CAMERA_STRIDE_MULTIPLE = 32
+#: Camera encoder levels, finest first (strides 4, 8, 16, 32).
+CAMERA_LEVELS: Tuple[str, ...] = ('c2', 'c3', 'c4', 'c5')
 
 
 def _cells(range_m: Tuple[float, float], size_m: float, name: str) -> int:
@@ -189,9 +191,19 @@ class HeadConfig:
     tower_channels: int = 64  # hidden width of each per-target tower
     heatmap_bias_init: float = -2.19  # log(0.1 / 0.9): initial heatmap probability 0.1
     semantic_channels: int = 64  # FPN width of the semantic head
+    # Camera levels the semantic FPN merges, consecutive: adding 'c2' (stride 4) predicts at
+    # twice the resolution of 'c3' (lane markings, kerbs, poles, distant people).
+    semantic_levels: Tuple[str, ...] = ('c3', 'c4', 'c5')
     max_objects: int = 100  # decode top-K candidates and target capacity per frame
     score_threshold: float = 0.3  # default per-class score threshold
     nms: NMSConfig = dataclasses.field(default_factory=NMSConfig)
+
+    def __post_init__(self) -> None:
+        levels = tuple(self.semantic_levels)
+        start = CAMERA_LEVELS.index(levels[0]) if levels and levels[0] in CAMERA_LEVELS else -1
+        if start < 0 or levels != CAMERA_LEVELS[start:start + len(levels)]:
+            raise ValueError(f'HeadConfig.semantic_levels must be consecutive levels of '
+                             f'{CAMERA_LEVELS}, finest first; got {levels}')
 
 
 @dataclasses.dataclass(frozen=True)

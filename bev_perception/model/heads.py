@@ -53,7 +53,7 @@ class SemanticFPNHead(nn.Module):
     """Per-level conv + x2 upsampling to the finest level, summed, 1x1 predictor, upsampled.
 
     Args:
-        in_channels: width of each level ('c3', 'c4', 'c5').
+        in_channels: width of each level it merges (e.g. 'c3', 'c4', 'c5').
         in_strides: stride of each level; the finest is the common stride.
         channels: FPN width.
         num_classes: semantic classes (logit channels).
@@ -76,7 +76,7 @@ class SemanticFPNHead(nn.Module):
 
     def forward(self, features: Dict[str, torch.Tensor],
                 output_hw: Optional[Tuple[int, int]]) -> torch.Tensor:
-        """Return logits (B, num_classes, *output_hw) from {'c3', 'c4', 'c5'} features.
+        """Return logits (B, num_classes, *output_hw) from the camera features (its levels).
 
         ``output_hw`` None: the logits before the final bilinear upsampling, at the finest
         level's size (for ``semantic_ids.upsampled_argmax_ids``).
@@ -91,7 +91,7 @@ class SemanticFPNHead(nn.Module):
                     x = F.interpolate(x, size=sizes[index - step - 1], mode='bilinear',
                                       align_corners=False)
             total = x if total is None else total + x
-        logits = self.predictor(total)  # (B, n_sem, h3, w3)
+        logits = self.predictor(total)  # (B, n_sem, h, w) at the finest level
         if output_hw is None:
             return logits
         return F.interpolate(logits, size=tuple(output_hw), mode='bilinear', align_corners=False)

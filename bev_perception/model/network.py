@@ -128,9 +128,10 @@ class BEVFusionNet(nn.Module):
             tower_channels=config.head.tower_channels,
             num_classes=config.num_detection_classes,
             heatmap_bias_init=config.head.heatmap_bias_init)
+        levels = config.head.semantic_levels
         self.semantic_head = SemanticFPNHead(
-            in_channels=self.camera_encoder.out_channels,
-            in_strides=self.camera_encoder.out_strides,
+            in_channels={level: self.camera_encoder.out_channels[level] for level in levels},
+            in_strides={level: self.camera_encoder.out_strides[level] for level in levels},
             channels=config.head.semantic_channels, num_classes=config.num_semantic_classes)
 
     def forward(self, points: Sequence[torch.Tensor], images: Optional[torch.Tensor] = None,

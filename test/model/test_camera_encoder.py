@@ -1,4 +1,4 @@
-"""CameraEncoder: C3/C4/C5 with declared channels and strides, odd image sizes."""
+"""CameraEncoder: C2..C5 with declared channels and strides, odd image sizes."""
 
 from bev_perception.model.camera_encoder import CameraEncoder
 from bev_perception.model.config import CameraEncoderConfig
@@ -13,8 +13,9 @@ def test_levels_have_declared_channels_and_strides(height, width):
     encoder = CameraEncoder(config=CONFIG).eval()
     with torch.no_grad():
         features = encoder(torch.randn(1, 3, height, width))
-    assert encoder.out_channels == {'c3': 6, 'c4': 8, 'c5': 10}
-    assert encoder.out_strides == {'c3': 8, 'c4': 16, 'c5': 32}
+    assert encoder.out_channels == {'c2': 4, 'c3': 6, 'c4': 8, 'c5': 10}
+    assert encoder.out_strides == {'c2': 4, 'c3': 8, 'c4': 16, 'c5': 32}
+    assert set(features) == set(encoder.out_channels)
     for level, feature in features.items():
         stride = encoder.out_strides[level]
         assert feature.shape == (1, encoder.out_channels[level], -(-height // stride),

@@ -71,6 +71,10 @@ def test_validation_messages():
         NMSConfig(kind='soft')
     with pytest.raises(ValueError, match='camera_levels'):
         FusionConfig(camera_levels=('c2',))
+    for levels in ((), ('c3', 'c5'), ('c4', 'c3'), ('c1', 'c2')):
+        with pytest.raises(ValueError, match='semantic_levels'):
+            HeadConfig(semantic_levels=levels)
+    assert HeadConfig(semantic_levels=('c2', 'c3', 'c4', 'c5')).semantic_levels[0] == 'c2'
     with pytest.raises(ValueError, match='features'):
         PointConfig(features=('y', 'x', 'z', 'intensity'))
 

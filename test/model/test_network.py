@@ -66,6 +66,19 @@ def test_output_shapes(count, image_hw):
     assert all(torch.isfinite(getattr(output, name)).all() for name in DETECTION_FIELDS)
 
 
+def test_semantic_levels_from_c2_predict_at_stride_4():
+    head = dataclasses.replace(CONFIG.head, semantic_levels=('c2', 'c3', 'c4', 'c5'))
+    net, plain = _net(dataclasses.replace(CONFIG, head=head)), _net()
+    images = _images(1, 0)
+    with torch.no_grad():
+        logits = net.semantic_head(net.camera_encoder(images), None)
+        output = net([_cloud(100, 1)], images)
+    assert logits.shape == (1, len(CONFIG.semantic_classes), 16, 24)  # 64 x 96 at stride 4
+    assert output.semantic.shape == (1, len(CONFIG.semantic_classes), 64, 96)
+    assert net.semantic_head.levels == ('c2', 'c3', 'c4', 'c5')
+    assert plain.semantic_head.levels == ('c3', 'c4', 'c5')  # the default, as weights before
+
+
 def test_a2d2_sized_image_through_preprocessing():
     rgb = np.random.default_rng(0).integers(0, 256, size=(601, 967, 3), dtype=np.uint8)
     image = preprocess_image(rgb, CONFIG)
