@@ -370,6 +370,39 @@ class SemanticMetrics:
         return result
 
 
+@dataclass(frozen=True)
+class CategoryConfusion:
+    """Where the pixels of one ground-truth category went."""
+
+    name: str
+    share: float  # of all evaluated pixels
+    iou: float
+    predicted_as: Tuple[Tuple[str, float], ...]  # (category, share of its pixels), largest first
+
+
+def category_confusions(metrics: SemanticMetrics, top: int = 3) -> List[CategoryConfusion]:
+    """Return, per category present in the ground truth (most pixels first), its top predictions.
+
+    A row of the confusion matrix read as fractions: what the model calls the pixels of that
+    category (itself included), the ``top`` largest shares that are above zero.
+    """
+    confusion = metrics.confusion
+    total = confusion.sum()
+    rows = []
+    for index in np.argsort(-confusion.sum(axis=1), kind='stable'):
+        pixels = confusion[index]
+        count = pixels.sum()
+        if count == 0:
+            break
+        order = np.argsort(-pixels, kind='stable')[:top]
+        rows.append(CategoryConfusion(
+            name=metrics.class_names[index], share=float(count / total),
+            iou=float(metrics.iou[index]),
+            predicted_as=tuple((metrics.class_names[j], float(pixels[j] / count))
+                               for j in order if pixels[j] > 0)))
+    return rows
+
+
 class SemanticAccumulator:
     """Stream (prediction, ground truth) id maps into a confusion matrix; compute IoU."""
 

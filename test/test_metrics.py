@@ -4,7 +4,8 @@ import json
 import math
 
 from bev_perception.metrics import (
-    DetectionAccumulator, interpolated_average_precision, match_frame, SemanticAccumulator)
+    category_confusions, DetectionAccumulator, interpolated_average_precision, match_frame,
+    SemanticAccumulator)
 import numpy as np
 import pytest
 
@@ -191,6 +192,16 @@ def test_semantic_iou_tiny_case():
     assert metrics.pixel_accuracy == pytest.approx(3 / 5)
     assert metrics.num_ignored_pixels == 1
     np.testing.assert_array_equal(metrics.confusion, [[1, 1, 0], [0, 2, 0], [0, 1, 0]])
+
+
+def test_category_confusions_read_the_rows_largest_first():
+    rows = category_confusions(semantic_case(num_classes=4).compute(), top=2)
+    # ground truth pixels: class 0 two (pred 0, 1), class 1 two (pred 1, 1), class 2 one (pred 1)
+    assert [row.name for row in rows] == ['0', '1', '2']  # class 3 has no ground truth
+    assert [row.share for row in rows] == pytest.approx([0.4, 0.4, 0.2])
+    assert rows[0].predicted_as == (('0', 0.5), ('1', 0.5))
+    assert rows[1].predicted_as == (('1', 1.0),)  # no zero shares listed
+    assert rows[2].predicted_as == (('1', 1.0),) and rows[2].iou == 0.0
 
 
 def test_semantic_class_absent_everywhere_is_nan_and_excluded():

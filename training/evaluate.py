@@ -74,8 +74,8 @@ from bev_perception.a2d2_classes import IGNORE_INDEX
 from bev_perception.geometry import box_outline_xy, in_footprints
 from bev_perception.inference import InferenceRuntime
 from bev_perception.metrics import (
-    DEFAULT_DISTANCE_THRESHOLDS_M, DetectionAccumulator, DetectionMetrics, match_frame_indices,
-    SemanticAccumulator, SemanticMetrics)
+    category_confusions, DEFAULT_DISTANCE_THRESHOLDS_M, DetectionAccumulator, DetectionMetrics,
+    match_frame_indices, SemanticAccumulator, SemanticMetrics)
 from bev_perception.model.camera_geometry import forward_camera, moved as moved_camera
 from bev_perception.model.config import ModelConfig
 from bev_perception.node_params import parameter_spec
@@ -764,6 +764,13 @@ def markdown(result: EvaluationResult, extra: Mapping[str, Any]) -> str:
                   f'{_number(summary["one_class_baseline"])} '
                   f'({summary["one_class_baseline_category"]}) | {_number(summary["miou"])} | '
                   f'{_number(summary["miou_gt_present"])} | {_number(summary["road_iou"])} |']
+        lines += ['', 'What each category present in the ground truth is predicted as (largest '
+                  'first, share of its pixels):', '',
+                  '| category | share of pixels | IoU | predicted as |',
+                  '| --- | --- | --- | --- |']
+        for row in category_confusions(result.semantic):
+            lines.append(f'| {row.name} | {row.share:.3f} | {_number(row.iou)} | ' + ', '.join(
+                f'{name} {fraction:.2f}' for name, fraction in row.predicted_as) + ' |')
     return '\n'.join(lines) + '\n'
 
 
