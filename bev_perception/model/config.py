@@ -150,9 +150,9 @@ class FusionConfig:
     geometry_heights_m: Tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
-        if not self.camera_levels or any(
-                level not in ('c3', 'c4', 'c5') for level in self.camera_levels):
-            raise ValueError("FusionConfig.camera_levels must be a subset of ('c3', 'c4', 'c5')")
+        fusable = CAMERA_LEVELS[1:]  # C2 would give attention 4x the tokens of C3
+        if not self.camera_levels or any(level not in fusable for level in self.camera_levels):
+            raise ValueError(f'FusionConfig.camera_levels must be a subset of {fusable}')
         if not all(math.isfinite(z) for z in self.geometry_heights_m):
             raise ValueError('FusionConfig.geometry_heights_m must be finite')
 
