@@ -199,9 +199,10 @@ class HeadConfig:
     nms: NMSConfig = dataclasses.field(default_factory=NMSConfig)
 
     def __post_init__(self) -> None:
+        runs = {CAMERA_LEVELS[i:j] for i in range(len(CAMERA_LEVELS))
+                for j in range(i + 1, len(CAMERA_LEVELS) + 1)}
         levels = tuple(self.semantic_levels)
-        start = CAMERA_LEVELS.index(levels[0]) if levels and levels[0] in CAMERA_LEVELS else -1
-        if start < 0 or levels != CAMERA_LEVELS[start:start + len(levels)]:
+        if levels not in runs:
             raise ValueError(f'HeadConfig.semantic_levels must be consecutive levels of '
                              f'{CAMERA_LEVELS}, finest first; got {levels}')
 
