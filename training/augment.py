@@ -20,6 +20,11 @@ The camera image is fixed to the LiDAR by the calibration, so only transforms th
   reflectance and, with ``intensity_dropout_prob``, zero it for the whole frame (sensors differ
   in how, and whether, they report intensity: the network must not depend on one calibration);
   none of these moves anything the image sees.
+* **Recolouring by category** (``recolour_prob``, ``recolour_strength``): every semantic
+  category in the label image gets its own brightness gain, hue turn and saturation, so that
+  no category keeps one colour. Synthetic surfaces come from a few albedos (road darker than
+  pavement, facades in a few tints); real ones do not, and a network that learnt the albedos
+  calls light asphalt pavement and autumn trees facades. The labels stay exact.
 * **Photometric jitter** of the image (brightness, contrast, saturation, hue, white balance,
   gamma, grey, blur, noise): real cameras differ in all of them; geometry unchanged.
 * **Global yaw rotation and scaling** (``rotation_rad``, ``scale_range``) of samples whose
@@ -87,15 +92,21 @@ class AugmentConfig:
     # it along its ray (the mixed returns real LiDARs give at depth edges; see the docstring).
     mixed_returns_max: float = 0.0
     mixed_returns_depth_m: float = 0.6
+    # With recolour_prob, each labelled category gets a brightness gain exp(N(0, s)), a hue
+    # turn in [-s, s] radians and a saturation factor exp(N(0, s)) (s = recolour_strength).
+    recolour_prob: float = 0.0
+    recolour_strength: float = 0.3
 
     def __post_init__(self) -> None:
         for name in ('flip_prob', 'camera_dropout_prob', 'point_dropout_max',
-                     'intensity_dropout_prob', 'grey_prob', 'blur_prob', 'mixed_returns_max'):
+                     'intensity_dropout_prob', 'grey_prob', 'blur_prob', 'mixed_returns_max',
+                     'recolour_prob'):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f'AugmentConfig.{name} must be in [0, 1], got {value}')
         for name in ('point_jitter_m', 'brightness', 'contrast', 'saturation', 'hue_rad',
-                     'white_balance', 'gamma', 'noise', 'rotation_rad', 'lidar_only_z_shift_m'):
+                     'white_balance', 'gamma', 'noise', 'rotation_rad', 'lidar_only_z_shift_m',
+                     'recolour_strength'):
             if getattr(self, name) < 0:
                 raise ValueError(f'AugmentConfig.{name} must be >= 0')
         if self.mixed_returns_depth_m <= MIXED_RETURN_MIN_DEPTH_M:
@@ -196,6 +207,43 @@ def add_mixed_returns(points: np.ndarray, config: AugmentConfig,
     return np.concatenate([points, extra])
 
 
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+def _split_luma(rgb: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Return the grey level (...) and the chroma (..., 3) of float RGB (..., 3)."""
+    grey = rgb @ _LUMA
+    return grey, rgb - grey[..., None]  # chroma: zero mean over the luma weights
+
+
+def _turn_hue(chroma: np.ndarray, angle: np.ndarray) -> np.ndarray:
+    """Turn chroma (..., 3) about the grey axis by ``angle`` (scalar or (...,)) radians."""
+    axis = np.full(3, 1.0 / math.sqrt(3.0), dtype=np.float32)  # Rodrigues about (1, 1, 1)
+    cos = np.asarray(np.cos(angle), dtype=chroma.dtype)[..., None]
+    sin = np.asarray(np.sin(angle), dtype=chroma.dtype)[..., None]
+    turned = (chroma * cos + np.cross(axis, chroma) * sin
+              + axis * (chroma @ axis)[..., None] * (1.0 - cos))
+    return turned - (turned @ _LUMA)[..., None]  # keep the luma
+
+
+def recolour_categories(image: np.ndarray, semantic: np.ndarray, strength: float,
+                        rng: np.random.Generator) -> np.ndarray:
+    """Give every category of ``semantic`` (H, W) its own look in ``image`` (H, W, 3) uint8.
+
+    Per category id (the ignore id included): brightness gain exp(N(0, strength)), hue turn
+    U(-strength, strength) radians, saturation factor exp(N(0, strength)).
+    """
+    categories = 256
+    gain = np.exp(rng.normal(0.0, strength, categories)).astype(np.float32)
+    hue = rng.uniform(-strength, strength, categories).astype(np.float32)
+    saturation = np.exp(rng.normal(0.0, strength, categories)).astype(np.float32)
+    grey, chroma = _split_luma(image.astype(np.float32))
+    ids = semantic.astype(np.intp)
+    chroma = _turn_hue(chroma, hue[ids]) * saturation[ids][..., None]
+    rgb = (grey[..., None] + chroma) * gain[ids][..., None]
+    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+
+
 def jitter_photometric(image: np.ndarray, config: AugmentConfig,
                        rng: np.random.Generator) -> np.ndarray:
     """Randomly change the look of an (H, W, 3) uint8 image (see ``AugmentConfig``)."""
@@ -209,15 +257,9 @@ def jitter_photometric(image: np.ndarray, config: AugmentConfig,
     blur = rng.uniform(0.3, 1.2) if rng.random() < config.blur_prob else 0.0
     noise = rng.uniform(0.0, config.noise)
     rgb = image.astype(np.float32) * (brightness * gains)
-    weights = np.array([0.299, 0.587, 0.114], dtype=np.float32)
-    grey = rgb @ weights  # (H, W)
-    chroma = rgb - grey[..., None]  # (H, W, 3), zero mean over the luma weights
+    grey, chroma = _split_luma(rgb)  # (H, W), (H, W, 3)
     if hue:
-        # Turn the chroma about the grey axis (Rodrigues about the unit (1, 1, 1) / sqrt 3).
-        axis = np.full(3, 1.0 / math.sqrt(3.0), dtype=np.float32)
-        chroma = (chroma * math.cos(hue) + np.cross(axis, chroma) * math.sin(hue)
-                  + axis * (chroma @ axis)[..., None] * (1.0 - math.cos(hue)))
-        chroma -= (chroma @ weights)[..., None]  # keep the luma
+        chroma = _turn_hue(chroma, hue)
     rgb = grey[..., None] + chroma * (0.0 if grey_out else saturation)
     rgb = grey.mean() + (rgb - grey.mean()) * contrast
     if gamma != 1.0:
@@ -265,10 +307,14 @@ def augment_sample(sample: Sample, config: AugmentConfig, rng: np.random.Generat
     (shift_rng,) = rng.spawn(1)  # drawn after the others: their streams stay as they were
     (pose_rng,) = rng.spawn(1)  # likewise
     (mixed_rng,) = rng.spawn(1)  # likewise
+    (recolour_rng,) = rng.spawn(1)  # likewise
     if do_flip:
         sample = flip_left_right(sample)
     image = sample.image
     if image is not None and not drop_camera:
+        if sample.semantic is not None and recolour_rng.random() < config.recolour_prob:
+            image = recolour_categories(image, sample.semantic, config.recolour_strength,
+                                        recolour_rng)
         image = jitter_photometric(image, config, image_rng)
     camera_valid = sample.camera_valid and not drop_camera
     points, boxes = jitter_points(sample.points, config, point_rng), sample.boxes

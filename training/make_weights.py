@@ -9,6 +9,10 @@ by the same recipe: only the model preset differs). Steps (all on CPU in about 6
    ``data/synthetic/train`` and held-out scenes (seed ``HELD_OUT_SEED``) under
    ``data/synthetic/heldout`` (reused when already there with the same recipe);
 2. train with ``training/configs/synthetic.yaml`` (checkpoints in ``out/weights/train``);
+   then, when the recipe has a camera stage (``training/configs/synthetic_camera.yaml``),
+   train the camera branch further from those weights with the LiDAR path frozen
+   (``out/weights/stage1.safetensors`` -> checkpoints in ``out/weights/train_camera``), so
+   that LiDAR-only outputs stay exactly those of the first stage;
 3. evaluate the final checkpoint on the held-out scenes (``out/weights/eval``: metrics.json
    and plots);
 4. export ``bev_perception/weights/<profile>.safetensors`` with provenance (including the range
@@ -32,13 +36,15 @@ import time
 from typing import Any, Dict, List, Optional, Tuple
 
 from bev_perception.inference import InferenceRuntime
+from bev_perception.weights import load_weights, WeightsError
 import torch
 from training import cameras, synthetic
 from training.a2d2 import A2D2Dataset
 from training.evaluate import class_map_for, evaluate, write_report
 from training.export import export, portable_path
 from training.train import (
-    CheckpointError, load_checkpoint, load_config, model_from_checkpoint, train)
+    CheckpointError, load_checkpoint, load_config, model_from_checkpoint, train, TrainConfig)
+import yaml
 
 #: Generator seed of the training scenes.
 TRAIN_DATA_SEED = 1000
@@ -55,6 +61,9 @@ class Recipe:
     """How much data to generate and where everything goes (paths relative to the repo)."""
 
     config_path: str = 'training/configs/synthetic.yaml'
+    # Second stage: a nested mapping of settings that change against the first stage's config
+    # (frozen modules, schedule, ...), trained from the first stage's weights. None: one stage.
+    camera_stage_path: Optional[str] = None
     data_dir: str = 'data/synthetic'
     out_dir: str = 'out/weights'
     weights_path: str = 'bev_perception/weights/default.safetensors'
@@ -81,6 +90,75 @@ PROFILES: Dict[str, Recipe] = {
                    weights_path='bev_perception/weights/lite.safetensors',
                    model_overrides=('model.name=lite', 'model.overrides={}')),
 }
+
+
+def stage_overrides(path: str) -> Tuple[str, ...]:
+    """Return the ``KEY=VALUE`` overrides that the nested YAML mapping in ``path`` stands for."""
+    with open(path, encoding='utf-8') as stream:
+        mapping = yaml.safe_load(stream) or {}
+
+    def flatten(node: Dict[str, Any], prefix: str) -> List[str]:
+        items: List[str] = []
+        for key, value in node.items():
+            if isinstance(value, dict) and value:
+                items += flatten(value, f'{prefix}{key}.')
+            else:
+                items.append(f'{prefix}{key}={json.dumps(value)}')  # JSON is YAML
+        return items
+
+    if not isinstance(mapping, dict):
+        raise ValueError(f'{path}: expected a mapping of settings')
+    return tuple(flatten(mapping, ''))
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """One training run of a recipe: its config and the overrides that make it."""
+
+    config: TrainConfig
+    overrides: Tuple[str, ...]  # applied to the recipe's config file, in order
+
+    def command(self, config_path: str) -> str:
+        """Return the ``training.train`` command line of this stage."""
+        return ' '.join(shlex.quote(a) for a in [
+            'python', '-m', 'training.train', '--config', config_path] + [
+            item for o in self.overrides for item in ('--override', o)])
+
+
+@dataclasses.dataclass(frozen=True)
+class Stages:
+    """The training runs of a recipe: the first stage and the camera stage (or None)."""
+
+    first: Stage
+    camera: Optional[Stage]
+    first_weights: str  # the first stage's weights, where the camera stage starts
+
+
+def recipe_stages(recipe: Recipe, overrides: Tuple[str, ...] = (),
+                  camera_overrides: Tuple[str, ...] = ()) -> Stages:
+    """Return the training runs of ``recipe``.
+
+    Args:
+        recipe: the recipe.
+        overrides: the user's overrides of both stages (the camera stage's file still sets
+            what it names).
+        camera_overrides: the user's overrides of the camera stage alone.
+    """
+    base = (f'data.root={os.path.join(recipe.data_dir, "train")}',
+            f'data.cache_dir={os.path.join(recipe.data_dir, "cache")}')
+    first = base + (f'output_dir={os.path.join(recipe.out_dir, "train")}',
+                    ) + recipe.model_overrides + tuple(overrides)
+    first_weights = os.path.join(recipe.out_dir, 'stage1.safetensors')
+    camera = None
+    if recipe.camera_stage_path is not None:
+        camera = base + recipe.model_overrides + tuple(overrides) + stage_overrides(
+            os.path.join(REPO_ROOT, recipe.camera_stage_path)) + tuple(camera_overrides) + (
+            f'output_dir={os.path.join(recipe.out_dir, "train_camera")}',
+            f'init_weights={first_weights}')
+    config_path = os.path.join(REPO_ROOT, recipe.config_path)  # relative: to the repository
+    return Stages(Stage(load_config(config_path, first), first),
+                  None if camera is None else Stage(load_config(config_path, camera), camera),
+                  first_weights)
 
 
 def _read_stamp(stamp: str) -> Optional[Dict[str, Any]]:
@@ -141,15 +219,59 @@ def train_cameras(root: str) -> Dict[str, Any]:
     return cameras.summarize([g for g in geometries if g is not None])
 
 
+def _is_camera_stage(checkpoint: str) -> bool:
+    return bool(load_checkpoint(checkpoint)['train_config'].get('freeze'))
+
+
+def same_training(first: TrainConfig, second: TrainConfig) -> bool:
+    """Return whether two configs train alike: the same model built, every other setting equal.
+
+    (``model.name`` / ``model.overrides`` may spell the same model in two ways.)
+    """
+    return (first.model.build() == second.model.build()
+            and dict(first.to_dict(), model=None) == dict(second.to_dict(), model=None))
+
+
+def check_first_stage(stages: Stages, weights: str) -> None:
+    """Check that ``weights`` were made by the first stage of ``stages``.
+
+    Raises:
+        ValueError: the file is unusable or was trained with another config.
+    """
+    try:
+        provenance = load_weights(weights)[2].get('provenance', {})
+    except WeightsError as error:
+        raise ValueError(str(error)) from error
+    trained = provenance.get('train_config')
+    if trained is None or not same_training(TrainConfig.from_dict(trained),
+                                            stages.first.config):
+        raise ValueError(f'{weights}: not trained by the first stage of this recipe (its '
+                         'recorded train_config differs)')
+
+
+def use_first_stage(stages: Stages, weights: str) -> None:
+    """Start the camera stage from ``weights`` (made by this recipe's first stage)."""
+    check_first_stage(stages, weights)
+    os.makedirs(os.path.dirname(stages.first_weights) or '.', exist_ok=True)
+    if os.path.abspath(weights) != os.path.abspath(stages.first_weights):
+        shutil.copyfile(weights, stages.first_weights)
+
+
 def make_weights(recipe: Recipe, overrides: Tuple[str, ...] = (),
-                 resume: Optional[str] = None) -> Dict[str, Any]:
+                 resume: Optional[str] = None,
+                 camera_overrides: Tuple[str, ...] = (),
+                 first_stage_weights: Optional[str] = None) -> Dict[str, Any]:
     """Run the whole recipe; return the summary that is also printed.
 
     Args:
         recipe: what to generate, train and export.
-        overrides: training config overrides.
+        overrides: training config overrides (both stages).
         resume: a checkpoint of this recipe's training to continue from (an interrupted run,
-            or a finished one whose recipe gained epochs) instead of a fresh run.
+            or a finished one whose recipe gained epochs) instead of a fresh run: of the first
+            stage (the camera stage then runs afresh) or of the camera stage.
+        camera_overrides: overrides of the camera stage alone.
+        first_stage_weights: weights of this recipe's first stage to start the camera stage
+            from, instead of training the first stage.
     """
     started = time.perf_counter()
     os.chdir(REPO_ROOT)
@@ -165,19 +287,34 @@ def make_weights(recipe: Recipe, overrides: Tuple[str, ...] = (),
     timings['generate_s'] = time.perf_counter() - tick
 
     tick = time.perf_counter()
-    command = recipe.command + ''.join(f' --override {shlex.quote(o)}' for o in overrides)
-    overrides = recipe.model_overrides + tuple(overrides)
-    config = load_config(recipe.config_path, (
-        f'data.root={train_root}', f'data.cache_dir={os.path.join(recipe.data_dir, "cache")}',
-        f'output_dir={os.path.join(recipe.out_dir, "train")}') + tuple(overrides))
-    train_command = ' '.join(shlex.quote(a) for a in [
-        'python', '-m', 'training.train', '--config', recipe.config_path,
-        '--override', f'data.root={train_root}'] + [
-        item for o in overrides for item in ('--override', o)])
-    if resume is None and os.path.isdir(config.output_dir):
-        shutil.rmtree(config.output_dir)  # a fresh run: no stale checkpoints or event files
-    result = train(config, resume=resume, command=train_command)
+    command = recipe.command + ''.join(f' --override {shlex.quote(o)}' for o in overrides) + (
+        ''.join(f' --camera-override {shlex.quote(o)}' for o in camera_overrides)) + (
+        ' --one-stage' if recipe.camera_stage_path is None else '')
+    stages = recipe_stages(recipe, tuple(overrides), tuple(camera_overrides))
+    resume_camera = stages.camera is not None and resume is not None and _is_camera_stage(
+        resume)
+    if first_stage_weights is not None:
+        use_first_stage(stages, first_stage_weights)
+    first_stage: Optional[Dict[str, Any]] = None
+    if not resume_camera and first_stage_weights is None:
+        if resume is None and os.path.isdir(stages.first.config.output_dir):
+            shutil.rmtree(stages.first.config.output_dir)  # fresh: no stale checkpoints
+        result = train(stages.first.config, resume=resume,
+                       command=stages.first.command(recipe.config_path))
+    if stages.camera is not None:
+        if not resume_camera and first_stage_weights is None:
+            export(result.checkpoint, stages.first_weights, None,
+                   {'recipe': 'training.make_weights (first stage)'})
+        if not resume_camera:
+            if os.path.isdir(stages.camera.config.output_dir):
+                shutil.rmtree(stages.camera.config.output_dir)  # a fresh camera stage
+        first = load_weights(stages.first_weights)[2]['provenance']
+        first_stage = {key: first[key] for key in (
+            'train_config', 'command', 'git_revision', 'training_time_s', 'epochs', 'steps')}
+        result = train(stages.camera.config, resume=resume if resume_camera else None,
+                       command=stages.camera.command(recipe.config_path))
     timings['train_s'] = time.perf_counter() - tick
+    config = (stages.camera or stages.first).config
 
     tick = time.perf_counter()
     state = load_checkpoint(result.checkpoint)
@@ -200,7 +337,7 @@ def make_weights(recipe: Recipe, overrides: Tuple[str, ...] = (),
         'recipe': 'training.make_weights', 'make_command': command,
         'train_data': train_data, 'held_out_data': held_out_data,
         'train_cameras': train_cameras(train_root), 'ci_test_seed': CI_TEST_SEED,
-        'resumed_from': resumed_from}, command)
+        'resumed_from': resumed_from, 'first_stage': first_stage}, command)
     timings['total_s'] = time.perf_counter() - started
     summary = {
         'command': command,
@@ -249,7 +386,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         _restart_with_short_openmp_spin(sys.argv[1:])
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--override', action='append', default=[], metavar='KEY=VALUE',
-                        help='training config override, e.g. optim.epochs=4 (repeatable)')
+                        help='training config override of both stages, e.g. optim.epochs=4 '
+                             "(repeatable; the camera stage's file still sets what it names)")
+    parser.add_argument('--camera-override', action='append', default=[], metavar='KEY=VALUE',
+                        help='training config override of the camera stage alone (repeatable)')
+    parser.add_argument('--first-stage', metavar='WEIGHTS',
+                        help='weights of the first stage (e.g. out/weights/stage1.safetensors '
+                             'of an earlier run): train only the camera stage from them')
+    parser.add_argument('--one-stage', action='store_true',
+                        help='skip the camera stage: export the first stage')
     parser.add_argument('--profile', choices=sorted(PROFILES), default='default',
                         help='which shipped weights to make (default: %(default)s)')
     parser.add_argument('--train-scenes', type=int, default=Recipe.train_scenes)
@@ -262,6 +407,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.error(f'--train-scenes must be at least 1, got {args.train_scenes}')
     logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(message)s')
     recipe = dataclasses.replace(PROFILES[args.profile], train_scenes=args.train_scenes)
+    if args.one_stage:
+        recipe = dataclasses.replace(recipe, camera_stage_path=None)
     if args.weights:
         recipe = dataclasses.replace(recipe, weights_path=args.weights)
     resume = None
@@ -271,7 +418,24 @@ def main(argv: Optional[List[str]] = None) -> int:
             load_checkpoint(resume)
         except CheckpointError as error:
             raise SystemExit(f'training.make_weights: {error}') from None
-    summary = make_weights(recipe, tuple(args.override), resume)
+    try:  # the configs are checked before minutes of generation, too
+        stages = recipe_stages(recipe, tuple(args.override), tuple(args.camera_override))
+    except (OSError, ValueError, yaml.YAMLError) as error:
+        raise SystemExit(f'training.make_weights: {error}') from None
+    if resume is not None and stages.camera is None and _is_camera_stage(resume):
+        raise SystemExit(f'training.make_weights: {args.resume} is a camera-stage checkpoint, '
+                         'but --one-stage trains the first stage only')
+    first_stage = None
+    if args.first_stage:
+        if stages.camera is None or resume is not None:
+            parser.error('--first-stage needs the camera stage and no --resume')
+        first_stage = os.path.abspath(args.first_stage)
+        try:
+            check_first_stage(stages, first_stage)  # before minutes of generation
+        except ValueError as error:
+            raise SystemExit(f'training.make_weights: {error}') from None
+    summary = make_weights(recipe, tuple(args.override), resume, tuple(args.camera_override),
+                           first_stage)
     print('\n=== make weights summary (paste into README) ===')
     print(json.dumps(summary, indent=2))
     return 0 if summary['held_out_metrics']['map_2m_fused'] is not None else 1

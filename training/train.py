@@ -41,7 +41,7 @@ import subprocess
 import sys
 import time
 import typing
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from bev_perception.model.config import ModelConfig
 from bev_perception.model.network import BEVFusionNet
@@ -149,14 +149,31 @@ class TrainConfig:
     target: TargetConfig = dataclasses.field(default_factory=TargetConfig)
     seed: int = 0
     # Weights file (.safetensors) whose parameters start the run (fine-tuning); its model
-    # config must equal this run's. None: random initialisation. A resumed run ignores it.
+    # config must equal this run's (but see init_fresh). None: random initialisation. A
+    # resumed run ignores it.
     init_weights: Optional[str] = None
+    # Top-level modules of the network (``BEVFusionNet`` attributes, e.g. pillar_net, backbone,
+    # detection_head) held at their starting values: no gradient, no weight decay, BatchNorm
+    # statistics fixed. Freezing the LiDAR path keeps LiDAR-only outputs bit-identical while
+    # the camera branch trains. Needs init_weights (or a resumed checkpoint).
+    freeze: Tuple[str, ...] = ()
+    # Top-level modules that start fresh instead of from init_weights (a new head: the
+    # semantic head at other camera levels); FRESH_CONFIG_FIELDS says which ones may.
+    init_fresh: Tuple[str, ...] = ()
     deterministic: bool = False  # torch.use_deterministic_algorithms, no cudnn autotune
     workers: int = 2  # DataLoader worker processes per rank
     device: str = 'auto'  # 'auto' (CUDA when available), 'cpu', 'cuda'
     output_dir: str = 'out/train'  # checkpoints and TensorBoard logs (--out overrides)
     log_every_steps: int = 10  # TensorBoard scalar period
     keep_checkpoints: int = 3  # per-epoch files kept besides last.pt (0: keep all)
+
+    def __post_init__(self) -> None:
+        if self.freeze and self.init_weights is None:
+            raise ValueError(f'freeze {list(self.freeze)} needs init_weights: frozen modules '
+                             'would stay at their random initialisation')
+        if set(self.freeze) & set(self.init_fresh):
+            raise ValueError(f'{sorted(set(self.freeze) & set(self.init_fresh))} both frozen '
+                             'and started fresh')
 
     def to_dict(self) -> Dict[str, Any]:
         """Return a JSON/YAML-safe nested dict."""
@@ -463,9 +480,28 @@ def build_train_frames(config: TrainConfig, model_config: ModelConfig,
 def _parameter_groups(model: torch.nn.Module, weight_decay: float) -> List[Dict[str, Any]]:
     decay, no_decay = [], []
     for parameter in model.parameters():
-        (no_decay if parameter.ndim <= 1 else decay).append(parameter)
+        if parameter.requires_grad:  # frozen modules stay out of the optimiser
+            (no_decay if parameter.ndim <= 1 else decay).append(parameter)
     return [{'params': decay, 'weight_decay': weight_decay},
             {'params': no_decay, 'weight_decay': 0.0}]
+
+
+def frozen_modules(model: torch.nn.Module, names: Sequence[str]) -> List[torch.nn.Module]:
+    """Freeze the top-level modules ``names`` of ``model`` and return them.
+
+    Raises:
+        ValueError: a name is not a module of ``model`` that holds parameters.
+    """
+    children = dict(model.named_children())
+    trainable = sorted(n for n, m in children.items() if any(True for _ in m.parameters()))
+    modules = []
+    for name in names:
+        if name not in trainable:
+            raise ValueError(f'freeze: {name!r} is not a module with parameters '
+                             f'(known: {trainable})')
+        children[name].requires_grad_(False)
+        modules.append(children[name])
+    return modules
 
 
 def _configure_determinism(config: TrainConfig) -> None:
@@ -492,8 +528,30 @@ class InitWeightsError(ValueError):
     """``init_weights`` is unusable; the message names the file and the problem."""
 
 
-def _initial_state(model_config: ModelConfig, path: str) -> Dict[str, torch.Tensor]:
-    """Return the parameters of the weights file ``path`` (made with ``model_config``).
+#: Model config fields each freshly initialised module (``init_fresh``) may change against
+#: the ``init_weights`` file; every other field must match it.
+FRESH_CONFIG_FIELDS = {'semantic_head': ('head.semantic_levels', 'head.semantic_channels')}
+
+
+def _leaves(data: Dict[str, Any], prefix: str = '') -> Dict[str, Any]:
+    flat: Dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(_leaves(value, f'{prefix}{key}.'))
+        else:
+            flat[f'{prefix}{key}'] = value
+    return flat
+
+
+def _initial_state(model_config: ModelConfig, path: str,
+                   fresh: Sequence[str] = ()) -> Dict[str, torch.Tensor]:
+    """Return the tensors of the weights file ``path`` that start this run.
+
+    Args:
+        model_config: the run's model config; the file's must equal it, except in the fields
+            ``FRESH_CONFIG_FIELDS`` lists for the modules in ``fresh``.
+        path: the ``init_weights`` file.
+        fresh: top-level modules that keep their fresh initialisation (left out of the result).
 
     Raises:
         InitWeightsError: the file is unusable or holds another model config.
@@ -502,10 +560,20 @@ def _initial_state(model_config: ModelConfig, path: str) -> Dict[str, torch.Tens
         source, source_config, _ = load_weights(path)
     except WeightsError as error:
         raise InitWeightsError(f'init_weights: {error}') from error
-    if source_config != model_config:
+    unknown = sorted(set(fresh) - set(FRESH_CONFIG_FIELDS))
+    if unknown:
+        raise InitWeightsError(f'init_fresh: {unknown} cannot start fresh (possible: '
+                               f'{sorted(FRESH_CONFIG_FIELDS)})')
+    mine, theirs = _leaves(model_config.to_dict()), _leaves(source_config.to_dict())
+    allowed = {field for module in fresh for field in FRESH_CONFIG_FIELDS[module]}
+    differ = sorted(k for k in set(mine) | set(theirs)
+                    if mine.get(k) != theirs.get(k) and k not in allowed)
+    if differ:
         raise InitWeightsError(f'init_weights: {path} holds another model config than this '
-                               "run (model.name / model.overrides must match the file's)")
-    return source.state_dict()
+                               "run (model.name / model.overrides must match the file's; "
+                               f'differs in {", ".join(differ)})')
+    return {name: value for name, value in source.state_dict().items()
+            if name.split('.')[0] not in fresh}
 
 
 def git_revision(folder: str) -> Optional[str]:
@@ -549,7 +617,7 @@ def train(config: TrainConfig, output_dir: Optional[str] = None, resume: Optiona
     model_config = config.model.build()
     initial = None  # checked before the frames are cached: a bad file fails at once
     if config.init_weights is not None and resume is None:
-        initial = _initial_state(model_config, config.init_weights)
+        initial = _initial_state(model_config, config.init_weights, config.init_fresh)
     frames = build_train_frames(config, model_config, process, show_progress)
     dataset = TrainingDataset(frames, model_config, config.augment, config.seed, config.target)
     sampler = DistributedSampler(dataset, num_replicas=process.world_size, rank=process.rank,
@@ -562,9 +630,10 @@ def train(config: TrainConfig, output_dir: Optional[str] = None, resume: Optiona
 
     model = BEVFusionNet(model_config)
     if initial is not None:
-        model.load_state_dict(initial)
+        model.load_state_dict(initial, strict=not config.init_fresh)
         if process.is_main:
             LOGGER.info('initialised from %s', config.init_weights)
+    frozen = frozen_modules(model, config.freeze)
     model = model.to(process.device)
     optimizer = torch.optim.AdamW(_parameter_groups(model, config.optim.weight_decay),
                                   lr=config.optim.lr, betas=config.optim.betas)
@@ -615,6 +684,8 @@ def train(config: TrainConfig, output_dir: Optional[str] = None, resume: Optiona
         sampler.set_epoch(epoch)
         dataset.set_epoch(epoch)
         network.train()
+        for module in frozen:
+            module.eval()  # BatchNorm keeps the statistics the frozen weights were trained with
         epoch_start = time.perf_counter()
         sums = torch.zeros(4, dtype=torch.float64)
         bar = tqdm.tqdm(loader, desc=f'epoch {epoch + 1}/{config.optim.epochs}', unit='step',

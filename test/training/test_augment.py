@@ -7,8 +7,8 @@ from bev_perception.model.camera_geometry import camera_geometry, MODEL_TO_OPTIC
 import numpy as np
 import pytest
 import torch
-from training.augment import (augment_sample, AugmentConfig, jitter_photometric, rotate_scale,
-                              Sample)
+from training.augment import (augment_sample, AugmentConfig, jitter_photometric,
+                              recolour_categories, rotate_scale, Sample)
 
 
 def _calibrated_sample(rng: np.random.Generator) -> Sample:
@@ -116,3 +116,28 @@ def test_mixed_returns_trail_behind_their_points_and_leave_the_rest_alone():
         AugmentConfig(mixed_returns_depth_m=0.05)
     with pytest.raises(ValueError, match='mixed_returns_max'):
         AugmentConfig(mixed_returns_max=1.5)
+
+
+def test_recolouring_gives_each_category_its_own_look_and_keeps_the_labels():
+    rng = np.random.default_rng(8)
+    image = np.full((20, 30, 3), (90, 120, 60), np.uint8)  # one colour everywhere
+    semantic = np.zeros((20, 30), np.uint8)
+    semantic[:, 10:20], semantic[:, 20:] = 3, 255  # three regions: ids 0, 3 and ignore
+    out = recolour_categories(image, semantic, 0.4, rng).astype(int)
+    looks = [out[:, :10], out[:, 10:20], out[:, 20:]]
+    for look in looks:  # one look per category, uniform inside it
+        assert (look == look[0, 0]).all()
+    colours = {tuple(look[0, 0]) for look in looks}
+    assert len(colours) == 3  # the categories no longer share a colour
+    np.testing.assert_array_equal(recolour_categories(image, semantic, 0.0, rng), image)
+
+    sample = dataclasses.replace(_calibrated_sample(rng), image=image, semantic=semantic)
+    config = dataclasses.replace(AugmentConfig.none(), recolour_prob=1.0)
+    recoloured = augment_sample(sample, config, np.random.default_rng(2))
+    assert not np.array_equal(recoloured.image, image)
+    np.testing.assert_array_equal(recoloured.semantic, semantic)
+    np.testing.assert_array_equal(recoloured.points, sample.points)
+    plain = augment_sample(sample, AugmentConfig.none(), np.random.default_rng(2))
+    np.testing.assert_array_equal(plain.image, image)  # recolour_prob 0: untouched
+    with pytest.raises(ValueError, match='recolour_prob'):
+        AugmentConfig(recolour_prob=2.0)

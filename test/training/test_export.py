@@ -5,7 +5,9 @@ import os
 import subprocess
 import sys
 
-from bev_perception.weights import load_weights, read_metadata
+from bev_perception.model.config import ModelConfig
+from bev_perception.model.network import BEVFusionNet
+from bev_perception.weights import load_weights, read_metadata, save_weights
 import pytest
 import torch
 from training import synthetic
@@ -130,3 +132,22 @@ def test_make_weights_refuses_no_training_scenes_before_generating_any(tmp_path)
     assert completed.returncode == 2
     assert '--train-scenes must be at least 1, got 0' in completed.stderr
     assert not os.path.exists(tmp_path / 'w.safetensors')
+
+
+def test_make_weights_refuses_a_first_stage_of_another_recipe_before_generating(tmp_path):
+    other = tmp_path / 'other.safetensors'
+    config = ModelConfig.tiny()
+    save_weights(other, BEVFusionNet(config).eval(), config, {})
+    for content, expected in ((None, 'not trained by the first stage of this recipe'),
+                              (b'garbage', 'not a safetensors')):
+        if content is not None:
+            other.write_bytes(content)
+        completed = subprocess.run(
+            [sys.executable, '-m', 'training.make_weights', '--first-stage', str(other),
+             '--weights', str(tmp_path / 'w.safetensors')], cwd=REPO, capture_output=True,
+            text=True, timeout=120)
+        assert completed.returncode == 1, completed.stderr[-2000:]
+        assert str(other) in completed.stderr and expected in completed.stderr, (
+            completed.stderr[-2000:])
+        assert 'Traceback' not in completed.stderr
+        assert not os.path.exists(tmp_path / 'w.safetensors')

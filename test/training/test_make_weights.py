@@ -5,9 +5,13 @@ import filecmp
 import json
 import os
 
+from bev_perception.weights import load_weights
 import pytest
+import torch
 from training import make_weights, synthetic
 
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TINY_CONFIG = os.path.join(REPO, 'training', 'configs', 'tiny_test.yaml')
 SEED = 23
 FRAMES = 1
 
@@ -77,3 +81,55 @@ def test_a_corrupt_stamp_means_the_root_is_generated_again(tmp_path, capsys):
     _same_tree(root, fresh)
     with open(stamp, encoding='utf-8') as stream:
         assert json.load(stream) == description
+
+
+def test_the_camera_stage_trains_from_the_first_and_keeps_its_lidar_only_outputs(tmp_path):
+    stage_file = tmp_path / 'camera_stage.yaml'
+    stage_file.write_text('freeze: [pillar_net, backbone, detection_head]\n'
+                          'init_fresh: [semantic_head]\n'
+                          'model: {overrides: {head: {semantic_levels: [c2, c3, c4, c5]}}}\n'
+                          'optim: {epochs: 1, lr: 0.01}\n', encoding='utf-8')
+    recipe = dataclasses.replace(
+        _recipe(), config_path=TINY_CONFIG, camera_stage_path=str(stage_file),
+        data_dir=str(tmp_path / 'data'), out_dir=str(tmp_path / 'out'),
+        weights_path=str(tmp_path / 'tiny.safetensors'), train_scenes=2,
+        train_frames_per_scene=1, held_out_scenes=1, held_out_frames_per_scene=1)
+    summary = make_weights.make_weights(recipe)
+    stages = make_weights.recipe_stages(recipe)
+    assert summary['epochs'] == 1  # the camera stage's
+    first, first_config, _ = load_weights(stages.first_weights)
+    final, final_config, metadata = load_weights(recipe.weights_path)
+    assert final_config.head.semantic_levels == ('c2', 'c3', 'c4', 'c5')
+    assert first_config.head.semantic_levels == ('c3', 'c4', 'c5')
+    provenance = metadata['provenance']
+    assert provenance['train_config'] == stages.camera.config.to_dict()
+    assert provenance['first_stage']['train_config'] == stages.first.config.to_dict()
+    assert provenance['train_config']['init_weights'] == stages.first_weights
+    points = [torch.rand(800, 4) * torch.tensor([40.0, 40.0, 3.0, 1.0])
+              - torch.tensor([0.0, 20.0, 1.5, 0.0])]
+    with torch.no_grad():
+        assert torch.equal(first(points).heatmap, final(points).heatmap)  # LiDAR-only
+    for name, value in first.camera_encoder.state_dict().items():
+        if value.is_floating_point() and not torch.equal(
+                value, final.camera_encoder.state_dict()[name]):
+            break
+    else:
+        raise AssertionError('the camera stage left the camera encoder as it was')
+
+    # A finished camera stage resumed: nothing trains again, the same weights come out.
+    camera_last = os.path.join(stages.camera.config.output_dir, 'checkpoints', 'last.pt')
+    first_stamp = os.path.getmtime(stages.first_weights)
+    again = make_weights.make_weights(recipe, resume=camera_last)
+    assert again['epochs'] == 1 and os.path.getmtime(stages.first_weights) == first_stamp
+    resumed, _, _ = load_weights(recipe.weights_path)
+    for name, value in final.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[name]), name
+
+
+def test_a_bad_camera_stage_file_is_named_before_anything_runs(tmp_path):
+    stage_file = tmp_path / 'camera_stage.yaml'
+    stage_file.write_text('optim: {epochs: many}\n', encoding='utf-8')
+    recipe = dataclasses.replace(_recipe(), config_path=TINY_CONFIG,
+                                 camera_stage_path=str(stage_file))
+    with pytest.raises(ValueError, match='optim.epochs'):
+        make_weights.recipe_stages(recipe)

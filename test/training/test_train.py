@@ -20,7 +20,8 @@ from training.a2d2 import A2D2Dataset
 from training.augment import augment_sample, AugmentConfig, flip_left_right, Sample, wrap_yaw
 from training.data import collate_examples, FrameCache, resize_labels_nearest, TrainingDataset
 from training.train import (
-    apply_override, load_checkpoint, load_config, OptimConfig, TrainConfig, WarmupCosine)
+    apply_override, frozen_modules, load_checkpoint, load_config, OptimConfig, TrainConfig,
+    WarmupCosine)
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY_CONFIG = os.path.join(REPO, 'training', 'configs', 'tiny_test.yaml')
@@ -270,6 +271,70 @@ def test_init_weights_start_the_run_and_a_mismatch_is_named(tiny_root, tmp_path)
     assert completed.returncode != 0
     assert str(other) in completed.stderr and 'another model config' in completed.stderr
     assert 'Traceback' not in completed.stderr
+
+
+def test_frozen_modules_keep_their_weights_statistics_and_lidar_only_outputs(tiny_root,
+                                                                             tmp_path):
+    weights = tmp_path / 'start.safetensors'
+    config = load_config(TINY_CONFIG).model.build()
+    torch.manual_seed(6)
+    start_model = BEVFusionNet(config).eval()
+    save_weights(weights, start_model, config, {})
+    start = load_file(weights)
+    frozen = ('pillar_net', 'backbone', 'detection_head')
+    _run_train('--out', str(tmp_path / 'tuned'), '--override', f'data.root={tiny_root}',
+               '--override', 'optim.epochs=1', '--override', f'init_weights={weights}',
+               '--override', f'freeze=[{",".join(frozen)}]')
+    tuned = _state(tmp_path / 'tuned' / 'checkpoints' / 'last.pt')['model']
+    for name, value in tuned.items():  # parameters and BatchNorm statistics alike
+        if name.split('.')[0] in frozen:
+            assert torch.equal(value, start[name]), name
+    moved = [name for name in tuned if name.startswith(('camera_encoder.', 'semantic_head.'))
+             and tuned[name].is_floating_point() and not torch.equal(tuned[name], start[name])]
+    assert moved  # the rest trained
+    model = BEVFusionNet(config).eval()
+    model.load_state_dict(tuned)
+    points = [torch.rand(500, 4) * torch.tensor([40.0, 20.0, 2.0, 1.0])]
+    with torch.no_grad():
+        before, after = start_model(points), model(points)
+    assert torch.equal(before.heatmap, after.heatmap)  # LiDAR-only: bit-identical
+
+    with pytest.raises(ValueError, match='needs init_weights'):
+        TrainConfig.from_dict({'freeze': ['backbone']})
+    with pytest.raises(ValueError, match="'voxelizer' is not a module with parameters"):
+        frozen_modules(start_model, ['voxelizer'])
+
+
+def test_init_fresh_starts_a_new_semantic_head_on_loaded_weights(tiny_root, tmp_path):
+    weights = tmp_path / 'start.safetensors'
+    config = load_config(TINY_CONFIG).model.build()
+    torch.manual_seed(7)
+    save_weights(weights, BEVFusionNet(config).eval(), config, {})
+    start = load_file(weights)
+    finer = ('--override', 'model.overrides.head.semantic_levels=[c2, c3, c4, c5]')
+    _run_train('--out', str(tmp_path / 'tuned'), '--override', f'data.root={tiny_root}',
+               '--override', 'optim.epochs=1', '--override', 'optim.lr=0.000000001',
+               '--override', f'init_weights={weights}', '--override',
+               'init_fresh=[semantic_head]', *finer)
+    tuned = _state(tmp_path / 'tuned' / 'checkpoints' / 'last.pt')['model']
+    assert any(name.startswith('semantic_head.') and name not in start for name in tuned)
+    finer_config = load_config(TINY_CONFIG, (finer[1],)).model.build()
+    for name, _ in BEVFusionNet(finer_config).named_parameters():  # lr 1e-9; no BN stats
+        if not name.startswith('semantic_head.'):
+            torch.testing.assert_close(tuned[name], start[name], atol=1e-6, rtol=0.0, msg=name)
+
+    completed = subprocess.run(
+        [sys.executable, '-m', 'training.train', '--config', TINY_CONFIG, '--no-progress',
+         '--out', str(tmp_path / 'bad'), '--override', f'data.root={tiny_root}',
+         '--override', f'init_weights={weights}', '--override', 'init_fresh=[semantic_head]',
+         '--override', 'model.overrides.head.shared_channels=12', *finer],
+        cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert completed.returncode != 0
+    assert 'differs in head.shared_channels' in completed.stderr
+    assert 'Traceback' not in completed.stderr
+    with pytest.raises(ValueError, match='both frozen and started fresh'):
+        TrainConfig.from_dict({'init_weights': str(weights), 'freeze': ['semantic_head'],
+                               'init_fresh': ['semantic_head']})
 
 
 def _free_port():
