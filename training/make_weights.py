@@ -63,7 +63,7 @@ class Recipe:
     config_path: str = 'training/configs/synthetic.yaml'
     # Second stage: a nested mapping of settings that change against the first stage's config
     # (frozen modules, schedule, ...), trained from the first stage's weights. None: one stage.
-    camera_stage_path: Optional[str] = None
+    camera_stage_path: Optional[str] = 'training/configs/synthetic_camera.yaml'
     data_dir: str = 'data/synthetic'
     out_dir: str = 'out/weights'
     weights_path: str = 'bev_perception/weights/default.safetensors'

@@ -26,8 +26,9 @@ from training.a2d2_calibration import CameraModel
 from training.cameras import camera_model, CameraSetup
 from training.evaluate import class_map_for, evaluate
 from training.make_weights import (
-    CI_TEST_SEED, HELD_OUT_SEED, PROFILES, Recipe, TRAIN_DATA_SEED)
-from training.train import load_config, TrainConfig
+    CI_TEST_SEED, HELD_OUT_SEED, PROFILES, Recipe, recipe_stages, same_training,
+    TRAIN_DATA_SEED)
+from training.train import TrainConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -119,28 +120,36 @@ def test_weights_file_is_small_and_records_its_recipe(profile):
 def test_lite_weights_are_the_cpu_profile_trained_by_the_same_recipe():
     default, lite = (InferenceRuntime.from_weights(_weights(name), device='cpu')
                      for name in ('default', 'lite'))
-    assert lite.config == ModelConfig.lite()
+    first = TrainConfig.from_dict(lite.metadata['provenance']['first_stage']['train_config'])
+    assert first.model.build() == ModelConfig.lite()
     # Read back through TrainConfig: a setting added after one run was trained takes its
     # default there, as it did in that run.
-    recipes = [TrainConfig.from_dict(runtime.metadata['provenance']['train_config']).to_dict()
-               for runtime in (default, lite)]
-    for recipe in recipes:
-        recipe.pop('model')
-        recipe.pop('output_dir')
-    assert recipes[0] == recipes[1]  # data, schedule, augmentation, losses: all the same
+    for stage in (('train_config',), ('first_stage', 'train_config')):
+        recipes = []
+        for runtime in (default, lite):
+            document = runtime.metadata['provenance']
+            for key in stage:
+                document = document[key]
+            recipe = TrainConfig.from_dict(document).to_dict()
+            for key in ('model', 'output_dir', 'init_weights'):  # paths name the profile
+                recipe.pop(key)
+            recipes.append(recipe)
+        assert recipes[0] == recipes[1]  # data, schedule, augmentation, losses: the same
 
 
 @pytest.mark.parametrize('profile', SHIPPED_PROFILES)
 def test_weights_were_trained_by_the_recipe_in_the_repository(profile):
     # A recipe edited after the weights were trained no longer documents them: every setting
     # (data, schedule, augmentation, losses, and the model the profile builds) must match.
-    recipe = PROFILES[profile]
+    # Both stages: the first (recorded as first_stage) and the camera stage.
+    stages = recipe_stages(PROFILES[profile])
     runtime = InferenceRuntime.from_weights(_weights(profile), device='cpu')
-    trained = TrainConfig.from_dict(runtime.metadata['provenance']['train_config'])
-    today = load_config(os.path.join(REPO, recipe.config_path), recipe.model_overrides + (
-        f'output_dir={trained.output_dir}',))
-    assert trained.model.build() == today.model.build() == runtime.config
-    assert dict(trained.to_dict(), model=None) == dict(today.to_dict(), model=None)
+    provenance = runtime.metadata['provenance']
+    trained = TrainConfig.from_dict(provenance['train_config'])
+    assert same_training(trained, stages.camera.config)
+    assert runtime.config == stages.camera.config.model.build()
+    first = TrainConfig.from_dict(provenance['first_stage']['train_config'])
+    assert same_training(first, stages.first.config)
 
 
 def test_detection_map_at_2m(result):
