@@ -289,7 +289,9 @@ def make_weights(recipe: Recipe, overrides: Tuple[str, ...] = (),
     tick = time.perf_counter()
     command = recipe.command + ''.join(f' --override {shlex.quote(o)}' for o in overrides) + (
         ''.join(f' --camera-override {shlex.quote(o)}' for o in camera_overrides)) + (
-        ' --one-stage' if recipe.camera_stage_path is None else '')
+        ' --one-stage' if recipe.camera_stage_path is None else '') + (
+        '' if first_stage_weights is None
+        else f' --first-stage {shlex.quote(portable_path(first_stage_weights))}')
     stages = recipe_stages(recipe, tuple(overrides), tuple(camera_overrides))
     resume_camera = stages.camera is not None and resume is not None and _is_camera_stage(
         resume)

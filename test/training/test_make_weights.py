@@ -125,6 +125,17 @@ def test_the_camera_stage_trains_from_the_first_and_keeps_its_lidar_only_outputs
     for name, value in final.state_dict().items():
         assert torch.equal(value, resumed.state_dict()[name]), name
 
+    # The camera stage alone, from first-stage weights kept elsewhere: recorded as such.
+    kept = tmp_path / 'kept_stage1.safetensors'
+    os.replace(stages.first_weights, kept)
+    third = make_weights.make_weights(recipe, first_stage_weights=str(kept))
+    assert third['command'].endswith(f' --first-stage {kept.name}')  # no machine path
+    alone, _, metadata = load_weights(recipe.weights_path)
+    assert metadata['provenance']['first_stage']['train_config'] == (
+        stages.first.config.to_dict())
+    with torch.no_grad():
+        assert torch.equal(first(points).heatmap, alone(points).heatmap)
+
 
 def test_a_bad_camera_stage_file_is_named_before_anything_runs(tmp_path):
     stage_file = tmp_path / 'camera_stage.yaml'
