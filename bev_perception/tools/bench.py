@@ -65,10 +65,13 @@ from bev_perception.weights import (load_weights, read_metadata, save_weights, S
 import numpy as np
 import torch
 
-#: Model configs by name; 'shipped' (the shipped weights' config) is resolved by shipped_config.
+#: Model configs by name; 'shipped' and 'shipped-lite' (the shipped weights' configs) are
+#: resolved by shipped_config.
 CONFIGS: Dict[str, Callable[[], ModelConfig]] = {
     'default': ModelConfig, 'lite': ModelConfig.lite, 'tiny': ModelConfig.tiny}
-CONFIG_NAMES = ('default', 'lite', 'shipped', 'tiny')
+#: Config name -> the shipped profile whose weights' config it is.
+SHIPPED_CONFIGS = {'shipped': 'default', 'shipped-lite': 'lite'}
+CONFIG_NAMES = ('default', 'lite', 'shipped', 'shipped-lite', 'tiny')
 
 #: A2D2's camera image size (height, width).
 A2D2_IMAGE_HW = (1208, 1920)
@@ -308,21 +311,24 @@ def model_and_weights(config_name: str, weights: Mapping[str, str]
 
 
 def model_config(config_name: str) -> ModelConfig:
-    """Return the config of a name in CONFIG_NAMES ('shipped': see shipped_config)."""
-    return shipped_config() if config_name == 'shipped' else CONFIGS[config_name]()
+    """Return the config of a name in CONFIG_NAMES ('shipped...': see shipped_config)."""
+    if config_name in SHIPPED_CONFIGS:
+        return shipped_config(SHIPPED_CONFIGS[config_name])
+    return CONFIGS[config_name]()
 
 
-def shipped_config() -> ModelConfig:
-    """Return the model config recorded in the shipped default weights' metadata.
+def shipped_config(profile: str = 'default') -> ModelConfig:
+    """Return the model config recorded in a profile's shipped weights' metadata.
 
     Raises:
         ValueError: the shipped weights are not installed.
     """
-    shipped = shipped_weights_path()
+    shipped = shipped_weights_path(profile)
     if shipped is None:
-        raise ValueError('--configs shipped needs the shipped weights '
-                         f'({os.path.join(SHIPPED_WEIGHTS_DIR, "default.safetensors")}: '
-                         'missing; `make weights` trains them)')
+        name = next(n for n, p in SHIPPED_CONFIGS.items() if p == profile)
+        raise ValueError(f'--configs {name} needs the shipped weights '
+                         f'({os.path.join(SHIPPED_WEIGHTS_DIR, profile + ".safetensors")}: '
+                         f'missing; `make weights` trains them)')
     return ModelConfig.from_dict(read_metadata(shipped)['config'])
 
 
@@ -783,8 +789,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      description=__doc__.split('\n')[0])
     parser.add_argument('--out', default='out/bench', help='output folder (default out/bench)')
     parser.add_argument('--configs', default='default,lite,shipped',
-                        help='model configs, comma-separated: default, lite, shipped (the '
-                             "shipped weights' config), tiny")
+                        help='model configs, comma-separated: default, lite, shipped and '
+                             "shipped-lite (the shipped weights' configs), tiny")
     parser.add_argument('--devices', default='cpu,cuda',
                         help='cpu and/or cuda (cuda is skipped, and listed as not measured, '
                              'without a GPU)')

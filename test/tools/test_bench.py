@@ -108,16 +108,17 @@ def test_bad_arguments_exit_with_usage_errors(tmp_path):
     assert str(raised.value.code).startswith(f'bev_perception_bench: {missing}: cannot read')
 
 
-def test_shipped_config_comes_from_the_shipped_weights_metadata():
-    shipped = bench.shipped_weights_path()
+@pytest.mark.parametrize('name,profile', [('shipped', 'default'), ('shipped-lite', 'lite')])
+def test_shipped_config_comes_from_the_shipped_weights_metadata(name, profile):
+    shipped = bench.shipped_weights_path(profile)
     if shipped is None:
-        with pytest.raises(ValueError, match='shipped weights'):
-            bench.model_config('shipped')
+        with pytest.raises(ValueError, match=f'--configs {name} needs the shipped weights'):
+            bench.model_config(name)
         return
     expected = ModelConfig.from_dict(read_metadata(shipped)['config'])
-    assert bench.model_config('shipped') == expected
-    model, config, origin = bench.model_and_weights('shipped', {})
-    assert config == expected and origin.endswith('default.safetensors')
+    assert bench.model_config(name) == expected
+    model, config, origin = bench.model_and_weights(name, {})
+    assert config == expected and origin.endswith(f'{profile}.safetensors')
 
 
 def test_weights_that_fuse_by_calibration_are_timed_with_a_camera():
