@@ -42,6 +42,7 @@ def ros_env():
     env = dict(os.environ)
     env.update(LOCAL_DDS_ENV)
     env['PYTHONUNBUFFERED'] = '1'
+    env['PYTHONFAULTHANDLER'] = '1'  # a native crash prints its Python stack into the output
     return env
 
 

@@ -1,5 +1,6 @@
 """Deployable weights: exact round trip, metadata, and clear errors for bad files."""
 
+import dataclasses
 import json
 import math
 import os
@@ -280,7 +281,10 @@ def test_empty_weights_path_picks_the_profiles_shipped_file(profile):
     path = resolve_weights_path('', profile)
     assert os.path.basename(path) == f'{profile}.safetensors'
     config = ModelConfig.from_dict(read_metadata(path)['config'])
-    assert (config == ModelConfig.lite()) == (profile == 'lite')
+    # The lite file is ModelConfig.lite() with the camera stage's semantic head.
+    lite = ModelConfig.lite()
+    head = dataclasses.replace(config.head, semantic_levels=lite.head.semantic_levels)
+    assert (dataclasses.replace(config, head=head) == lite) == (profile == 'lite')
 
 
 def test_provenance_is_one_readable_line():

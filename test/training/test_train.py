@@ -244,12 +244,18 @@ def test_a_finished_run_resumed_with_a_restart_equals_that_schedule_from_the_sta
         assert torch.equal(value, grown['model'][name]), name
 
 
+def _start_weights(path, seed):
+    """Write a randomly initialised tiny model to ``path``; return (model, config, tensors)."""
+    config = load_config(TINY_CONFIG).model.build()
+    torch.manual_seed(seed)
+    model = BEVFusionNet(config).eval()
+    save_weights(path, model, config, {})
+    return model, config, load_file(path)
+
+
 def test_init_weights_start_the_run_and_a_mismatch_is_named(tiny_root, tmp_path):
     weights = tmp_path / 'start.safetensors'
-    config = load_config(TINY_CONFIG).model.build()
-    torch.manual_seed(5)
-    save_weights(weights, BEVFusionNet(config).eval(), config, {})
-    start = load_file(weights)
+    _, config, start = _start_weights(weights, 5)
     common = ('--override', f'data.root={tiny_root}', '--override', 'optim.epochs=1',
               '--override', 'optim.lr=0.000000001')
     _run_train('--out', str(tmp_path / 'tuned'), '--override', f'init_weights={weights}',
@@ -276,11 +282,7 @@ def test_init_weights_start_the_run_and_a_mismatch_is_named(tiny_root, tmp_path)
 def test_frozen_modules_keep_their_weights_statistics_and_lidar_only_outputs(tiny_root,
                                                                              tmp_path):
     weights = tmp_path / 'start.safetensors'
-    config = load_config(TINY_CONFIG).model.build()
-    torch.manual_seed(6)
-    start_model = BEVFusionNet(config).eval()
-    save_weights(weights, start_model, config, {})
-    start = load_file(weights)
+    start_model, config, start = _start_weights(weights, 6)
     frozen = ('pillar_net', 'backbone', 'detection_head')
     _run_train('--out', str(tmp_path / 'tuned'), '--override', f'data.root={tiny_root}',
                '--override', 'optim.epochs=1', '--override', f'init_weights={weights}',
@@ -307,10 +309,7 @@ def test_frozen_modules_keep_their_weights_statistics_and_lidar_only_outputs(tin
 
 def test_init_fresh_starts_a_new_semantic_head_on_loaded_weights(tiny_root, tmp_path):
     weights = tmp_path / 'start.safetensors'
-    config = load_config(TINY_CONFIG).model.build()
-    torch.manual_seed(7)
-    save_weights(weights, BEVFusionNet(config).eval(), config, {})
-    start = load_file(weights)
+    _, _, start = _start_weights(weights, 7)
     finer = ('--override', 'model.overrides.head.semantic_levels=[c2, c3, c4, c5]')
     _run_train('--out', str(tmp_path / 'tuned'), '--override', f'data.root={tiny_root}',
                '--override', 'optim.epochs=1', '--override', 'optim.lr=0.000000001',
