@@ -304,10 +304,10 @@ def make_weights(recipe: Recipe, overrides: Tuple[str, ...] = (),
         result = train(stages.first.config, resume=resume,
                        command=stages.first.command(recipe.config_path))
     if stages.camera is not None:
-        if not resume_camera and first_stage_weights is None:
-            export(result.checkpoint, stages.first_weights, None,
-                   {'recipe': 'training.make_weights (first stage)'})
         if not resume_camera:
+            if first_stage_weights is None:
+                export(result.checkpoint, stages.first_weights, None,
+                       {'recipe': 'training.make_weights (first stage)'})
             if os.path.isdir(stages.camera.config.output_dir):
                 shutil.rmtree(stages.camera.config.output_dir)  # a fresh camera stage
         first = load_weights(stages.first_weights)[2]['provenance']
@@ -424,9 +424,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         stages = recipe_stages(recipe, tuple(args.override), tuple(args.camera_override))
     except (OSError, ValueError, yaml.YAMLError) as error:
         raise SystemExit(f'training.make_weights: {error}') from None
-    if resume is not None and stages.camera is None and _is_camera_stage(resume):
-        raise SystemExit(f'training.make_weights: {args.resume} is a camera-stage checkpoint, '
-                         'but --one-stage trains the first stage only')
+    if resume is not None and _is_camera_stage(resume):
+        if stages.camera is None:
+            raise SystemExit(f'training.make_weights: {args.resume} is a camera-stage '
+                             'checkpoint, but --one-stage trains the first stage only')
+        first_weights = os.path.join(REPO_ROOT, stages.first_weights)
+        if not os.path.isfile(first_weights):
+            raise SystemExit(f'training.make_weights: {first_weights}: missing; a camera-stage '
+                             'checkpoint continues from the first stage that made it')
     first_stage = None
     if args.first_stage:
         if stages.camera is None or resume is not None:

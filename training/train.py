@@ -155,7 +155,7 @@ class TrainConfig:
     # Top-level modules of the network (``BEVFusionNet`` attributes, e.g. pillar_net, backbone,
     # detection_head) held at their starting values: no gradient, no weight decay, BatchNorm
     # statistics fixed. Freezing the LiDAR path keeps LiDAR-only outputs bit-identical while
-    # the camera branch trains. Needs init_weights (or a resumed checkpoint).
+    # the camera branch trains. Needs init_weights.
     freeze: Tuple[str, ...] = ()
     # Top-level modules that start fresh instead of from init_weights (a new head: the
     # semantic head at other camera levels); FRESH_CONFIG_FIELDS says which ones may.
