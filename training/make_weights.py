@@ -36,14 +36,15 @@ import time
 from typing import Any, Dict, List, Optional, Tuple
 
 from bev_perception.inference import InferenceRuntime
-from bev_perception.weights import load_weights, WeightsError
+from bev_perception.weights import read_metadata, WeightsError
 import torch
 from training import cameras, synthetic
 from training.a2d2 import A2D2Dataset
 from training.evaluate import class_map_for, evaluate, write_report
 from training.export import export, portable_path
 from training.train import (
-    CheckpointError, load_checkpoint, load_config, model_from_checkpoint, train, TrainConfig)
+    CheckpointError, flat_settings, load_checkpoint, load_config, model_from_checkpoint, train,
+    TrainConfig)
 import yaml
 
 #: Generator seed of the training scenes.
@@ -96,19 +97,10 @@ def stage_overrides(path: str) -> Tuple[str, ...]:
     """Return the ``KEY=VALUE`` overrides that the nested YAML mapping in ``path`` stands for."""
     with open(path, encoding='utf-8') as stream:
         mapping = yaml.safe_load(stream) or {}
-
-    def flatten(node: Dict[str, Any], prefix: str) -> List[str]:
-        items: List[str] = []
-        for key, value in node.items():
-            if isinstance(value, dict) and value:
-                items += flatten(value, f'{prefix}{key}.')
-            else:
-                items.append(f'{prefix}{key}={json.dumps(value)}')  # JSON is YAML
-        return items
-
     if not isinstance(mapping, dict):
         raise ValueError(f'{path}: expected a mapping of settings')
-    return tuple(flatten(mapping, ''))
+    return tuple(f'{key}={json.dumps(value)}'  # JSON is YAML
+                 for key, value in flat_settings(mapping).items())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -239,7 +231,7 @@ def check_first_stage(stages: Stages, weights: str) -> None:
         ValueError: the file is unusable or was trained with another config.
     """
     try:
-        provenance = load_weights(weights)[2].get('provenance', {})
+        provenance = read_metadata(weights).get('provenance', {})
     except WeightsError as error:
         raise ValueError(str(error)) from error
     trained = provenance.get('train_config')
@@ -310,7 +302,7 @@ def make_weights(recipe: Recipe, overrides: Tuple[str, ...] = (),
                        {'recipe': 'training.make_weights (first stage)'})
             if os.path.isdir(stages.camera.config.output_dir):
                 shutil.rmtree(stages.camera.config.output_dir)  # a fresh camera stage
-        first = load_weights(stages.first_weights)[2]['provenance']
+        first = read_metadata(stages.first_weights)['provenance']
         first_stage = {key: first[key] for key in (
             'train_config', 'command', 'git_revision', 'training_time_s', 'epochs', 'steps')}
         result = train(stages.camera.config, resume=resume if resume_camera else None,

@@ -533,11 +533,12 @@ class InitWeightsError(ValueError):
 FRESH_CONFIG_FIELDS = {'semantic_head': ('head.semantic_levels', 'head.semantic_channels')}
 
 
-def _leaves(data: Dict[str, Any], prefix: str = '') -> Dict[str, Any]:
+def flat_settings(data: Dict[str, Any], prefix: str = '') -> Dict[str, Any]:
+    """Return a nested mapping as {dotted key: value} (an empty mapping is a value)."""
     flat: Dict[str, Any] = {}
     for key, value in data.items():
-        if isinstance(value, dict):
-            flat.update(_leaves(value, f'{prefix}{key}.'))
+        if isinstance(value, dict) and value:
+            flat.update(flat_settings(value, f'{prefix}{key}.'))
         else:
             flat[f'{prefix}{key}'] = value
     return flat
@@ -564,7 +565,7 @@ def _initial_state(model_config: ModelConfig, path: str,
     if unknown:
         raise InitWeightsError(f'init_fresh: {unknown} cannot start fresh (possible: '
                                f'{sorted(FRESH_CONFIG_FIELDS)})')
-    mine, theirs = _leaves(model_config.to_dict()), _leaves(source_config.to_dict())
+    mine, theirs = (flat_settings(c.to_dict()) for c in (model_config, source_config))
     allowed = {field for module in fresh for field in FRESH_CONFIG_FIELDS[module]}
     differ = sorted(k for k in set(mine) | set(theirs)
                     if mine.get(k) != theirs.get(k) and k not in allowed)
