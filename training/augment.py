@@ -33,6 +33,12 @@ The camera image is fixed to the LiDAR by the calibration, so only transforms th
   turn; scaling the world scales the camera's translation and leaves every projection where it
   was), so the image still agrees exactly. Samples that keep an image without a calibration
   are left as they are: the calibration-blind fusion has nothing to adjust.
+* **Zoom** (``zoom_prob``, ``zoom_range``): a calibrated sample's image and label are cropped
+  to 1 / z of their width and height at a random place and resized back (bilinear, nearest),
+  and the camera geometry follows exactly (``camera_geometry.cropped``: the same camera with a
+  z times longer focal length), so the fusion still sees every cell where it is. Real cameras
+  show the world at scales the generator's focal lengths do not cover, and a segmenter trained
+  at one scale learns texture sizes rather than things.
 * **Camera dropout** (``camera_dropout_prob``): the sample is marked camera-invalid, so the
   network runs it LiDAR-only and the semantic loss skips it.
 * **Vertical shift of LiDAR-only samples** (``lidar_only_z_shift_m``): a camera-dropped sample
@@ -57,7 +63,7 @@ import dataclasses
 import math
 from typing import Optional, Tuple
 
-from bev_perception.model.camera_geometry import mirror_left_right, moved
+from bev_perception.model.camera_geometry import cropped, mirror_left_right, moved
 import numpy as np
 from PIL import Image, ImageFilter
 
@@ -96,11 +102,15 @@ class AugmentConfig:
     # turn in [-s, s] radians and a saturation factor exp(N(0, s)) (s = recolour_strength).
     recolour_prob: float = 0.0
     recolour_strength: float = 0.3
+    # With zoom_prob, a calibrated image (and its label) is cropped to 1 / z of its size and
+    # resized back, z uniform in zoom_range; the camera geometry follows.
+    zoom_prob: float = 0.0
+    zoom_range: Tuple[float, float] = (1.0, 1.5)
 
     def __post_init__(self) -> None:
         for name in ('flip_prob', 'camera_dropout_prob', 'point_dropout_max',
                      'intensity_dropout_prob', 'grey_prob', 'blur_prob', 'mixed_returns_max',
-                     'recolour_prob'):
+                     'recolour_prob', 'zoom_prob'):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f'AugmentConfig.{name} must be in [0, 1], got {value}')
@@ -118,6 +128,9 @@ class AugmentConfig:
         low, high = self.scale_range
         if not 0 < low <= high:
             raise ValueError('AugmentConfig.scale_range must be 0 < low <= high')
+        low, high = self.zoom_range
+        if not 1 <= low <= high:
+            raise ValueError('AugmentConfig.zoom_range must be 1 <= low <= high')
 
     @classmethod
     def none(cls) -> 'AugmentConfig':
@@ -272,6 +285,27 @@ def jitter_photometric(image: np.ndarray, config: AugmentConfig,
     return out
 
 
+def zoom_camera(sample: Sample, zoom: float, left: float, top: float) -> Sample:
+    """Crop the image and label to 1 / ``zoom`` of their size and resize them back.
+
+    The crop starts at (``left``, ``top``), fractions of the width and height in
+    [0, 1 - 1 / zoom]; the camera geometry becomes the zoomed camera's (``cropped``). The image
+    resizes bilinearly, the label by nearest neighbour (ids stay ids).
+    """
+    if sample.image is None or sample.camera_geometry is None:
+        raise ValueError('a zoom needs an image and its camera geometry')
+    height, width = sample.image.shape[:2]
+    box = (left * width, top * height, (left + 1.0 / zoom) * width, (top + 1.0 / zoom) * height)
+    image = np.asarray(Image.fromarray(sample.image).resize(
+        (width, height), Image.Resampling.BILINEAR, box=box))
+    semantic = sample.semantic
+    if semantic is not None:
+        semantic = np.asarray(Image.fromarray(semantic).resize(
+            (width, height), Image.Resampling.NEAREST, box=box))
+    geometry = cropped(sample.camera_geometry, left, top, zoom)
+    return dataclasses.replace(sample, image=image, semantic=semantic, camera_geometry=geometry)
+
+
 def rotate_scale(sample: Sample, yaw: float, scale: float) -> Sample:
     """Turn a sample by ``yaw`` about the model z axis and scale it about the origin.
 
@@ -308,6 +342,7 @@ def augment_sample(sample: Sample, config: AugmentConfig, rng: np.random.Generat
     (pose_rng,) = rng.spawn(1)  # likewise
     (mixed_rng,) = rng.spawn(1)  # likewise
     (recolour_rng,) = rng.spawn(1)  # likewise
+    (zoom_rng,) = rng.spawn(1)  # likewise
     if do_flip:
         sample = flip_left_right(sample)
     image = sample.image
@@ -317,6 +352,12 @@ def augment_sample(sample: Sample, config: AugmentConfig, rng: np.random.Generat
                                         recolour_rng)
         image = jitter_photometric(image, config, image_rng)
     camera_valid = sample.camera_valid and not drop_camera
+    zoom = zoom_rng.uniform(*config.zoom_range)
+    left, top = zoom_rng.uniform(0.0, 1.0 - 1.0 / zoom, 2)
+    if (camera_valid and image is not None and sample.camera_geometry is not None
+            and zoom_rng.random() < config.zoom_prob):
+        sample = zoom_camera(dataclasses.replace(sample, image=image), zoom, left, top)
+        image = sample.image
     points, boxes = jitter_points(sample.points, config, point_rng), sample.boxes
     if config.mixed_returns_max:
         points = add_mixed_returns(points, config, mixed_rng)

@@ -531,6 +531,9 @@ class InitWeightsError(ValueError):
 #: Model config fields each freshly initialised module (``init_fresh``) may change against
 #: the ``init_weights`` file; every other field must match it.
 FRESH_CONFIG_FIELDS = {'semantic_head': ('head.semantic_levels', 'head.semantic_channels')}
+#: Model config fields without tensors of their own that a module which trains on (is not in
+#: ``freeze``) may change against the ``init_weights`` file.
+TRAINED_CONFIG_FIELDS = {'camera_encoder': ('camera_encoder.instance_norm_levels',)}
 
 
 def flat_settings(data: Dict[str, Any], prefix: str = '') -> Dict[str, Any]:
@@ -544,15 +547,17 @@ def flat_settings(data: Dict[str, Any], prefix: str = '') -> Dict[str, Any]:
     return flat
 
 
-def _initial_state(model_config: ModelConfig, path: str,
-                   fresh: Sequence[str] = ()) -> Dict[str, torch.Tensor]:
+def _initial_state(model_config: ModelConfig, path: str, fresh: Sequence[str] = (),
+                   frozen: Sequence[str] = ()) -> Dict[str, torch.Tensor]:
     """Return the tensors of the weights file ``path`` that start this run.
 
     Args:
         model_config: the run's model config; the file's must equal it, except in the fields
-            ``FRESH_CONFIG_FIELDS`` lists for the modules in ``fresh``.
+            ``FRESH_CONFIG_FIELDS`` lists for the modules in ``fresh`` and those
+            ``TRAINED_CONFIG_FIELDS`` lists for modules not in ``frozen``.
         path: the ``init_weights`` file.
         fresh: top-level modules that keep their fresh initialisation (left out of the result).
+        frozen: top-level modules that do not train (``TrainConfig.freeze``).
 
     Raises:
         InitWeightsError: the file is unusable or holds another model config.
@@ -567,6 +572,8 @@ def _initial_state(model_config: ModelConfig, path: str,
                                f'{sorted(FRESH_CONFIG_FIELDS)})')
     mine, theirs = (flat_settings(c.to_dict()) for c in (model_config, source_config))
     allowed = {field for module in fresh for field in FRESH_CONFIG_FIELDS[module]}
+    allowed.update(field for module, fields in TRAINED_CONFIG_FIELDS.items()
+                   if module not in frozen for field in fields)
     differ = sorted(k for k in set(mine) | set(theirs)
                     if mine.get(k) != theirs.get(k) and k not in allowed)
     if differ:
@@ -618,7 +625,8 @@ def train(config: TrainConfig, output_dir: Optional[str] = None, resume: Optiona
     model_config = config.model.build()
     initial = None  # checked before the frames are cached: a bad file fails at once
     if config.init_weights is not None and resume is None:
-        initial = _initial_state(model_config, config.init_weights, config.init_fresh)
+        initial = _initial_state(model_config, config.init_weights, config.init_fresh,
+                                 config.freeze)
     frames = build_train_frames(config, model_config, process, show_progress)
     dataset = TrainingDataset(frames, model_config, config.augment, config.seed, config.target)
     sampler = DistributedSampler(dataset, num_replicas=process.world_size, rank=process.rank,

@@ -1,4 +1,11 @@
-"""Small ResNet-style camera encoder giving C2, C3, C4, C5 (strides 4, 8, 16, 32)."""
+"""Small ResNet-style camera encoder giving C2, C3, C4, C5 (strides 4, 8, 16, 32).
+
+``CameraEncoderConfig.instance_norm_levels`` picks shallow layers where half of the first conv's
+channels are instance-normalised (per image and channel, over H x W) before the BatchNorm, as
+IBN-Net does: the style of an image (its contrast, colour cast, texture statistics) is taken
+out early while the other half keeps what BatchNorm keeps. The normalisation has no
+parameters, so a weights file loads with it switched on or off.
+"""
 
 from typing import Dict, Tuple
 
@@ -6,6 +13,21 @@ from bev_perception.model.bev_backbone import conv_bn_relu
 from bev_perception.model.config import CAMERA_LEVELS, CameraEncoderConfig
 import torch
 from torch import nn
+from torch.nn import functional
+
+
+class HalfInstanceNorm(nn.Module):
+    """Instance-normalise the first half of the channels of (B, C, H, W); keep the rest."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return (B, C, H, W): channels [0, C // 2) zero-mean, unit-variance per image."""
+        half = x.shape[1] // 2
+        return torch.cat([functional.instance_norm(x[:, :half]), x[:, half:]], dim=1)
+
+
+def _style_norm(enabled: bool) -> nn.Module:
+    return HalfInstanceNorm() if enabled else nn.Identity()
+
 
 #: Output levels and their strides relative to the input image.
 LEVEL_STRIDES: Dict[str, int] = {level: 4 * 2 ** i for i, level in enumerate(CAMERA_LEVELS)}
@@ -18,11 +40,15 @@ class BasicBlock(nn.Module):
         in_channels: input width.
         out_channels: output width.
         stride: stride of the first conv and of the shortcut.
+        instance_norm: instance-normalise half of the first conv's output (see the module
+            docstring).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
+    def __init__(self, in_channels: int, out_channels: int, stride: int,
+                 instance_norm: bool = False) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False)
+        self.norm1 = _style_norm(instance_norm)
         self.bn1 = nn.BatchNorm2d(out_channels)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(out_channels)
@@ -34,7 +60,7 @@ class BasicBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Apply the block to (B, C_in, H, W) -> (B, C_out, ceil(H/s), ceil(W/s))."""
-        out = torch.relu(self.bn1(self.conv1(x)))
+        out = torch.relu(self.bn1(self.norm1(self.conv1(x))))
         out = self.bn2(self.conv2(out))
         return torch.relu(out + self.shortcut(x))
 
@@ -51,15 +77,20 @@ class CameraEncoder(nn.Module):
     def __init__(self, *, config: CameraEncoderConfig) -> None:
         super().__init__()
         self.stem = conv_bn_relu(3, config.stem_channels, 3, stride=2)
+        self.stem_norm = _style_norm('stem' in config.instance_norm_levels)
         widths: Tuple[int, ...] = (config.stem_channels,) + tuple(config.stage_channels)
         self.stages = nn.ModuleList(
-            BasicBlock(widths[i], widths[i + 1], stride=2) for i in range(4))
+            BasicBlock(widths[i], widths[i + 1], stride=2,
+                       instance_norm=level in config.instance_norm_levels)
+            for i, level in enumerate(LEVEL_STRIDES))
         self.out_channels: Dict[str, int] = dict(zip(LEVEL_STRIDES, widths[1:]))
         self.out_strides: Dict[str, int] = dict(LEVEL_STRIDES)
 
     def forward(self, images: torch.Tensor) -> Dict[str, torch.Tensor]:
         """Encode normalised images (B, 3, H, W) into {'c2' .. 'c5'}: (B, C_l, H_l, W_l)."""
-        c2 = self.stages[0](self.stem(images))  # stride 4
+        conv, batch_norm, relu = self.stem
+        stem = relu(batch_norm(self.stem_norm(conv(images))))  # (B, C_stem, H/2, W/2)
+        c2 = self.stages[0](stem)  # stride 4
         c3 = self.stages[1](c2)  # stride 8
         c4 = self.stages[2](c3)  # stride 16
         c5 = self.stages[3](c4)  # stride 32

@@ -124,6 +124,23 @@ def mirror_left_right(geometry: np.ndarray) -> np.ndarray:
     return mirrored
 
 
+def cropped(geometry: np.ndarray, left: float, top: float, scale: float) -> np.ndarray:
+    """Return the geometry (SIZE,) of a crop of the image, resized back to the image's size.
+
+    The crop starts at (``left``, ``top``) (fractions of the width and height) and spans
+    1 / ``scale`` of each, so the result is the same camera with a ``scale`` times longer focal
+    length (a zoom): a point at normalised u lands at (u - left) * scale, i.e. fx/W and cx/W
+    become (fx/W) * scale and (cx/W - left) * scale (rows likewise). The distortion acts on
+    the normalised camera coordinates, before the intrinsics, and stays as it is.
+    """
+    if not scale > 0:
+        raise ValueError(f'a crop needs a positive scale, got {scale}')
+    result = _checked(geometry, np.float64).copy()
+    result[12:14] *= scale  # fx / W, fy / H
+    result[14:16] = (result[14:16] - (left, top)) * scale  # cx / W, cy / H
+    return result.astype(np.float32)
+
+
 def forward_camera(image_wh: Tuple[int, int], horizontal_fov_rad: float = 1.0) -> np.ndarray:
     """Return the geometry (SIZE,) of an undistorted camera at the model origin looking along +x.
 

@@ -28,6 +28,8 @@ from bev_perception.a2d2_classes import SEMANTIC_CATEGORIES, SEMANTIC_PALETTE
 CAMERA_STRIDE_MULTIPLE = 32
 #: Camera encoder levels, finest first (strides 4, 8, 16, 32).
 CAMERA_LEVELS: Tuple[str, ...] = ('c2', 'c3', 'c4', 'c5')
+#: Camera encoder layers that can instance-normalise (the shallow ones, where style lives).
+INSTANCE_NORM_LEVELS: Tuple[str, ...] = ('stem', 'c2', 'c3')
 
 
 def _cells(range_m: Tuple[float, float], size_m: float, name: str) -> int:
@@ -132,6 +134,17 @@ class CameraEncoderConfig:
 
     stem_channels: int = 32
     stage_channels: Tuple[int, int, int, int] = (48, 64, 128, 192)  # C2, C3, C4, C5
+    # Shallow layers ('stem', 'c2', 'c3') whose first conv output has half its channels
+    # instance-normalised before the BatchNorm (IBN-Net, Pan et al. 2018): each image's own
+    # contrast, colour cast and texture statistics are removed there, which helps a network
+    # trained on rendered images on real ones. No parameters: the weights' tensors are the same.
+    instance_norm_levels: Tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        unknown = set(self.instance_norm_levels) - set(INSTANCE_NORM_LEVELS)
+        if unknown:
+            raise ValueError(f'CameraEncoderConfig.instance_norm_levels must be a subset of '
+                             f'{INSTANCE_NORM_LEVELS}, got {tuple(self.instance_norm_levels)}')
 
 
 @dataclasses.dataclass(frozen=True)

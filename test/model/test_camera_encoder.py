@@ -1,6 +1,6 @@
-"""CameraEncoder: C2..C5 with declared channels and strides, odd image sizes."""
+"""CameraEncoder: C2..C5 with declared channels and strides, odd image sizes, style norm."""
 
-from bev_perception.model.camera_encoder import CameraEncoder
+from bev_perception.model.camera_encoder import CameraEncoder, HalfInstanceNorm
 from bev_perception.model.config import CameraEncoderConfig
 import pytest
 import torch
@@ -29,3 +29,26 @@ def test_every_parameter_gets_a_gradient():
     sum(f.square().mean() for f in features.values()).backward()
     for name, parameter in encoder.named_parameters():
         assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+
+
+def test_half_instance_norm_takes_out_each_images_style_only_in_its_half():
+    features = torch.randn(2, 6, 9, 11)
+    styled = features * torch.tensor([3.0, 0.5]).view(2, 1, 1, 1) + 4.0  # contrast, offset
+    out, out_styled = HalfInstanceNorm()(features), HalfInstanceNorm()(styled)
+    torch.testing.assert_close(out[:, :3], out_styled[:, :3], atol=1e-4, rtol=0.0)
+    torch.testing.assert_close(out[:, :3].mean(dim=(2, 3)), torch.zeros(2, 3), atol=1e-5,
+                               rtol=0.0)
+    assert torch.equal(out[:, 3:], features[:, 3:])  # the other half as it came
+
+
+def test_instance_norm_levels_change_outputs_not_tensors():
+    plain = CameraEncoder(config=CONFIG).eval()
+    config = CameraEncoderConfig(stem_channels=4, stage_channels=(4, 6, 8, 10),
+                                 instance_norm_levels=('stem', 'c2'))
+    styled = CameraEncoder(config=config).eval()
+    styled.load_state_dict(plain.state_dict())  # strict: the same tensors
+    image = torch.rand(1, 3, 64, 96)
+    with torch.no_grad():
+        assert not torch.allclose(plain(image)['c2'], styled(image)['c2'])
+    with pytest.raises(ValueError, match='instance_norm_levels'):
+        CameraEncoderConfig(instance_norm_levels=('c5',))

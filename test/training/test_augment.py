@@ -1,4 +1,4 @@
-"""Tests of training.augment: the photometric look and the global turn and scale."""
+"""Tests of training.augment: the photometric look, the global turn and scale, the zoom."""
 
 import dataclasses
 import math
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from training.augment import (augment_sample, AugmentConfig, jitter_photometric,
-                              recolour_categories, rotate_scale, Sample)
+                              recolour_categories, rotate_scale, Sample, zoom_camera)
 
 
 def _calibrated_sample(rng: np.random.Generator) -> Sample:
@@ -48,6 +48,34 @@ def test_turn_and_scale_keep_every_point_where_the_camera_sees_it():
     np.testing.assert_allclose(math.atan2(turned.boxes[0, 1], turned.boxes[0, 0]),
                                math.atan2(3.0, 12.0) + 0.35, atol=1e-6)
     np.testing.assert_array_equal(turned.image, sample.image)  # the image is not touched
+
+
+def test_zoom_keeps_every_labelled_point_where_the_zoomed_camera_sees_it():
+    sample = _calibrated_sample(np.random.default_rng(4))
+    height, width = sample.semantic.shape
+    uv, seen = _uv(sample.points, sample.camera_geometry)
+    semantic = np.zeros_like(sample.semantic)
+    marked = []  # (label id, point index): a 3 x 3 blob of its own id at each of 60 points
+    for index in np.flatnonzero(seen & (uv[:, 0] > 0.3) & (uv[:, 1] > 0.35))[:60]:
+        col, row = int(uv[index, 0] * width), int(uv[index, 1] * height)
+        if (semantic[row - 1:row + 2, col - 1:col + 2] == 0).all():
+            semantic[row - 1:row + 2, col - 1:col + 2] = len(marked) + 1
+            marked.append(index)
+    assert len(marked) > 20
+    zoom, left, top = 1.4, 0.15, 0.25
+    zoomed = zoom_camera(dataclasses.replace(sample, semantic=semantic), zoom, left, top)
+    assert zoomed.image.shape == sample.image.shape and zoomed.semantic.shape == (height, width)
+    assert set(np.unique(zoomed.semantic)) <= set(range(len(marked) + 1))  # ids stay ids
+    after, seen_after = _uv(sample.points, zoomed.camera_geometry)
+    np.testing.assert_allclose(after, (uv - (left, top)) * zoom, atol=1e-5)
+    for label, index in enumerate(marked, start=1):
+        rows, cols = np.nonzero(zoomed.semantic == label)
+        if not seen_after[index]:
+            continue  # cropped away
+        assert len(rows) >= 9  # the blob grew by the zoom
+        centre = ((cols.mean() + 0.5) / width, (rows.mean() + 0.5) / height)
+        np.testing.assert_allclose(centre, after[index], atol=1.5 / height)
+    np.testing.assert_array_equal(zoomed.points, sample.points)  # the world stays where it is
 
 
 def test_an_image_without_calibration_is_never_turned():

@@ -20,8 +20,8 @@ from training.a2d2 import A2D2Dataset
 from training.augment import augment_sample, AugmentConfig, flip_left_right, Sample, wrap_yaw
 from training.data import collate_examples, FrameCache, resize_labels_nearest, TrainingDataset
 from training.train import (
-    apply_override, frozen_modules, load_checkpoint, load_config, OptimConfig, TrainConfig,
-    WarmupCosine)
+    _initial_state, apply_override, frozen_modules, InitWeightsError, load_checkpoint,
+    load_config, OptimConfig, TrainConfig, WarmupCosine)
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY_CONFIG = os.path.join(REPO, 'training', 'configs', 'tiny_test.yaml')
@@ -334,6 +334,18 @@ def test_init_fresh_starts_a_new_semantic_head_on_loaded_weights(tiny_root, tmp_
     with pytest.raises(ValueError, match='both frozen and started fresh'):
         TrainConfig.from_dict({'init_weights': str(weights), 'freeze': ['semantic_head'],
                                'init_fresh': ['semantic_head']})
+
+
+def test_a_trained_camera_encoder_may_switch_instance_norm_on(tmp_path):
+    weights = tmp_path / 'start.safetensors'
+    _, config, start = _start_weights(weights, 9)
+    encoder = dataclasses.replace(config.camera_encoder, instance_norm_levels=('stem', 'c2'))
+    styled = dataclasses.replace(config, camera_encoder=encoder)
+    state = _initial_state(styled, str(weights), frozen=('pillar_net', 'backbone'))
+    assert state.keys() == start.keys()  # no tensors of its own: the file loads as it is
+    BEVFusionNet(styled).load_state_dict(state)
+    with pytest.raises(InitWeightsError, match='differs in camera_encoder.instance_norm_levels'):
+        _initial_state(styled, str(weights), frozen=('camera_encoder',))
 
 
 def _free_port():
