@@ -338,6 +338,44 @@ def tree(rng: Rng, wb: WorldBuilder) -> MeshBuilder:
     return b
 
 
+def tall_tree(rng: Rng, wb: WorldBuilder) -> MeshBuilder:
+    """Return a forest tree, about 12-28 m tall: a long trunk under a deep crown, or a conifer.
+
+    Roadside forests fill the upper half of a real camera's image with foliage and break the
+    sky into gaps; the park trees of ``tree`` (at most about 12 m) never reach that high.
+    """
+    b = MeshBuilder()
+    bark = wb.material('Nature object', (0.22, 0.17, 0.12), float(rng.uniform(0.2, 0.4)))
+    leaves = wb.material('Nature object', pick(rng, FOLIAGE), float(rng.uniform(0.2, 0.5)),
+                         transmit=float(rng.uniform(0.3, 0.7)), texture=0.35,
+                         scatter_m=float(rng.uniform(0.3, 1.2)))
+    trunk_r = float(rng.uniform(0.12, 0.4))
+    if rng.random() < 0.3:  # spruce or pine: stacked cones from near the ground
+        height = float(rng.uniform(12.0, 28.0))
+        radius = float(rng.uniform(1.5, 3.5))
+        b.primitive('cylinder', (0.0, 0.0, height * 0.4), (2 * trunk_r, 2 * trunk_r, height * 0.8),
+                    bark, detail=8)
+        base = float(rng.uniform(1.0, 4.0))
+        tiers = int(rng.integers(2, 4))
+        for tier in range(tiers):
+            low = base + (height - base) * tier / (tiers + 1)
+            width = 2 * radius * (1.0 - 0.25 * tier)
+            b.primitive('cone', (0.0, 0.0, low), (width, width, height - low), leaves, detail=10)
+        return b
+    trunk_h = float(rng.uniform(4.0, 10.0))  # the crown spans trunk_h .. trunk_h + crown_h
+    crown_r = float(rng.uniform(2.0, 5.0))
+    crown_h = float(rng.uniform(8.0, 16.0))
+    b.primitive('cylinder', (0.0, 0.0, (trunk_h + crown_h * 0.5) / 2),
+                (2 * trunk_r, 2 * trunk_r, trunk_h + crown_h * 0.5), bark, detail=8)
+    for blob in range(int(rng.integers(6, 15))):
+        offset = rng.normal(0.0, crown_r * 0.5, 2)
+        r = crown_r * float(rng.uniform(0.35, 0.7))
+        z = trunk_h + r + (crown_h - 2 * r) * (1.0 if blob == 0 else float(rng.uniform(0, 1)))
+        b.primitive('sphere', (offset[0], offset[1], z), (2 * r, 2 * r * float(
+            rng.uniform(0.8, 1.2)), 2 * r), leaves, detail=1)
+    return b
+
+
 def bush(rng: Rng, wb: WorldBuilder, length: float = 0.0) -> MeshBuilder:
     """Return a bush, or a hedge of ``length`` metres."""
     b = MeshBuilder()

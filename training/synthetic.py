@@ -81,8 +81,8 @@ GROUND_SURFACES = (
     ('Non-drivable street', (0.45, 0.40, 0.34), 0.22, False),  # gravel shoulder
 )
 ROAD, SOLID, DASHED, CURB, PAVEMENT, VERGE, PARKING, SHOULDER = range(len(GROUND_SURFACES))
-SIDE_KINDS = ('urban', 'suburban', 'rural', 'car_park')
-_SIDE_WEIGHTS = (0.35, 0.3, 0.22, 0.13)
+SIDE_KINDS = ('urban', 'suburban', 'rural', 'car_park', 'forest')
+_SIDE_WEIGHTS = (0.35, 0.3, 0.22, 0.13)  # of the first four; forest: SyntheticConfig
 
 # Instance-numbered label colours per semantic category ('Car 1'..'Car 4', ...).
 _LABEL_NAMES = {'Car': 4, 'Truck': 3, 'Pedestrian': 3, 'Bicycle': 4}
@@ -120,6 +120,9 @@ class SyntheticConfig:
     view_ahead_m: float = 110.0  # the world is built this far ahead of the ego ...
     view_behind_m: float = 30.0  # ... and this far behind
     view_side_m: float = 60.0  # ... and this far to each side
+    # Weight of 'forest' roadsides (tall trees in depth from near the road edge) next to
+    # _SIDE_WEIGHTS; 0 draws the streets exactly as before this kind existed.
+    forest_side_weight: float = 0.0
 
 
 # ----------------------------------------------------------------------------- layout
@@ -210,7 +213,7 @@ class Street:
             near = (beyond > 0) & (sign * l_ > 0)
             if kind == 'car_park':
                 code[near & (beyond < 60.0)] = PARKING
-            elif kind == 'rural':
+            elif kind in ('rural', 'forest'):
                 code[near & (beyond < 0.8)] = SHOULDER
             if self.pavement_m[index] > 0:
                 code[near & (beyond < self.pavement_m[index])] = PAVEMENT
@@ -395,11 +398,14 @@ def _scene_name(seed: int, index: int, rng: np.random.Generator) -> Tuple[str, i
     return start.strftime('%Y%m%d_%H%M%S'), tai_us
 
 
-def _draw_street(rng: np.random.Generator) -> Street:
+def _draw_street(rng: np.random.Generator, config: SyntheticConfig) -> Street:
     lane_width = float(rng.uniform(2.8, 3.8))
     lanes = (int(rng.choice([1, 1, 2, 3])), int(rng.choice([0, 1, 1, 1, 2])))
-    side = tuple(SIDE_KINDS[int(rng.choice(len(SIDE_KINDS), p=_SIDE_WEIGHTS))]
-                 for _ in range(2))
+    weights = _SIDE_WEIGHTS
+    if config.forest_side_weight:
+        weights = tuple(np.array(weights + (config.forest_side_weight,))
+                        / (1.0 + config.forest_side_weight))
+    side = tuple(SIDE_KINDS[int(rng.choice(len(weights), p=weights))] for _ in range(2))
     margins = [float(rng.uniform(0.3, 3.0)) if rng.random() < 0.6 else 0.3 for _ in range(2)]
     kerb = tuple(bool(kind in ('urban', 'suburban')
                       or (kind == 'car_park' and rng.random() < 0.5)) for kind in side)
@@ -411,7 +417,7 @@ def _draw_street(rng: np.random.Generator) -> Street:
     bumps = np.stack([rng.uniform(0.0, 0.08, 4), rng.uniform(-0.3, 0.3, 4),
                       rng.uniform(-0.3, 0.3, 4), rng.uniform(0.0, 2 * math.pi, 4)], axis=1)
     banks = tuple((pavement[k] + float(rng.uniform(0.5, 8.0)),
-                   float(rng.uniform(-0.35, 0.5)) if side[k] in ('rural', 'suburban')
+                   float(rng.uniform(-0.35, 0.5)) if side[k] in ('rural', 'suburban', 'forest')
                    and rng.random() < 0.6 else 0.0, float(rng.uniform(2.0, 25.0)))
                   for k in range(2))
     return Street(
@@ -458,7 +464,7 @@ def build_scene(seed: int, index: int, frames: int,
     """Return scene ``index`` of the drives of ``seed`` (deterministic, independent of others)."""
     rng = _scene_rng(seed, index)
     name, start_tai_us = _scene_name(seed, index, rng)
-    street = _draw_street(rng)
+    street = _draw_street(rng, config)
     materials = WorldBuilder()
     ground_material = materials.material('RD normal street', (0.3, 0.3, 0.32), 0.1)
     placer = _Placer(rng, materials, street)
@@ -637,14 +643,17 @@ def _place_side(rng, placer: _Placer, street: Street, world, side: int, s_low: f
         _building_row(rng, placer, at, s_low, s_high, boundary + float(rng.uniform(3.0, 15.0)),
                       side, (5.0, 10.0))
         _scatter_vegetation(rng, placer, at, s_low, s_high, boundary + 1.0, 20.0, 0.3)
-    elif kind == 'rural':
+    elif kind in ('rural', 'forest'):
         if rng.random() < 0.5:  # guard rail in 8 m pieces (follows curves)
             for s in np.arange(s_low, s_high, 8.0):
                 x, y, heading = at(float(s) + 4.0, 0.5)
                 placer.scenery(shapes.fence(rng, placer.materials, 8.0, 'guardrail'), x, y,
                                heading + (0.0 if side == 1 else math.pi), check=False)
-        _scatter_vegetation(rng, placer, at, s_low, s_high, start + 1.0, 45.0,
-                            float(rng.uniform(0.1, 1.0)))
+        if kind == 'forest':
+            _forest(rng, placer, at, s_low, s_high, start + float(rng.uniform(0.5, 5.0)))
+        else:
+            _scatter_vegetation(rng, placer, at, s_low, s_high, start + 1.0, 45.0,
+                                float(rng.uniform(0.1, 1.0)))
     else:
         _car_park(rng, placer, at, s_low, s_high, start + 1.0, side, busy, empty)
 
@@ -759,6 +768,19 @@ def _scatter_vegetation(rng, placer: _Placer, at, s_low: float, s_high: float, b
         s = float(rng.uniform(s_low, s_high))
         placer.scenery(shapes.pole(rng, placer.materials, 'pole'), *at(s, beyond + 0.5)[:2],
                        0.0, check=False)
+
+
+def _forest(rng, placer: _Placer, at, s_low: float, s_high: float, beyond: float) -> None:
+    """Plant a forest from ``beyond`` metres off the road edge: tall trees and undergrowth."""
+    _vegetation_belt(rng, placer, at, s_low, s_high, beyond)
+    depth = float(rng.uniform(20.0, 45.0))
+    per_m2 = float(rng.uniform(0.04, 0.1))  # a tree per 10-25 square metres
+    for _ in range(int(rng.poisson(per_m2 * (s_high - s_low) * depth))):
+        s, b = float(rng.uniform(s_low, s_high)), beyond + 1.0 + float(rng.uniform(0.0, depth))
+        x, y, _ = at(s, b)
+        mesh = (shapes.tall_tree(rng, placer.materials) if rng.random() < 0.8
+                else shapes.tree(rng, placer.materials))
+        placer.scenery(mesh, x, y, float(rng.uniform(0, 6.3)), check=False)
 
 
 def _car_park(rng, placer: _Placer, at, s_low: float, s_high: float, beyond: float,

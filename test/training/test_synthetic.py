@@ -11,9 +11,10 @@ from bev_perception.a2d2_classes import BOX_CLASSES, hex_to_rgb, SEMANTIC_COLOUR
 import numpy as np
 from PIL import Image
 import pytest
-from training import sensors, synthetic
+from training import sensors, shapes, synthetic
 from training.a2d2_calibration import CameraModel, cams_lidars_dict
 from training.cameras import CameraSetup
+from training.world import WorldBuilder
 
 IMAGE_SIZE = (160, 101)  # width, height: tiny, odd height
 SCENES, FRAMES, SEED = 2, 3, 11
@@ -216,7 +217,8 @@ def test_lidar_patterns_and_setups():
 def test_scenes_vary_in_street_sensor_and_content():
     scenes = [synthetic.build_scene(11, index, 1) for index in range(24)]
     assert len({s.lidar.pattern for s in scenes}) >= 4
-    assert {kind for s in scenes for kind in s.street.side} == set(synthetic.SIDE_KINDS)
+    drawn = {kind for s in scenes for kind in s.street.side}
+    assert drawn == set(synthetic.SIDE_KINDS) - {'forest'}  # forest: only when weighted
     assert any(abs(s.street.curvature) > 1 / 400 for s in scenes)
     assert any(s.street.junction_s_m is not None for s in scenes)
     heights = [s.camera_height_m for s in scenes]
@@ -225,6 +227,21 @@ def test_scenes_vary_in_street_sensor_and_content():
     assert {'Car', 'VanSUV', 'Truck', 'Bus', 'Pedestrian', 'Cyclist', None} <= kinds
     unlabelled = sum(obj.box_class is None for s in scenes for obj in s.objects)
     assert unlabelled > sum(obj.box_class is not None for s in scenes for obj in s.objects) / 2
+
+
+def test_forest_sides_grow_trees_taller_than_the_park_trees():
+    config = synthetic.SyntheticConfig(forest_side_weight=3.0)
+    scenes = [synthetic.build_scene(11, index, 1, config) for index in range(6)]
+    forest = [s for s in scenes if 'forest' in s.street.side]
+    assert len(forest) >= 3
+    rng, materials = np.random.default_rng(0), WorldBuilder()
+    tall = [shapes.tall_tree(rng, materials).local_bounds()[1][2] for _ in range(40)]
+    park = [shapes.tree(rng, materials).local_bounds()[1][2] for _ in range(40)]
+    assert min(tall) > 10.0 and max(tall) < 32.0
+    assert max(park) < min(tall) + 2.0 and np.median(tall) > 2 * np.median(park)
+    # A forest scene holds many more pieces of vegetation than the same street without it.
+    plain = synthetic.build_scene(11, scenes.index(forest[0]), 1)
+    assert len(forest[0].objects) > len(plain.objects) + 50
 
 
 def test_label3d_format_and_box_geometry(root):
