@@ -312,13 +312,20 @@ def cyclist(rng: Rng, wb: WorldBuilder, label: str) -> Tuple[MeshBuilder, Size]:
 # ----------------------------------------------------------------------------- scenery
 
 
+def _tree_materials(rng: Rng, wb: WorldBuilder, bark_albedo: Tuple[float, float, float],
+                    transmit: Tuple[float, float]) -> Tuple[int, int]:
+    """Return the bark and the foliage material of a tree (foliage lets LiDAR rays through)."""
+    bark = wb.material('Nature object', bark_albedo, float(rng.uniform(0.2, 0.4)))
+    leaves = wb.material('Nature object', pick(rng, FOLIAGE), float(rng.uniform(0.2, 0.5)),
+                         transmit=float(rng.uniform(*transmit)), texture=0.35,
+                         scatter_m=float(rng.uniform(0.3, 1.2)))
+    return bark, leaves
+
+
 def tree(rng: Rng, wb: WorldBuilder) -> MeshBuilder:
     """Return a tree: trunk and an irregular, partly transparent crown (or a conifer)."""
     b = MeshBuilder()
-    bark = wb.material('Nature object', (0.25, 0.18, 0.12), float(rng.uniform(0.2, 0.4)))
-    leaves = wb.material('Nature object', pick(rng, FOLIAGE), float(rng.uniform(0.2, 0.5)),
-                         transmit=float(rng.uniform(0.2, 0.6)), texture=0.35,
-                         scatter_m=float(rng.uniform(0.3, 1.2)))
+    bark, leaves = _tree_materials(rng, wb, (0.25, 0.18, 0.12), (0.2, 0.6))
     trunk_h = float(rng.uniform(1.5, 4.5))
     trunk_r = float(rng.uniform(0.08, 0.35))
     b.primitive('cylinder', (0.0, 0.0, trunk_h / 2), (2 * trunk_r, 2 * trunk_r, trunk_h),
@@ -345,10 +352,7 @@ def tall_tree(rng: Rng, wb: WorldBuilder) -> MeshBuilder:
     sky into gaps; the park trees of ``tree`` (at most about 12 m) never reach that high.
     """
     b = MeshBuilder()
-    bark = wb.material('Nature object', (0.22, 0.17, 0.12), float(rng.uniform(0.2, 0.4)))
-    leaves = wb.material('Nature object', pick(rng, FOLIAGE), float(rng.uniform(0.2, 0.5)),
-                         transmit=float(rng.uniform(0.3, 0.7)), texture=0.35,
-                         scatter_m=float(rng.uniform(0.3, 1.2)))
+    bark, leaves = _tree_materials(rng, wb, (0.22, 0.17, 0.12), (0.3, 0.7))
     trunk_r = float(rng.uniform(0.12, 0.4))
     if rng.random() < 0.3:  # spruce or pine: stacked cones from near the ground
         height = float(rng.uniform(12.0, 28.0))
