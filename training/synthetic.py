@@ -401,10 +401,10 @@ def _scene_name(seed: int, index: int, rng: np.random.Generator) -> Tuple[str, i
 def _draw_street(rng: np.random.Generator, config: SyntheticConfig) -> Street:
     lane_width = float(rng.uniform(2.8, 3.8))
     lanes = (int(rng.choice([1, 1, 2, 3])), int(rng.choice([0, 1, 1, 1, 2])))
-    weights = _SIDE_WEIGHTS
+    weights = _SIDE_WEIGHTS  # as drawn before the forest kind: world 5 stays byte for byte
     if config.forest_side_weight:
-        weights = tuple(np.array(weights + (config.forest_side_weight,))
-                        / (1.0 + config.forest_side_weight))
+        weights = weights + (config.forest_side_weight,)
+        weights = tuple(np.array(weights) / sum(weights))
     side = tuple(SIDE_KINDS[int(rng.choice(len(weights), p=weights))] for _ in range(2))
     margins = [float(rng.uniform(0.3, 3.0)) if rng.random() < 0.6 else 0.3 for _ in range(2)]
     kerb = tuple(bool(kind in ('urban', 'suburban')
