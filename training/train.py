@@ -18,7 +18,9 @@ scheduler, scaler, epoch, step and the python / numpy / torch / CUDA random stat
 types and tensors, so ``torch.load(..., weights_only=True)`` reads it.
 ``--resume`` restores all of it and continues exactly where the run stopped: data order and
 augmentation are functions of (seed, epoch, index), so an interrupted run resumed at an epoch
-boundary equals an uninterrupted one (bit for bit in deterministic mode on the same machine).
+boundary equals an uninterrupted one (bit for bit in deterministic mode on the same machine
+with one intra-op thread, ``OMP_NUM_THREADS=1``; with more, CPU reductions may round in
+another order and the runs agree to float precision).
 The schedule comes from the config, not the checkpoint: a finished run resumed with more epochs
 and a restart at its old end continues as a run that had that schedule from the start.
 

@@ -35,8 +35,14 @@ def tiny_root(tmp_path_factory):
     return root
 
 
+#: One intra-op thread in the training subprocesses: tests compare runs bit for bit, and a CPU
+#: kernel's reduction order may follow the thread team it gets on a busy machine.
+SINGLE_THREAD = {'OMP_NUM_THREADS': '1', 'MKL_NUM_THREADS': '1'}
+
+
 def _run_train(*args, env=None, module=('-m', 'training.train')):
     command = [sys.executable, *module, '--config', TINY_CONFIG, '--no-progress', *args]
+    env = dict(os.environ if env is None else env, **SINGLE_THREAD)
     completed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300,
                                env=env)
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
@@ -355,7 +361,7 @@ def _free_port():
 
 
 def test_torchrun_two_processes_keep_ranks_identical(tiny_root, tmp_path):
-    env = dict(os.environ, GLOO_SOCKET_IFNAME='lo', OMP_NUM_THREADS='1')
+    env = dict(os.environ, GLOO_SOCKET_IFNAME='lo')
     out = tmp_path / 'ddp'
     completed = _run_train(
         '--out', str(out), '--save-rank-states', '--override', f'data.root={tiny_root}',
