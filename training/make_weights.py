@@ -6,8 +6,10 @@ by the same recipe: only the model preset differs). Steps (all on CPU in about 8
 2-core machine; a GPU is used when present):
 
 1. generate synthetic A2D2-format training scenes (seed ``TRAIN_DATA_SEED``) under
-   ``data/synthetic/train`` and held-out scenes (seed ``HELD_OUT_SEED``) under
-   ``data/synthetic/heldout`` (reused when already there with the same recipe);
+   ``data/synthetic/train``, the camera stage's scenes (the same seed in the world of
+   ``Recipe.camera_world``: forest roadsides as well) under ``data/synthetic/train_camera`` and
+   held-out scenes (seed ``HELD_OUT_SEED``) under ``data/synthetic/heldout`` (reused when
+   already there with the same recipe);
 2. train with ``training/configs/synthetic.yaml`` (checkpoints in ``out/weights/train``);
    then, when the recipe has a camera stage (``training/configs/synthetic_camera.yaml``),
    train the camera branch further from those weights with the LiDAR path frozen
@@ -74,6 +76,12 @@ class Recipe:
     held_out_frames_per_scene: int = 2
     image_size: Tuple[int, int] = (640, 403)  # width, height: a third of A2D2's 1920 x 1208
     generator_workers: int = 2
+    # The camera stage's scenes: the first stage's world with these generator settings (under
+    # <data_dir>/train_camera, same seed and size). Forest roadsides: real images show forests
+    # that the first stage's streets lack (training/EXPERIMENTS.md, "Camera stage: style, zoom
+    # and forests"). None: the camera stage trains on the first stage's scenes.
+    camera_world: Optional[synthetic.SyntheticConfig] = synthetic.SyntheticConfig(
+        forest_side_weight=0.33)
     model_overrides: Tuple[str, ...] = ()  # training config overrides that pick the model
     profile: str = 'default'  # name in PROFILES (for the recorded command)
 
@@ -126,6 +134,18 @@ class Stages:
     first_weights: str  # the first stage's weights, where the camera stage starts
 
 
+def stage_data(recipe: Recipe, camera: bool) -> Tuple[str, str]:
+    """Return the (scenes, frame cache) folders of the first (or the camera) stage."""
+    own = camera and recipe.camera_world is not None
+    names = ('train_camera', 'cache_camera') if own else ('train', 'cache')
+    return os.path.join(recipe.data_dir, names[0]), os.path.join(recipe.data_dir, names[1])
+
+
+def _data_overrides(recipe: Recipe, camera: bool) -> Tuple[str, ...]:
+    root, cache = stage_data(recipe, camera)
+    return f'data.root={root}', f'data.cache_dir={cache}'
+
+
 def recipe_stages(recipe: Recipe, overrides: Tuple[str, ...] = (),
                   camera_overrides: Tuple[str, ...] = ()) -> Stages:
     """Return the training runs of ``recipe``.
@@ -136,15 +156,15 @@ def recipe_stages(recipe: Recipe, overrides: Tuple[str, ...] = (),
             what it names).
         camera_overrides: the user's overrides of the camera stage alone.
     """
-    base = (f'data.root={os.path.join(recipe.data_dir, "train")}',
-            f'data.cache_dir={os.path.join(recipe.data_dir, "cache")}')
-    first = base + (f'output_dir={os.path.join(recipe.out_dir, "train")}',
-                    ) + recipe.model_overrides + tuple(overrides)
+    first = _data_overrides(recipe, camera=False) + (
+        f'output_dir={os.path.join(recipe.out_dir, "train")}',
+    ) + recipe.model_overrides + tuple(overrides)
     first_weights = os.path.join(recipe.out_dir, 'stage1.safetensors')
     camera = None
     if recipe.camera_stage_path is not None:
-        camera = base + recipe.model_overrides + tuple(overrides) + stage_overrides(
-            os.path.join(REPO_ROOT, recipe.camera_stage_path)) + tuple(camera_overrides) + (
+        stage_file = os.path.join(REPO_ROOT, recipe.camera_stage_path)
+        camera = _data_overrides(recipe, camera=True) + recipe.model_overrides + tuple(
+            overrides) + stage_overrides(stage_file) + tuple(camera_overrides) + (
             f'output_dir={os.path.join(recipe.out_dir, "train_camera")}',
             f'init_weights={first_weights}')
     config_path = os.path.join(REPO_ROOT, recipe.config_path)  # relative: to the repository
@@ -170,15 +190,27 @@ def _read_stamp(stamp: str) -> Optional[Dict[str, Any]]:
     return written if isinstance(written, dict) else None
 
 
-def _generate(root: str, scenes: int, frames: int, seed: int, recipe: Recipe) -> Dict[str, Any]:
+def world_settings(world: synthetic.SyntheticConfig) -> Dict[str, Any]:
+    """Return the generator settings of ``world`` that differ from the defaults (JSON types)."""
+    default = synthetic.SyntheticConfig()
+    changed = {f.name: getattr(world, f.name) for f in dataclasses.fields(world)
+               if getattr(world, f.name) != getattr(default, f.name)}
+    return json.loads(json.dumps(changed, default=dataclasses.asdict))
+
+
+def _generate(root: str, scenes: int, frames: int, seed: int, recipe: Recipe,
+              world: synthetic.SyntheticConfig = synthetic.SyntheticConfig()) -> Dict[str, Any]:
     """Generate a synthetic root unless the same recipe already produced it.
 
     Scene i depends only on (seed, i), so a root of the same recipe with another scene count is
-    grown by the missing scenes or trimmed, not generated again.
+    grown by the missing scenes or trimmed, not generated again. The description records the
+    generator settings that differ from the defaults (``world_config``) when there are any.
     """
     description = {'generator': 'training.synthetic', 'world': synthetic.WORLD_VERSION,
                    'seed': seed, 'scenes': scenes,
                    'frames_per_scene': frames, 'image_size': list(recipe.image_size)}
+    if world_settings(world):
+        description['world_config'] = world_settings(world)
     stamp = os.path.join(root, 'generated.json')
     written = _read_stamp(stamp)
     if written == description:
@@ -194,7 +226,8 @@ def _generate(root: str, scenes: int, frames: int, seed: int, recipe: Recipe) ->
         shutil.rmtree(os.path.join(root, synthetic.scene_name(seed, index)), ignore_errors=True)
     if kept < scenes:
         report = synthetic.generate(root, scenes, frames, seed, image_size=recipe.image_size,
-                                    workers=recipe.generator_workers, first_scene=kept)
+                                    workers=recipe.generator_workers, config=world,
+                                    first_scene=kept)
         print(f'generated {report.frames} frames in {report.seconds:.0f} s under {root}'
               + (f' (scenes {kept}..{scenes - 1}; the first {kept} were there)' if kept else ''))
     else:
@@ -270,10 +303,15 @@ def make_weights(recipe: Recipe, overrides: Tuple[str, ...] = (),
     timings: Dict[str, float] = {}
 
     tick = time.perf_counter()
-    train_root = os.path.join(recipe.data_dir, 'train')
+    train_root = stage_data(recipe, camera=False)[0]
     held_out_root = os.path.join(recipe.data_dir, 'heldout')
     train_data = _generate(train_root, recipe.train_scenes, recipe.train_frames_per_scene,
                            TRAIN_DATA_SEED, recipe)
+    camera_data = None  # the camera stage's own scenes, when the recipe gives it a world
+    if recipe.camera_stage_path is not None and recipe.camera_world is not None:
+        camera_data = _generate(stage_data(recipe, camera=True)[0], recipe.train_scenes,
+                                recipe.train_frames_per_scene, TRAIN_DATA_SEED, recipe,
+                                recipe.camera_world)
     held_out_data = _generate(held_out_root, recipe.held_out_scenes,
                               recipe.held_out_frames_per_scene, HELD_OUT_SEED, recipe)
     timings['generate_s'] = time.perf_counter() - tick
@@ -329,7 +367,8 @@ def make_weights(recipe: Recipe, overrides: Tuple[str, ...] = (),
     resumed_from = None if resume is None else portable_path(resume)  # no machine path
     provenance = export(result.checkpoint, recipe.weights_path, metrics, {
         'recipe': 'training.make_weights', 'make_command': command,
-        'train_data': train_data, 'held_out_data': held_out_data,
+        'train_data': train_data, 'camera_train_data': camera_data,
+        'held_out_data': held_out_data,
         'train_cameras': train_cameras(train_root), 'ci_test_seed': CI_TEST_SEED,
         'resumed_from': resumed_from, 'first_stage': first_stage}, command)
     timings['total_s'] = time.perf_counter() - started
@@ -338,6 +377,7 @@ def make_weights(recipe: Recipe, overrides: Tuple[str, ...] = (),
         'weights': recipe.weights_path,
         'weights_mb': round(os.path.getsize(recipe.weights_path) / 1e6, 2),
         'train_data': train_data,
+        'camera_train_data': camera_data,
         'held_out_data': held_out_data,
         'train_seed': config.seed,
         'model': config.model.name,
