@@ -6,6 +6,7 @@ import json
 import os
 
 from bev_perception.weights import load_weights
+import numpy as np
 import pytest
 import torch
 from training import make_weights, synthetic
@@ -83,6 +84,23 @@ def test_a_corrupt_stamp_means_the_root_is_generated_again(tmp_path, capsys):
         assert json.load(stream) == description
 
 
+def test_a_root_of_another_world_records_it_and_holds_other_scenes(tmp_path):
+    assert make_weights.world_settings(synthetic.SyntheticConfig()) == {}
+    forests = synthetic.SyntheticConfig(forest_side_weight=100.0)
+    plain, forest = str(tmp_path / 'plain'), str(tmp_path / 'forest')
+    assert 'world_config' not in make_weights._generate(plain, 1, FRAMES, SEED, _recipe())
+    description = make_weights._generate(forest, 1, FRAMES, SEED, _recipe(), forests)
+    assert description['world_config'] == {'forest_side_weight': 100.0}
+    clouds = [[np.load(os.path.join(root, name))['points'] for name in _files(root)
+               if '/lidar/' in name] for root in (plain, forest)]  # one frame each
+    (plain_points,), (forest_points,) = clouds
+    assert plain_points.shape != forest_points.shape or not np.array_equal(plain_points,
+                                                                           forest_points)
+    # A recipe without a camera world trains both stages on the same scenes.
+    stages = make_weights.recipe_stages(dataclasses.replace(_recipe(), camera_world=None))
+    assert stages.camera.config.data == stages.first.config.data
+
+
 def test_the_camera_stage_trains_from_the_first_and_keeps_its_lidar_only_outputs(tmp_path):
     stage_file = tmp_path / 'camera_stage.yaml'
     stage_file.write_text('freeze: [pillar_net, backbone, detection_head]\n'
@@ -105,6 +123,10 @@ def test_the_camera_stage_trains_from_the_first_and_keeps_its_lidar_only_outputs
     assert provenance['train_config'] == stages.camera.config.to_dict()
     assert provenance['first_stage']['train_config'] == stages.first.config.to_dict()
     assert provenance['train_config']['init_weights'] == stages.first_weights
+    camera_root = os.path.join(recipe.data_dir, 'train_camera')  # the recipe's camera_world
+    assert stages.camera.config.data.root == camera_root
+    assert provenance['camera_train_data']['world_config'] == make_weights.world_settings(
+        recipe.camera_world) != {}
     points = [torch.rand(800, 4) * torch.tensor([40.0, 40.0, 3.0, 1.0])
               - torch.tensor([0.0, 20.0, 1.5, 0.0])]
     with torch.no_grad():
