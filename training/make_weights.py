@@ -12,9 +12,9 @@ by the same recipe: only the model preset differs). Steps (all on CPU in about 8
    already there with the same recipe);
 2. train with ``training/configs/synthetic.yaml`` (checkpoints in ``out/weights/train``);
    then, when the recipe has a camera stage (``training/configs/synthetic_camera.yaml``),
-   train the camera branch further from those weights with the LiDAR path frozen
+   train a new semantic head from those weights with everything the detection reads frozen
    (``out/weights/stage1.safetensors`` -> checkpoints in ``out/weights/train_camera``), so
-   that LiDAR-only outputs stay exactly those of the first stage;
+   that LiDAR-only and fused detections stay exactly those of the first stage;
 3. evaluate the final checkpoint on the held-out scenes (``out/weights/eval``: metrics.json
    and plots);
 4. export ``bev_perception/weights/<profile>.safetensors`` with provenance (including the range
