@@ -5,6 +5,7 @@ import filecmp
 import json
 import os
 
+from bev_perception.model.network import BEVFusionNet
 from bev_perception.weights import load_weights
 import numpy as np
 import pytest
@@ -166,3 +167,15 @@ def test_a_bad_camera_stage_file_is_named_before_anything_runs(tmp_path):
                                  camera_stage_path=str(stage_file))
     with pytest.raises(ValueError, match='optim.epochs'):
         make_weights.recipe_stages(recipe)
+
+
+@pytest.mark.parametrize('profile', sorted(make_weights.PROFILES))
+def test_the_recipes_camera_stage_trains_the_semantic_head_alone(profile):
+    # Everything the detection reads stays the first stage's: fused and LiDAR-only boxes of
+    # the shipped weights are the first stage's, and only the semantics change.
+    stages = make_weights.recipe_stages(make_weights.PROFILES[profile])
+    model = BEVFusionNet(stages.camera.config.model.build())
+    trainable = {name for name, child in model.named_children()
+                 if any(True for _ in child.parameters())}
+    assert trainable - set(stages.camera.config.freeze) == {'semantic_head'}
+    assert stages.camera.config.init_fresh == ('semantic_head',)
