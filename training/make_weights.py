@@ -3,7 +3,8 @@
 ``make weights`` runs ``python -m training.make_weights`` (the default weights) and ``make
 weights-lite`` runs it with ``--profile lite`` (the CPU profile, ``ModelConfig.lite()``, trained
 by the same recipe: only the model preset differs). Steps (all on CPU in about 80 min on a
-2-core machine; a GPU is used when present):
+2-core machine, plus about 35 min of scene generation the first time; a GPU is used when
+present):
 
 1. generate synthetic A2D2-format training scenes (seed ``TRAIN_DATA_SEED``) under
    ``data/synthetic/train``, the camera stage's scenes (the same seed in the world of
