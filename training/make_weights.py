@@ -210,8 +210,9 @@ def _generate(root: str, scenes: int, frames: int, seed: int, recipe: Recipe,
     description = {'generator': 'training.synthetic', 'world': synthetic.WORLD_VERSION,
                    'seed': seed, 'scenes': scenes,
                    'frames_per_scene': frames, 'image_size': list(recipe.image_size)}
-    if world_settings(world):
-        description['world_config'] = world_settings(world)
+    changed = world_settings(world)
+    if changed:
+        description['world_config'] = changed
     stamp = os.path.join(root, 'generated.json')
     written = _read_stamp(stamp)
     if written == description:

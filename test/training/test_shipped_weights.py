@@ -27,7 +27,7 @@ from training.cameras import camera_model, CameraSetup
 from training.evaluate import class_map_for, evaluate
 from training.make_weights import (
     CI_TEST_SEED, HELD_OUT_SEED, PROFILES, Recipe, recipe_stages, same_training,
-    TRAIN_DATA_SEED)
+    TRAIN_DATA_SEED, world_settings)
 from training.train import TrainConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -104,6 +104,10 @@ def test_weights_file_is_small_and_records_its_recipe(profile):
     metadata = InferenceRuntime.from_weights(path, device='cpu').metadata
     provenance = metadata['provenance']
     assert provenance['train_data']['seed'] == TRAIN_DATA_SEED
+    # The camera stage's scenes: the same seed in the recipe's camera world.
+    assert provenance['camera_train_data']['seed'] == TRAIN_DATA_SEED
+    assert provenance['camera_train_data']['world_config'] == world_settings(
+        PROFILES[profile].camera_world)
     assert provenance['ci_test_seed'] == CI_TEST_SEED
     assert metadata['metrics']['summary']['map_2m_fused'] is not None
     # The range of training cameras is recorded: the KITTI-like camera of the test below lies
