@@ -49,8 +49,10 @@ LOGGER = logging.getLogger(__name__)
 TIMING_KEYS = ('preprocess',) + STAGES + (
     'cuda_graph', 'decode', 'semantic_resize', 'postprocess', 'total')
 
-#: The fixed-shape network stages ``torch_compile`` compiles (attributes of BEVFusionNet).
-COMPILED_MODULES = ('backbone', 'camera_encoder', 'fusion', 'detection_head', 'semantic_head')
+#: The fixed-shape network stages ``torch_compile`` compiles (attributes of BEVFusionNet; a
+#: model without a semantic encoder has None there).
+COMPILED_MODULES = ('backbone', 'camera_encoder', 'fusion', 'detection_head', 'semantic_encoder',
+                    'semantic_head')
 
 #: Untimed runs before a CUDA graph is captured (cuDNN and allocator warm-up).
 GRAPH_WARMUP_RUNS = 3
@@ -202,7 +204,9 @@ class InferenceRuntime:
         self.cuda_graphs = cuda_graphs
         if torch_compile:
             for name in COMPILED_MODULES:
-                getattr(self.model, name).compile(backend=compile_backend, dynamic=False)
+                module = getattr(self.model, name)
+                if module is not None:
+                    module.compile(backend=compile_backend, dynamic=False)
         self._normalisation = image_normalisation(config, self.device)
         self._device_constants: Dict[Any, torch.Tensor] = {}
         self._graphs: Dict[Any, _CapturedGraph] = {}

@@ -536,6 +536,9 @@ FRESH_CONFIG_FIELDS = {'semantic_head': ('head.semantic_levels', 'head.semantic_
 #: Model config fields without tensors of their own that a module which trains on (is not in
 #: ``freeze``) may change against the ``init_weights`` file.
 TRAINED_CONFIG_FIELDS = {'camera_encoder': ('camera_encoder.instance_norm_levels',)}
+#: Modules a run may add to the ``init_weights`` file's model: module -> (the config field that
+#: adds it, the file's module it starts as a copy of).
+SEEDED_MODULES = {'semantic_encoder': ('head.semantic_encoder', 'camera_encoder')}
 
 
 def flat_settings(data: Dict[str, Any], prefix: str = '') -> Dict[str, Any]:
@@ -555,8 +558,9 @@ def _initial_state(model_config: ModelConfig, path: str, fresh: Sequence[str] = 
 
     Args:
         model_config: the run's model config; the file's must equal it, except in the fields
-            ``FRESH_CONFIG_FIELDS`` lists for the modules in ``fresh`` and those
-            ``TRAINED_CONFIG_FIELDS`` lists for modules not in ``frozen``.
+            ``FRESH_CONFIG_FIELDS`` lists for the modules in ``fresh``, those
+            ``TRAINED_CONFIG_FIELDS`` lists for modules not in ``frozen`` and those that add a
+            ``SEEDED_MODULES`` module the file lacks (it starts as a copy of its seed).
         path: the ``init_weights`` file.
         fresh: top-level modules that keep their fresh initialisation (left out of the result).
         frozen: top-level modules that do not train (``TrainConfig.freeze``).
@@ -576,14 +580,19 @@ def _initial_state(model_config: ModelConfig, path: str, fresh: Sequence[str] = 
     allowed = {field for module in fresh for field in FRESH_CONFIG_FIELDS[module]}
     allowed.update(field for module, fields in TRAINED_CONFIG_FIELDS.items()
                    if module not in frozen for field in fields)
+    state = source.state_dict()
+    for module, (field, seed) in SEEDED_MODULES.items():
+        if mine.get(field) and not theirs.get(field):  # this run adds the module
+            allowed.add(field)
+            state.update({module + name[len(seed):]: value for name, value in list(state.items())
+                          if name.startswith(seed + '.')})
     differ = sorted(k for k in set(mine) | set(theirs)
                     if mine.get(k) != theirs.get(k) and k not in allowed)
     if differ:
         raise InitWeightsError(f'init_weights: {path} holds another model config than this '
                                "run (model.name / model.overrides must match the file's; "
                                f'differs in {", ".join(differ)})')
-    return {name: value for name, value in source.state_dict().items()
-            if name.split('.')[0] not in fresh}
+    return {name: value for name, value in state.items() if name.split('.')[0] not in fresh}
 
 
 def git_revision(folder: str) -> Optional[str]:

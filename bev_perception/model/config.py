@@ -207,6 +207,10 @@ class HeadConfig:
     # Camera levels the semantic FPN merges, consecutive: adding 'c2' (stride 4) predicts at
     # twice the resolution of 'c3' (lane markings, kerbs, poles, distant people).
     semantic_levels: Tuple[str, ...] = ('c3', 'c4', 'c5')
+    # True: the semantic head reads a camera encoder of its own (the camera_encoder widths)
+    # instead of the one the fusion reads, so that training it for the semantics cannot move
+    # the fused detection; costs a second encoder pass per frame.
+    semantic_encoder: bool = False
     max_objects: int = 100  # decode top-K candidates and target capacity per frame
     score_threshold: float = 0.3  # default per-class score threshold
     nms: NMSConfig = dataclasses.field(default_factory=NMSConfig)
@@ -360,6 +364,10 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f'{where}: expected a number, got {value!r}')
         return float(value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f'{where}: expected true or false, got {value!r}')
+        return value
     if hint in (int, str):
         if isinstance(value, bool) or not isinstance(value, hint):
             raise ValueError(f'{where}: expected {hint.__name__}, got {value!r}')

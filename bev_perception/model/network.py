@@ -1,7 +1,8 @@
 """BEVFusionNet: wires voxelizer -> PFN -> BEV backbone -> fusion -> heads; image preprocessing."""
 
 import contextlib
-from typing import Callable, ContextManager, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import (Callable, ContextManager, Dict, NamedTuple, Optional, Sequence, Tuple,
+                    Union)
 
 from bev_perception.model.bev_backbone import TinyBEVBackbone
 from bev_perception.model.camera_encoder import CameraEncoder
@@ -15,7 +16,8 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-#: Names of the stages a ``stage_timer`` sees, in order.
+#: Names of the stages a ``stage_timer`` sees, in order ('semantic_head' includes the head's own
+#: encoder when ``HeadConfig.semantic_encoder`` gives it one).
 STAGES = ('voxelize', 'pillar_net', 'backbone', 'camera_encoder', 'fusion', 'detection_head',
           'semantic_head')
 
@@ -128,6 +130,10 @@ class BEVFusionNet(nn.Module):
             tower_channels=config.head.tower_channels,
             num_classes=config.num_detection_classes,
             heatmap_bias_init=config.head.heatmap_bias_init)
+        # The semantic head's own encoder (HeadConfig.semantic_encoder), or None: it reads the
+        # fusion's camera encoder.
+        self.semantic_encoder = (CameraEncoder(config=config.camera_encoder)
+                                 if config.head.semantic_encoder else None)
         levels = config.head.semantic_levels
         self.semantic_head = SemanticFPNHead(
             in_channels={level: self.camera_encoder.out_channels[level] for level in levels},
@@ -217,7 +223,7 @@ class BEVFusionNet(nn.Module):
             with timer('fusion'):
                 bev = self.fusion(bev, features, None, camera_geometry)
             with timer('semantic_head'):
-                semantic = self.semantic_head(features, semantic_hw)
+                semantic = self._semantic(images, features, semantic_hw)
         elif images is not None:
             valid_index = torch.nonzero(valid).squeeze(1)  # (Bv,)
             all_valid = valid_index.numel() == batch
@@ -225,15 +231,15 @@ class BEVFusionNet(nn.Module):
                 semantic = bev.new_zeros(
                     (batch, self.config.num_semantic_classes) + tuple(images.shape[2:]))
             else:
+                valid_images = images if all_valid else images.index_select(0, valid_index)
                 with timer('camera_encoder'):
-                    features = self.camera_encoder(
-                        images if all_valid else images.index_select(0, valid_index))
+                    features = self.camera_encoder(valid_images)
                 with timer('fusion'):
                     geometry = (camera_geometry if camera_geometry is None or all_valid
                                 else camera_geometry.index_select(0, valid_index))
                     bev = self.fusion(bev, features, valid, geometry)
                 with timer('semantic_head'):
-                    semantic = self.semantic_head(features, semantic_hw)
+                    semantic = self._semantic(valid_images, features, semantic_hw)
                     if not all_valid:  # zero logits for samples without an image
                         semantic = semantic.new_zeros(
                             (batch,) + tuple(semantic.shape[1:])).index_copy(
@@ -243,6 +249,17 @@ class BEVFusionNet(nn.Module):
         return NetworkOutput(
             heatmap=maps.heatmap, offset=maps.offset, z=maps.z, log_size=maps.log_size,
             yaw=maps.yaw, semantic=semantic, camera_valid=valid, counts=None)
+
+    def _semantic(self, images: torch.Tensor, features: Dict[str, torch.Tensor],
+                  semantic_hw: Optional[Tuple[int, int]]) -> torch.Tensor:
+        """Return the semantic logits of (Bv, 3, Hc, Wc) images whose fusion features are given.
+
+        With a semantic encoder of its own the head reads that encoder's levels of the images;
+        otherwise it reads ``features``, the fusion's camera encoder levels.
+        """
+        if self.semantic_encoder is not None:
+            features = self.semantic_encoder(images)
+        return self.semantic_head(features, semantic_hw)
 
     @staticmethod
     def _camera_valid(images: Optional[torch.Tensor], camera_valid: Optional[torch.Tensor],

@@ -90,7 +90,7 @@ BENCH_STAGES = (
     ('backbone', 'BEV backbone'),
     ('camera_encoder', 'camera encoder'),
     ('fusion', 'fusion (cross-attention)'),
-    ('heads', 'heads (detection + semantic)'),
+    ('heads', 'heads (detection + semantic, with its own encoder if any)'),
     ('cuda_graph', 'CUDA graph (backbone..decode)'),
     ('decode', 'decode (peaks, top-K, NMS)'),
     ('semantic_resize', 'semantic argmax + resize (CPU: with the logits upsampling)'),

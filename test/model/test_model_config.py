@@ -52,6 +52,12 @@ def test_from_dict_rejects_unknown_keys_and_wrong_types():
     data['camera']['input_hw'] = [256]
     with pytest.raises(ValueError, match='input_hw'):
         ModelConfig.from_dict(data)
+    data = ModelConfig().to_dict()
+    data['head']['semantic_encoder'] = 'yes'
+    with pytest.raises(ValueError, match='semantic_encoder: expected true or false'):
+        ModelConfig.from_dict(data)
+    data['head']['semantic_encoder'] = True
+    assert ModelConfig.from_dict(data).head.semantic_encoder is True
 
 
 def test_missing_keys_take_defaults():

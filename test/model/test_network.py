@@ -79,6 +79,25 @@ def test_semantic_levels_from_c2_predict_at_stride_4():
     assert plain.semantic_head.levels == ('c3', 'c4', 'c5')  # the default, as weights before
 
 
+def test_a_semantic_encoder_of_its_own_leaves_the_detection_to_the_camera_encoder():
+    head = dataclasses.replace(CONFIG.head, semantic_encoder=True)
+    net = _net(dataclasses.replace(CONFIG, head=head))
+    assert _net().semantic_encoder is None  # the default shares the fusion's encoder
+    points, images = [_cloud(2000, 1), _cloud(1500, 2)], _images(2, 3)
+    with torch.no_grad():
+        before = net(points, images, camera_valid=torch.tensor([True, False]))
+        for parameter in net.semantic_encoder.parameters():
+            parameter.add_(0.5)
+        after = net(points, images, camera_valid=torch.tensor([True, False]))
+        shared = net.semantic_head(net.camera_encoder(images[:1]), tuple(images.shape[2:]))
+    for name in DETECTION_FIELDS:  # the fused detection does not read the semantic encoder
+        assert torch.equal(getattr(before, name), getattr(after, name)), name
+    assert not torch.allclose(before.semantic[0], after.semantic[0])
+    assert not torch.allclose(after.semantic[0], shared[0])  # not the fusion's features
+    assert not after.semantic[1].any()  # no image: zero logits, as without the encoder
+    assert after.semantic.shape == (2, len(CONFIG.semantic_classes), *CONFIG.camera.input_hw)
+
+
 def test_a2d2_sized_image_through_preprocessing():
     rgb = np.random.default_rng(0).integers(0, 256, size=(601, 967, 3), dtype=np.uint8)
     image = preprocess_image(rgb, CONFIG)

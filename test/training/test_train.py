@@ -354,6 +354,24 @@ def test_a_trained_camera_encoder_may_switch_instance_norm_on(tmp_path):
         _initial_state(styled, str(weights), frozen=('camera_encoder',))
 
 
+def test_a_semantic_encoder_starts_as_a_copy_of_the_camera_encoder(tmp_path):
+    weights = tmp_path / 'start.safetensors'
+    _, config, start = _start_weights(weights, 10)
+    head = dataclasses.replace(config.head, semantic_encoder=True)
+    own = dataclasses.replace(config, head=head)
+    state = _initial_state(own, str(weights), frozen=('camera_encoder', 'fusion'))
+    copied = [name for name in state if name.startswith('semantic_encoder.')]
+    assert copied and len(copied) == sum(name.startswith('camera_encoder.') for name in start)
+    for name in copied:
+        assert torch.equal(state[name], start['camera_encoder' + name[len('semantic_encoder'):]])
+    BEVFusionNet(own).load_state_dict(state)  # strict: nothing missing, nothing left over
+
+    with_encoder = tmp_path / 'with_encoder.safetensors'
+    save_weights(with_encoder, BEVFusionNet(own).eval(), own, {})
+    with pytest.raises(InitWeightsError, match='differs in head.semantic_encoder'):
+        _initial_state(config, str(with_encoder))  # a run does not drop the file's encoder
+
+
 def _free_port():
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(('127.0.0.1', 0))
