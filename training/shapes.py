@@ -28,6 +28,12 @@ FACADES = ((0.85, 0.80, 0.68), (0.90, 0.90, 0.87), (0.62, 0.62, 0.64), (0.58, 0.
            (0.82, 0.72, 0.48), (0.66, 0.70, 0.74), (0.75, 0.55, 0.45), (0.45, 0.42, 0.40))
 FOLIAGE = ((0.20, 0.36, 0.12), (0.28, 0.42, 0.16), (0.16, 0.28, 0.10), (0.45, 0.40, 0.15),
            (0.55, 0.32, 0.10))
+#: Cargo boxes and bodies of lorries with ``details``: mostly fleet white and silver.
+CARGO = ((0.93, 0.93, 0.92), (0.88, 0.89, 0.90), (0.95, 0.95, 0.95), (0.78, 0.79, 0.80),
+         (0.66, 0.67, 0.70), (0.90, 0.88, 0.80), (0.62, 0.07, 0.06), (0.10, 0.20, 0.55))
+TAIL_LIGHT = (0.65, 0.04, 0.04)
+HEAD_LIGHT = (0.85, 0.86, 0.84)
+BUMPER = (0.09, 0.09, 0.10)
 GLASS = (0.08, 0.10, 0.13)
 TYRE = (0.04, 0.04, 0.04)
 METAL = (0.45, 0.46, 0.48)
@@ -67,8 +73,35 @@ def _wheels(b: MeshBuilder, wb: WorldBuilder, label: str, axles_x: Sequence[floa
                                                  [0.0, 1.0, 0.0]]), detail=10)
 
 
-def car(rng: Rng, wb: WorldBuilder, label: str, kind: str = 'car') -> Tuple[MeshBuilder, Size]:
-    """Return a car, small car, SUV or van with bonnet, glass cabin, wheel arches and wheels."""
+def _lights(rng: Rng, b: MeshBuilder, wb: WorldBuilder, label: str, half: float, width: float,
+            low: float, high: float, bumper_z: Tuple[float, float]) -> None:
+    """Add tail lights, headlights and (most often) dark bumpers to a vehicle body.
+
+    ``half`` is half the body length (front at +half), ``low``..``high`` the lamps' height and
+    ``bumper_z`` the bumpers' height range; everything stands 1-3 cm proud of the body.
+    """
+    tail = wb.material(label, TAIL_LIGHT, 0.6, retro=True, texture=0.02)
+    head = wb.material(label, HEAD_LIGHT, 0.5, texture=0.02)
+    lamp_w = float(rng.uniform(0.18, 0.4))
+    for side in (-1.0, 1.0):
+        outer, inner = side * (width / 2 - 0.04), side * (width / 2 - 0.04 - lamp_w)
+        y_low, y_high = min(outer, inner), max(outer, inner)
+        b.box((-half - 0.02, y_low, low), (-half + 0.01, y_high, high), tail)
+        b.box((half - 0.01, y_low, low), (half + 0.02, y_high, high - 0.04), head)
+    if rng.random() < 0.7:
+        bumper = wb.material(label, BUMPER, 0.1, texture=0.03)
+        for x in (-half - 0.03, half - 0.01):
+            b.box((x, -width / 2 + 0.02, bumper_z[0]), (x + 0.04, width / 2 - 0.02, bumper_z[1]),
+                  bumper)
+
+
+def car(rng: Rng, wb: WorldBuilder, label: str, kind: str = 'car', details: bool = False
+        ) -> Tuple[MeshBuilder, Size]:
+    """Return a car, small car, SUV or van with bonnet, glass cabin, wheel arches and wheels.
+
+    ``details`` adds lamps and bumpers (``_lights``); without it the random draws are those of
+    the world before they existed.
+    """
     if kind == 'small':
         length, width, height = (clipped_normal(rng, 3.7, 0.2, 3.3, 4.1),
                                  clipped_normal(rng, 1.68, 0.05, 1.55, 1.8),
@@ -138,6 +171,9 @@ def car(rng: Rng, wb: WorldBuilder, label: str, kind: str = 'car') -> Tuple[Mesh
     for side in (-1.0, 1.0):  # mirrors
         b.box((screen_base - 0.15, side * width / 2, belt),
               (screen_base + 0.05, side * (width / 2 + 0.18), belt + 0.15), body)
+    if details:
+        _lights(rng, b, wb, label, half, width, belt - 0.3, belt - 0.08,
+                (clearance + 0.05, clearance + 0.3))
     mesh, size = _finish(b)
     return mesh, (size[0], width, size[2])  # annotators leave the mirrors out
 
@@ -150,9 +186,13 @@ def _dedupe(points: np.ndarray) -> np.ndarray:
     return points[keep]
 
 
-def truck(rng: Rng, wb: WorldBuilder, label: str, kind: str = 'truck'
+def truck(rng: Rng, wb: WorldBuilder, label: str, kind: str = 'truck', details: bool = False
           ) -> Tuple[MeshBuilder, Size]:
-    """Return a lorry (cab + cargo box or tipper) or a bus."""
+    """Return a lorry (cab + cargo box or tipper) or a bus.
+
+    ``details`` adds lamps and bumpers and paints cargo boxes mostly fleet white (``CARGO``)
+    instead of in facade colours.
+    """
     b = MeshBuilder()
     glass = wb.material(label, GLASS, 0.08, transmit=0.6, texture=0.02)
     if kind == 'bus':
@@ -173,7 +213,8 @@ def truck(rng: Rng, wb: WorldBuilder, label: str, kind: str = 'truck'
                                  clipped_normal(rng, 3.3, 0.4, 2.5, 4.0))
         cab_paint = pick(rng, CAR_PAINTS)
         cab = wb.material(label, cab_paint, 0.5, texture=0.04)
-        cargo = wb.material(label, pick(rng, FACADES), float(rng.uniform(0.3, 0.7)))
+        cargo = wb.material(label, pick(rng, CARGO if details else FACADES),
+                            float(rng.uniform(0.3, 0.7)))
         half = length / 2
         cab_len = float(rng.uniform(1.8, 2.4))
         cab_h = min(height, float(rng.uniform(2.6, 3.3)))
@@ -191,6 +232,8 @@ def truck(rng: Rng, wb: WorldBuilder, label: str, kind: str = 'truck'
             for y in (-width / 2, width / 2 - 0.05):
                 b.box((-half, y, 1.1), (half - cab_len - 0.2, y + 0.05, 1.1 + wall_h), cargo)
         axles = (half - 1.3, -half + 1.5) + (() if length < 8 else (-half + 2.9,))
+    if details:
+        _lights(rng, b, wb, label, length / 2, width, 0.75, 1.0, (0.45, 0.7))
     _wheels(b, wb, label, axles, width - 0.3, 0.5, 0.35)
     mesh, size = _finish(b)
     return mesh, size
@@ -584,12 +627,18 @@ def building(rng: Rng, wb: WorldBuilder, length: float, depth: float,
 
 #: Road-user builders by kind: (function, A2D2 box class, A2D2 label base name).
 ROAD_USERS: Dict[str, Tuple[Callable[..., Tuple[MeshBuilder, Size]], str, str]] = {
-    'car': (lambda rng, wb, label: car(rng, wb, label, 'car'), 'Car', 'Car'),
-    'small': (lambda rng, wb, label: car(rng, wb, label, 'small'), 'Car', 'Car'),
-    'suv': (lambda rng, wb, label: car(rng, wb, label, 'suv'), 'VanSUV', 'Car'),
-    'van': (lambda rng, wb, label: car(rng, wb, label, 'van'), 'VanSUV', 'Car'),
-    'truck': (lambda rng, wb, label: truck(rng, wb, label, 'truck'), 'Truck', 'Truck'),
-    'bus': (lambda rng, wb, label: truck(rng, wb, label, 'bus'), 'Bus', 'Truck'),
+    'car': (lambda rng, wb, label, **details: car(rng, wb, label, 'car', **details), 'Car',
+            'Car'),
+    'small': (lambda rng, wb, label, **details: car(rng, wb, label, 'small', **details), 'Car',
+              'Car'),
+    'suv': (lambda rng, wb, label, **details: car(rng, wb, label, 'suv', **details), 'VanSUV',
+            'Car'),
+    'van': (lambda rng, wb, label, **details: car(rng, wb, label, 'van', **details), 'VanSUV',
+            'Car'),
+    'truck': (lambda rng, wb, label, **details: truck(rng, wb, label, 'truck', **details),
+              'Truck', 'Truck'),
+    'bus': (lambda rng, wb, label, **details: truck(rng, wb, label, 'bus', **details), 'Bus',
+            'Truck'),
     'pedestrian': (lambda rng, wb, label: person(rng, wb, label, 'walk'), 'Pedestrian',
                    'Pedestrian'),
     'standing': (lambda rng, wb, label: person(rng, wb, label, 'stand'), 'Pedestrian',

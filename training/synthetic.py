@@ -123,6 +123,9 @@ class SyntheticConfig:
     # Weight of 'forest' roadsides (tall trees in depth from near the road edge) next to
     # _SIDE_WEIGHTS; 0 draws the streets exactly as before this kind existed.
     forest_side_weight: float = 0.0
+    # Cars, vans, lorries and buses with tail lights, headlights and bumpers, lorries' cargo
+    # boxes mostly fleet white (shapes.CARGO); False draws them exactly as before.
+    vehicle_details: bool = False
 
 
 # ----------------------------------------------------------------------------- layout
@@ -322,10 +325,11 @@ class _Placer:
     """Places objects without overlaps (rotated footprints, separating-axis test)."""
 
     def __init__(self, rng: np.random.Generator, scene_materials: WorldBuilder,
-                 street: Street) -> None:
+                 street: Street, vehicle_details: bool = False) -> None:
         self.rng = rng
         self.materials = scene_materials
         self.street = street
+        self.vehicle_details = vehicle_details
         self.objects: List[SceneObject] = []
         self._footprints: List[np.ndarray] = []  # (4, 2) corners
         self._counts: Dict[str, int] = {}
@@ -358,7 +362,9 @@ class _Placer:
     def road_user(self, kind: str, x: float, y: float, yaw: float, speed: float = 0.0,
                   margin: float = 0.15) -> bool:
         build, box_class, base = shapes.ROAD_USERS[kind]
-        mesh, size = build(self.rng, self.materials, self.label(base))
+        details = ({'details': True} if self.vehicle_details and base in ('Car', 'Truck')
+                   else {})
+        mesh, size = build(self.rng, self.materials, self.label(base), **details)
         return self.put(mesh, size, x, y, yaw, speed, box_class, margin)
 
     def scenery(self, mesh: MeshBuilder, x: float, y: float, yaw: float,
@@ -467,7 +473,7 @@ def build_scene(seed: int, index: int, frames: int,
     street = _draw_street(rng, config)
     materials = WorldBuilder()
     ground_material = materials.material('RD normal street', (0.3, 0.3, 0.32), 0.1)
-    placer = _Placer(rng, materials, street)
+    placer = _Placer(rng, materials, street, config.vehicle_details)
     ego_speed = float(rng.uniform(*config.ego_speed_mps)) if rng.random() < 0.85 else 0.0
     duration = frames * FRAME_PERIOD_US * 1e-6
     travel = ego_speed * duration

@@ -76,6 +76,41 @@ def test_road_users_have_plausible_boxes_that_hold_the_mesh(kind):
     assert labels == {f'{base} 1'}
 
 
+@pytest.mark.parametrize('kind', ['car', 'small', 'suv', 'van', 'truck', 'bus'])
+def test_vehicle_details_add_lamps_and_bumpers_to_the_same_body(kind):
+    build, _, base = shapes.ROAD_USERS[kind]
+    plain_builder, detailed_builder = WorldBuilder(), WorldBuilder()
+    plain, plain_size = build(np.random.default_rng(4), plain_builder, f'{base} 1')
+    detailed, size = build(np.random.default_rng(4), detailed_builder, f'{base} 1',
+                           details=True)
+    # The body's draws come first: the same vehicle, 1-3 cm longer at each end.
+    assert 0.0 < size[0] - plain_size[0] <= 0.07
+    assert size[1:] == pytest.approx(plain_size[1:])
+    albedos = {m.albedo for m in detailed_builder.materials}
+    assert {shapes.TAIL_LIGHT, shapes.HEAD_LIGHT} <= albedos
+    assert not {shapes.TAIL_LIGHT, shapes.HEAD_LIGHT} & {m.albedo for m in
+                                                         plain_builder.materials}
+    assert {m.label for m in detailed_builder.materials} == {f'{base} 1'}
+    # A ray from behind at lamp height near the side meets a red tail light.
+    detailed.place(rotation_z(0.0), (0.0, 0.0, 0.0), 0, detailed_builder)
+    world = detailed_builder.build()
+    tail = np.array([m.albedo == shapes.TAIL_LIGHT for m in world.materials])
+    centres = world.mesh.vertices[world.mesh.faces].mean(axis=1)  # (F, 3)
+    left_lamp = centres[tail[world.mesh.material] & (centres[:, 1] > 0)].mean(axis=0)
+    hit = world.cast(np.array([detailed.local_bounds()[0][0] - 5.0, *left_lamp[1:]]),
+                     np.array([[1.0, 0.0, 0.0]]))
+    assert world.materials[world.mesh.material[hit.face[0]]].albedo == shapes.TAIL_LIGHT
+
+
+def test_lorries_with_details_carry_fleet_white_cargo():
+    cargo = set()
+    for seed in range(12):
+        builder = WorldBuilder()
+        shapes.truck(np.random.default_rng(seed), builder, 'Truck 1', details=True)
+        cargo |= {m.albedo for m in builder.materials} & set(shapes.CARGO)
+    assert len(cargo) >= 4  # drawn from the cargo table, not the facades
+
+
 def test_car_glass_lets_lidar_through_and_body_does_not():
     builder = WorldBuilder()
     mesh, (length, width, height) = shapes.car(np.random.default_rng(1), builder, 'Car 1')
