@@ -281,9 +281,10 @@ def test_empty_weights_path_picks_the_profiles_shipped_file(profile):
     path = resolve_weights_path('', profile)
     assert os.path.basename(path) == f'{profile}.safetensors'
     config = ModelConfig.from_dict(read_metadata(path)['config'])
-    # The lite file is ModelConfig.lite() with the camera stage's semantic head.
+    # The lite file is ModelConfig.lite() with the camera stage's semantic encoder and head.
     lite = ModelConfig.lite()
-    head = dataclasses.replace(config.head, semantic_levels=lite.head.semantic_levels)
+    head = dataclasses.replace(config.head, semantic_levels=lite.head.semantic_levels,
+                               semantic_encoder=lite.head.semantic_encoder)
     assert (dataclasses.replace(config, head=head) == lite) == (profile == 'lite')
 
 
