@@ -8,6 +8,7 @@ nuScenes and A2D2 box size distributions; e.g. cars 3.5-5.2 m long, pedestrians 
 tall) with wide spreads, so that no single dataset's mean is baked in.
 """
 
+import functools
 import math
 from typing import Callable, Dict, Sequence, Tuple
 
@@ -627,18 +628,12 @@ def building(rng: Rng, wb: WorldBuilder, length: float, depth: float,
 
 #: Road-user builders by kind: (function, A2D2 box class, A2D2 label base name).
 ROAD_USERS: Dict[str, Tuple[Callable[..., Tuple[MeshBuilder, Size]], str, str]] = {
-    'car': (lambda rng, wb, label, **details: car(rng, wb, label, 'car', **details), 'Car',
-            'Car'),
-    'small': (lambda rng, wb, label, **details: car(rng, wb, label, 'small', **details), 'Car',
-              'Car'),
-    'suv': (lambda rng, wb, label, **details: car(rng, wb, label, 'suv', **details), 'VanSUV',
-            'Car'),
-    'van': (lambda rng, wb, label, **details: car(rng, wb, label, 'van', **details), 'VanSUV',
-            'Car'),
-    'truck': (lambda rng, wb, label, **details: truck(rng, wb, label, 'truck', **details),
-              'Truck', 'Truck'),
-    'bus': (lambda rng, wb, label, **details: truck(rng, wb, label, 'bus', **details), 'Bus',
-            'Truck'),
+    'car': (functools.partial(car, kind='car'), 'Car', 'Car'),
+    'small': (functools.partial(car, kind='small'), 'Car', 'Car'),
+    'suv': (functools.partial(car, kind='suv'), 'VanSUV', 'Car'),
+    'van': (functools.partial(car, kind='van'), 'VanSUV', 'Car'),
+    'truck': (functools.partial(truck, kind='truck'), 'Truck', 'Truck'),
+    'bus': (functools.partial(truck, kind='bus'), 'Bus', 'Truck'),
     'pedestrian': (lambda rng, wb, label: person(rng, wb, label, 'walk'), 'Pedestrian',
                    'Pedestrian'),
     'standing': (lambda rng, wb, label: person(rng, wb, label, 'stand'), 'Pedestrian',
