@@ -13,7 +13,8 @@ present):
    already there with the same recipe);
 2. train with ``training/configs/synthetic.yaml`` (checkpoints in ``out/weights/train``);
    then, when the recipe has a camera stage (``training/configs/synthetic_camera.yaml``),
-   train a new semantic head from those weights with everything the detection reads frozen
+   train the semantics (an encoder of their own and a new semantic head) from those weights
+   with everything the detection reads frozen
    (``out/weights/stage1.safetensors`` -> checkpoints in ``out/weights/train_camera``), so
    that LiDAR-only and fused detections stay exactly those of the first stage;
 3. evaluate the final checkpoint on the held-out scenes (``out/weights/eval``: metrics.json

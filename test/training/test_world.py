@@ -80,7 +80,7 @@ def test_road_users_have_plausible_boxes_that_hold_the_mesh(kind):
 def test_vehicle_details_add_lamps_and_bumpers_to_the_same_body(kind):
     build, _, base = shapes.ROAD_USERS[kind]
     plain_builder, detailed_builder = WorldBuilder(), WorldBuilder()
-    plain, plain_size = build(np.random.default_rng(4), plain_builder, f'{base} 1')
+    _, plain_size = build(np.random.default_rng(4), plain_builder, f'{base} 1')
     detailed, size = build(np.random.default_rng(4), detailed_builder, f'{base} 1',
                            details=True)
     # The body's draws come first: the same vehicle, 1-3 cm longer at each end.
