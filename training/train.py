@@ -57,7 +57,7 @@ import tqdm
 from training.a2d2 import A2D2Dataset, DEFAULT_CLASS_MAP, DEFAULT_VAL_SCENES
 from training.augment import AugmentConfig
 from training.data import Batch, collate_examples, FrameCache, PreparedFrames, TrainingDataset
-from training.losses import LossBreakdown, LossWeights, multitask_loss
+from training.losses import LossBreakdown, LossWeights, multitask_loss, semantic_loss
 from training.targets import TargetConfig
 import yaml
 
@@ -536,9 +536,15 @@ FRESH_CONFIG_FIELDS = {'semantic_head': ('head.semantic_levels', 'head.semantic_
 #: Model config fields without tensors of their own that a module which trains on (is not in
 #: ``freeze``) may change against the ``init_weights`` file.
 TRAINED_CONFIG_FIELDS = {'camera_encoder': ('camera_encoder.instance_norm_levels',)}
+#: The modules every detection output depends on: a run that freezes them all trains the
+#: semantics alone, and (on one process) its steps skip the LiDAR path, the fusion and the
+#: detection head (``_semantic_step``).
+DETECTION_MODULES = ('pillar_net', 'backbone', 'camera_encoder', 'fusion', 'detection_head')
 #: Modules a run may add to the ``init_weights`` file's model: module -> (the config field that
-#: adds it, the file's module it starts as a copy of).
-SEEDED_MODULES = {'semantic_encoder': ('head.semantic_encoder', 'camera_encoder')}
+#: adds it, the file's module it starts as a copy of, a config field that may give it blocks its
+#: seed lacks: those keep their initialisation, identities, so the copy computes as its seed).
+SEEDED_MODULES = {'semantic_encoder': ('head.semantic_encoder', 'camera_encoder',
+                                       'head.semantic_encoder_blocks')}
 
 
 def flat_settings(data: Dict[str, Any], prefix: str = '') -> Dict[str, Any]:
@@ -560,7 +566,8 @@ def _initial_state(model_config: ModelConfig, path: str, fresh: Sequence[str] = 
         model_config: the run's model config; the file's must equal it, except in the fields
             ``FRESH_CONFIG_FIELDS`` lists for the modules in ``fresh``, those
             ``TRAINED_CONFIG_FIELDS`` lists for modules not in ``frozen`` and those that add a
-            ``SEEDED_MODULES`` module the file lacks (it starts as a copy of its seed).
+            ``SEEDED_MODULES`` module the file lacks (it starts as a copy of its seed; tensors
+            its seed lacks are left out of the result, see ``_grown``).
         path: the ``init_weights`` file.
         fresh: top-level modules that keep their fresh initialisation (left out of the result).
         frozen: top-level modules that do not train (``TrainConfig.freeze``).
@@ -581,9 +588,9 @@ def _initial_state(model_config: ModelConfig, path: str, fresh: Sequence[str] = 
     allowed.update(field for module, fields in TRAINED_CONFIG_FIELDS.items()
                    if module not in frozen for field in fields)
     state = source.state_dict()
-    for module, (field, seed) in SEEDED_MODULES.items():
+    for module, (field, seed, grows) in SEEDED_MODULES.items():
         if mine.get(field) and not theirs.get(field):  # this run adds the module
-            allowed.add(field)
+            allowed.update((field, grows))
             state.update({module + name[len(seed):]: value for name, value in list(state.items())
                           if name.startswith(seed + '.')})
     differ = sorted(k for k in set(mine) | set(theirs)
@@ -593,6 +600,20 @@ def _initial_state(model_config: ModelConfig, path: str, fresh: Sequence[str] = 
                                "run (model.name / model.overrides must match the file's; "
                                f'differs in {", ".join(differ)})')
     return {name: value for name, value in state.items() if name.split('.')[0] not in fresh}
+
+
+def _grown(model: torch.nn.Module, initial: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Return ``initial`` with the model's own tensors where a seeded module outgrew its seed.
+
+    A ``SEEDED_MODULES`` module with more blocks than the module it was copied from keeps its
+    extra blocks' initialisation (identities); every other tensor comes from ``initial``.
+    """
+    seeded = tuple(module + '.' for module in SEEDED_MODULES)
+    if not any(name.startswith(seeded) for name in initial):
+        return initial
+    extra = {name: value for name, value in model.state_dict().items()
+             if name.startswith(seeded) and name not in initial}
+    return {**initial, **extra}
 
 
 def git_revision(folder: str) -> Optional[str]:
@@ -650,7 +671,7 @@ def train(config: TrainConfig, output_dir: Optional[str] = None, resume: Optiona
 
     model = BEVFusionNet(model_config)
     if initial is not None:
-        model.load_state_dict(initial, strict=not config.init_fresh)
+        model.load_state_dict(_grown(model, initial), strict=not config.init_fresh)
         if process.is_main:
             LOGGER.info('initialised from %s', config.init_weights)
     frozen = frozen_modules(model, config.freeze)
@@ -688,6 +709,10 @@ def train(config: TrainConfig, output_dir: Optional[str] = None, resume: Optiona
             LOGGER.info('resumed from %s at epoch %d, step %d', path, start_epoch, step)
 
     network: torch.nn.Module = model
+    semantic_only = process.world_size == 1 and set(DETECTION_MODULES) <= set(config.freeze)
+    if semantic_only and process.is_main:
+        LOGGER.info('freeze holds every detection module: training the semantics alone '
+                    '(the heatmap and regression losses are not computed and read 0)')
     if process.world_size > 1:
         network = DistributedDataParallel(
             model, device_ids=[process.device.index] if process.device.type == 'cuda' else None,
@@ -712,7 +737,8 @@ def train(config: TrainConfig, output_dir: Optional[str] = None, resume: Optiona
                         disable=not (process.is_main and show_progress), dynamic_ncols=True)
         for batch in bar:
             batch = batch.to(process.device)
-            losses, grad_norm = _train_step(network, optimizer, scaler, batch, config, use_amp)
+            losses, grad_norm = _train_step(network, optimizer, scaler, batch, config, use_amp,
+                                            semantic_only)
             scheduler.step()
             step += 1
             values = torch.stack([t.detach().double().cpu() for t in losses])
@@ -790,14 +816,26 @@ def _use_schedule(scheduler: torch.optim.lr_scheduler.LambdaLR,
 
 def _train_step(network: torch.nn.Module, optimizer: torch.optim.Optimizer,
                 scaler: torch.amp.GradScaler, batch: Batch, config: TrainConfig,
-                use_amp: bool) -> Tuple[LossBreakdown, float]:
-    """Run forward, loss, backward, clipping and the optimiser step on one batch."""
+                use_amp: bool, semantic_only: bool = False) -> Tuple[LossBreakdown, float]:
+    """Run forward, loss, backward, clipping and the optimiser step on one batch.
+
+    ``semantic_only``: the network (not DDP-wrapped) trains nothing the detection reads, so
+    only the semantic path runs (``_semantic_losses``); the gradients are those of the whole
+    forward.
+    """
     autocast = (torch.autocast('cuda', dtype=torch.float16) if use_amp
                 else contextlib.nullcontext())
-    with autocast:
-        output = network(batch.points, batch.images, batch.camera_valid,
-                         camera_geometry=batch.camera_geometry)
-    losses = multitask_loss(output, batch.targets, batch.semantic, config.loss)
+    if semantic_only:
+        with autocast:
+            losses = _semantic_losses(network, batch, config.loss)
+        if losses is None:  # no image in the batch: nothing to train
+            zero = torch.zeros((), device=batch.images.device)
+            return LossBreakdown(zero, zero, zero, zero), 0.0
+    else:
+        with autocast:
+            output = network(batch.points, batch.images, batch.camera_valid,
+                             camera_geometry=batch.camera_geometry)
+        losses = multitask_loss(output, batch.targets, batch.semantic, config.loss)
     if not torch.isfinite(losses.total):
         raise FloatingPointError(
             f'non-finite loss {losses} on frames {batch.names}; lower optim.lr or check data')
@@ -814,6 +852,24 @@ def _train_step(network: torch.nn.Module, optimizer: torch.optim.Optimizer,
     scaler.step(optimizer)
     scaler.update()
     return losses, grad_norm
+
+
+def _semantic_losses(model: BEVFusionNet, batch: Batch,
+                     weights: LossWeights) -> Optional[LossBreakdown]:
+    """Return the losses of the semantic path alone on the batch's images (None: it has none).
+
+    The heatmap and regression parts are zeros: with every detection module frozen they have
+    no gradient, so the total's gradient is that of ``multitask_loss`` on the whole forward.
+    """
+    valid = torch.nonzero(batch.camera_valid).squeeze(1)  # (Bv,)
+    if valid.numel() == 0:
+        return None
+    logits = model.forward_semantic(batch.images.index_select(0, valid))  # (Bv, n_sem, Hc, Wc)
+    semantic = semantic_loss(logits, batch.semantic.index_select(0, valid),
+                             batch.camera_valid.index_select(0, valid), weights.semantic_balance)
+    zero = semantic.new_zeros(())
+    return LossBreakdown(total=weights.semantic * semantic, heatmap=zero, regression=zero,
+                         semantic=semantic)
 
 
 # ----------------------------------------------------------------------------- command line

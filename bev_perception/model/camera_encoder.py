@@ -5,9 +5,14 @@ channels are instance-normalised (per image and channel, over H x W) before the 
 IBN-Net does: the style of an image (its contrast, colour cast, texture statistics) is taken
 out early while the other half keeps what BatchNorm keeps. The normalisation has no
 parameters, so a weights file loads with it switched on or off.
+
+A stage may hold more than its one strided block (``blocks``): the blocks after the first keep
+the stage's width and stride 1 and start as identities (the gain of their last BatchNorm is
+zero, so each adds nothing to its shortcut at first), which lets an encoder grow from the
+weights of a shallower one and compute the same until it trains.
 """
 
-from typing import Dict, Tuple
+from typing import Dict, Sequence, Tuple
 
 from bev_perception.model.bev_backbone import conv_bn_relu
 from bev_perception.model.config import CAMERA_LEVELS, CameraEncoderConfig
@@ -72,10 +77,17 @@ class CameraEncoder(nn.Module):
 
     Args:
         config: widths of the stem and the four stages.
+        blocks: residual blocks per stage (C2 .. C5), at least 1; the first of a stage is
+            ``stages[i]``, the others ``extra_blocks[i]`` (absent when every stage has one, so
+            the tensor names of one-block encoders stay as they were).
     """
 
-    def __init__(self, *, config: CameraEncoderConfig) -> None:
+    def __init__(self, *, config: CameraEncoderConfig,
+                 blocks: Sequence[int] = (1,) * len(LEVEL_STRIDES)) -> None:
         super().__init__()
+        if len(blocks) != len(LEVEL_STRIDES) or min(blocks) < 1:
+            raise ValueError(f'blocks must be {len(LEVEL_STRIDES)} counts of at least 1, '
+                             f'got {tuple(blocks)}')
         self.stem = conv_bn_relu(3, config.stem_channels, 3, stride=2)
         self.stem_norm = _style_norm('stem' in config.instance_norm_levels)
         widths: Tuple[int, ...] = (config.stem_channels,) + tuple(config.stage_channels)
@@ -83,6 +95,11 @@ class CameraEncoder(nn.Module):
             BasicBlock(widths[i], widths[i + 1], stride=2,
                        instance_norm=level in config.instance_norm_levels)
             for i, level in enumerate(LEVEL_STRIDES))
+        self.extra_blocks = None
+        if max(blocks) > 1:
+            self.extra_blocks = nn.ModuleList(
+                nn.Sequential(*(_identity_block(widths[i + 1]) for _ in range(count - 1)))
+                for i, count in enumerate(blocks))
         self.out_channels: Dict[str, int] = dict(zip(LEVEL_STRIDES, widths[1:]))
         self.out_strides: Dict[str, int] = dict(LEVEL_STRIDES)
 
@@ -90,8 +107,18 @@ class CameraEncoder(nn.Module):
         """Encode normalised images (B, 3, H, W) into {'c2' .. 'c5'}: (B, C_l, H_l, W_l)."""
         conv, batch_norm, relu = self.stem
         stem = relu(batch_norm(self.stem_norm(conv(images))))  # (B, C_stem, H/2, W/2)
-        c2 = self.stages[0](stem)  # stride 4
-        c3 = self.stages[1](c2)  # stride 8
-        c4 = self.stages[2](c3)  # stride 16
-        c5 = self.stages[3](c4)  # stride 32
-        return {'c2': c2, 'c3': c3, 'c4': c4, 'c5': c5}
+        features: Dict[str, torch.Tensor] = {}
+        x = stem
+        for index, level in enumerate(LEVEL_STRIDES):  # strides 4, 8, 16, 32
+            x = self.stages[index](x)  # (B, C_l, H_l, W_l)
+            if self.extra_blocks is not None:
+                x = self.extra_blocks[index](x)  # same shape
+            features[level] = x
+        return features
+
+
+def _identity_block(channels: int) -> BasicBlock:
+    """Return a stride-1 block that starts as the identity on ReLU outputs (its last BN gain 0)."""
+    block = BasicBlock(channels, channels, stride=1)
+    nn.init.zeros_(block.bn2.weight)
+    return block

@@ -211,6 +211,10 @@ class HeadConfig:
     # instead of the one the fusion reads, so that training it for the semantics cannot move
     # the fused detection; costs a second encoder pass per frame.
     semantic_encoder: bool = False
+    # Residual blocks per stage (C2 .. C5) of that encoder: depth where the semantics need it
+    # (context at the coarse levels) without touching the encoder the fusion reads. Blocks
+    # beyond a stage's first start as identities (camera_encoder's module docstring).
+    semantic_encoder_blocks: Tuple[int, int, int, int] = (1, 1, 1, 1)
     max_objects: int = 100  # decode top-K candidates and target capacity per frame
     score_threshold: float = 0.3  # default per-class score threshold
     nms: NMSConfig = dataclasses.field(default_factory=NMSConfig)
@@ -222,6 +226,12 @@ class HeadConfig:
         if levels not in runs:
             raise ValueError(f'HeadConfig.semantic_levels must be consecutive levels of '
                              f'{CAMERA_LEVELS}, finest first; got {levels}')
+        blocks = tuple(self.semantic_encoder_blocks)
+        if len(blocks) != len(CAMERA_LEVELS) or min(blocks) < 1:
+            raise ValueError(f'HeadConfig.semantic_encoder_blocks must be {len(CAMERA_LEVELS)} '
+                             f'counts of at least 1; got {blocks}')
+        if max(blocks) > 1 and not self.semantic_encoder:
+            raise ValueError('HeadConfig.semantic_encoder_blocks needs semantic_encoder: true')
 
 
 @dataclasses.dataclass(frozen=True)

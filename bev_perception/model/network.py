@@ -16,10 +16,10 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-#: Names of the stages a ``stage_timer`` sees, in order ('semantic_head' includes the head's own
-#: encoder when ``HeadConfig.semantic_encoder`` gives it one).
+#: Names of the stages a ``stage_timer`` sees, in order ('semantic_encoder': the semantic head's
+#: own encoder, when ``HeadConfig.semantic_encoder`` gives it one; 0 ms otherwise).
 STAGES = ('voxelize', 'pillar_net', 'backbone', 'camera_encoder', 'fusion', 'detection_head',
-          'semantic_head')
+          'semantic_encoder', 'semantic_head')
 
 StageTimer = Callable[[str], ContextManager]
 
@@ -132,8 +132,10 @@ class BEVFusionNet(nn.Module):
             heatmap_bias_init=config.head.heatmap_bias_init)
         # The semantic head's own encoder (HeadConfig.semantic_encoder), or None: it reads the
         # fusion's camera encoder.
-        self.semantic_encoder = (CameraEncoder(config=config.camera_encoder)
-                                 if config.head.semantic_encoder else None)
+        self.semantic_encoder = (
+            CameraEncoder(config=config.camera_encoder,
+                          blocks=config.head.semantic_encoder_blocks)
+            if config.head.semantic_encoder else None)
         levels = config.head.semantic_levels
         self.semantic_head = SemanticFPNHead(
             in_channels={level: self.camera_encoder.out_channels[level] for level in levels},
@@ -222,8 +224,7 @@ class BEVFusionNet(nn.Module):
                 features = self.camera_encoder(images)
             with timer('fusion'):
                 bev = self.fusion(bev, features, None, camera_geometry)
-            with timer('semantic_head'):
-                semantic = self._semantic(images, features, semantic_hw)
+            semantic = self._semantic(images, features, semantic_hw, timer)
         elif images is not None:
             valid_index = torch.nonzero(valid).squeeze(1)  # (Bv,)
             all_valid = valid_index.numel() == batch
@@ -238,9 +239,9 @@ class BEVFusionNet(nn.Module):
                     geometry = (camera_geometry if camera_geometry is None or all_valid
                                 else camera_geometry.index_select(0, valid_index))
                     bev = self.fusion(bev, features, valid, geometry)
-                with timer('semantic_head'):
-                    semantic = self._semantic(valid_images, features, semantic_hw)
-                    if not all_valid:  # zero logits for samples without an image
+                semantic = self._semantic(valid_images, features, semantic_hw, timer)
+                if not all_valid:  # zero logits for samples without an image
+                    with timer('semantic_head'):
                         semantic = semantic.new_zeros(
                             (batch,) + tuple(semantic.shape[1:])).index_copy(
                             0, valid_index, semantic)
@@ -250,16 +251,30 @@ class BEVFusionNet(nn.Module):
             heatmap=maps.heatmap, offset=maps.offset, z=maps.z, log_size=maps.log_size,
             yaw=maps.yaw, semantic=semantic, camera_valid=valid, counts=None)
 
-    def _semantic(self, images: torch.Tensor, features: Dict[str, torch.Tensor],
-                  semantic_hw: Optional[Tuple[int, int]]) -> torch.Tensor:
-        """Return the semantic logits of (Bv, 3, Hc, Wc) images whose fusion features are given.
+    def forward_semantic(self, images: torch.Tensor) -> torch.Tensor:
+        """Return the semantic logits (B, n_sem, Hc, Wc) of (B, 3, Hc, Wc) images alone.
+
+        The same logits as ``forward``'s for samples with an image, without the LiDAR path,
+        the fusion or the detection head (for training the semantics alone).
+        """
+        return self._semantic(images, None, tuple(images.shape[2:]))
+
+    def _semantic(self, images: torch.Tensor, features: Optional[Dict[str, torch.Tensor]],
+                  semantic_hw: Optional[Tuple[int, int]], timer: StageTimer = _no_timer
+                  ) -> torch.Tensor:
+        """Return the semantic logits of (Bv, 3, Hc, Wc) images and their fusion features.
 
         With a semantic encoder of its own the head reads that encoder's levels of the images;
-        otherwise it reads ``features``, the fusion's camera encoder levels.
+        otherwise it reads ``features``, the fusion's camera encoder levels (computed here when
+        None).
         """
-        if self.semantic_encoder is not None:
-            features = self.semantic_encoder(images)
-        return self.semantic_head(features, semantic_hw)
+        with timer('semantic_encoder'):
+            if self.semantic_encoder is not None:
+                features = self.semantic_encoder(images)
+            elif features is None:
+                features = self.camera_encoder(images)
+        with timer('semantic_head'):
+            return self.semantic_head(features, semantic_hw)
 
     @staticmethod
     def _camera_valid(images: Optional[torch.Tensor], camera_valid: Optional[torch.Tensor],

@@ -52,3 +52,29 @@ def test_instance_norm_levels_change_outputs_not_tensors():
         assert not torch.allclose(plain(image)['c2'], styled(image)['c2'])
     with pytest.raises(ValueError, match='instance_norm_levels'):
         CameraEncoderConfig(instance_norm_levels=('c5',))
+
+
+def test_extra_blocks_start_as_identities_then_add_depth():
+    shallow = CameraEncoder(config=CONFIG).train()
+    deep = CameraEncoder(config=CONFIG, blocks=(1, 2, 1, 3)).train()
+    assert CameraEncoder(config=CONFIG, blocks=(1, 1, 1, 1)).extra_blocks is None
+    assert [len(stage) for stage in deep.extra_blocks] == [0, 1, 0, 2]
+    state = deep.state_dict()
+    state.update(shallow.state_dict())  # the shallow encoder's tensors, the extra blocks' own
+    deep.load_state_dict(state)
+    image = torch.rand(2, 3, 64, 96)
+    for mode in ('train', 'eval'):
+        getattr(shallow, mode)(), getattr(deep, mode)()
+        with torch.no_grad():
+            same, grown = shallow(image), deep(image)
+        for level in same:  # the same function at the start
+            torch.testing.assert_close(grown[level], same[level], atol=0.0, rtol=0.0)
+    features = deep.train()(image)
+    sum(f.square().mean() for f in features.values()).backward()
+    gain = deep.extra_blocks[3][1].bn2.weight
+    assert gain.grad is not None and gain.grad.abs().sum() > 0  # and trains from there
+    with torch.no_grad():
+        gain.fill_(1.0)
+        assert not torch.allclose(deep.eval()(image)['c5'], shallow.eval()(image)['c5'])
+    with pytest.raises(ValueError, match='counts of at least 1'):
+        CameraEncoder(config=CONFIG, blocks=(1, 0, 1, 1))

@@ -81,6 +81,12 @@ def test_validation_messages():
         with pytest.raises(ValueError, match='semantic_levels'):
             HeadConfig(semantic_levels=levels)
     assert HeadConfig(semantic_levels=('c2', 'c3', 'c4', 'c5')).semantic_levels[0] == 'c2'
+    for blocks in ((1, 1, 1), (1, 0, 1, 1)):
+        with pytest.raises(ValueError, match='semantic_encoder_blocks must be 4 counts'):
+            HeadConfig(semantic_encoder=True, semantic_encoder_blocks=blocks)
+    with pytest.raises(ValueError, match='needs semantic_encoder: true'):
+        HeadConfig(semantic_encoder_blocks=(1, 2, 2, 2))
+    assert HeadConfig(semantic_encoder=True, semantic_encoder_blocks=(1, 2, 2, 2))
     with pytest.raises(ValueError, match='features'):
         PointConfig(features=('y', 'x', 'z', 'intensity'))
 

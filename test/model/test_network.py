@@ -268,16 +268,28 @@ def test_lidar_only_samples_in_a_mixed_batch_equal_running_alone():
     assert torch.all(mixed.semantic[1] == 0)
 
 
-def test_stage_timer_sees_every_stage():
-    seen = []
+@pytest.mark.parametrize('semantic_encoder', [False, True])
+def test_stage_timer_sees_every_stage(semantic_encoder):
+    entered = []
 
+    @contextlib.contextmanager
     def timer(stage):
-        seen.append(stage)
-        return contextlib.nullcontext()
+        entered.append(stage)
+        yield
 
+    head = dataclasses.replace(CONFIG.head, semantic_encoder=semantic_encoder)
+    net = _net(dataclasses.replace(CONFIG, head=head))
+    encoders = []
+    for encoder in (net.camera_encoder, net.semantic_encoder):
+        if encoder is not None:  # which stage is open while each encoder runs
+            encoder.register_forward_pre_hook(lambda *_: encoders.append(entered[-1]))
     with torch.no_grad():
-        _net()([_cloud(100, 14)], _images(1, 7), stage_timer=timer)
-    assert sorted(seen) == sorted(STAGES)
+        net([_cloud(100, 14)], _images(1, 7), stage_timer=timer)
+        net([_cloud(100, 14), _cloud(50, 15)], _images(2, 7),
+            torch.tensor([True, False]), stage_timer=timer)  # the partial-batch path
+    assert sorted(set(entered)) == sorted(STAGES) and len(entered) >= 2 * len(STAGES)
+    assert encoders == ['camera_encoder', 'semantic_encoder'] * 2 if semantic_encoder else \
+        ['camera_encoder'] * 2
 
 
 def test_rejects_inconsistent_camera_inputs():

@@ -20,8 +20,8 @@ from training.a2d2 import A2D2Dataset
 from training.augment import augment_sample, AugmentConfig, flip_left_right, Sample, wrap_yaw
 from training.data import collate_examples, FrameCache, resize_labels_nearest, TrainingDataset
 from training.train import (
-    _initial_state, apply_override, frozen_modules, InitWeightsError, load_checkpoint,
-    load_config, OptimConfig, TrainConfig, WarmupCosine)
+    _grown, _initial_state, _train_step, apply_override, DETECTION_MODULES, frozen_modules,
+    InitWeightsError, load_checkpoint, load_config, OptimConfig, TrainConfig, WarmupCosine)
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY_CONFIG = os.path.join(REPO, 'training', 'configs', 'tiny_test.yaml')
@@ -370,6 +370,66 @@ def test_a_semantic_encoder_starts_as_a_copy_of_the_camera_encoder(tmp_path):
     save_weights(with_encoder, BEVFusionNet(own).eval(), own, {})
     with pytest.raises(InitWeightsError, match='differs in head.semantic_encoder'):
         _initial_state(config, str(with_encoder))  # a run does not drop the file's encoder
+
+
+def test_a_deeper_semantic_encoder_grows_from_the_camera_encoder(tmp_path):
+    weights = tmp_path / 'start.safetensors'
+    start_model, config, _ = _start_weights(weights, 11)
+    blocks = (1, 2, 1, 2)
+    deep = dataclasses.replace(config, head=dataclasses.replace(
+        config.head, semantic_encoder=True, semantic_encoder_blocks=blocks))
+    frozen = DETECTION_MODULES
+    state = _initial_state(deep, str(weights), frozen=frozen)
+    assert not any('extra_blocks' in name for name in state)  # the file has none
+    model = BEVFusionNet(deep).eval()
+    model.load_state_dict(_grown(model, state))  # strict: the extra blocks are the model's own
+    images = torch.rand(1, 3, *deep.camera.input_hw)
+    with torch.no_grad():  # identities at the start: the logits of the seed's features
+        seeded = start_model.semantic_head(start_model.camera_encoder(images), None)
+        torch.testing.assert_close(model.semantic_head(model.semantic_encoder(images), None),
+                                   seeded, atol=0.0, rtol=0.0)
+    assert _grown(start_model, dict(start_model.state_dict())).keys() == \
+        start_model.state_dict().keys()  # nothing seeded: nothing added
+
+    with_encoder = tmp_path / 'with_encoder.safetensors'
+    shallow = dataclasses.replace(
+        config, head=dataclasses.replace(config.head, semantic_encoder=True))
+    save_weights(with_encoder, BEVFusionNet(shallow).eval(), shallow, {})
+    with pytest.raises(InitWeightsError, match='differs in head.semantic_encoder_blocks'):
+        _initial_state(deep, str(with_encoder), frozen=frozen)  # grows only from a seed
+
+
+def test_a_run_of_the_semantics_alone_steps_as_the_whole_forward(tiny_root, tmp_path):
+    config = load_config(TINY_CONFIG, (f'data.root={tiny_root}', 'augment.camera_dropout_prob=0'))
+    model_config = config.model.build()
+    frames = FrameCache.build(A2D2Dataset(tiny_root), model_config, str(tmp_path / 'cache'),
+                              show_progress=False)
+    batch = collate_examples([TrainingDataset(frames, model_config, config.augment, 0)[i]
+                              for i in range(2)])
+    batch.camera_valid[1] = False  # a sample without its image trains nothing
+    torch.manual_seed(12)
+    start = BEVFusionNet(model_config).state_dict()
+    updated, results = [], []
+    for semantic_only in (False, True):
+        model = BEVFusionNet(model_config)
+        model.load_state_dict(start)
+        model.train()
+        for module in frozen_modules(model, DETECTION_MODULES):
+            module.eval()
+        optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+        scaler = torch.amp.GradScaler('cuda', enabled=False)
+        results.append(_train_step(model, optimizer, scaler, batch, config, False,
+                                   semantic_only))
+        updated.append(model.state_dict())
+    (full, full_norm), (alone, alone_norm) = results
+    torch.testing.assert_close(alone.semantic, full.semantic)
+    assert full.heatmap > 0 and alone.heatmap == 0  # not computed when nothing reads it
+    assert alone_norm == pytest.approx(full_norm, rel=1e-4) and alone_norm > 0
+    moved = 0
+    for name, value in updated[0].items():
+        torch.testing.assert_close(updated[1][name], value, atol=1e-6, rtol=1e-5, msg=name)
+        moved += not torch.equal(value, start[name])
+    assert moved  # the semantic head trained, the same way in both
 
 
 def _free_port():
