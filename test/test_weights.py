@@ -284,7 +284,8 @@ def test_empty_weights_path_picks_the_profiles_shipped_file(profile):
     # The lite file is ModelConfig.lite() with the camera stage's semantic encoder and head.
     lite = ModelConfig.lite()
     head = dataclasses.replace(config.head, semantic_levels=lite.head.semantic_levels,
-                               semantic_encoder=lite.head.semantic_encoder)
+                               semantic_encoder=lite.head.semantic_encoder,
+                               semantic_encoder_blocks=lite.head.semantic_encoder_blocks)
     assert (dataclasses.replace(config, head=head) == lite) == (profile == 'lite')
 
 
