@@ -538,7 +538,7 @@ FRESH_CONFIG_FIELDS = {'semantic_head': ('head.semantic_levels', 'head.semantic_
 TRAINED_CONFIG_FIELDS = {'camera_encoder': ('camera_encoder.instance_norm_levels',)}
 #: The modules every detection output depends on: a run that freezes them all trains the
 #: semantics alone, and (on one process) its steps skip the LiDAR path, the fusion and the
-#: detection head (``_semantic_step``).
+#: detection head (``_semantic_losses``).
 DETECTION_MODULES = ('pillar_net', 'backbone', 'camera_encoder', 'fusion', 'detection_head')
 #: Modules a run may add to the ``init_weights`` file's model: module -> (the config field that
 #: adds it, the file's module it starts as a copy of, a config field that may give it blocks its
