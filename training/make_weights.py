@@ -2,9 +2,9 @@
 
 ``make weights`` runs ``python -m training.make_weights`` (the default weights) and ``make
 weights-lite`` runs it with ``--profile lite`` (the CPU profile, ``ModelConfig.lite()``, trained
-by the same recipe: only the model preset differs). Steps (all on CPU in about 80 min on a
-2-core machine, plus about 35 min of scene generation the first time; a GPU is used when
-present):
+by the same recipe: only the model preset differs). Steps (on a 2-core CPU about 1.5-2 hours
+for the default and 1 hour for lite, plus about 35 min of scene generation the first time; a
+GPU is used when present):
 
 1. generate synthetic A2D2-format training scenes (seed ``TRAIN_DATA_SEED``) under
    ``data/synthetic/train``, the camera stage's scenes (the same seed in the world of
@@ -24,7 +24,7 @@ present):
 5. print a summary (command, seeds, wall times, metrics) for the README.
 
 Seeds of the synthetic generator: ``TRAIN_DATA_SEED`` for training only, ``HELD_OUT_SEED`` for
-the evaluation here, and ``CI_TEST_SEED`` reserved for test/training/test_default_weights.py;
+the evaluation here, and ``CI_TEST_SEED`` reserved for test/training/test_shipped_weights.py;
 none of the scenes of the last two is ever trained on.
 """
 
