@@ -257,7 +257,7 @@ class Batch:
         camera_geometry: (B, camera_geometry.SIZE) float32 calibration of each image (zeros
             where a sample has none; such a sample has no usable image for a model that needs
             the calibration).
-        targets: collated CenterPoint targets.
+        targets: collated CenterPoint targets; None from a dataset built without them.
         boxes: B tensors (K_i, 7) float32 ground truth boxes (after augmentation).
         labels: B tensors (K_i,) int64.
         names: B frame names.
@@ -267,7 +267,7 @@ class Batch:
     images: torch.Tensor
     camera_valid: torch.Tensor
     semantic: torch.Tensor
-    targets: Targets
+    targets: Optional[Targets]
     boxes: List[torch.Tensor]
     labels: List[torch.Tensor]
     names: List[str]
@@ -280,7 +280,7 @@ class Batch:
         return Batch(
             points=[move(p) for p in self.points], images=move(self.images),
             camera_valid=move(self.camera_valid), semantic=move(self.semantic),
-            targets=Targets(*(move(t) for t in self.targets)),
+            targets=None if self.targets is None else Targets(*(move(t) for t in self.targets)),
             boxes=[move(b) for b in self.boxes], labels=[move(b) for b in self.labels],
             names=list(self.names), camera_geometry=move(self.camera_geometry))
 
@@ -294,15 +294,19 @@ class TrainingDataset(torch.utils.data.Dataset):
         augment: augmentation settings (``AugmentConfig.none()`` for evaluation).
         seed: base seed of the per-example random generator.
         target_config: heatmap Gaussian settings.
+        with_targets: False leaves the detection targets out (``targets`` None), for a run
+            that trains the semantics alone; the augmentation draws stay the same.
     """
 
     def __init__(self, frames: FrameSource, config: ModelConfig, augment: AugmentConfig,
-                 seed: int, target_config: TargetConfig = TargetConfig()) -> None:
+                 seed: int, target_config: TargetConfig = TargetConfig(),
+                 with_targets: bool = True) -> None:
         self.frames = frames
         self.config = config
         self.augment = augment
         self.seed = seed
         self.target_config = target_config
+        self.with_targets = with_targets
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -342,7 +346,7 @@ class TrainingDataset(torch.utils.data.Dataset):
             targets=build_targets(
                 boxes, labels, self.config, self.target_config,
                 points_in_boxes(sample.points, sample.boxes)
-                if self.target_config.min_points > 0 else None),
+                if self.target_config.min_points > 0 else None) if self.with_targets else None,
             boxes=boxes, labels=labels, name=frame.name,
             camera_geometry=torch.from_numpy(
                 np.zeros(GEOMETRY_SIZE, np.float32) if sample.camera_geometry is None
@@ -356,7 +360,8 @@ def collate_examples(examples: Sequence[Example]) -> Batch:
         images=torch.stack([e['image'] for e in examples]),
         camera_valid=torch.tensor([e['camera_valid'] for e in examples], dtype=torch.bool),
         semantic=torch.stack([e['semantic'] for e in examples]),
-        targets=collate_targets([e['targets'] for e in examples]),
+        targets=(collate_targets([e['targets'] for e in examples])
+                 if all(e['targets'] is not None for e in examples) else None),
         boxes=[e['boxes'] for e in examples], labels=[e['labels'] for e in examples],
         names=[e['name'] for e in examples],
         camera_geometry=torch.stack([e['camera_geometry'] for e in examples]))

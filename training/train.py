@@ -538,7 +538,7 @@ FRESH_CONFIG_FIELDS = {'semantic_head': ('head.semantic_levels', 'head.semantic_
 TRAINED_CONFIG_FIELDS = {'camera_encoder': ('camera_encoder.instance_norm_levels',)}
 #: The modules every detection output depends on: a run that freezes them all trains the
 #: semantics alone, and (on one process) its steps skip the LiDAR path, the fusion and the
-#: detection head (``_semantic_losses``).
+#: detection head (``_semantic_losses``) and its data the detection targets.
 DETECTION_MODULES = ('pillar_net', 'backbone', 'camera_encoder', 'fusion', 'detection_head')
 #: Modules a run may add to the ``init_weights`` file's model: module -> (the config field that
 #: adds it, the file's module it starts as a copy of, a config field that may give it blocks its
@@ -660,7 +660,9 @@ def train(config: TrainConfig, output_dir: Optional[str] = None, resume: Optiona
         initial = _initial_state(model_config, config.init_weights, config.init_fresh,
                                  config.freeze)
     frames = build_train_frames(config, model_config, process, show_progress)
-    dataset = TrainingDataset(frames, model_config, config.augment, config.seed, config.target)
+    semantic_only = process.world_size == 1 and set(DETECTION_MODULES) <= set(config.freeze)
+    dataset = TrainingDataset(frames, model_config, config.augment, config.seed, config.target,
+                              with_targets=not semantic_only)
     sampler = DistributedSampler(dataset, num_replicas=process.world_size, rank=process.rank,
                                  shuffle=True, seed=config.seed, drop_last=False)
     loader = DataLoader(dataset, batch_size=config.optim.batch_size, sampler=sampler,
@@ -709,10 +711,9 @@ def train(config: TrainConfig, output_dir: Optional[str] = None, resume: Optiona
             LOGGER.info('resumed from %s at epoch %d, step %d', path, start_epoch, step)
 
     network: torch.nn.Module = model
-    semantic_only = process.world_size == 1 and set(DETECTION_MODULES) <= set(config.freeze)
     if semantic_only and process.is_main:
         LOGGER.info('freeze holds every detection module: training the semantics alone '
-                    '(the heatmap and regression losses are not computed and read 0)')
+                    '(no detection targets; the heatmap and regression losses read 0)')
     if process.world_size > 1:
         network = DistributedDataParallel(
             model, device_ids=[process.device.index] if process.device.type == 'cuda' else None,

@@ -20,8 +20,9 @@ from training.a2d2 import A2D2Dataset
 from training.augment import augment_sample, AugmentConfig, flip_left_right, Sample, wrap_yaw
 from training.data import collate_examples, FrameCache, resize_labels_nearest, TrainingDataset
 from training.train import (
-    _grown, _initial_state, _train_step, apply_override, DETECTION_MODULES, frozen_modules,
-    InitWeightsError, load_checkpoint, load_config, OptimConfig, TrainConfig, WarmupCosine)
+    _grown, _initial_state, _semantic_losses, _train_step, apply_override, DETECTION_MODULES,
+    frozen_modules, InitWeightsError, load_checkpoint, load_config, OptimConfig, TrainConfig,
+    WarmupCosine)
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY_CONFIG = os.path.join(REPO, 'training', 'configs', 'tiny_test.yaml')
@@ -399,6 +400,27 @@ def test_a_deeper_semantic_encoder_grows_from_the_camera_encoder(tmp_path):
         _initial_state(deep, str(with_encoder), frozen=frozen)  # grows only from a seed
 
 
+def test_a_camera_stage_grows_and_trains_a_semantic_encoder_alone(tiny_root, tmp_path):
+    weights = tmp_path / 'start.safetensors'
+    _, _, start = _start_weights(weights, 13)
+    completed = _run_train(
+        '--out', str(tmp_path / 'stage'), '--override', f'data.root={tiny_root}',
+        '--override', 'optim.epochs=1', '--override', f'init_weights={weights}',
+        '--override', f'freeze=[{", ".join(DETECTION_MODULES)}]',
+        '--override', 'model.overrides.head={semantic_encoder: true, '
+                      'semantic_encoder_blocks: [1, 1, 2, 2]}')
+    assert 'training the semantics alone' in completed.stderr + completed.stdout
+    state = _state(tmp_path / 'stage' / 'checkpoints' / 'last.pt')
+    assert state['history'][0]['heatmap'] == 0 and state['history'][0]['semantic'] > 0
+    for name, value in start.items():  # the detection's tensors are the file's
+        if name.split('.')[0] in DETECTION_MODULES:
+            assert torch.equal(state['model'][name], value), name
+    grown = [name for name in state['model'] if name.startswith('semantic_encoder.extra_')]
+    assert grown and any(not torch.equal(state['model'][name], start['camera_encoder' + name[
+        len('semantic_encoder'):]]) for name in state['model']
+        if name.startswith('semantic_encoder.stages.') and name.endswith('.weight'))
+
+
 def test_a_run_of_the_semantics_alone_steps_as_the_whole_forward(tiny_root, tmp_path):
     config = load_config(TINY_CONFIG, (f'data.root={tiny_root}', 'augment.camera_dropout_prob=0'))
     model_config = config.model.build()
@@ -422,6 +444,18 @@ def test_a_run_of_the_semantics_alone_steps_as_the_whole_forward(tiny_root, tmp_
                                    semantic_only))
         updated.append(model.state_dict())
     (full, full_norm), (alone, alone_norm) = results
+    bare = collate_examples([TrainingDataset(frames, model_config, config.augment, 0,
+                                             with_targets=False)[i] for i in range(2)])
+    assert bare.targets is None and torch.equal(bare.images, batch.images)  # the same draws
+    assert torch.equal(bare.semantic, batch.semantic) and bare.to('cpu').targets is None
+    model = BEVFusionNet(model_config)
+    model.load_state_dict(start)
+    model.train()
+    for module in frozen_modules(model, DETECTION_MODULES):
+        module.eval()
+    bare.camera_valid[1] = False
+    torch.testing.assert_close(_semantic_losses(model, bare, config.loss).semantic,
+                               alone.semantic)
     torch.testing.assert_close(alone.semantic, full.semantic)
     assert full.heatmap > 0 and alone.heatmap == 0  # not computed when nothing reads it
     assert alone_norm == pytest.approx(full_norm, rel=1e-4) and alone_norm > 0
