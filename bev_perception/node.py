@@ -598,6 +598,19 @@ def _ignore_signal(signum: int, frame: Any) -> None:
     pass  # stopping already: let the clean-up finish
 
 
+def _build_executor() -> SingleThreadedExecutor:
+    """Return a new executor, built with the stop signals held back.
+
+    A stop signal inside the executor's constructor would leave a half-built executor whose
+    clean-up fails (rclpy: no attribute '_sigint_gc'); held back, it arrives right after.
+    """
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        return SingleThreadedExecutor()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
 def main(args: Optional[List[str]] = None) -> int:
     """Run the node until SIGINT/SIGTERM; return the process exit code.
 
@@ -620,7 +633,7 @@ def main(args: Optional[List[str]] = None) -> int:
             logger.fatal(f'cannot start: {explain_init_error(error, command_line)}')
             return 1
         node = PerceptionNode()
-        executor = SingleThreadedExecutor()
+        executor = _build_executor()
         executor.add_node(node)
         executor.spin()
     except StartupError as error:
