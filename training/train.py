@@ -532,7 +532,8 @@ class InitWeightsError(ValueError):
 
 #: Model config fields each freshly initialised module (``init_fresh``) may change against
 #: the ``init_weights`` file; every other field must match it.
-FRESH_CONFIG_FIELDS = {'semantic_head': ('head.semantic_levels', 'head.semantic_channels')}
+FRESH_CONFIG_FIELDS = {'semantic_head': ('head.semantic_levels', 'head.semantic_channels',
+                                         'head.semantic_stem_detail')}
 #: Model config fields without tensors of their own that a module which trains on (is not in
 #: ``freeze``) may change against the ``init_weights`` file.
 TRAINED_CONFIG_FIELDS = {'camera_encoder': ('camera_encoder.instance_norm_levels',)}

@@ -1,4 +1,4 @@
-"""Small ResNet-style camera encoder giving C2, C3, C4, C5 (strides 4, 8, 16, 32).
+"""Small ResNet-style camera encoder giving C2, C3, C4, C5 (strides 4, 8, 16, 32) and its stem.
 
 ``CameraEncoderConfig.instance_norm_levels`` picks shallow layers where half of the first conv's
 channels are instance-normalised (per image and channel, over H x W) before the BatchNorm, as
@@ -36,6 +36,8 @@ def _style_norm(enabled: bool) -> nn.Module:
 
 #: Output levels and their strides relative to the input image.
 LEVEL_STRIDES: Dict[str, int] = {level: 4 * 2 ** i for i, level in enumerate(CAMERA_LEVELS)}
+#: Key of the stem's output (stride 2) among the encoder's features, beside the levels.
+STEM = 'stem'
 
 
 class BasicBlock(nn.Module):
@@ -73,7 +75,8 @@ class BasicBlock(nn.Module):
 class CameraEncoder(nn.Module):
     """Stem (stride 2) and four residual stages (strides 4, 8, 16, 32).
 
-    Exposes ``out_channels`` and ``out_strides``: dicts keyed 'c2', 'c3', 'c4', 'c5'.
+    Exposes ``out_channels`` and ``out_strides``: dicts keyed 'c2', 'c3', 'c4', 'c5', and
+    ``stem_channels``, the width of the stem's output (``STEM`` in the features, stride 2).
 
     Args:
         config: widths of the stem and the four stages.
@@ -102,12 +105,16 @@ class CameraEncoder(nn.Module):
                 for i, count in enumerate(blocks))
         self.out_channels: Dict[str, int] = dict(zip(LEVEL_STRIDES, widths[1:]))
         self.out_strides: Dict[str, int] = dict(LEVEL_STRIDES)
+        self.stem_channels = config.stem_channels
 
     def forward(self, images: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """Encode normalised images (B, 3, H, W) into {'c2' .. 'c5'}: (B, C_l, H_l, W_l)."""
+        """Encode normalised images (B, 3, H, W) into {'c2' .. 'c5'}: (B, C_l, H_l, W_l).
+
+        The stem's output, (B, C_stem, H/2, W/2), is there as well under ``STEM``.
+        """
         conv, batch_norm, relu = self.stem
         stem = relu(batch_norm(self.stem_norm(conv(images))))  # (B, C_stem, H/2, W/2)
-        features: Dict[str, torch.Tensor] = {}
+        features: Dict[str, torch.Tensor] = {STEM: stem}
         x = stem
         for index, level in enumerate(LEVEL_STRIDES):  # strides 4, 8, 16, 32
             x = self.stages[index](x)  # (B, C_l, H_l, W_l)

@@ -215,6 +215,10 @@ class HeadConfig:
     # (context at the coarse levels) without touching the encoder the fusion reads. Blocks
     # beyond a stage's first start as identities (camera_encoder's module docstring).
     semantic_encoder_blocks: Tuple[int, int, int, int] = (1, 1, 1, 1)
+    # True: the semantic head predicts at stride 2 instead of 4: its logits, upsampled, get a
+    # per-pixel correction from the encoder stem's features (thin categories: lane markings,
+    # poles, kerbs; heads.py's docstring). Needs 'c2' in semantic_levels.
+    semantic_stem_detail: bool = False
     max_objects: int = 100  # decode top-K candidates and target capacity per frame
     score_threshold: float = 0.3  # default per-class score threshold
     nms: NMSConfig = dataclasses.field(default_factory=NMSConfig)
@@ -232,6 +236,9 @@ class HeadConfig:
                              f'counts of at least 1; got {blocks}')
         if max(blocks) > 1 and not self.semantic_encoder:
             raise ValueError('HeadConfig.semantic_encoder_blocks needs semantic_encoder: true')
+        if self.semantic_stem_detail and levels[0] != CAMERA_LEVELS[0]:
+            raise ValueError(f'HeadConfig.semantic_stem_detail needs semantic_levels to start at '
+                             f'{CAMERA_LEVELS[0]!r} (stride 4); got {levels}')
 
 
 @dataclasses.dataclass(frozen=True)

@@ -140,7 +140,9 @@ class BEVFusionNet(nn.Module):
         self.semantic_head = SemanticFPNHead(
             in_channels={level: self.camera_encoder.out_channels[level] for level in levels},
             in_strides={level: self.camera_encoder.out_strides[level] for level in levels},
-            channels=config.head.semantic_channels, num_classes=config.num_semantic_classes)
+            channels=config.head.semantic_channels, num_classes=config.num_semantic_classes,
+            detail_channels=(self.camera_encoder.stem_channels
+                             if config.head.semantic_stem_detail else 0))
 
     def forward(self, points: Sequence[torch.Tensor], images: Optional[torch.Tensor] = None,
                 camera_valid: Optional[torch.Tensor] = None,

@@ -1,6 +1,6 @@
-"""CameraEncoder: C2..C5 with declared channels and strides, odd image sizes, style norm."""
+"""CameraEncoder: C2..C5 and the stem with declared channels and strides, odd image sizes."""
 
-from bev_perception.model.camera_encoder import CameraEncoder, HalfInstanceNorm
+from bev_perception.model.camera_encoder import CameraEncoder, HalfInstanceNorm, STEM
 from bev_perception.model.config import CameraEncoderConfig
 import pytest
 import torch
@@ -15,7 +15,9 @@ def test_levels_have_declared_channels_and_strides(height, width):
         features = encoder(torch.randn(1, 3, height, width))
     assert encoder.out_channels == {'c2': 4, 'c3': 6, 'c4': 8, 'c5': 10}
     assert encoder.out_strides == {'c2': 4, 'c3': 8, 'c4': 16, 'c5': 32}
-    assert set(features) == set(encoder.out_channels)
+    assert set(features) == set(encoder.out_channels) | {STEM}
+    stem = features.pop(STEM)
+    assert stem.shape == (1, encoder.stem_channels, -(-height // 2), -(-width // 2))
     for level, feature in features.items():
         stride = encoder.out_strides[level]
         assert feature.shape == (1, encoder.out_channels[level], -(-height // stride),

@@ -87,6 +87,9 @@ def test_validation_messages():
     with pytest.raises(ValueError, match='needs semantic_encoder: true'):
         HeadConfig(semantic_encoder_blocks=(1, 2, 2, 2))
     assert HeadConfig(semantic_encoder=True, semantic_encoder_blocks=(1, 2, 2, 2))
+    with pytest.raises(ValueError, match='semantic_stem_detail needs semantic_levels to start'):
+        HeadConfig(semantic_stem_detail=True)  # the default levels start at C3
+    assert HeadConfig(semantic_levels=('c2', 'c3'), semantic_stem_detail=True)
     with pytest.raises(ValueError, match='features'):
         PointConfig(features=('y', 'x', 'z', 'intensity'))
 

@@ -79,6 +79,24 @@ def test_semantic_levels_from_c2_predict_at_stride_4():
     assert plain.semantic_head.levels == ('c3', 'c4', 'c5')  # the default, as weights before
 
 
+def test_stem_detail_predicts_at_stride_2_from_the_semantic_encoders_stem():
+    head = dataclasses.replace(CONFIG.head, semantic_levels=('c2', 'c3', 'c4', 'c5'),
+                               semantic_encoder=True, semantic_stem_detail=True)
+    net = _net(dataclasses.replace(CONFIG, head=head))
+    images = _images(1, 0)
+    with torch.no_grad():
+        logits = net.semantic_head(net.semantic_encoder(images), None)
+        output = net([_cloud(100, 1)], images)
+        net.semantic_head.detail[-1].weight.normal_()
+        moved = net.forward_semantic(images)
+        net.semantic_encoder.stem[0].weight.add_(0.5)  # the semantic encoder's stem, not the
+        restemmed = net.forward_semantic(images)  # fusion's, feeds the correction
+    assert logits.shape == (1, len(CONFIG.semantic_classes), 32, 48)  # 64 x 96 at stride 2
+    assert output.semantic.shape == (1, len(CONFIG.semantic_classes), 64, 96)
+    assert not torch.allclose(moved, output.semantic)
+    assert not torch.allclose(moved, restemmed)
+
+
 def test_a_semantic_encoder_of_its_own_leaves_the_detection_to_the_camera_encoder():
     head = dataclasses.replace(CONFIG.head, semantic_encoder=True)
     net = _net(dataclasses.replace(CONFIG, head=head))

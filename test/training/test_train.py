@@ -317,14 +317,16 @@ def test_frozen_modules_keep_their_weights_statistics_and_lidar_only_outputs(tin
 def test_init_fresh_starts_a_new_semantic_head_on_loaded_weights(tiny_root, tmp_path):
     weights = tmp_path / 'start.safetensors'
     _, _, start = _start_weights(weights, 7)
-    finer = ('--override', 'model.overrides.head.semantic_levels=[c2, c3, c4, c5]')
+    finer = ('--override', 'model.overrides.head.semantic_levels=[c2, c3, c4, c5]',
+             '--override', 'model.overrides.head.semantic_stem_detail=true')
     _run_train('--out', str(tmp_path / 'tuned'), '--override', f'data.root={tiny_root}',
                '--override', 'optim.epochs=1', '--override', 'optim.lr=0.000000001',
                '--override', f'init_weights={weights}', '--override',
                'init_fresh=[semantic_head]', *finer)
     tuned = _state(tmp_path / 'tuned' / 'checkpoints' / 'last.pt')['model']
+    assert any(name.startswith('semantic_head.detail.') for name in tuned)
     assert any(name.startswith('semantic_head.') and name not in start for name in tuned)
-    finer_config = load_config(TINY_CONFIG, (finer[1],)).model.build()
+    finer_config = load_config(TINY_CONFIG, finer[1::2]).model.build()
     for name, _ in BEVFusionNet(finer_config).named_parameters():  # lr 1e-9; no BN stats
         if not name.startswith('semantic_head.'):
             torch.testing.assert_close(tuned[name], start[name], atol=1e-6, rtol=0.0, msg=name)
