@@ -335,13 +335,13 @@ class TrainingDataset(torch.utils.data.Dataset):
         else:
             image = torch.zeros(3, height, width)
         if sample.camera_valid and sample.semantic is not None:
-            semantic = torch.from_numpy(np.ascontiguousarray(sample.semantic))
+            semantic = _tensor(sample.semantic)
         else:
             semantic = torch.full((height, width), IGNORE_INDEX, dtype=torch.uint8)
-        boxes = torch.from_numpy(np.ascontiguousarray(sample.boxes, dtype=np.float32))
-        labels = torch.from_numpy(np.ascontiguousarray(sample.labels, dtype=np.int64))
+        boxes = _tensor(sample.boxes, np.float32)
+        labels = _tensor(sample.labels, np.int64)
         return Example(
-            points=torch.from_numpy(np.ascontiguousarray(sample.points, dtype=np.float32)),
+            points=_tensor(sample.points, np.float32),
             image=image, camera_valid=bool(sample.camera_valid), semantic=semantic,
             targets=build_targets(
                 boxes, labels, self.config, self.target_config,
@@ -351,6 +351,15 @@ class TrainingDataset(torch.utils.data.Dataset):
             camera_geometry=torch.from_numpy(
                 np.zeros(GEOMETRY_SIZE, np.float32) if sample.camera_geometry is None
                 else np.asarray(sample.camera_geometry, dtype=np.float32)))
+
+
+def _tensor(array: np.ndarray, dtype: Optional[type] = None) -> torch.Tensor:
+    """Return ``array`` as a tensor, copied only where read-only, strided or of another dtype.
+
+    Cached frames come from ``np.load`` read-only; torch warns about (and must not write into)
+    memory it shares with them.
+    """
+    return torch.from_numpy(np.require(array, dtype, ('C', 'W')))
 
 
 def collate_examples(examples: Sequence[Example]) -> Batch:

@@ -133,6 +133,19 @@ def test_flip_mirrors_the_camera_geometry_and_the_cache_keeps_it(tiny_root, tmp_
     torch.testing.assert_close(batch.camera_geometry[0], torch.from_numpy(geometry))
 
 
+def test_read_only_cached_arrays_are_copied_before_torch_shares_them():
+    from training.data import _tensor
+    frozen = np.arange(12, dtype=np.float32).reshape(3, 4)
+    frozen.flags.writeable = False  # as np.load gives a cached frame's arrays
+    copied = _tensor(frozen)
+    assert not np.shares_memory(copied.numpy(), frozen)
+    copied[0, 0] = 5.0  # allowed: its own memory
+    assert frozen[0, 0] == 0.0
+    writable = np.arange(12, dtype=np.float32).reshape(3, 4)
+    assert np.shares_memory(_tensor(writable).numpy(), writable)  # no copy needed
+    assert _tensor(writable, np.int64).dtype == torch.int64
+
+
 def test_augment_is_deterministic_and_camera_dropout_marks_invalid():
     points = np.random.default_rng(1).normal(size=(1000, 4)).astype(np.float32)
     sample = Sample(points, np.zeros((0, 7), np.float32), np.zeros(0, np.int64),
