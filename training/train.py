@@ -868,7 +868,8 @@ def _semantic_losses(model: BEVFusionNet, batch: Batch,
         return None
     logits = model.forward_semantic(batch.images.index_select(0, valid))  # (Bv, n_sem, Hc, Wc)
     semantic = semantic_loss(logits, batch.semantic.index_select(0, valid),
-                             batch.camera_valid.index_select(0, valid), weights.semantic_balance)
+                             batch.camera_valid.index_select(0, valid), weights.semantic_balance,
+                             weights.semantic_lovasz)
     zero = semantic.new_zeros(())
     return LossBreakdown(total=weights.semantic * semantic, heatmap=zero, regression=zero,
                          semantic=semantic)

@@ -11,8 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from training.losses import (
-    heatmap_focal_loss, LossWeights, MAX_CLASS_WEIGHT, multitask_loss, regression_loss,
-    semantic_class_weights, semantic_loss)
+    heatmap_focal_loss, LossWeights, LOVASZ_PIXEL_STRIDE, lovasz_softmax_loss, MAX_CLASS_WEIGHT,
+    multitask_loss, regression_loss, semantic_class_weights, semantic_loss)
 from training.targets import (build_targets, collate_targets, gaussian_radius, points_in_boxes,
                               TargetConfig)
 
@@ -173,6 +173,46 @@ def test_balanced_semantic_loss_weighs_rare_classes_up():
         semantic_loss(logits, labels, valid)) * 1.5
     torch.testing.assert_close(semantic_loss(logits, labels, valid, 0.0),
                                semantic_loss(logits, labels, valid))
+
+
+def _mean_jaccard_loss(predicted, labels, classes):
+    """1 - IoU averaged over the classes in ``labels`` (255 ignored), counted directly."""
+    losses = []
+    for category in range(classes):
+        truth, called = labels == category, (predicted == category) & (labels != 255)
+        if truth.any():
+            losses.append(1.0 - float((truth & called).sum()) / float((truth | called).sum()))
+    return sum(losses) / len(losses)
+
+
+def test_lovasz_softmax_is_the_jaccard_loss_on_hard_predictions_and_follows_the_iou():
+    generator = torch.Generator().manual_seed(3)
+    step = LOVASZ_PIXEL_STRIDE
+    labels = torch.randint(0, 4, (2, 6 * step, 5 * step), generator=generator)
+    labels[0, :step] = 255  # ignored rows
+    predicted = torch.where(torch.rand(labels.shape, generator=generator) < 0.7, labels,
+                            torch.randint(0, 4, labels.shape, generator=generator))
+    predicted = predicted.clamp_max(3)
+    hard = F.one_hot(predicted, 5).permute(0, 3, 1, 2).float() * 200.0  # softmax: exactly 0/1
+    expected = _mean_jaccard_loss(predicted[:, ::step, ::step], labels[:, ::step, ::step], 5)
+    assert 0.1 < expected < 0.9
+    assert float(lovasz_softmax_loss(hard, labels)) == pytest.approx(expected, abs=1e-6)
+    assert float(lovasz_softmax_loss(F.one_hot(labels.clamp_max(3), 5).permute(
+        0, 3, 1, 2).float() * 200.0, labels)) == pytest.approx(0.0, abs=1e-6)
+    # On soft logits its gradient raises each pixel's true-class logit.
+    logits = torch.randn(2, 5, *labels.shape[1:], generator=generator, requires_grad=True)
+    lovasz_softmax_loss(logits, labels).backward()
+    sampled = logits.grad[:, :, ::step, ::step]
+    true_grad = sampled.gather(1, labels[:, None, ::step, ::step].clamp_max(4))[:, 0]
+    read = labels[:, ::step, ::step] != 255
+    assert (true_grad[read] <= 0).all() and (true_grad[read] < 0).any()
+    assert not logits.grad[:, :, 1::step].any()  # rows between the samples are not read
+    # Added to the cross-entropy by its weight.
+    valid = torch.ones(2, dtype=torch.bool)
+    torch.testing.assert_close(
+        semantic_loss(logits, labels, valid, 0.0, 0.5),
+        semantic_loss(logits, labels, valid) + 0.5 * lovasz_softmax_loss(logits, labels))
+    assert float(lovasz_softmax_loss(logits.detach(), torch.full_like(labels, 255))) == 0.0
 
 
 def test_semantic_loss_ignores_255_and_camera_invalid_samples():
