@@ -285,7 +285,8 @@ def test_empty_weights_path_picks_the_profiles_shipped_file(profile):
     lite = ModelConfig.lite()
     head = dataclasses.replace(config.head, semantic_levels=lite.head.semantic_levels,
                                semantic_encoder=lite.head.semantic_encoder,
-                               semantic_encoder_blocks=lite.head.semantic_encoder_blocks)
+                               semantic_encoder_blocks=lite.head.semantic_encoder_blocks,
+                               semantic_stem_detail=lite.head.semantic_stem_detail)
     assert (dataclasses.replace(config, head=head) == lite) == (profile == 'lite')
 
 

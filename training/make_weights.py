@@ -85,6 +85,8 @@ class Recipe:
     camera_world: Optional[synthetic.SyntheticConfig] = synthetic.SyntheticConfig(
         forest_side_weight=0.33)
     model_overrides: Tuple[str, ...] = ()  # training config overrides that pick the model
+    # Overrides of the camera stage's model (after its file) for this profile alone.
+    camera_model_overrides: Tuple[str, ...] = ()
     profile: str = 'default'  # name in PROFILES (for the recorded command)
 
     @property
@@ -99,7 +101,11 @@ PROFILES: Dict[str, Recipe] = {
     'default': Recipe(),
     'lite': Recipe(profile='lite', out_dir='out/weights_lite',
                    weights_path='bev_perception/weights/lite.safetensors',
-                   model_overrides=('model.name=lite', 'model.overrides={}')),
+                   model_overrides=('model.name=lite', 'model.overrides={}'),
+                   # The CPU profile keeps its semantics at stride 4: stride 2 costs its
+                   # runtime more than it gains (training/EXPERIMENTS.md, "Semantics at
+                   # stride 2").
+                   camera_model_overrides=('model.overrides.head.semantic_stem_detail=false',)),
 }
 
 
@@ -166,7 +172,8 @@ def recipe_stages(recipe: Recipe, overrides: Tuple[str, ...] = (),
     if recipe.camera_stage_path is not None:
         stage_file = os.path.join(REPO_ROOT, recipe.camera_stage_path)
         camera = _data_overrides(recipe, camera=True) + recipe.model_overrides + tuple(
-            overrides) + stage_overrides(stage_file) + tuple(camera_overrides) + (
+            overrides) + stage_overrides(stage_file) + recipe.camera_model_overrides + tuple(
+            camera_overrides) + (
             f'output_dir={os.path.join(recipe.out_dir, "train_camera")}',
             f'init_weights={first_weights}')
     config_path = os.path.join(REPO_ROOT, recipe.config_path)  # relative: to the repository
