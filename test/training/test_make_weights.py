@@ -181,5 +181,5 @@ def test_the_recipes_camera_stage_trains_the_semantics_alone(profile):
                 if value.requires_grad}
     assert training == {'semantic_encoder', 'semantic_head'}
     assert stages.camera.config.init_fresh == ('semantic_head',)
-    # The CPU profile alone keeps its semantic head at stride 4 (a camera_model_overrides).
+    # The default alone predicts its semantics at stride 2 (its camera_model_overrides).
     assert stages.camera.config.model.build().head.semantic_stem_detail == (profile != 'lite')
