@@ -340,17 +340,19 @@ class TrainingDataset(torch.utils.data.Dataset):
             semantic = torch.full((height, width), IGNORE_INDEX, dtype=torch.uint8)
         boxes = _tensor(sample.boxes, np.float32)
         labels = _tensor(sample.labels, np.int64)
+        targets = None
+        if self.with_targets:
+            num_points = (points_in_boxes(sample.points, sample.boxes)
+                          if self.target_config.min_points > 0 else None)
+            targets = build_targets(boxes, labels, self.config, self.target_config,
+                                    num_points)
+        geometry = (np.zeros(GEOMETRY_SIZE, np.float32) if sample.camera_geometry is None
+                    else sample.camera_geometry)
         return Example(
             points=_tensor(sample.points, np.float32),
             image=image, camera_valid=bool(sample.camera_valid), semantic=semantic,
-            targets=build_targets(
-                boxes, labels, self.config, self.target_config,
-                points_in_boxes(sample.points, sample.boxes)
-                if self.target_config.min_points > 0 else None) if self.with_targets else None,
-            boxes=boxes, labels=labels, name=frame.name,
-            camera_geometry=torch.from_numpy(
-                np.zeros(GEOMETRY_SIZE, np.float32) if sample.camera_geometry is None
-                else np.asarray(sample.camera_geometry, dtype=np.float32)))
+            targets=targets, boxes=boxes, labels=labels, name=frame.name,
+            camera_geometry=_tensor(geometry, np.float32))
 
 
 def _tensor(array: np.ndarray, dtype: Optional[type] = None) -> torch.Tensor:
