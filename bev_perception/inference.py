@@ -18,6 +18,10 @@ semantic logits leave the network at the head's stride and are upsampled and arg
 rows at a time (``semantic_ids.upsampled_argmax_ids``: the same ids as the argmax of the
 upsampled logits), and the nearest resize to the image copies whole rows.
 
+On every device the BatchNorms that follow convolutions are folded into them when the runtime
+is built (``model.folding``): the runtime's model computes the same without their passes over
+the feature maps.
+
 Options (both off by default, both measured by ``bev_perception_bench``):
 
 * ``torch_compile``: ``torch.compile`` the fixed-shape stages (backbone, camera encoder, fusion,
@@ -36,6 +40,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 from bev_perception.model.camera_geometry import forward_camera, SIZE as GEOMETRY_SIZE
 from bev_perception.model.config import ModelConfig, NMSConfig
 from bev_perception.model.decode import decode_padded, PaddedDetections, score_threshold_tensor
+from bev_perception.model.folding import fold_batch_norms
 from bev_perception.model.network import (BEVFusionNet, image_normalisation, preprocess_image,
                                           STAGES)
 from bev_perception.model.semantic_ids import upsampled_argmax_ids
@@ -171,7 +176,9 @@ class InferenceRuntime:
     """Run a BEVFusionNet on single frames or small batches.
 
     Args:
-        model: the network (moved to ``device`` and put in eval mode).
+        model: the network, changed in place: moved to ``device``, put in eval mode and its
+            BatchNorms folded into the convolutions before them (``model.folding``), so it
+            must not be trained or saved as weights afterwards.
         config: its config.
         metadata: the weights metadata (kept for callers; may be None).
         device: 'cpu', 'cuda' or 'cuda:N'; CUDA falls back to CPU with a logged notice.
@@ -199,6 +206,9 @@ class InferenceRuntime:
         self.config = config
         self.metadata = metadata or {}
         self.model = model.to(self.device).eval()
+        # Eval-mode BatchNorm is a per-channel affine map: fold it into the preceding convs
+        # (one memory pass less per layer); before compiling, which would see the BatchNorms.
+        self.folded_batch_norms = fold_batch_norms(self.model)
         self.class_names: Tuple[str, ...] = tuple(config.detection_classes)
         self.torch_compile = torch_compile
         self.cuda_graphs = cuda_graphs

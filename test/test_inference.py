@@ -2,17 +2,20 @@
 
 import logging
 
+from bev_perception import inference
 from bev_perception.inference import (
     FrameResult, InferenceRuntime, OverflowCounts, resize_nearest, TIMING_KEYS)
 from bev_perception.model.camera_geometry import forward_camera
 from bev_perception.model.config import ModelConfig, NMSConfig
 from bev_perception.model.decode import decode_detections
 from bev_perception.model.network import BEVFusionNet, preprocess_image
-from bev_perception.weights import save_weights
+from bev_perception.node_params import SHIPPED_PROFILES
+from bev_perception.weights import save_weights, shipped_weights_path
 from model_testing import calibrated_tiny_config, random_image, random_points
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 CONFIG = ModelConfig.tiny()
 
@@ -87,6 +90,28 @@ def test_matches_the_network_and_decoder(runtime):
     np.testing.assert_allclose(result.boxes, expected.boxes.numpy(), atol=1e-5)
     np.testing.assert_array_equal(result.class_ids, expected.labels.numpy())
     np.testing.assert_array_equal(result.semantic, output.semantic[0].argmax(0).numpy())
+
+
+@pytest.mark.parametrize('profile', SHIPPED_PROFILES)
+def test_shipped_weights_give_the_same_results_with_batch_norms_folded(profile, monkeypatch):
+    path = shipped_weights_path(profile)
+    folded = InferenceRuntime.from_weights(path, device='cpu')
+    monkeypatch.setattr(inference, 'fold_batch_norms', lambda model: 0)
+    unfolded = InferenceRuntime.from_weights(path, device='cpu')
+    batch_norms = [m for m in unfolded.model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert folded.folded_batch_norms == len(batch_norms) > 0
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.model.modules())
+    config = folded.config
+    points, image = _points(20000, 31, config), _image(300, 480, 32)
+    geometry = forward_camera((480, 300), 1.2) if folded.needs_calibration else None
+    for frame_image in (None, image):  # LiDAR-only, fused
+        results = [runtime(points, frame_image, score_thresholds=0.0, max_detections=30,
+                           camera_geometry=geometry) for runtime in (folded, unfolded)]
+        np.testing.assert_array_equal(results[0].class_ids, results[1].class_ids)
+        np.testing.assert_allclose(results[0].scores, results[1].scores, atol=1e-5)
+        np.testing.assert_allclose(results[0].boxes, results[1].boxes, atol=1e-4)
+        if frame_image is not None:  # ids may differ only where two logits (nearly) tie
+            assert (results[0].semantic == results[1].semantic).mean() > 0.9999
 
 
 def test_thresholds_caps_and_nms(runtime):
