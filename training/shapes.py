@@ -471,11 +471,18 @@ def pole(rng: Rng, wb: WorldBuilder, kind: str) -> MeshBuilder:
     return b
 
 
-def fence(rng: Rng, wb: WorldBuilder, length: float, kind: str) -> MeshBuilder:
-    """Return a fence, guard rail or wall of ``length`` metres along x."""
+#: A2D2's label of guard rails and crash barriers (its "Sidebars" are delineator posts).
+GUARD_RAIL_LABEL = 'Road blocks'
+#: What world 5 labelled guard rails (kept so that world 5 is drawn as it was).
+WORLD5_GUARD_RAIL_LABEL = 'Sidebars'
+
+
+def fence(rng: Rng, wb: WorldBuilder, length: float, kind: str,
+          rail_label: str = WORLD5_GUARD_RAIL_LABEL) -> MeshBuilder:
+    """Return a fence, guard rail (labelled ``rail_label``) or wall ``length`` m along x."""
     b = MeshBuilder()
     if kind == 'guardrail':
-        metal = wb.material('Sidebars', METAL, 0.6)
+        metal = wb.material(rail_label, METAL, 0.6)
         for x in np.arange(-length / 2, length / 2 + 1e-6, 2.0):
             b.box((x - 0.06, -0.06, 0.0), (x + 0.06, 0.06, 0.75), metal)
         b.box((-length / 2, 0.06, 0.45), (length / 2, 0.1, 0.78), metal)
@@ -492,6 +499,32 @@ def fence(rng: Rng, wb: WorldBuilder, length: float, kind: str) -> MeshBuilder:
         for x in np.arange(-length / 2, length / 2 + 1e-6, float(rng.uniform(2.0, 3.0))):
             b.box((x - 0.04, -0.04, 0.0), (x + 0.04, 0.04, height), post)
         b.box((-length / 2, -0.01, 0.05), (length / 2, 0.01, height), panel)
+    return b
+
+
+def delineator(rng: Rng, wb: WorldBuilder) -> MeshBuilder:
+    """Return a roadside delineator post (A2D2's "Sidebars"), x along the road.
+
+    A white post about a metre high with a black band below its top and a reflector on the
+    band's faces towards both directions of traffic, as on European rural roads (every 25-50 m
+    at the road's edge, or on top of a guard rail's posts).
+    """
+    b = MeshBuilder()
+    height = float(rng.uniform(0.95, 1.15))
+    half_x, half_y = 0.05, float(rng.uniform(0.05, 0.07))  # across the road is the wider side
+    white = wb.material('Sidebars', pick(rng, ((0.88, 0.88, 0.85), (0.80, 0.80, 0.76))),
+                        float(rng.uniform(0.5, 0.7)))
+    band = wb.material('Sidebars', (0.04, 0.04, 0.04), 0.1)
+    reflector = wb.material('Sidebars', pick(rng, ((0.95, 0.55, 0.08), (0.92, 0.92, 0.90))),
+                            0.9, retro=True, texture=0.0)
+    band_low, band_high = height - 0.32, height - 0.06
+    b.box((-half_x, -half_y, 0.0), (half_x, half_y, band_low), white)
+    b.box((-half_x, -half_y, band_low), (half_x, half_y, band_high), band)
+    b.box((-half_x, -half_y, band_high), (half_x, half_y, height), white)
+    for face in (-half_x, half_x):  # reflectors stand 5 mm proud of the band's faces
+        proud = face + math.copysign(0.005, face)
+        b.box((min(face, proud), -0.03, band_low + 0.06), (max(face, proud), 0.03,
+                                                           band_low + 0.2), reflector)
     return b
 
 

@@ -81,6 +81,7 @@ GROUND_SURFACES = (
     ('Non-drivable street', (0.45, 0.40, 0.34), 0.22, False),  # gravel shoulder
 )
 ROAD, SOLID, DASHED, CURB, PAVEMENT, VERGE, PARKING, SHOULDER = range(len(GROUND_SURFACES))
+GUARD_RAIL_BEYOND_M = 0.5  # guard rails stand this far beyond the road's edge
 SIDE_KINDS = ('urban', 'suburban', 'rural', 'car_park', 'forest')
 _SIDE_WEIGHTS = (0.35, 0.3, 0.22, 0.13)  # of the first four; forest: SyntheticConfig
 
@@ -126,6 +127,10 @@ class SyntheticConfig:
     # Cars, vans, lorries and buses with tail lights, headlights and bumpers, lorries' cargo
     # boxes mostly fleet white (shapes.CARGO); False draws them exactly as before.
     vehicle_details: bool = False
+    # Roadsides as A2D2 labels them: delineator posts ('Sidebars') along rural and forest
+    # roads, and guard rails labelled 'Road blocks' (world 5 called them 'Sidebars', which is
+    # what A2D2 calls the posts); False draws world 5 exactly.
+    delineators: bool = False
 
 
 # ----------------------------------------------------------------------------- layout
@@ -325,11 +330,13 @@ class _Placer:
     """Places objects without overlaps (rotated footprints, separating-axis test)."""
 
     def __init__(self, rng: np.random.Generator, scene_materials: WorldBuilder,
-                 street: Street, vehicle_details: bool = False) -> None:
+                 street: Street, vehicle_details: bool = False,
+                 rail_label: str = shapes.WORLD5_GUARD_RAIL_LABEL) -> None:
         self.rng = rng
         self.materials = scene_materials
         self.street = street
         self.vehicle_details = vehicle_details
+        self.rail_label = rail_label
         self.objects: List[SceneObject] = []
         self._footprints: List[np.ndarray] = []  # (4, 2) corners
         self._counts: Dict[str, int] = {}
@@ -473,7 +480,9 @@ def build_scene(seed: int, index: int, frames: int,
     street = _draw_street(rng, config)
     materials = WorldBuilder()
     ground_material = materials.material('RD normal street', (0.3, 0.3, 0.32), 0.1)
-    placer = _Placer(rng, materials, street, config.vehicle_details)
+    placer = _Placer(rng, materials, street, config.vehicle_details,
+                     shapes.GUARD_RAIL_LABEL if config.delineators
+                     else shapes.WORLD5_GUARD_RAIL_LABEL)
     ego_speed = float(rng.uniform(*config.ego_speed_mps)) if rng.random() < 0.85 else 0.0
     duration = frames * FRAME_PERIOD_US * 1e-6
     travel = ego_speed * duration
@@ -493,10 +502,16 @@ def build_scene(seed: int, index: int, frames: int,
     _place_facing_rows(rng, placer, street, world, s_high)
     if not empty:
         _place_traffic(rng, placer, street, world, s_low, s_high, ego_speed, ego_lane, busy)
-    for side in (0, 1):
-        _place_side(rng, placer, street, world, side, s_low, s_high, busy, empty)
+    rails = [_place_side(rng, placer, street, world, side, s_low, s_high, busy, empty)
+             for side in (0, 1)]
     if street.junction_s_m is not None:
         _place_junction(rng, placer, street, world, busy, empty)
+    if config.delineators:  # from a stream of their own: the rest of the scene stays as drawn
+        posts_rng = np.random.default_rng(np.random.SeedSequence([seed, index, 3]))
+        for side in (0, 1):
+            if street.side[side] in ('rural', 'forest') and posts_rng.random() < 0.8:
+                _place_delineators(posts_rng, placer, world, street.edge_m[side],
+                                   -1.0 if side == 0 else 1.0, s_low, s_high, rails[side])
 
     camera_height = float(rng.uniform(*config.camera_height_m))
     lidar = sensors.draw_setup(rng, camera_height)
@@ -570,8 +585,12 @@ def _place_traffic(rng, placer: _Placer, street: Street, world, s_low: float, s_
 
 
 def _place_side(rng, placer: _Placer, street: Street, world, side: int, s_low: float,
-                s_high: float, busy: float, empty: bool) -> None:
-    """Parked cars, pavement life, street furniture, vegetation and buildings of one side."""
+                s_high: float, busy: float, empty: bool) -> bool:
+    """Place parked cars, pavement life, furniture, vegetation and buildings of one side.
+
+    Returns:
+        Whether the side got a guard rail (``GUARD_RAIL_BEYOND_M`` beyond the road's edge).
+    """
     sign = -1.0 if side == 0 else 1.0
     edge = street.edge_m[side]
     kind = street.side[side]
@@ -640,6 +659,7 @@ def _place_side(rng, placer: _Placer, street: Street, world, side: int, s_low: f
     start = pavement + (0.0 if pavement else 0.8)
     if kind in ('rural', 'suburban') and rng.random() < 0.5:
         _vegetation_belt(rng, placer, at, s_low, s_high, start + float(rng.uniform(0.3, 2.0)))
+    rail = False
     if kind == 'urban':
         _building_row(rng, placer, at, s_low, s_high, start + float(rng.uniform(0.0, 1.0)),
                       side, (8.0, 25.0))
@@ -650,10 +670,12 @@ def _place_side(rng, placer: _Placer, street: Street, world, side: int, s_low: f
                       side, (5.0, 10.0))
         _scatter_vegetation(rng, placer, at, s_low, s_high, boundary + 1.0, 20.0, 0.3)
     elif kind in ('rural', 'forest'):
-        if rng.random() < 0.5:  # guard rail in 8 m pieces (follows curves)
+        rail = rng.random() < 0.5
+        if rail:  # guard rail in 8 m pieces (follows curves)
             for s in np.arange(s_low, s_high, 8.0):
-                x, y, heading = at(float(s) + 4.0, 0.5)
-                placer.scenery(shapes.fence(rng, placer.materials, 8.0, 'guardrail'), x, y,
+                x, y, heading = at(float(s) + 4.0, GUARD_RAIL_BEYOND_M)
+                placer.scenery(shapes.fence(rng, placer.materials, 8.0, 'guardrail',
+                                            placer.rail_label), x, y,
                                heading + (0.0 if side == 1 else math.pi), check=False)
         if kind == 'forest':
             _forest(rng, placer, at, s_low, s_high, start + float(rng.uniform(0.5, 5.0)))
@@ -662,6 +684,22 @@ def _place_side(rng, placer: _Placer, street: Street, world, side: int, s_low: f
                                 float(rng.uniform(0.1, 1.0)))
     else:
         _car_park(rng, placer, at, s_low, s_high, start + 1.0, side, busy, empty)
+    return rail
+
+
+def _place_delineators(rng, placer: _Placer, world, edge: float, sign: float, s_low: float,
+                       s_high: float, rail: bool) -> None:
+    """Delineator posts every 20-50 m along a road edge (``sign``: outwards), both ways.
+
+    On a guard rail they stand on its line (on its posts, as they are mounted); elsewhere
+    0.5-1.2 m beyond the edge, where nothing else stands.
+    """
+    s = s_low + float(rng.uniform(0.0, 50.0))
+    while s < s_high:
+        beyond = GUARD_RAIL_BEYOND_M if rail else float(rng.uniform(0.5, 1.2))
+        x, y, heading = world(s, edge + sign * beyond)
+        placer.scenery(shapes.delineator(rng, placer.materials), x, y, heading, check=not rail)
+        s += float(rng.uniform(20.0, 50.0))
 
 
 def _scatter_distractors(rng, placer: _Placer, at, s_low: float, s_high: float,

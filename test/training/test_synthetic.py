@@ -244,6 +244,31 @@ def test_forest_sides_grow_trees_taller_than_the_park_trees():
     assert len(forest[0].objects) > len(plain.objects) + 50
 
 
+def test_delineators_line_rural_roads_and_leave_the_rest_of_the_scene_as_drawn():
+    # Rural and forest roadsides get delineator posts ('Sidebars'), and guard rails take
+    # A2D2's label for them ('Road blocks'); everything else is the world-5 scene.
+    posts = synthetic.SyntheticConfig(delineators=True)
+    added, rails = 0, 0
+    for index in range(12):
+        plain = synthetic.build_scene(0, index, 1)
+        lined = synthetic.build_scene(0, index, 1, posts)
+        assert lined.street.side == plain.street.side
+        kept = lined.objects[:len(plain.objects)]
+        assert [(o.x_m, o.y_m, o.box_class) for o in kept] == [
+            (o.x_m, o.y_m, o.box_class) for o in plain.objects]
+        new = lined.objects[len(plain.objects):]
+        assert all(o.box_class is None and 0.9 <= o.size_m[2] <= 1.2 for o in new)
+        if not any(kind in ('rural', 'forest') for kind in plain.street.side):
+            assert not new
+        added += len(new)
+        rail_labels = {m.label for m in lined.materials.materials if m.albedo == shapes.METAL}
+        if any(m.label == 'Sidebars' for m in plain.materials.materials):
+            rails += 1  # world 5 labelled this scene's guard rail 'Sidebars' ...
+            assert 'Road blocks' in rail_labels and 'Sidebars' not in rail_labels  # ... now not
+        assert bool(new) == any(m.label == 'Sidebars' for m in lined.materials.materials)
+    assert added >= 6 and rails >= 1
+
+
 def test_label3d_format_and_box_geometry(root):
     axis_signs, classes = set(), set()
     for _, _, paths in _frames(root):

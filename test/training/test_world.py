@@ -138,8 +138,34 @@ def test_scenery_is_unlabelled_clutter():
     labels = {m.label for m in builder.materials}
     assert labels <= {'Nature object', 'Poles', 'Traffic sign 1', 'Grid structure', 'Sidebars',
                       'Small vehicles 1', 'Buildings'}
+    shapes.fence(rng, builder, 10.0, 'guardrail', shapes.GUARD_RAIL_LABEL)
+    assert {m.label for m in builder.materials} - labels == {'Road blocks'}
     foliage = [m for m in builder.materials if m.label == 'Nature object' and m.transmit > 0]
     assert foliage and all(m.scatter_m > 0 for m in foliage), 'leaves scatter returns'
+
+
+def test_delineator_is_a_white_post_with_a_black_band_and_reflectors_both_ways():
+    builder = WorldBuilder()
+    mesh = shapes.delineator(np.random.default_rng(3), builder)
+    low, high = mesh.local_bounds()
+    assert 0.9 <= high[2] <= 1.2 and low[2] == pytest.approx(0.0)
+    assert high[0] - low[0] < 0.15 and high[1] - low[1] < 0.15  # a post, not a panel
+    assert {m.label for m in builder.materials} == {'Sidebars'}
+    bright = [m for m in builder.materials if min(m.albedo) > 0.7 and not m.retro]
+    assert bright and any(max(m.albedo) < 0.1 for m in builder.materials)
+    mesh.place(np.eye(3), (0.0, 0.0, 0.0), -1, builder)
+    world = builder.build()
+    # Along the road (x) both ways, at the band's height, rays meet a retro-reflector; across
+    # it, the black band; lower down, the white post.
+    band = high[2] - 0.32 + 0.13
+    for origin, direction in (((5.0, 0.0, band), (-1.0, 0.0, 0.0)),
+                              ((-5.0, 0.0, band), (1.0, 0.0, 0.0))):
+        hits = world.cast(np.array(origin), np.array([direction]))
+        assert hits.hit[0] and world.materials[world.mesh.material[hits.face[0]]].retro
+    across = world.cast(np.array((0.0, 5.0, band)), np.array([[0.0, -1.0, 0.0]]))
+    assert max(world.materials[world.mesh.material[across.face[0]]].albedo) < 0.1
+    low_hit = world.cast(np.array((0.0, 5.0, 0.3)), np.array([[0.0, -1.0, 0.0]]))
+    assert min(world.materials[world.mesh.material[low_hit.face[0]]].albedo) > 0.7
 
 
 @pytest.mark.parametrize('kind', shapes.DISTRACTORS)
