@@ -81,10 +81,9 @@ class Recipe:
     # The camera stage's scenes: the first stage's world with these generator settings (under
     # <data_dir>/train_camera, same seed and size). Forest roadsides: real images show forests
     # that the first stage's streets lack (training/EXPERIMENTS.md, "Camera stage: style, zoom
-    # and forests"), and roadsides labelled as A2D2 labels them (delineator posts, guard rails
-    # as road blocks). None: the camera stage trains on the first stage's scenes.
+    # and forests"). None: the camera stage trains on the first stage's scenes.
     camera_world: Optional[synthetic.SyntheticConfig] = synthetic.SyntheticConfig(
-        forest_side_weight=0.33, delineators=True)
+        forest_side_weight=0.33)
     model_overrides: Tuple[str, ...] = ()  # training config overrides that pick the model
     # Overrides of the camera stage's model (after its file) for this profile alone.
     camera_model_overrides: Tuple[str, ...] = ()
