@@ -365,14 +365,23 @@ def _tensor(array: np.ndarray, dtype: Optional[type] = None) -> torch.Tensor:
 
 
 def collate_examples(examples: Sequence[Example]) -> Batch:
-    """Stack examples into a Batch (points, boxes and labels stay lists)."""
+    """Stack examples into a Batch (points, boxes and labels stay lists).
+
+    Raises:
+        ValueError: some examples carry detection targets and others do not (a batch with
+            half its targets would train the detection on the wrong samples).
+    """
+    with_targets = [e['targets'] is not None for e in examples]
+    if any(with_targets) and not all(with_targets):
+        raise ValueError(f'a batch mixes examples with and without detection targets '
+                         f'({sum(with_targets)} of {len(examples)} have them)')
     return Batch(
         points=[e['points'] for e in examples],
         images=torch.stack([e['image'] for e in examples]),
         camera_valid=torch.tensor([e['camera_valid'] for e in examples], dtype=torch.bool),
         semantic=torch.stack([e['semantic'] for e in examples]),
         targets=(collate_targets([e['targets'] for e in examples])
-                 if all(e['targets'] is not None for e in examples) else None),
+                 if all(with_targets) else None),
         boxes=[e['boxes'] for e in examples], labels=[e['labels'] for e in examples],
         names=[e['name'] for e in examples],
         camera_geometry=torch.stack([e['camera_geometry'] for e in examples]))

@@ -462,6 +462,10 @@ def test_a_run_of_the_semantics_alone_steps_as_the_whole_forward(tiny_root, tmp_
     bare = collate_examples([TrainingDataset(frames, model_config, config.augment, 0,
                                              with_targets=False)[i] for i in range(2)])
     assert bare.targets is None and torch.equal(bare.images, batch.images)  # the same draws
+    with pytest.raises(ValueError, match='1 of 2 have them'):
+        collate_examples([TrainingDataset(frames, model_config, config.augment, 0)[0],
+                          TrainingDataset(frames, model_config, config.augment, 0,
+                                          with_targets=False)[1]])
     assert torch.equal(bare.semantic, batch.semantic) and bare.to('cpu').targets is None
     model = BEVFusionNet(model_config)
     model.load_state_dict(start)
