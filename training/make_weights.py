@@ -84,10 +84,20 @@ class Recipe:
     # and forests"). None: the camera stage trains on the first stage's scenes.
     camera_world: Optional[synthetic.SyntheticConfig] = synthetic.SyntheticConfig(
         forest_side_weight=0.33)
+    # Frames per scene of the camera stage's own scenes (None: train_frames_per_scene). It gets
+    # as many frames as the first stage, so fewer frames per scene means more scenes: more
+    # streets, cameras and looks for the same training time (``camera_scenes``).
+    camera_frames_per_scene: Optional[int] = 1
     model_overrides: Tuple[str, ...] = ()  # training config overrides that pick the model
     # Overrides of the camera stage's model (after its file) for this profile alone.
     camera_model_overrides: Tuple[str, ...] = ()
     profile: str = 'default'  # name in PROFILES (for the recorded command)
+
+    @property
+    def camera_scenes(self) -> Tuple[int, int]:
+        """Return the camera stage's scenes and frames per scene (its own world's)."""
+        frames = self.camera_frames_per_scene or self.train_frames_per_scene
+        return max(1, self.train_scenes * self.train_frames_per_scene // frames), frames
 
     @property
     def command(self) -> str:
@@ -318,9 +328,8 @@ def make_weights(recipe: Recipe, overrides: Tuple[str, ...] = (),
                            TRAIN_DATA_SEED, recipe)
     camera_data = None  # the camera stage's own scenes, when the recipe gives it a world
     if recipe.camera_stage_path is not None and recipe.camera_world is not None:
-        camera_data = _generate(stage_data(recipe, camera=True)[0], recipe.train_scenes,
-                                recipe.train_frames_per_scene, TRAIN_DATA_SEED, recipe,
-                                recipe.camera_world)
+        camera_data = _generate(stage_data(recipe, camera=True)[0], *recipe.camera_scenes,
+                                TRAIN_DATA_SEED, recipe, recipe.camera_world)
     held_out_data = _generate(held_out_root, recipe.held_out_scenes,
                               recipe.held_out_frames_per_scene, HELD_OUT_SEED, recipe)
     timings['generate_s'] = time.perf_counter() - tick

@@ -103,6 +103,16 @@ def test_a_root_of_another_world_records_it_and_holds_other_scenes(tmp_path):
     assert stages.camera.config.data == stages.first.config.data
 
 
+def test_the_camera_stage_gets_as_many_frames_as_the_first_from_its_own_scene_count():
+    recipe = make_weights.Recipe(train_scenes=30, train_frames_per_scene=4,
+                                 camera_frames_per_scene=1)
+    assert recipe.camera_scenes == (120, 1)  # four times the streets, one frame each
+    assert dataclasses.replace(recipe, camera_frames_per_scene=None).camera_scenes == (30, 4)
+    assert dataclasses.replace(recipe, camera_frames_per_scene=8).camera_scenes == (15, 8)
+    assert dataclasses.replace(recipe, train_scenes=1, train_frames_per_scene=1,
+                               camera_frames_per_scene=2).camera_scenes == (1, 2)
+
+
 def test_the_camera_stage_trains_from_the_first_and_keeps_its_lidar_only_outputs(tmp_path):
     stage_file = tmp_path / 'camera_stage.yaml'
     stage_file.write_text('freeze: [pillar_net, backbone, detection_head]\n'
@@ -129,6 +139,8 @@ def test_the_camera_stage_trains_from_the_first_and_keeps_its_lidar_only_outputs
     assert stages.camera.config.data.root == camera_root
     assert provenance['camera_train_data']['world_config'] == make_weights.world_settings(
         recipe.camera_world) != {}
+    camera_data = provenance['camera_train_data']
+    assert (camera_data['scenes'], camera_data['frames_per_scene']) == recipe.camera_scenes
     points = [torch.rand(800, 4) * torch.tensor([40.0, 40.0, 3.0, 1.0])
               - torch.tensor([0.0, 20.0, 1.5, 0.0])]
     with torch.no_grad():
