@@ -86,8 +86,9 @@ class Recipe:
         forest_side_weight=0.33)
     # Frames per scene of the camera stage's own scenes (None: train_frames_per_scene). It gets
     # as many frames as the first stage, so fewer frames per scene means more scenes: more
-    # streets, cameras and looks for the same training time (``camera_scenes``).
-    camera_frames_per_scene: Optional[int] = 1
+    # streets, cameras and looks for the same training time (``camera_scenes``). One frame per
+    # scene was tried (training/EXPERIMENTS.md, E23): no gain on the real images.
+    camera_frames_per_scene: Optional[int] = None
     model_overrides: Tuple[str, ...] = ()  # training config overrides that pick the model
     # Overrides of the camera stage's model (after its file) for this profile alone.
     camera_model_overrides: Tuple[str, ...] = ()
