@@ -1,7 +1,8 @@
 """Synthetic drives written in the A2D2 ``camera_lidar_semantic_bboxes`` format.
 
-``python -m training.synthetic --out DIR --scenes S --frames F --seed K [--workers N]`` writes
-a root with ``cams_lidars.json`` and ``class_list.json`` (from the project's own tables) and S
+``python -m training.synthetic --out DIR --scenes S --frames F --seed K [--workers N]
+[--world KEY=VALUE ...]`` (``SyntheticConfig`` settings, e.g. ``--world forest_side_weight=0.33``
+for the world of the shipped recipe's camera stage) writes a root with ``cams_lidars.json`` and ``class_list.json`` (from the project's own tables) and S
 scene folders ``YYYYMMDD_hhmmss`` of F frames, with the real dataset's folders, file names,
 npz keys and dtypes, label3D JSON, camera PNG + info JSON and semantic label PNG;
 ``training.a2d2`` reads them like real A2D2 (its module docstring gives the layout).
@@ -60,6 +61,7 @@ from training.a2d2_calibration import (
     view_to_view, write_cams_lidars)
 from training.cli import output_error
 from training.world import hash_noise, Hits, MeshBuilder, rotation_z, World, WorldBuilder
+import yaml
 
 # ----------------------------------------------------------------------------- constants
 
@@ -1357,6 +1359,39 @@ def generate(out_dir: str, scenes: int, frames: int, seed: int,
         cpu_seconds_per_frame=sum(cpu for _, _, cpu in results) / (new_scenes * frames))
 
 
+def world_config(settings: Sequence[str]) -> SyntheticConfig:
+    """Return the ``SyntheticConfig`` with ``KEY=VALUE`` settings (values in YAML) changed.
+
+    Only the plain settings (numbers, flags, pairs of numbers) can be set this way.
+
+    Raises:
+        ValueError: a setting without '=', an unknown or non-plain key, or a value of the
+            wrong type for its key.
+    """
+    default = SyntheticConfig()
+    changes: Dict[str, object] = {}
+    for setting in settings:
+        key, equals, text = setting.partition('=')
+        if not equals:
+            raise ValueError(f'{setting!r}: expected KEY=VALUE')
+        current = getattr(default, key, None)
+        if key.startswith('_') or not isinstance(current, (bool, int, float, tuple)):
+            plain = sorted(name for name, value in vars(default).items()
+                           if isinstance(value, (bool, int, float, tuple)))
+            raise ValueError(f'{key!r}: not a world setting (one of {", ".join(plain)})')
+        value = yaml.safe_load(text)
+        if isinstance(current, tuple) and isinstance(value, list) and len(value) == len(
+                current) and all(isinstance(v, (int, float)) for v in value):
+            value = tuple(type(c)(v) for c, v in zip(current, value))
+        elif isinstance(current, float) and isinstance(value, int) and not isinstance(
+                value, bool):
+            value = float(value)
+        if type(value) is not type(current):
+            raise ValueError(f'{key}={text}: expected a value like {current!r}')
+        changes[key] = value
+    return replace(default, **changes)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Command line entry point; returns the exit status."""
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
@@ -1368,6 +1403,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('--width', type=int, default=NATIVE_RESOLUTION[0], help='image width')
     parser.add_argument('--height', type=int, default=NATIVE_RESOLUTION[1],
                         help='image height')
+    parser.add_argument('--world', action='append', default=[], metavar='KEY=VALUE',
+                        help='a SyntheticConfig setting, e.g. forest_side_weight=0.33 '
+                             '(repeatable; default: world %d as drawn)' % WORLD_VERSION)
     args = parser.parse_args(argv)
     for name in ('scenes', 'frames', 'workers', 'width', 'height'):
         if getattr(args, name) < 1:
@@ -1375,8 +1413,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.seed < 0:
         parser.error(f'--seed must be >= 0, got {args.seed}')
     try:
+        config = world_config(args.world)
+    except (ValueError, yaml.YAMLError) as error:
+        parser.error(f'--world {error}')
+    try:
         report = generate(args.out, args.scenes, args.frames, args.seed,
-                          image_size=(args.width, args.height), workers=args.workers)
+                          image_size=(args.width, args.height), workers=args.workers,
+                          config=config)
     except OSError as error:  # the output folder cannot be written
         raise output_error('training.synthetic', args.out, error) from None
     print(f'wrote {report.frames} frames in {len(report.scenes)} scenes to {report.root} '

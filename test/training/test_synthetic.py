@@ -269,6 +269,19 @@ def test_delineators_line_rural_roads_and_leave_the_rest_of_the_scene_as_drawn()
     assert added >= 6 and rails >= 1
 
 
+def test_world_settings_from_the_command_line():
+    config = synthetic.world_config(['forest_side_weight=1', 'delineators=true',
+                                     'camera_height_m=[1.5, 1.9]'])
+    assert config == dataclasses.replace(synthetic.SyntheticConfig(), forest_side_weight=1.0,
+                                         delineators=True, camera_height_m=(1.5, 1.9))
+    assert isinstance(config.forest_side_weight, float)
+    assert synthetic.world_config([]) == synthetic.SyntheticConfig()
+    with pytest.raises(ValueError, match='not a world setting'):
+        synthetic.world_config(['camera=null'])  # a CameraSetup, not a plain setting
+    with pytest.raises(ValueError, match='expected a value like False'):
+        synthetic.world_config(['delineators=2'])
+
+
 def test_label3d_format_and_box_geometry(root):
     axis_signs, classes = set(), set()
     for _, _, paths in _frames(root):
@@ -490,6 +503,12 @@ def test_command_line(tmp_path):
     with pytest.raises(SystemExit) as raised:  # usage error before any work
         synthetic.main(['--out', out, '--scenes', '0', '--frames', '1', '--seed', '0'])
     assert raised.value.code == 2
+    for setting in ('forest_side_weight', 'no_such_knob=1', 'camera=null',
+                    'delineators=maybe', 'camera_height_m=[1.5]'):
+        with pytest.raises(SystemExit) as raised:  # a bad --world: usage error, no work
+            synthetic.main(['--out', str(tmp_path / 'never'), '--scenes', '1', '--frames',
+                            '1', '--seed', '0', '--world', setting])
+        assert raised.value.code == 2 and not os.path.exists(tmp_path / 'never')
     blocker = tmp_path / 'a_file'
     blocker.write_text('')
     with pytest.raises(SystemExit) as raised:  # the folder cannot be made: named, no traceback
