@@ -1,9 +1,10 @@
 """Synthetic drives written in the A2D2 ``camera_lidar_semantic_bboxes`` format.
 
 ``python -m training.synthetic --out DIR --scenes S --frames F --seed K [--workers N]
-[--world KEY=VALUE ...]`` (``SyntheticConfig`` settings, e.g. ``--world forest_side_weight=0.33``
-for the world of the shipped recipe's camera stage) writes a root with ``cams_lidars.json`` and ``class_list.json`` (from the project's own tables) and S
-scene folders ``YYYYMMDD_hhmmss`` of F frames, with the real dataset's folders, file names,
+[--world KEY=VALUE ...]`` (``SyntheticConfig`` settings, e.g. ``--world
+forest_side_weight=0.33`` for the world of the shipped recipe's camera stage) writes a root
+with ``cams_lidars.json`` and ``class_list.json`` (from the project's own tables) and S scene
+folders ``YYYYMMDD_hhmmss`` of F frames, with the real dataset's folders, file names,
 npz keys and dtypes, label3D JSON, camera PNG + info JSON and semantic label PNG;
 ``training.a2d2`` reads them like real A2D2 (its module docstring gives the layout).
 
