@@ -61,6 +61,7 @@ from training.a2d2_calibration import (
     camera_calibration, CameraModel, cams_lidars_dict, LIDAR_IDS, lidar_view, NATIVE_RESOLUTION,
     view_to_view, write_cams_lidars)
 from training.cli import output_error
+from training.settings import apply_override, build_dataclass
 from training.world import hash_noise, Hits, MeshBuilder, rotation_z, World, WorldBuilder
 import yaml
 
@@ -1361,36 +1362,15 @@ def generate(out_dir: str, scenes: int, frames: int, seed: int,
 
 
 def world_config(settings: Sequence[str]) -> SyntheticConfig:
-    """Return the ``SyntheticConfig`` with ``KEY=VALUE`` settings (values in YAML) changed.
-
-    Only the plain settings (numbers, flags, pairs of numbers) can be set this way.
+    """Return the ``SyntheticConfig`` with ``key=value`` settings (values in YAML) changed.
 
     Raises:
-        ValueError: a setting without '=', an unknown or non-plain key, or a value of the
-            wrong type for its key.
+        ValueError: a setting without '=', an unknown key, or a value of the wrong type.
     """
-    default = SyntheticConfig()
-    changes: Dict[str, object] = {}
+    raw: Dict[str, object] = {}
     for setting in settings:
-        key, equals, text = setting.partition('=')
-        if not equals:
-            raise ValueError(f'{setting!r}: expected KEY=VALUE')
-        current = getattr(default, key, None)
-        if key.startswith('_') or not isinstance(current, (bool, int, float, tuple)):
-            plain = sorted(name for name, value in vars(default).items()
-                           if isinstance(value, (bool, int, float, tuple)))
-            raise ValueError(f'{key!r}: not a world setting (one of {", ".join(plain)})')
-        value = yaml.safe_load(text)
-        if isinstance(current, tuple) and isinstance(value, list) and len(value) == len(
-                current) and all(isinstance(v, (int, float)) for v in value):
-            value = tuple(type(c)(v) for c, v in zip(current, value))
-        elif isinstance(current, float) and isinstance(value, int) and not isinstance(
-                value, bool):
-            value = float(value)
-        if type(value) is not type(current):
-            raise ValueError(f'{key}={text}: expected a value like {current!r}')
-        changes[key] = value
-    return replace(default, **changes)
+        apply_override(raw, setting, '--world')
+    return build_dataclass(SyntheticConfig, raw, '--world')  # unset fields keep their defaults
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -1416,7 +1396,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         config = world_config(args.world)
     except (ValueError, yaml.YAMLError) as error:
-        parser.error(f'--world {error}')
+        parser.error(str(error))
     try:
         report = generate(args.out, args.scenes, args.frames, args.seed,
                           image_size=(args.width, args.height), workers=args.workers,

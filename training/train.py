@@ -42,7 +42,6 @@ import shlex
 import subprocess
 import sys
 import time
-import typing
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from bev_perception.model.config import ModelConfig
@@ -58,6 +57,7 @@ from training.a2d2 import A2D2Dataset, DEFAULT_CLASS_MAP, DEFAULT_VAL_SCENES
 from training.augment import AugmentConfig
 from training.data import Batch, collate_examples, FrameCache, PreparedFrames, TrainingDataset
 from training.losses import LossBreakdown, LossWeights, multitask_loss, semantic_loss
+from training.settings import apply_override, build_dataclass
 from training.targets import TargetConfig
 import yaml
 
@@ -184,7 +184,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> 'TrainConfig':
         """Build and check a config from nested dicts (unknown keys fail)."""
-        return _build(cls, data, 'config')
+        return build_dataclass(cls, data, 'config')
 
 
 def _to_plain(value: Any) -> Any:
@@ -195,67 +195,6 @@ def _to_plain(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _to_plain(v) for k, v in value.items()}
     return value
-
-
-def _build(cls: type, data: Any, where: str) -> Any:
-    """Build dataclass ``cls`` from a dict, converting values by the field type hints."""
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ValueError(f'{where}: expected a mapping, got {type(data).__name__}')
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(data) - set(names))
-    if unknown:
-        raise ValueError(f'{where}: unknown keys {unknown} (known: {names})')
-    return cls(**{name: _convert(hints[name], value, f'{where}.{name}')
-                  for name, value in data.items()})
-
-
-def _convert(hint: Any, value: Any, where: str) -> Any:
-    """Convert a YAML value to the type ``hint`` or raise ValueError naming ``where``."""
-    if hint is Any:
-        return value
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, value, where)
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin is Union:
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for option in (a for a in args if a is not type(None)):
-            try:
-                return _convert(option, value, where)
-            except ValueError as error:
-                errors.append(str(error))
-        raise ValueError(' / '.join(errors))
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise ValueError(f'{where}: expected a list, got {value!r}')
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_convert(args[0], v, where) for v in value)
-        if len(args) != len(value):
-            raise ValueError(f'{where}: expected {len(args)} values, got {len(value)}')
-        return tuple(_convert(a, v, where) for a, v in zip(args, value))
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ValueError(f'{where}: expected a mapping, got {value!r}')
-        return {_convert(args[0], k, where): _convert(args[1], v, f'{where}.{k}')
-                for k, v in value.items()}
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f'{where}: expected a number, got {value!r}')
-        return float(value)
-    if hint is type(None):
-        if value is not None:
-            raise ValueError(f'{where}: expected null, got {value!r}')
-        return None
-    if hint in (int, str, bool):
-        if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
-            raise ValueError(f'{where}: expected {hint.__name__}, got {value!r}')
-        return value
-    raise ValueError(f'{where}: unsupported type {hint}')
 
 
 def _deep_merge(base: Dict[str, Any], overrides: Dict[str, Any], where: str) -> Dict[str, Any]:
@@ -269,20 +208,6 @@ def _deep_merge(base: Dict[str, Any], overrides: Dict[str, Any], where: str) -> 
         else:
             merged[key] = value
     return merged
-
-
-def apply_override(raw: Dict[str, Any], assignment: str) -> None:
-    """Set ``a.b.c=value`` (value parsed as YAML) in the nested dict ``raw``, in place."""
-    if '=' not in assignment:
-        raise ValueError(f'--override {assignment!r}: expected key.path=value')
-    path, text = assignment.split('=', 1)
-    keys = path.strip().split('.')
-    node = raw
-    for key in keys[:-1]:
-        node = node.setdefault(key, {})
-        if not isinstance(node, dict):
-            raise ValueError(f'--override {assignment!r}: {key!r} is not a mapping')
-    node[keys[-1]] = yaml.safe_load(text)
 
 
 def load_config(path: Optional[str], overrides: Tuple[str, ...] = ()) -> TrainConfig:

@@ -276,9 +276,9 @@ def test_world_settings_from_the_command_line():
                                          delineators=True, camera_height_m=(1.5, 1.9))
     assert isinstance(config.forest_side_weight, float)
     assert synthetic.world_config([]) == synthetic.SyntheticConfig()
-    with pytest.raises(ValueError, match='not a world setting'):
-        synthetic.world_config(['camera=null'])  # a CameraSetup, not a plain setting
-    with pytest.raises(ValueError, match='expected a value like False'):
+    with pytest.raises(ValueError, match=r"unknown keys \['no_such_knob'\]"):
+        synthetic.world_config(['no_such_knob=1'])
+    with pytest.raises(ValueError, match='delineators: expected bool, got 2'):
         synthetic.world_config(['delineators=2'])
 
 
@@ -503,7 +503,7 @@ def test_command_line(tmp_path):
     with pytest.raises(SystemExit) as raised:  # usage error before any work
         synthetic.main(['--out', out, '--scenes', '0', '--frames', '1', '--seed', '0'])
     assert raised.value.code == 2
-    for setting in ('forest_side_weight', 'no_such_knob=1', 'camera=null',
+    for setting in ('forest_side_weight', 'no_such_knob=1', 'camera.no_such_field=1',
                     'delineators=maybe', 'camera_height_m=[1.5]'):
         with pytest.raises(SystemExit) as raised:  # a bad --world: usage error, no work
             synthetic.main(['--out', str(tmp_path / 'never'), '--scenes', '1', '--frames',
