@@ -53,6 +53,7 @@ import zipfile
 
 from bev_perception.a2d2_classes import hex_to_rgb, IGNORE_INDEX, SEMANTIC_CATEGORIES, \
     SEMANTIC_COLOURS
+from bev_perception.typed_config import build_dataclass
 import numpy as np
 from PIL import Image
 from training import cameras, sensors, shapes
@@ -61,7 +62,7 @@ from training.a2d2_calibration import (
     camera_calibration, CameraModel, cams_lidars_dict, LIDAR_IDS, lidar_view, NATIVE_RESOLUTION,
     view_to_view, write_cams_lidars)
 from training.cli import output_error
-from training.settings import apply_override, build_dataclass
+from training.settings import apply_override
 from training.world import hash_noise, Hits, MeshBuilder, rotation_z, World, WorldBuilder
 import yaml
 

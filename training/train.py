@@ -46,6 +46,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from bev_perception.model.config import ModelConfig
 from bev_perception.model.network import BEVFusionNet
+from bev_perception.typed_config import build_dataclass, to_plain
 from bev_perception.weights import load_weights, WeightsError
 import numpy as np
 import torch
@@ -57,7 +58,7 @@ from training.a2d2 import A2D2Dataset, DEFAULT_CLASS_MAP, DEFAULT_VAL_SCENES
 from training.augment import AugmentConfig
 from training.data import Batch, collate_examples, FrameCache, PreparedFrames, TrainingDataset
 from training.losses import LossBreakdown, LossWeights, multitask_loss, semantic_loss
-from training.settings import apply_override, build_dataclass
+from training.settings import apply_override
 from training.targets import TargetConfig
 import yaml
 
@@ -179,22 +180,12 @@ class TrainConfig:
 
     def to_dict(self) -> Dict[str, Any]:
         """Return a JSON/YAML-safe nested dict."""
-        return _to_plain(self)
+        return to_plain(self)
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> 'TrainConfig':
         """Build and check a config from nested dicts (unknown keys fail)."""
         return build_dataclass(cls, data, 'config')
-
-
-def _to_plain(value: Any) -> Any:
-    if dataclasses.is_dataclass(value):
-        return {f.name: _to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, (tuple, list)):
-        return [_to_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _to_plain(v) for k, v in value.items()}
-    return value
 
 
 def _deep_merge(base: Dict[str, Any], overrides: Dict[str, Any], where: str) -> Dict[str, Any]:

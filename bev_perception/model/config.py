@@ -19,10 +19,10 @@ BEV grid convention (used by the voxelizer, the targets, the decoder and the fus
 
 import dataclasses
 import math
-import typing
 from typing import Any, Dict, Tuple
 
 from bev_perception.a2d2_classes import SEMANTIC_CATEGORIES, SEMANTIC_PALETTE
+from bev_perception.typed_config import build_dataclass, to_plain
 
 #: Camera input height and width must be multiples of the encoder's deepest stride.
 CAMERA_STRIDE_MULTIPLE = 32
@@ -296,12 +296,12 @@ class ModelConfig:
 
     def to_dict(self) -> Dict[str, Any]:
         """Return a JSON-safe nested dict (tuples become lists)."""
-        return _to_jsonable(self)
+        return to_plain(self)
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> 'ModelConfig':
         """Build a config from ``to_dict()`` output; missing keys take defaults, unknown fail."""
-        return _from_jsonable(cls, data, 'ModelConfig')
+        return build_dataclass(cls, data, 'ModelConfig')
 
     @classmethod
     def lite(cls) -> 'ModelConfig':
@@ -340,53 +340,3 @@ class ModelConfig:
             fusion=FusionConfig(num_heads=2),
             head=HeadConfig(
                 shared_channels=8, tower_channels=8, semantic_channels=8, max_objects=20))
-
-
-def _to_jsonable(value: Any) -> Any:
-    if dataclasses.is_dataclass(value):
-        return {f.name: _to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, (tuple, list)):
-        return [_to_jsonable(v) for v in value]
-    return value
-
-
-def _from_jsonable(cls: type, data: Any, where: str) -> Any:
-    """Rebuild dataclass ``cls`` from nested dicts/lists, restoring tuples by type hints."""
-    if not isinstance(data, dict):
-        raise ValueError(f'{where}: expected an object, got {type(data).__name__}')
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ValueError(f'{where}: unknown keys {unknown}')
-    kwargs = {name: _convert(hints[name], value, f'{where}.{name}')
-              for name, value in data.items()}
-    return cls(**kwargs)
-
-
-def _convert(hint: Any, value: Any, where: str) -> Any:
-    if dataclasses.is_dataclass(hint):
-        return _from_jsonable(hint, value, where)
-    origin = typing.get_origin(hint)
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise ValueError(f'{where}: expected a list, got {type(value).__name__}')
-        args = typing.get_args(hint)
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_convert(args[0], v, where) for v in value)
-        if len(args) != len(value):
-            raise ValueError(f'{where}: expected {len(args)} values, got {len(value)}')
-        return tuple(_convert(a, v, where) for a, v in zip(args, value))
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f'{where}: expected a number, got {value!r}')
-        return float(value)
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ValueError(f'{where}: expected true or false, got {value!r}')
-        return value
-    if hint in (int, str):
-        if isinstance(value, bool) or not isinstance(value, hint):
-            raise ValueError(f'{where}: expected {hint.__name__}, got {value!r}')
-        return value
-    return value

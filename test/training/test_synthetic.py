@@ -278,7 +278,7 @@ def test_world_settings_from_the_command_line():
     assert synthetic.world_config([]) == synthetic.SyntheticConfig()
     with pytest.raises(ValueError, match=r"unknown keys \['no_such_knob'\]"):
         synthetic.world_config(['no_such_knob=1'])
-    with pytest.raises(ValueError, match='delineators: expected bool, got 2'):
+    with pytest.raises(ValueError, match='delineators: expected true or false, got 2'):
         synthetic.world_config(['delineators=2'])
 
 
