@@ -810,6 +810,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _config_of(args: argparse.Namespace) -> TrainConfig:
+    """Return the run's config: the YAML file's, or the checkpoint's to resume, overridden."""
+    if args.config is not None:
+        return load_config(args.config, tuple(args.override))
+    path = args.resume
+    if path == 'last':
+        path = os.path.join(args.out or TrainConfig().output_dir, 'checkpoints', 'last.pt')
+    saved = load_checkpoint(path)['train_config']
+    for assignment in args.override:
+        apply_override(saved, assignment)
+    return TrainConfig.from_dict(saved)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Command-line entry point; returns the exit status."""
     args = build_parser().parse_args(argv)
@@ -817,17 +830,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.config is None and args.resume is None:
         raise SystemExit('--config is required (or --resume with a checkpoint)')
     try:
-        if args.config is None:
-            path = args.resume
-            if path == 'last':
-                path = os.path.join(args.out or TrainConfig().output_dir, 'checkpoints',
-                                    'last.pt')
-            saved = load_checkpoint(path)['train_config']
-            for assignment in args.override:
-                apply_override(saved, assignment)
-            config = TrainConfig.from_dict(saved)
-        else:
-            config = load_config(args.config, tuple(args.override))
+        config = _config_of(args)
+    except (CheckpointError, OSError, yaml.YAMLError) as error:  # they name the file
+        raise SystemExit(f'training.train: {error}') from None
+    except ValueError as error:  # a setting of the file or of an --override
+        raise SystemExit(f'training.train: {args.config or args.resume}: {error}') from None
+    try:
         command = ' '.join(shlex.quote(a) for a in [sys.executable, '-m', 'training.train']
                            + list(sys.argv[1:] if argv is None else argv))
         result = train(config, output_dir=args.out, resume=args.resume,

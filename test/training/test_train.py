@@ -21,8 +21,8 @@ from training.augment import augment_sample, AugmentConfig, flip_left_right, Sam
 from training.data import collate_examples, FrameCache, resize_labels_nearest, TrainingDataset
 from training.train import (
     _grown, _initial_state, _semantic_losses, _train_step, apply_override, DETECTION_MODULES,
-    frozen_modules, InitWeightsError, load_checkpoint, load_config, OptimConfig, TrainConfig,
-    WarmupCosine)
+    frozen_modules, InitWeightsError, load_checkpoint, load_config, main, OptimConfig,
+    TrainConfig, WarmupCosine)
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY_CONFIG = os.path.join(REPO, 'training', 'configs', 'tiny_test.yaml')
@@ -68,6 +68,24 @@ def test_config_defaults_round_trip_and_unknown_keys_fail():
     built = TrainConfig.from_dict(raw).model.build()
     assert built.camera.input_hw == (32, 64)
     assert built == ModelConfig(camera=built.camera)
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--config', 'no_such.yaml'], "No such file or directory: 'no_such.yaml'"),
+    (['--config', TINY_CONFIG, '--override', 'optim.lr'],
+     "tiny_test.yaml: --override 'optim.lr': expected key.path=value"),
+    (['--config', TINY_CONFIG, '--override', 'optim.lr=['],
+     'the value is not valid YAML'),
+    (['--config', TINY_CONFIG, '--override', 'optim.lr=fast'],
+     "tiny_test.yaml: config.optim.lr: expected a number, got 'fast'"),
+    (['--config', os.path.join(REPO, 'README.md')], 'README.md'),
+    (['--resume', 'no_such.pt'], 'no_such.pt: no such checkpoint file'),
+])
+def test_command_line_config_errors_exit_with_the_file_or_option_named(args, message):
+    with pytest.raises(SystemExit) as raised:
+        main(args + ['--no-progress'])
+    assert str(raised.value).startswith('training.train: ')
+    assert message in str(raised.value)
 
 
 def test_warmup_cosine_schedule_shape():
