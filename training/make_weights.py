@@ -46,6 +46,7 @@ from training import cameras, synthetic
 from training.a2d2 import A2D2Dataset
 from training.evaluate import class_map_for, evaluate, write_report
 from training.export import export, portable_path
+from training.settings import apply_override
 from training.train import (
     CheckpointError, flat_settings, load_checkpoint, load_config, model_from_checkpoint, train,
     TrainConfig)
@@ -458,6 +459,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.train_scenes < 1:
         parser.error(f'--train-scenes must be at least 1, got {args.train_scenes}')
+    for option, assignments in (('--override', args.override),
+                                ('--camera-override', args.camera_override)):
+        for assignment in assignments:  # the form, named by its option; the keys: below
+            try:
+                apply_override({}, assignment, option)
+            except ValueError as error:
+                parser.error(str(error))
     logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(message)s')
     recipe = dataclasses.replace(PROFILES[args.profile], train_scenes=args.train_scenes)
     if args.one_stage:

@@ -182,6 +182,19 @@ def test_a_bad_camera_stage_file_is_named_before_anything_runs(tmp_path):
         make_weights.recipe_stages(recipe)
 
 
+@pytest.mark.parametrize('args, message', [
+    (['--camera-override', 'optim..lr=1'], "--camera-override 'optim..lr=1': empty key"),
+    (['--override', 'optim.lr'], "--override 'optim.lr': expected key.path=value"),
+    (['--override', 'optim.lr=0.1', '--camera-override', 'optim.lr=[0.1,'],
+     "--camera-override 'optim.lr=[0.1,': the value is not valid YAML"),
+])
+def test_a_malformed_override_is_a_usage_error_naming_its_option(args, message, capsys):
+    with pytest.raises(SystemExit) as raised:
+        make_weights.main(args)
+    assert raised.value.code == 2
+    assert message in capsys.readouterr().err
+
+
 @pytest.mark.parametrize('profile', sorted(make_weights.PROFILES))
 def test_the_recipes_camera_stage_trains_the_semantics_alone(profile):
     # Everything the detection reads stays the first stage's: fused and LiDAR-only boxes of
