@@ -15,6 +15,7 @@ SIGTERM end it cleanly with exit code 0 at any time, from the import of this mod
 is the program.
 """
 
+import contextlib
 from dataclasses import dataclass, replace
 import os
 import signal
@@ -22,7 +23,7 @@ import sys
 import threading
 import time
 import traceback
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 # Started as the perception_node program (its console script, or python -m): until main() takes
 # over, SIGINT and SIGTERM end the start-up at once with exit code 0 and no traceback (importing
@@ -590,8 +591,37 @@ class PerceptionNode(Node):
         super().destroy_node()
 
 
+#: Stop signals that arrived while ``_stop_signals_held`` held them back (at most the first).
+_HELD_STOP: List[int] = []
+#: True while a constructor that must not be interrupted runs (``_stop_signals_held``).
+_HOLDING = threading.Event()
+
+
 def _raise_stop(signum: int, frame: Any) -> None:
+    if _HOLDING.is_set():
+        _HELD_STOP[:] = _HELD_STOP[:1] or [signum]
+        return
     raise StopRequested(signum)
+
+
+@contextlib.contextmanager
+def _stop_signals_held() -> Iterator[None]:
+    """Hold back the stop signals' exception until the block is done, then raise it.
+
+    Masking the signals in this thread is not enough: the kernel may hand a process signal to
+    one of the DDS threads, and Python then runs the handler in the main thread anyway. So the
+    handler itself defers while held, and the stop is raised after the block.
+    """
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    _HELD_STOP.clear()
+    _HOLDING.set()
+    try:
+        yield
+    finally:
+        _HOLDING.clear()
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+    if _HELD_STOP:
+        raise StopRequested(_HELD_STOP.pop())
 
 
 def _ignore_signal(signum: int, frame: Any) -> None:
@@ -604,11 +634,8 @@ def _build_executor() -> SingleThreadedExecutor:
     A stop signal inside the executor's constructor would leave a half-built executor whose
     clean-up fails (rclpy: no attribute '_sigint_gc'); held back, it arrives right after.
     """
-    held = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-    try:
+    with _stop_signals_held():
         return SingleThreadedExecutor()
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
 def main(args: Optional[List[str]] = None) -> int:
