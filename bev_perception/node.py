@@ -145,6 +145,8 @@ class PerceptionNode(Node):
     def _start_up(self) -> None:
         """Load the weights, check the parameters, warm up, then advertise and subscribe."""
         settings = self._declare_parameters()
+        if settings.sync_policy == 'approximate':
+            _message_filters()  # before the weights: a missing package is said at once
         if settings.cpu_threads:
             torch.set_num_threads(settings.cpu_threads)
         try:
@@ -230,13 +232,7 @@ class PerceptionNode(Node):
         if settings.use_tf:
             self._subscribe_tf()
         if settings.sync_policy == 'approximate':
-            try:
-                import message_filters
-            except ImportError as error:
-                raise StartupError(
-                    "sync_policy 'approximate' needs the ROS 2 message_filters package, which "
-                    'is not installed (apt install ros-$ROS_DISTRO-message-filters); or use '
-                    "sync_policy 'lidar_triggered'") from error
+            message_filters = _message_filters()
             self._filter_subscribers = [
                 message_filters.Subscriber(self, PointCloud2, INPUT_TOPICS['pointcloud'],
                                            qos_profile=qos),
@@ -589,6 +585,18 @@ class PerceptionNode(Node):
         """Stop the worker, then destroy the node."""
         self.stop()
         super().destroy_node()
+
+
+def _message_filters() -> Any:
+    """Return the ROS 2 message_filters module, or raise StartupError saying what to do."""
+    try:
+        import message_filters
+    except ImportError as error:
+        raise StartupError(
+            "sync_policy 'approximate' needs the ROS 2 message_filters package, which is not "
+            'installed (apt install ros-$ROS_DISTRO-message-filters); or use sync_policy '
+            "'lidar_triggered'") from error
+    return message_filters
 
 
 #: Stop signals that arrived while ``_stop_signals_held`` held them back (at most the first).
