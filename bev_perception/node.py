@@ -636,14 +636,26 @@ def _ignore_signal(signum: int, frame: Any) -> None:
     pass  # stopping already: let the clean-up finish
 
 
+class _Executor(SingleThreadedExecutor):
+    """rclpy's single-threaded executor whose clean-up survives a constructor cut short.
+
+    rclpy's ``Executor.__del__`` reads ``self._sigint_gc``, which its ``__init__`` sets last;
+    when a SIGINT shuts the context down during the constructor (rclpy's own signal handler
+    does, whatever ours defers), ``__init__`` raises first and the half-built object's
+    ``__del__`` printed a traceback. The class default answers that read.
+    """
+
+    _sigint_gc = None
+
+
 def _build_executor() -> SingleThreadedExecutor:
     """Return a new executor, built with the stop signals held back.
 
-    A stop signal inside the executor's constructor would leave a half-built executor whose
-    clean-up fails (rclpy: no attribute '_sigint_gc'); held back, it arrives right after.
+    A stop signal inside the executor's constructor would leave a half-built executor (see
+    ``_Executor``); held back, our stop arrives right after the constructor.
     """
     with _stop_signals_held():
-        return SingleThreadedExecutor()
+        return _Executor()
 
 
 def main(args: Optional[List[str]] = None) -> int:

@@ -135,3 +135,11 @@ def test_a_stop_held_back_is_raised_after_the_block_it_would_have_broken():
         assert finished == ['block', 'quiet']
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_an_executor_whose_constructor_failed_cleans_up_quietly():
+    from bev_perception import node
+
+    executor = node._Executor.__new__(node._Executor)  # as left by an __init__ cut short
+    assert executor._sigint_gc is None
+    executor.__del__()  # rclpy's clean-up reads _sigint_gc: no AttributeError
