@@ -15,7 +15,6 @@ SIGTERM end it cleanly with exit code 0 at any time, from the import of this mod
 is the program.
 """
 
-import contextlib
 from dataclasses import dataclass, replace
 import os
 import signal
@@ -23,7 +22,7 @@ import sys
 import threading
 import time
 import traceback
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 # Started as the perception_node program (its console script, or python -m): until main() takes
 # over, SIGINT and SIGTERM end the start-up at once with exit code 0 and no traceback (importing
@@ -599,37 +598,8 @@ def _message_filters() -> Any:
     return message_filters
 
 
-#: Stop signals that arrived while ``_stop_signals_held`` held them back (at most the first).
-_HELD_STOP: List[int] = []
-#: True while a constructor that must not be interrupted runs (``_stop_signals_held``).
-_HOLDING = threading.Event()
-
-
 def _raise_stop(signum: int, frame: Any) -> None:
-    if _HOLDING.is_set():
-        _HELD_STOP[:] = _HELD_STOP[:1] or [signum]
-        return
     raise StopRequested(signum)
-
-
-@contextlib.contextmanager
-def _stop_signals_held() -> Iterator[None]:
-    """Hold back the stop signals' exception until the block is done, then raise it.
-
-    Masking the signals in this thread is not enough: the kernel may hand a process signal to
-    one of the DDS threads, and Python then runs the handler in the main thread anyway. So the
-    handler itself defers while held, and the stop is raised after the block.
-    """
-    held = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-    _HELD_STOP.clear()
-    _HOLDING.set()
-    try:
-        yield
-    finally:
-        _HOLDING.clear()
-        signal.pthread_sigmask(signal.SIG_SETMASK, held)
-    if _HELD_STOP:
-        raise StopRequested(_HELD_STOP.pop())
 
 
 def _ignore_signal(signum: int, frame: Any) -> None:
@@ -640,8 +610,8 @@ class _Executor(SingleThreadedExecutor):
     """rclpy's single-threaded executor whose clean-up survives a constructor cut short.
 
     rclpy's ``Executor.__del__`` reads ``self._sigint_gc``, which its ``__init__`` sets last;
-    when a SIGINT shuts the context down during the constructor (rclpy's own signal handler
-    does, whatever ours defers), ``__init__`` raises first and the half-built object's
+    when a stop signal lands in the constructor (rclpy's own handler shuts the context down,
+    ours raises StopRequested), ``__init__`` stops first and the half-built object's
     ``__del__`` printed a traceback. The class default answers that read.
     """
 
@@ -651,11 +621,14 @@ class _Executor(SingleThreadedExecutor):
 def _build_executor() -> SingleThreadedExecutor:
     """Return a new executor, built with the stop signals held back.
 
-    A stop signal inside the executor's constructor would leave a half-built executor (see
-    ``_Executor``); held back, our stop arrives right after the constructor.
+    Masking the stop signals in this thread keeps most of them out of the constructor; one the
+    kernel hands to a DDS thread still reaches it, and ``_Executor`` makes that harmless.
     """
-    with _stop_signals_held():
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
         return _Executor()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
 def main(args: Optional[List[str]] = None) -> int:

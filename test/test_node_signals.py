@@ -114,29 +114,6 @@ def _signal_at(point, runs):
     return states
 
 
-def test_a_stop_held_back_is_raised_after_the_block_it_would_have_broken():
-    from bev_perception import node
-
-    previous = signal.signal(signal.SIGTERM, node._raise_stop)
-    finished = []
-    try:
-        with pytest.raises(node.StopRequested) as raised:
-            with node._stop_signals_held():
-                # What Python does when a DDS thread took the signal: the handler runs here.
-                node._raise_stop(signal.SIGTERM, None)
-                node._raise_stop(signal.SIGINT, None)
-                finished.append('block')
-        assert finished == ['block']
-        assert raised.value.signum == signal.SIGTERM  # the first signal held
-        with pytest.raises(node.StopRequested):  # outside the block it stops at once
-            node._raise_stop(signal.SIGINT, None)
-        with node._stop_signals_held():  # nothing held: nothing raised
-            finished.append('quiet')
-        assert finished == ['block', 'quiet']
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def test_an_executor_whose_constructor_failed_cleans_up_quietly():
     from bev_perception import node
 
