@@ -143,8 +143,15 @@ FOLIAGE_GAINS = np.array([(1.0, 1.0, 1.0), (0.65, 0.75, 0.7), (1.9, 0.9, 0.75),
 #: Colour gains of facades and walls: as built, white, beige, brick, grey, dark.
 FACADE_GAINS = np.array([(1.0, 1.0, 1.0), (1.45, 1.45, 1.45), (1.35, 1.2, 0.95),
                          (1.2, 0.7, 0.55), (0.85, 0.88, 0.92), (0.5, 0.5, 0.52)])
+#: Linear albedos of dry grass: straw, pale, brown, green gone yellow (against the verge's
+#: mid-green). A dry verge beside green trees is common in summer; the seasons of
+#: ``FOLIAGE_GAINS`` tint grass and leaves alike.
+DRY_GRASS = ((0.55, 0.45, 0.22), (0.62, 0.55, 0.38), (0.38, 0.28, 0.15), (0.42, 0.40, 0.18))
 _FOLIAGE_LABELS = ('Nature object',)
-_FACADE_LABELS = ('Buildings', 'Sidebars', 'Road blocks')
+#: Labels that take a scene's facade colour. World 5 tinted its guard rails, posts and
+#: concrete blocks with it too (``WORLD5_FACADE_LABELS``); they keep their own colours now.
+FACADE_LABELS = ('Buildings',)
+WORLD5_FACADE_LABELS = ('Buildings', 'Sidebars', 'Road blocks')
 
 
 @dataclass(frozen=True)
@@ -163,18 +170,31 @@ class Appearance:
     blur_px: float  # Gaussian blur sigma, pixels
     noise: float  # std of the pixel noise in 8-bit levels
     jpeg_quality: int  # 0: no compression artefacts
+    # (3,) linear albedo of grass verges and fields apart from the foliage's season (a dry
+    # verge, ``draw_dry_verge``); None: the ground's verge colour under the foliage's gain.
+    verge_albedo: Optional[np.ndarray] = None
+
+
+def draw_dry_verge(rng: np.random.Generator) -> np.ndarray:
+    """Return the (3,) linear albedo of a dry verge: a row of ``DRY_GRASS``, varied."""
+    return np.asarray(DRY_GRASS[int(rng.integers(len(DRY_GRASS)))]) * np.exp(
+        rng.normal(0.0, 0.08, 3))
 
 
 def draw_appearance(rng: np.random.Generator, label_names: Tuple[str, ...],
-                    materials: int) -> Appearance:
-    """Draw a scene's appearance for the label table ``label_names`` and its materials."""
+                    materials: int, facade_labels: Tuple[str, ...] = WORLD5_FACADE_LABELS
+                    ) -> Appearance:
+    """Draw a scene's appearance for the label table ``label_names`` and its materials.
+
+    ``facade_labels`` take the scene's facade colour (``FACADE_GAINS``).
+    """
     label_gain = np.exp(rng.normal(0.0, 0.07, (len(label_names), 3)))
     foliage = FOLIAGE_GAINS[int(rng.integers(len(FOLIAGE_GAINS)))]
     facade = FACADE_GAINS[int(rng.integers(len(FACADE_GAINS)))]
     for index, name in enumerate(label_names):
         if name in _FOLIAGE_LABELS:
             label_gain[index] *= foliage
-        elif name in _FACADE_LABELS:
+        elif name in facade_labels:
             label_gain[index] *= facade
         elif name in ('RD normal street', 'Parking area'):
             label_gain[index] = float(np.exp(rng.normal(0.0, 0.25)))  # grey asphalt

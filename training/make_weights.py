@@ -218,6 +218,16 @@ def world_settings(world: synthetic.SyntheticConfig) -> Dict[str, Any]:
     return json.loads(json.dumps(changed, default=dataclasses.asdict))
 
 
+def camera_world_options(recipe: Recipe) -> List[str]:
+    """Return the ``--camera-world`` settings that make the profile's camera world ``recipe``'s."""
+    own = PROFILES[recipe.profile].camera_world
+    if recipe.camera_world is None or own is None:
+        return []
+    mine, theirs = world_settings(recipe.camera_world), world_settings(own)
+    return [f'{key}={json.dumps(mine.get(key, getattr(synthetic.SyntheticConfig(), key)))}'
+            for key in sorted(set(mine) | set(theirs)) if mine.get(key) != theirs.get(key)]
+
+
 def _generate(root: str, scenes: int, frames: int, seed: int, recipe: Recipe,
               world: synthetic.SyntheticConfig = synthetic.SyntheticConfig()) -> Dict[str, Any]:
     """Generate a synthetic root unless the same recipe already produced it.
@@ -338,6 +348,7 @@ def make_weights(recipe: Recipe, overrides: Tuple[str, ...] = (),
 
     tick = time.perf_counter()
     command = recipe.command + ''.join(f' --override {shlex.quote(o)}' for o in overrides) + (
+        ''.join(f' --camera-world {shlex.quote(s)}' for s in camera_world_options(recipe))) + (
         ''.join(f' --camera-override {shlex.quote(o)}' for o in camera_overrides)) + (
         ' --one-stage' if recipe.camera_stage_path is None else '') + (
         '' if first_stage_weights is None
@@ -444,6 +455,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                              "(repeatable; the camera stage's file still sets what it names)")
     parser.add_argument('--camera-override', action='append', default=[], metavar='KEY=VALUE',
                         help='training config override of the camera stage alone (repeatable)')
+    parser.add_argument('--camera-world', action='append', default=[], metavar='KEY=VALUE',
+                        help="generator setting of the camera stage's scenes over the recipe's "
+                             '(repeatable), e.g. bare_tree_share=0.25; see '
+                             'training.synthetic.SyntheticConfig')
     parser.add_argument('--first-stage', metavar='WEIGHTS',
                         help='weights of the first stage (e.g. out/weights/stage1.safetensors '
                              'of an earlier run): train only the camera stage from them')
@@ -472,6 +487,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         recipe = dataclasses.replace(recipe, camera_stage_path=None)
     if args.weights:
         recipe = dataclasses.replace(recipe, weights_path=args.weights)
+    if args.camera_world:
+        if recipe.camera_stage_path is None or recipe.camera_world is None:
+            parser.error('--camera-world needs a camera stage with scenes of its own')
+        try:
+            recipe = dataclasses.replace(recipe, camera_world=synthetic.world_config(
+                args.camera_world, recipe.camera_world, '--camera-world'))
+        except ValueError as error:
+            parser.error(str(error))
     resume = None
     if args.resume:  # checked before minutes of scene generation; make_weights changes folder
         resume = os.path.abspath(args.resume)

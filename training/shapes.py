@@ -424,6 +424,66 @@ def tall_tree(rng: Rng, wb: WorldBuilder) -> MeshBuilder:
     return b
 
 
+#: Bark of leafless crowns, grey to brown: seen against the sky, a bare crown is a fine, dull
+#: lattice, nothing like the green blobs of ``tree``.
+TWIGS = ((0.30, 0.27, 0.24), (0.24, 0.21, 0.18), (0.36, 0.34, 0.32), (0.28, 0.22, 0.16))
+
+
+def bare_tree(rng: Rng, wb: WorldBuilder) -> MeshBuilder:
+    """Return a leafless broadleaf tree or a poplar, as roadsides show them half the year.
+
+    A broadleaf tree is its trunk, 3-6 limbs rising out of it at 20-60 degrees from the
+    vertical, each forking into thinner branches, and around them a crown of twigs that
+    LiDAR rays mostly pass through and the camera sees the sky through (``sky_through``). A
+    poplar (a third) is a columnar crown 10-25 m tall and 2-4 m wide, leafy or bare.
+    Everything is 'Nature object', as A2D2 labels trees, in bark colours whatever the season
+    of the scene's leaves (``own_colour``).
+    """
+    b = MeshBuilder()
+    bark = wb.material('Nature object', pick(rng, TWIGS), float(rng.uniform(0.2, 0.4)),
+                       own_colour=True)
+    twigs = wb.material('Nature object', pick(rng, TWIGS), float(rng.uniform(0.15, 0.35)),
+                        transmit=float(rng.uniform(0.6, 0.9)), texture=0.3,
+                        scatter_m=float(rng.uniform(0.5, 1.5)),
+                        sky_through=float(rng.uniform(0.35, 0.75)), own_colour=True)
+    trunk_r = float(rng.uniform(0.1, 0.35))
+    if rng.random() < 1 / 3:  # poplar: a narrow column of crown from a few metres up
+        height, width = float(rng.uniform(10.0, 25.0)), float(rng.uniform(2.0, 4.0))
+        base = float(rng.uniform(1.0, 3.5))
+        b.primitive('cylinder', (0.0, 0.0, height * 0.4),
+                    (2 * trunk_r, 2 * trunk_r, height * 0.8), bark, detail=8)
+        crown = twigs if rng.random() < 0.5 else _tree_materials(
+            rng, wb, (0.25, 0.18, 0.12), (0.2, 0.5))[1]
+        b.primitive('sphere', (0.0, 0.0, base + (height - base) / 2),
+                    (width, width * float(rng.uniform(0.8, 1.0)), height - base), crown,
+                    detail=1)
+        return b
+    trunk_h = float(rng.uniform(1.5, 4.0))
+    b.primitive('cylinder', (0.0, 0.0, trunk_h / 2), (2 * trunk_r, 2 * trunk_r, trunk_h), bark,
+                detail=8)
+    top = np.array([0.0, 0.0, trunk_h])
+    reach = float(rng.uniform(2.5, 7.0))
+    tips = []
+    for _ in range(int(rng.integers(3, 7))):
+        azimuth, tilt = float(rng.uniform(0.0, 2 * math.pi)), math.radians(rng.uniform(20, 60))
+        direction = np.array([math.sin(tilt) * math.cos(azimuth),
+                              math.sin(tilt) * math.sin(azimuth), math.cos(tilt)])
+        end = top + direction * reach * float(rng.uniform(0.6, 1.0))
+        b.tube(top, end, trunk_r * 0.55, bark, sections=5)
+        for _ in range(int(rng.integers(2, 4))):  # forks from the limb's upper half
+            start = top + (end - top) * float(rng.uniform(0.5, 1.0))
+            fork = direction + rng.normal(0.0, 0.45, 3)
+            fork[2] = abs(fork[2]) + 0.3
+            fork_end = start + fork / np.linalg.norm(fork) * reach * float(rng.uniform(0.3, 0.6))
+            b.tube(start, fork_end, trunk_r * 0.25, bark, sections=4)
+            tips.append(fork_end)
+    tips = np.array(tips)
+    centre = (tips.min(axis=0) + tips.max(axis=0)) / 2
+    extent = np.maximum(tips.max(axis=0) - tips.min(axis=0), 1.0)
+    b.primitive('sphere', centre, extent * 1.1, twigs, detail=1)  # the twigs around the tips
+    return b
+
+
 def bush(rng: Rng, wb: WorldBuilder, length: float = 0.0) -> MeshBuilder:
     """Return a bush, or a hedge of ``length`` metres."""
     b = MeshBuilder()

@@ -53,7 +53,7 @@ import zipfile
 
 from bev_perception.a2d2_classes import hex_to_rgb, IGNORE_INDEX, SEMANTIC_CATEGORIES, \
     SEMANTIC_COLOURS
-from bev_perception.typed_config import build_dataclass
+from bev_perception.typed_config import build_dataclass, to_plain
 import numpy as np
 from PIL import Image
 from training import cameras, sensors, shapes
@@ -133,8 +133,16 @@ class SyntheticConfig:
     vehicle_details: bool = False
     # Roadsides as A2D2 labels them: delineator posts ('Sidebars') along rural and forest
     # roads, and guard rails labelled 'Road blocks' (world 5 called them 'Sidebars', which is
-    # what A2D2 calls the posts); False draws world 5 exactly.
+    # what A2D2 calls the posts), rails, posts and concrete blocks in their own colours
+    # instead of the scene's facade tint; False draws world 5 exactly.
     delineators: bool = False
+    # Share of the trees drawn leafless or as poplars (``shapes.bare_tree``), from a stream of
+    # their own: streets, sensors and cameras stay as drawn (what stands near a bare tree may
+    # move, its footprint differs); 0 draws world 5's trees.
+    bare_tree_share: float = 0.0
+    # Share of scenes whose grass verges and fields are dry (``cameras.DRY_GRASS``) whatever
+    # the trees' season; 0 lets the verge take the foliage's colour as world 5 did.
+    dry_verge_share: float = 0.0
 
 
 # ----------------------------------------------------------------------------- layout
@@ -335,12 +343,14 @@ class _Placer:
 
     def __init__(self, rng: np.random.Generator, scene_materials: WorldBuilder,
                  street: Street, vehicle_details: bool = False,
-                 rail_label: str = shapes.WORLD5_GUARD_RAIL_LABEL) -> None:
+                 rail_label: str = shapes.WORLD5_GUARD_RAIL_LABEL,
+                 bare_trees: Optional[Tuple[np.random.Generator, float]] = None) -> None:
         self.rng = rng
         self.materials = scene_materials
         self.street = street
         self.vehicle_details = vehicle_details
         self.rail_label = rail_label
+        self.bare_trees = bare_trees  # (their own stream, share of the trees)
         self.objects: List[SceneObject] = []
         self._footprints: List[np.ndarray] = []  # (4, 2) corners
         self._counts: Dict[str, int] = {}
@@ -377,6 +387,18 @@ class _Placer:
                    else {})
         mesh, size = build(self.rng, self.materials, self.label(base), **details)
         return self.put(mesh, size, x, y, yaw, speed, box_class, margin)
+
+    def tree(self, rng: np.random.Generator, tall: bool = False) -> MeshBuilder:
+        """Return a leafy tree, a forest's if ``tall``, or a bare one for its share.
+
+        The leafy tree is drawn in any case, so that ``rng`` goes on as in world 5.
+        """
+        mesh = (shapes.tall_tree if tall else shapes.tree)(rng, self.materials)
+        if self.bare_trees is not None:
+            stream, share = self.bare_trees
+            if stream.random() < share:
+                return shapes.bare_tree(stream, self.materials)
+        return mesh
 
     def scenery(self, mesh: MeshBuilder, x: float, y: float, yaw: float,
                 margin: float = 0.05, check: bool = True) -> bool:
@@ -484,9 +506,12 @@ def build_scene(seed: int, index: int, frames: int,
     street = _draw_street(rng, config)
     materials = WorldBuilder()
     ground_material = materials.material('RD normal street', (0.3, 0.3, 0.32), 0.1)
+    # Bare trees and dry verges come from streams of their own (the rest keeps its draws).
+    bare_trees = (None if not config.bare_tree_share else (np.random.default_rng(
+        np.random.SeedSequence([seed, index, 4])), config.bare_tree_share))
     placer = _Placer(rng, materials, street, config.vehicle_details,
                      shapes.GUARD_RAIL_LABEL if config.delineators
-                     else shapes.WORLD5_GUARD_RAIL_LABEL)
+                     else shapes.WORLD5_GUARD_RAIL_LABEL, bare_trees)
     ego_speed = float(rng.uniform(*config.ego_speed_mps)) if rng.random() < 0.85 else 0.0
     duration = frames * FRAME_PERIOD_US * 1e-6
     travel = ego_speed * duration
@@ -527,7 +552,14 @@ def build_scene(seed: int, index: int, frames: int,
     look_rng = np.random.default_rng(np.random.SeedSequence([seed, index, 2]))
     camera = cameras.draw_camera(look_rng)  # drawn in any case: the look does not change
     camera = camera if config.camera is None else config.camera
-    appearance = cameras.draw_appearance(look_rng, _LABEL_NAMES_ALL, len(materials.materials))
+    appearance = cameras.draw_appearance(
+        look_rng, _LABEL_NAMES_ALL, len(materials.materials),
+        cameras.FACADE_LABELS if config.delineators else cameras.WORLD5_FACADE_LABELS)
+    if config.dry_verge_share:
+        verge_rng = np.random.default_rng(np.random.SeedSequence([seed, index, 5]))
+        if verge_rng.random() < config.dry_verge_share:
+            appearance = replace(appearance,
+                                 verge_albedo=cameras.draw_dry_verge(verge_rng))
     return Scene(
         name=name, seed=seed, index=index, frames=frames,
         first_frame_number=int(rng.integers(0, 3000)), start_tai_us=start_tai_us,
@@ -622,7 +654,7 @@ def _place_side(rng, placer: _Placer, street: Street, world, side: int, s_low: f
         roll = rng.random()
         x, y, heading = at(s, line + float(rng.normal(0, 0.1)))
         if roll < 0.3:
-            placer.scenery(shapes.tree(rng, placer.materials), x, y, float(rng.uniform(0, 6.3)),
+            placer.scenery(placer.tree(rng), x, y, float(rng.uniform(0, 6.3)),
                            check=False)
         elif roll < 0.55:
             placer.scenery(shapes.pole(rng, placer.materials,
@@ -798,7 +830,7 @@ def _vegetation_belt(rng, placer: _Placer, at, s_low: float, s_high: float,
     while s < s_high:
         x, y, _ = at(s, beyond + float(rng.uniform(0.0, 2.5)))
         mesh = (shapes.bush(rng, placer.materials) if rng.random() < 0.75
-                else shapes.tree(rng, placer.materials))
+                else placer.tree(rng))
         placer.scenery(mesh, x, y, float(rng.uniform(0, 6.3)), check=False)
         s += float(rng.uniform(0.8, 4.0)) + (float(rng.uniform(3.0, 15.0))
                                              if rng.random() < 0.15 else 0.0)
@@ -809,7 +841,7 @@ def _scatter_vegetation(rng, placer: _Placer, at, s_low: float, s_high: float, b
     for _ in range(int(rng.poisson(density * (s_high - s_low) * depth / 40.0))):
         s, b = float(rng.uniform(s_low, s_high)), beyond + float(rng.uniform(0.0, depth))
         x, y, _ = at(s, b)
-        mesh = (shapes.tree(rng, placer.materials) if rng.random() < 0.55
+        mesh = (placer.tree(rng) if rng.random() < 0.55
                 else shapes.bush(rng, placer.materials))
         placer.scenery(mesh, x, y, float(rng.uniform(0, 6.3)), check=False)
     if rng.random() < 0.3:
@@ -826,8 +858,8 @@ def _forest(rng, placer: _Placer, at, s_low: float, s_high: float, beyond: float
     for _ in range(int(rng.poisson(per_m2 * (s_high - s_low) * depth))):
         s, b = float(rng.uniform(s_low, s_high)), beyond + 1.0 + float(rng.uniform(0.0, depth))
         x, y, _ = at(s, b)
-        mesh = (shapes.tall_tree(rng, placer.materials) if rng.random() < 0.8
-                else shapes.tree(rng, placer.materials))
+        mesh = (placer.tree(rng, tall=True) if rng.random() < 0.8
+                else placer.tree(rng))
         placer.scenery(mesh, x, y, float(rng.uniform(0, 6.3)), check=False)
 
 
@@ -1049,7 +1081,12 @@ def _render_camera(scene: Scene, frame: _Frame, rig: SensorRig, rng: np.random.G
     albedo, _, _, labels, texture = _surface_properties(scene, frame, hits, points)
     look = scene.appearance
     material = frame.world.mesh.material[np.where(hits.hit, hits.face, 0)]
-    albedo *= look.label_gain[labels] * look.material_gain[material]
+    tint = np.where(frame.world.own_colour[material][:, None], 1.0, look.label_gain[labels])
+    albedo *= tint * look.material_gain[material]
+    if look.verge_albedo is not None:  # a dry verge: its own colour, not the trees' season
+        verge = hits.hit & (material == frame.ground_material) & (
+            labels == _LABEL_INDEX['Nature object'])
+        albedo[verge] = look.verge_albedo * look.material_gain[frame.ground_material]
     sky = ~hits.hit
     labels[sky] = _LABEL_INDEX['Sky']
     labels[rig.pixels.hood] = _LABEL_INDEX['Ego car']
@@ -1077,6 +1114,10 @@ def _render_camera(scene: Scene, frame: _Frame, rig: SensorRig, rng: np.random.G
     haze = 1.0 - np.exp(-hits.distance[lit] / scene.haze_distance_m)
     colour[lit] = (albedo[lit] * (shade * (1.0 - haze))[:, None]
                    + haze[:, None] * sky_colour[lit] * 0.95)
+    through = frame.world.sky_through[material[lit]]
+    if through.any():  # bare crowns: the sky shows between the twigs, more in some pixels
+        share = through * (0.5 + 0.5 * hash_noise(points[lit], 0.05, scene.index + 3))
+        colour[lit] += share[:, None] * (sky_colour[lit] - colour[lit])
     colour[sky] = sky_colour[sky]
     colour[rig.pixels.hood] = (0.1, 0.11, 0.13)
     shape = (rig.camera.height, rig.camera.width)
@@ -1361,16 +1402,18 @@ def generate(out_dir: str, scenes: int, frames: int, seed: int,
         cpu_seconds_per_frame=sum(cpu for _, _, cpu in results) / (new_scenes * frames))
 
 
-def world_config(settings: Sequence[str]) -> SyntheticConfig:
-    """Return the ``SyntheticConfig`` with ``key=value`` settings (values in YAML) changed.
+def world_config(settings: Sequence[str], base: SyntheticConfig = SyntheticConfig(),
+                 option: str = '--world') -> SyntheticConfig:
+    """Return ``base`` with ``key=value`` settings (values in YAML) changed.
 
     Raises:
-        ValueError: a setting without '=', an unknown key, or a value of the wrong type.
+        ValueError: a setting without '=', an unknown key, or a value of the wrong type (the
+            message names ``option``).
     """
-    raw: Dict[str, object] = {}
+    raw = to_plain(base)
     for setting in settings:
-        apply_override(raw, setting, '--world')
-    return build_dataclass(SyntheticConfig, raw, '--world')  # unset fields keep their defaults
+        apply_override(raw, setting, option)
+    return build_dataclass(SyntheticConfig, raw, option)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

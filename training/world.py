@@ -43,6 +43,8 @@ class Material:
     retro: bool = False  # retro-reflective (signs, number plates): bright at any incidence
     texture: float = 0.1  # amplitude of the procedural albedo variation
     scatter_m: float = 0.0  # LiDAR returns land up to this far behind the surface (foliage)
+    sky_through: float = 0.0  # up to this share of a pixel shows the sky (bare crowns)
+    own_colour: bool = False  # keeps its albedo under the scene's tint of its label (season)
 
 
 @dataclass
@@ -243,10 +245,12 @@ class WorldBuilder:
 
     def material(self, label: str, albedo: Sequence[float], reflectance: float,
                  transmit: float = 0.0, retro: bool = False, texture: float = 0.1,
-                 scatter_m: float = 0.0) -> int:
+                 scatter_m: float = 0.0, sky_through: float = 0.0,
+                 own_colour: bool = False) -> int:
         """Return the index of the material with these properties (created on first use)."""
         key = Material(label, tuple(float(a) for a in albedo), float(reflectance),
-                       float(transmit), bool(retro), float(texture), float(scatter_m))
+                       float(transmit), bool(retro), float(texture), float(scatter_m),
+                       float(sky_through), bool(own_colour))
         if key not in self._index:
             self._index[key] = len(self.materials)
             self.materials.append(key)
@@ -299,6 +303,8 @@ class World:
         TriangleMesh(self._scene, mesh.vertices[mesh.faces])
         self.transmit = np.array([m.transmit for m in materials], dtype=np.float64)
         self.scatter_m = np.array([m.scatter_m for m in materials], dtype=np.float64)
+        self.sky_through = np.array([m.sky_through for m in materials], dtype=np.float64)
+        self.own_colour = np.array([m.own_colour for m in materials], dtype=bool)
 
     def _run(self, origins: np.ndarray, directions: np.ndarray,
              max_distance: Optional[np.ndarray] = None

@@ -187,12 +187,29 @@ def test_a_bad_camera_stage_file_is_named_before_anything_runs(tmp_path):
     (['--override', 'optim.lr'], "--override 'optim.lr': expected key.path=value"),
     (['--override', 'optim.lr=0.1', '--camera-override', 'optim.lr=[0.1,'],
      "--camera-override 'optim.lr=[0.1,': the value is not valid YAML"),
+    (['--camera-world', 'bare_trees=1'], "--camera-world: unknown keys ['bare_trees']"),
+    (['--camera-world', 'dry_verge_share=[1]'], '--camera-world.dry_verge_share'),
+    (['--one-stage', '--camera-world', 'dry_verge_share=1'],
+     '--camera-world needs a camera stage'),
 ])
 def test_a_malformed_override_is_a_usage_error_naming_its_option(args, message, capsys):
     with pytest.raises(SystemExit) as raised:
         make_weights.main(args)
     assert raised.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_camera_world_settings_change_the_recipe_and_are_recorded_in_its_command():
+    recipe = make_weights.PROFILES['default']
+    assert make_weights.camera_world_options(recipe) == []
+    changed = dataclasses.replace(recipe, camera_world=synthetic.world_config(
+        ['dry_verge_share=0.3', 'forest_side_weight=0'], recipe.camera_world))
+    assert changed.camera_world.dry_verge_share == 0.3
+    assert changed.camera_world.forest_side_weight == 0.0  # back to the default, recorded
+    options = make_weights.camera_world_options(changed)
+    assert options == ['dry_verge_share=0.3', 'forest_side_weight=0.0']
+    # The options rebuild the world from the profile's.
+    assert synthetic.world_config(options, recipe.camera_world) == changed.camera_world
 
 
 @pytest.mark.parametrize('profile', sorted(make_weights.PROFILES))

@@ -11,7 +11,7 @@ from bev_perception.a2d2_classes import BOX_CLASSES, hex_to_rgb, SEMANTIC_COLOUR
 import numpy as np
 from PIL import Image
 import pytest
-from training import sensors, shapes, synthetic
+from training import cameras, sensors, shapes, synthetic
 from training.a2d2_calibration import CameraModel, cams_lidars_dict
 from training.cameras import CameraSetup
 from training.world import WorldBuilder
@@ -267,6 +267,71 @@ def test_delineators_line_rural_roads_and_leave_the_rest_of_the_scene_as_drawn()
             assert 'Road blocks' in rail_labels and 'Sidebars' not in rail_labels  # ... now not
         assert bool(new) == any(m.label == 'Sidebars' for m in lined.materials.materials)
     assert added >= 6 and rails >= 1
+
+
+def _render(scene, config, size=(320, 201)):
+    # Without blur and compression, a pixel's colour is its own surface's (or a neighbour's,
+    # through the lens distortion's resampling).
+    scene.appearance = dataclasses.replace(scene.appearance, blur_px=0.0, jpeg_quality=0)
+    return synthetic.render_frame(scene, 0, synthetic.SensorRig.build(size, scene.camera),
+                                  config)
+
+
+def test_bare_trees_keep_the_street_and_the_sky_shows_through_their_crowns():
+    bare = synthetic.SyntheticConfig(forest_side_weight=1.0, bare_tree_share=1.0)
+    leafy = dataclasses.replace(bare, bare_tree_share=0.0)
+    for index in range(3):
+        plain, scene = (synthetic.build_scene(0, index, 1, c) for c in (leafy, bare))
+        assert repr(scene.street) == repr(plain.street)
+        assert repr(scene.lidar) == repr(plain.lidar) and scene.camera == plain.camera
+        assert any(m.sky_through for m in scene.materials.materials)
+        assert not any(m.sky_through for m in plain.materials.materials)
+    # The same frame with the twigs made opaque: only their pixels change, towards the sky.
+    see_through = _render(scene, bare)
+    twigs = [k for k, m in enumerate(scene.materials.materials) if m.sky_through]
+    for k in twigs:
+        scene.materials.materials[k] = dataclasses.replace(scene.materials.materials[k],
+                                                           sky_through=0.0)
+    opaque = _render(scene, bare)
+    np.testing.assert_array_equal(see_through.label, opaque.label)  # labels stay exact
+    changed = np.abs(see_through.image.astype(int) - opaque.image).max(axis=2) > 8
+    nature = (see_through.label == hex_to_rgb(_colour('Nature object'))).all(axis=2)
+    assert changed.sum() > 100 and nature[changed].mean() > 0.95
+    # Bark against a blue or grey sky: the twig pixels get brighter and bluer.
+    lighter = see_through.image[changed].astype(float)
+    darker = opaque.image[changed].astype(float)
+    assert lighter.mean() > darker.mean() + 5
+    assert (lighter[:, 2] - lighter[:, 0]).mean() > (darker[:, 2] - darker[:, 0]).mean()
+
+
+def test_a_dry_verge_changes_the_grass_colour_alone():
+    dry = synthetic.SyntheticConfig(dry_verge_share=1.0, camera=CameraSetup())
+    green = dataclasses.replace(dry, dry_verge_share=0.0)
+    for index in range(6):  # a rural or suburban side shows its verge
+        scene = synthetic.build_scene(0, index, 1, dry)
+        if any(kind in ('rural', 'suburban') for kind in scene.street.side):
+            break
+    plain = synthetic.build_scene(0, index, 1, green)
+    assert plain.appearance.verge_albedo is None
+    assert np.isclose(scene.appearance.verge_albedo, cameras.DRY_GRASS, rtol=0.35).all(
+        axis=1).any()
+    assert [(o.x_m, o.y_m) for o in scene.objects] == [(o.x_m, o.y_m) for o in plain.objects]
+    straw, grass = _render(scene, dry), _render(plain, green)
+    np.testing.assert_array_equal(straw.label, grass.label)
+    nature = (grass.label == hex_to_rgb(_colour('Nature object'))).all(axis=2)
+    changed = np.abs(straw.image.astype(int) - grass.image).max(axis=2) > 8
+    assert changed.sum() > 100 and nature[changed].mean() > 0.95
+    # Each channel moves the way the verge's albedo did (the season's gain against dry grass).
+    seasonal = (synthetic.GROUND_SURFACES[synthetic.VERGE][1]
+                * plain.appearance.label_gain[synthetic._LABEL_INDEX['Nature object']])
+    expected = scene.appearance.verge_albedo - seasonal
+    seen = straw.image[changed].mean(axis=0) - grass.image[changed].mean(axis=0)
+    strong = np.abs(expected) > 0.05
+    assert strong.any() and (np.sign(seen[strong]) == np.sign(expected[strong])).all()
+
+
+def _colour(name):
+    return next(colour for colour, label in SEMANTIC_COLOURS if label == name)
 
 
 def test_world_settings_from_the_command_line():

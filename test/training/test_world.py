@@ -144,6 +144,28 @@ def test_scenery_is_unlabelled_clutter():
     assert foliage and all(m.scatter_m > 0 for m in foliage), 'leaves scatter returns'
 
 
+def test_bare_trees_are_bark_coloured_lattices_the_sky_shows_through():
+    builder = WorldBuilder()
+    rng = np.random.default_rng(8)
+    heights, widths = [], []
+    for _ in range(30):
+        low, high = shapes.bare_tree(rng, builder).local_bounds()
+        heights.append(high[2] - low[2])
+        widths.append(min(high[0] - low[0], high[1] - low[1]))
+    assert 3.0 < min(heights) and max(heights) < 27.0
+    # Poplars: tall and narrow; broadleaf crowns: wide.
+    assert any(h > 10.0 and h > 3 * w for h, w in zip(heights, widths))
+    assert any(w > 4.0 for w in widths)
+    assert {m.label for m in builder.materials} == {'Nature object'}
+    twigs = [m for m in builder.materials if m.sky_through > 0]
+    assert twigs and all(m.own_colour and m.transmit >= 0.6 and m.albedo in shapes.TWIGS
+                         for m in twigs)
+    # Leafy trees take the scene's season (no own colour) and hide the sky.
+    shapes.tree(rng, builder)
+    leafy = [m for m in builder.materials if m.albedo in shapes.FOLIAGE]
+    assert leafy and not any(m.own_colour or m.sky_through for m in leafy)
+
+
 def test_delineator_is_a_white_post_with_a_black_band_and_reflectors_both_ways():
     builder = WorldBuilder()
     mesh = shapes.delineator(np.random.default_rng(3), builder)
