@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from training import make_weights, synthetic
-from training.train import frozen_modules
+from training.train import DETECTION_MODULES, frozen_modules
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY_CONFIG = os.path.join(REPO, 'training', 'configs', 'tiny_test.yaml')
@@ -223,5 +223,10 @@ def test_the_recipes_camera_stage_trains_the_semantics_alone(profile):
                 if value.requires_grad}
     assert training == {'semantic_encoder', 'semantic_head'}
     assert stages.camera.config.init_fresh == ('semantic_head',)
+    # ... and its steps take training.train's semantic-only path, which skips exactly the
+    # modules the detection reads: every module with weights but the semantic ones.
+    assert set(DETECTION_MODULES) <= set(stages.camera.config.freeze)
+    weighted = {name for name, module in model.named_children() if list(module.parameters())}
+    assert set(DETECTION_MODULES) == weighted - training
     # The default alone predicts its semantics at stride 2 (its camera_model_overrides).
     assert stages.camera.config.model.build().head.semantic_stem_detail == (profile != 'lite')
