@@ -40,7 +40,8 @@ import time
 from typing import Any, Dict, List, Optional, Tuple
 
 from bev_perception.inference import InferenceRuntime
-from bev_perception.weights import read_metadata, WeightsError
+from bev_perception.model.network import BEVFusionNet
+from bev_perception.weights import load_weights, read_metadata, save_weights, WeightsError
 import torch
 from training import cameras, synthetic
 from training.a2d2 import A2D2Dataset
@@ -288,8 +289,17 @@ def same_training(first: TrainConfig, second: TrainConfig) -> bool:
             and dict(first.to_dict(), model=None) == dict(second.to_dict(), model=None))
 
 
+#: What a first stage's provenance keeps into the camera stage's (``first_stage``).
+FIRST_STAGE_FACTS = ('train_config', 'command', 'git_revision', 'training_time_s', 'epochs',
+                     'steps')
+
+
 def check_first_stage(stages: Stages, weights: str) -> None:
-    """Check that ``weights`` were made by the first stage of ``stages``.
+    """Check that ``weights`` were made by the first stage of ``stages``, or from it.
+
+    ``weights`` is the first stage's file, or weights of both stages (e.g. the shipped ones)
+    whose camera stage froze every module of the first stage that this recipe's camera stage
+    does not start afresh (``rebuild_first_stage``).
 
     Raises:
         ValueError: the file is unusable or was trained with another config.
@@ -298,18 +308,67 @@ def check_first_stage(stages: Stages, weights: str) -> None:
         provenance = read_metadata(weights).get('provenance', {})
     except WeightsError as error:
         raise ValueError(str(error)) from error
-    trained = provenance.get('train_config')
+    first = provenance.get('first_stage', provenance)
+    trained = first.get('train_config') if isinstance(first, dict) else None
     if trained is None or not same_training(TrainConfig.from_dict(trained),
                                             stages.first.config):
         raise ValueError(f'{weights}: not trained by the first stage of this recipe (its '
                          'recorded train_config differs)')
+    if first is not provenance:
+        _kept_modules(stages, weights, provenance)
+
+
+def _kept_modules(stages: Stages, weights: str, provenance: Dict[str, Any]) -> List[str]:
+    """Return the first stage's modules that the two-stage file ``weights`` holds as trained.
+
+    Raises:
+        ValueError: its camera stage trained a module that this recipe's camera stage reads.
+    """
+    frozen = TrainConfig.from_dict(provenance['train_config']).freeze
+    fresh = stages.camera.config.init_fresh if stages.camera is not None else ()
+    first_model = BEVFusionNet(stages.first.config.model.build())
+    weighted = [name for name, module in first_model.named_children()
+                if list(module.parameters())]
+    trained = sorted(set(weighted) - set(frozen) - set(fresh))
+    if trained:
+        raise ValueError(f'{weights}: its camera stage trained {trained}, so it does not hold '
+                         "them as the first stage left them; give the first stage's own file")
+    return [name for name in weighted if name in frozen]
+
+
+def rebuild_first_stage(stages: Stages, weights: str, out: str) -> None:
+    """Write to ``out`` the first stage of ``weights``, a file of both stages.
+
+    Its camera stage froze the first stage's modules (``_kept_modules``): they are copied; the
+    modules this recipe's camera stage starts afresh (its ``init_fresh``) are initialised
+    afresh here too. The provenance is the first stage's, as recorded in ``weights``.
+    """
+    provenance = read_metadata(weights)['provenance']
+    kept = _kept_modules(stages, weights, provenance)
+    config = stages.first.config.model.build()
+    with torch.random.fork_rng(devices=[]):  # the caller's random state stays as it was
+        torch.manual_seed(stages.first.config.seed)
+        model = BEVFusionNet(config)
+    source, _, _ = load_weights(weights)
+    state = model.state_dict()
+    theirs = source.state_dict()
+    for name in state:
+        if name.split('.')[0] in kept:
+            if name not in theirs or theirs[name].shape != state[name].shape:
+                raise ValueError(f"{weights}: tensor {name} differs from the first stage's")
+            state[name] = theirs[name]
+    model.load_state_dict(state)
+    first = {key: provenance['first_stage'][key] for key in FIRST_STAGE_FACTS}
+    save_weights(out, model, config, dict(first, rebuilt_from=portable_path(weights)))
 
 
 def use_first_stage(stages: Stages, weights: str) -> None:
-    """Start the camera stage from ``weights`` (made by this recipe's first stage)."""
+    """Start the camera stage from ``weights`` (made by this recipe's first stage, or from it)."""
     check_first_stage(stages, weights)
     os.makedirs(os.path.dirname(stages.first_weights) or '.', exist_ok=True)
-    if os.path.abspath(weights) != os.path.abspath(stages.first_weights):
+    if 'first_stage' in read_metadata(weights)['provenance']:
+        rebuild_first_stage(stages, weights, stages.first_weights)
+    elif os.path.abspath(weights) != os.path.abspath(stages.first_weights):
         shutil.copyfile(weights, stages.first_weights)
 
 
@@ -372,8 +431,7 @@ def make_weights(recipe: Recipe, overrides: Tuple[str, ...] = (),
             if os.path.isdir(stages.camera.config.output_dir):
                 shutil.rmtree(stages.camera.config.output_dir)  # a fresh camera stage
         first = read_metadata(stages.first_weights)['provenance']
-        first_stage = {key: first[key] for key in (
-            'train_config', 'command', 'git_revision', 'training_time_s', 'epochs', 'steps')}
+        first_stage = {key: first[key] for key in FIRST_STAGE_FACTS}
         result = train(stages.camera.config, resume=resume if resume_camera else None,
                        command=stages.camera.command(recipe.config_path))
     timings['train_s'] = time.perf_counter() - tick
@@ -461,7 +519,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                              'training.synthetic.SyntheticConfig')
     parser.add_argument('--first-stage', metavar='WEIGHTS',
                         help='weights of the first stage (e.g. out/weights/stage1.safetensors '
-                             'of an earlier run): train only the camera stage from them')
+                             'of an earlier run, or weights of both stages such as the shipped '
+                             'ones): train only the camera stage from them')
     parser.add_argument('--one-stage', action='store_true',
                         help='skip the camera stage: export the first stage')
     parser.add_argument('--profile', choices=sorted(PROFILES), default='default',

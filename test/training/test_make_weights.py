@@ -161,6 +161,11 @@ def test_the_camera_stage_trains_from_the_first_and_keeps_its_lidar_only_outputs
     for name, value in final.state_dict().items():
         assert torch.equal(value, resumed.state_dict()[name]), name
 
+    # This camera stage trained the camera encoder and the fusion: its file does not hold the
+    # first stage, and the camera stage cannot start from it.
+    with pytest.raises(ValueError, match=r"trained \['camera_encoder', 'fusion'\]"):
+        make_weights.check_first_stage(stages, recipe.weights_path)
+
     # The camera stage alone, from first-stage weights kept elsewhere: recorded as such.
     kept = tmp_path / 'kept_stage1.safetensors'
     os.replace(stages.first_weights, kept)
@@ -171,6 +176,31 @@ def test_the_camera_stage_trains_from_the_first_and_keeps_its_lidar_only_outputs
         stages.first.config.to_dict())
     with torch.no_grad():
         assert torch.equal(first(points).heatmap, alone(points).heatmap)
+
+
+@pytest.mark.parametrize('profile', sorted(make_weights.PROFILES))
+def test_the_shipped_weights_give_back_their_first_stage(profile, tmp_path):
+    # The recipe's camera stage freezes everything of the first stage but the semantic head,
+    # which it starts afresh: the shipped file holds the first stage, and a camera stage can
+    # start from it on a machine where the first stage's own file is gone.
+    recipe = make_weights.PROFILES[profile]
+    stages = make_weights.recipe_stages(recipe)
+    shipped = os.path.join(make_weights.REPO_ROOT, recipe.weights_path)
+    make_weights.check_first_stage(stages, shipped)
+    out = str(tmp_path / 'stage1.safetensors')
+    make_weights.rebuild_first_stage(stages, shipped, out)
+    first, first_config, metadata = load_weights(out)
+    final, _, final_metadata = load_weights(shipped)
+    assert first_config == stages.first.config.model.build()
+    recorded = final_metadata['provenance']['first_stage']
+    assert {k: metadata['provenance'][k] for k in recorded} == recorded
+    make_weights.check_first_stage(stages, out)  # now a first-stage file itself
+    points = [torch.rand(800, 4) * torch.tensor([40.0, 40.0, 3.0, 1.0])
+              - torch.tensor([0.0, 20.0, 1.5, 0.0])]
+    with torch.no_grad():
+        assert torch.equal(first(points).heatmap, final(points).heatmap)  # LiDAR-only
+    for name, value in first.camera_encoder.state_dict().items():
+        assert torch.equal(value, final.camera_encoder.state_dict()[name]), name
 
 
 def test_a_bad_camera_stage_file_is_named_before_anything_runs(tmp_path):
