@@ -308,14 +308,21 @@ def check_first_stage(stages: Stages, weights: str) -> None:
         provenance = read_metadata(weights).get('provenance', {})
     except WeightsError as error:
         raise ValueError(str(error)) from error
-    first = provenance.get('first_stage', provenance)
+    two_stage = 'first_stage' in provenance
+    first = provenance['first_stage'] if two_stage else provenance
     trained = first.get('train_config') if isinstance(first, dict) else None
     if trained is None or not same_training(TrainConfig.from_dict(trained),
                                             stages.first.config):
         raise ValueError(f'{weights}: not trained by the first stage of this recipe (its '
                          'recorded train_config differs)')
-    if first is not provenance:
+    if two_stage:
+        if not isinstance(provenance.get('train_config'), dict):
+            raise ValueError(f"{weights}: its camera stage's train_config is not recorded")
         _kept_modules(stages, weights, provenance)
+        try:  # its tensors are read only after the scenes are generated: checked here
+            load_weights(weights)
+        except WeightsError as error:
+            raise ValueError(str(error)) from error
 
 
 def _kept_modules(stages: Stages, weights: str, provenance: Dict[str, Any]) -> List[str]:

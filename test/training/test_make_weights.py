@@ -201,6 +201,12 @@ def test_the_shipped_weights_give_back_their_first_stage(profile, tmp_path):
         assert torch.equal(first(points).heatmap, final(points).heatmap)  # LiDAR-only
     for name, value in first.camera_encoder.state_dict().items():
         assert torch.equal(value, final.camera_encoder.state_dict()[name]), name
+    # A truncated copy is refused before anything runs, the file named.
+    truncated = tmp_path / 'truncated.safetensors'
+    data = open(shipped, 'rb').read()
+    truncated.write_bytes(data[:len(data) - 1000])
+    with pytest.raises(ValueError, match='truncated.safetensors'):
+        make_weights.check_first_stage(stages, str(truncated))
 
 
 def test_a_bad_camera_stage_file_is_named_before_anything_runs(tmp_path):
