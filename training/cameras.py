@@ -149,7 +149,8 @@ FACADE_GAINS = np.array([(1.0, 1.0, 1.0), (1.45, 1.45, 1.45), (1.35, 1.2, 0.95),
 DRY_GRASS = ((0.55, 0.45, 0.22), (0.62, 0.55, 0.38), (0.38, 0.28, 0.15), (0.42, 0.40, 0.18))
 _FOLIAGE_LABELS = ('Nature object',)
 #: Labels that take a scene's facade colour. World 5 tinted its guard rails, posts and
-#: concrete blocks with it too (``WORLD5_FACADE_LABELS``); they keep their own colours now.
+#: concrete blocks with it too (``WORLD5_FACADE_LABELS``); with ``SyntheticConfig.delineators``
+#: they keep their own colours.
 FACADE_LABELS = ('Buildings',)
 WORLD5_FACADE_LABELS = ('Buildings', 'Sidebars', 'Road blocks')
 

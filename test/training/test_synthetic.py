@@ -248,7 +248,7 @@ def test_delineators_line_rural_roads_and_leave_the_rest_of_the_scene_as_drawn()
     # Rural and forest roadsides get delineator posts ('Sidebars'), and guard rails take
     # A2D2's label for them ('Road blocks'); everything else is the world-5 scene.
     posts = synthetic.SyntheticConfig(delineators=True)
-    added, rails = 0, 0
+    added, rails, tinted = 0, 0, 0
     for index in range(12):
         plain = synthetic.build_scene(0, index, 1)
         lined = synthetic.build_scene(0, index, 1, posts)
@@ -266,7 +266,12 @@ def test_delineators_line_rural_roads_and_leave_the_rest_of_the_scene_as_drawn()
             rails += 1  # world 5 labelled this scene's guard rail 'Sidebars' ...
             assert 'Road blocks' in rail_labels and 'Sidebars' not in rail_labels  # ... now not
         assert bool(new) == any(m.label == 'Sidebars' for m in lined.materials.materials)
-    assert added >= 6 and rails >= 1
+        # Rails, posts and blocks keep their colours: world 5 gave them the facades' tint.
+        index = synthetic._LABEL_INDEX['Road blocks']
+        tint = plain.appearance.label_gain[index] / lined.appearance.label_gain[index]
+        assert np.isclose(tint, cameras.FACADE_GAINS).all(axis=1).any()
+        tinted += not np.allclose(tint, 1.0)
+    assert added >= 6 and rails >= 1 and tinted >= 6
 
 
 def _render(scene, config, size=(320, 201)):
