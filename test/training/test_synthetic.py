@@ -267,8 +267,8 @@ def test_delineators_line_rural_roads_and_leave_the_rest_of_the_scene_as_drawn()
             assert 'Road blocks' in rail_labels and 'Sidebars' not in rail_labels  # ... now not
         assert bool(new) == any(m.label == 'Sidebars' for m in lined.materials.materials)
         # Rails, posts and blocks keep their colours: world 5 gave them the facades' tint.
-        index = synthetic._LABEL_INDEX['Road blocks']
-        tint = plain.appearance.label_gain[index] / lined.appearance.label_gain[index]
+        blocks = synthetic._LABEL_INDEX['Road blocks']
+        tint = plain.appearance.label_gain[blocks] / lined.appearance.label_gain[blocks]
         assert np.isclose(tint, cameras.FACADE_GAINS).all(axis=1).any()
         tinted += not np.allclose(tint, 1.0)
     assert added >= 6 and rails >= 1 and tinted >= 6
