@@ -41,6 +41,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from bev_perception.inference import InferenceRuntime
 from bev_perception.model.network import BEVFusionNet
+from bev_perception.typed_config import to_plain
 from bev_perception.weights import load_weights, read_metadata, save_weights, WeightsError
 import torch
 from training import cameras, synthetic
@@ -224,9 +225,8 @@ def camera_world_options(recipe: Recipe) -> List[str]:
     own = PROFILES[recipe.profile].camera_world
     if recipe.camera_world is None or own is None:
         return []
-    mine, theirs = world_settings(recipe.camera_world), world_settings(own)
-    return [f'{key}={json.dumps(mine.get(key, getattr(synthetic.SyntheticConfig(), key)))}'
-            for key in sorted(set(mine) | set(theirs)) if mine.get(key) != theirs.get(key)]
+    mine, theirs = to_plain(recipe.camera_world), to_plain(own)
+    return [f'{key}={json.dumps(mine[key])}' for key in sorted(mine) if mine[key] != theirs[key]]
 
 
 def _generate(root: str, scenes: int, frames: int, seed: int, recipe: Recipe,
@@ -294,12 +294,15 @@ FIRST_STAGE_FACTS = ('train_config', 'command', 'git_revision', 'training_time_s
                      'steps')
 
 
-def check_first_stage(stages: Stages, weights: str) -> None:
+def check_first_stage(stages: Stages, weights: str) -> Dict[str, Any]:
     """Check that ``weights`` were made by the first stage of ``stages``, or from it.
 
     ``weights`` is the first stage's file, or weights of both stages (e.g. the shipped ones)
     whose camera stage froze every module of the first stage that this recipe's camera stage
     does not start afresh (``rebuild_first_stage``).
+
+    Returns:
+        The file's provenance.
 
     Raises:
         ValueError: the file is unusable or was trained with another config.
@@ -318,22 +321,23 @@ def check_first_stage(stages: Stages, weights: str) -> None:
     if two_stage:
         if not isinstance(provenance.get('train_config'), dict):
             raise ValueError(f"{weights}: its camera stage's train_config is not recorded")
-        _kept_modules(stages, weights, provenance)
+        _kept_modules(stages, weights, provenance, BEVFusionNet(stages.first.config.model.build()))
         try:  # its tensors are read only after the scenes are generated: checked here
             load_weights(weights)
         except WeightsError as error:
             raise ValueError(str(error)) from error
+    return provenance
 
 
-def _kept_modules(stages: Stages, weights: str, provenance: Dict[str, Any]) -> List[str]:
-    """Return the first stage's modules that the two-stage file ``weights`` holds as trained.
+def _kept_modules(stages: Stages, weights: str, provenance: Dict[str, Any],
+                  first_model: torch.nn.Module) -> List[str]:
+    """Return the modules of ``first_model`` that the two-stage file ``weights`` holds as trained.
 
     Raises:
         ValueError: its camera stage trained a module that this recipe's camera stage reads.
     """
     frozen = TrainConfig.from_dict(provenance['train_config']).freeze
     fresh = stages.camera.config.init_fresh if stages.camera is not None else ()
-    first_model = BEVFusionNet(stages.first.config.model.build())
     weighted = [name for name, module in first_model.named_children()
                 if list(module.parameters())]
     trained = sorted(set(weighted) - set(frozen) - set(fresh))
@@ -343,19 +347,22 @@ def _kept_modules(stages: Stages, weights: str, provenance: Dict[str, Any]) -> L
     return [name for name in weighted if name in frozen]
 
 
-def rebuild_first_stage(stages: Stages, weights: str, out: str) -> None:
+def rebuild_first_stage(stages: Stages, weights: str, out: str,
+                        provenance: Optional[Dict[str, Any]] = None) -> None:
     """Write to ``out`` the first stage of ``weights``, a file of both stages.
 
     Its camera stage froze the first stage's modules (``_kept_modules``): they are copied; the
     modules this recipe's camera stage starts afresh (its ``init_fresh``) are initialised
-    afresh here too. The provenance is the first stage's, as recorded in ``weights``.
+    afresh here too. The provenance is the first stage's, as recorded in ``weights`` (whose
+    provenance, when already read, is ``provenance``).
     """
-    provenance = read_metadata(weights)['provenance']
-    kept = _kept_modules(stages, weights, provenance)
+    if provenance is None:
+        provenance = read_metadata(weights)['provenance']
     config = stages.first.config.model.build()
     with torch.random.fork_rng(devices=[]):  # the caller's random state stays as it was
         torch.manual_seed(stages.first.config.seed)
         model = BEVFusionNet(config)
+    kept = _kept_modules(stages, weights, provenance, model)
     source, _, _ = load_weights(weights)
     state = model.state_dict()
     theirs = source.state_dict()
@@ -371,10 +378,10 @@ def rebuild_first_stage(stages: Stages, weights: str, out: str) -> None:
 
 def use_first_stage(stages: Stages, weights: str) -> None:
     """Start the camera stage from ``weights`` (made by this recipe's first stage, or from it)."""
-    check_first_stage(stages, weights)
+    provenance = check_first_stage(stages, weights)
     os.makedirs(os.path.dirname(stages.first_weights) or '.', exist_ok=True)
-    if 'first_stage' in read_metadata(weights)['provenance']:
-        rebuild_first_stage(stages, weights, stages.first_weights)
+    if 'first_stage' in provenance:
+        rebuild_first_stage(stages, weights, stages.first_weights, provenance)
     elif os.path.abspath(weights) != os.path.abspath(stages.first_weights):
         shutil.copyfile(weights, stages.first_weights)
 
