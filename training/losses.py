@@ -77,14 +77,18 @@ def gather_at_cells(maps: torch.Tensor, cell_index: torch.Tensor) -> torch.Tenso
 
 def regression_loss(output: NetworkOutput, targets: Targets,
                     weights: LossWeights) -> torch.Tensor:
-    """Return the weighted L1 over offset, z, log-size and yaw, averaged over objects."""
-    mask = targets.mask.to(torch.float32)  # (B, M)
-    num_objects = mask.sum().clamp_min(1)
+    """Return the weighted L1 over offset, z, log-size and yaw, averaged over objects.
+
+    Each slot counts with its ``Targets.weight`` (1 at object centres, the window weights of
+    ``TargetConfig.window_regression`` elsewhere); the sum is divided by the number of objects.
+    """
+    weight = targets.weight.to(torch.float32)  # (B, M)
+    num_objects = targets.mask.sum().clamp_min(1).to(torch.float32)
     total = output.offset.new_zeros(()).float()
     for name in ('offset', 'z', 'log_size', 'yaw'):
         prediction = gather_at_cells(getattr(output, name).float(), targets.cell_index)
         error = (prediction - getattr(targets, name)).abs().sum(2)  # (B, M)
-        total = total + getattr(weights, name) * (error * mask).sum() / num_objects
+        total = total + getattr(weights, name) * (error * weight).sum() / num_objects
     return total
 
 

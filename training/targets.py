@@ -3,6 +3,14 @@
 Uses the network's own box encoding (``bev_perception.model.decode.boxes_to_regression``), so
 targets and decoding are exact inverses of each other.
 
+Window regression (``TargetConfig.window_regression``): besides its centre cell, each object
+may teach its box at the other cells of its Gaussian window, each weighted by the Gaussian
+there. The sub-cell offset of such a cell points from the cell to the true centre (it leaves
+[0, 1)), which the decoder reads as it reads any offset, so a heatmap peak that lands a cell
+or two beside the centre (the far end of a lorry, say) still gives the right box. A cell in
+two windows teaches the object whose Gaussian is larger there; no window entry is made on any
+object's centre cell. 0 (the default) keeps CenterPoint's centre-only regression.
+
 Ignore regions (``TargetConfig.min_points``): a labelled object with fewer LiDAR points inside
 its box than that is neither a positive nor a negative. Its Gaussian window is marked in
 ``Targets.ignore`` and the heatmap loss skips those cells for every class: a fragment of a
@@ -28,19 +36,39 @@ class TargetConfig:
     gaussian_min_overlap: float = 0.1
     gaussian_min_radius: int = 2  # head cells
     min_points: int = 0  # objects with fewer LiDAR points in their box are ignore regions
+    # Weight of the regression at the other cells of each object's Gaussian window (times the
+    # Gaussian there; module docstring); 0: the centre cell only. Its entries fill
+    # ``window_slots`` slots after the ``head.max_objects`` centre slots.
+    window_regression: float = 0.0
+    window_slots: int = 1024
+
+    def __post_init__(self) -> None:
+        if not self.window_regression >= 0.0:
+            raise ValueError('TargetConfig.window_regression must be >= 0, got '
+                             f'{self.window_regression}')
+        if self.window_slots < 1:
+            raise ValueError(f'TargetConfig.window_slots must be >= 1, got {self.window_slots}')
+
+    @property
+    def extra_slots(self) -> int:
+        """Return how many window slots follow the centre slots (0 without windows)."""
+        return self.window_slots if self.window_regression > 0 else 0
 
 
 class Targets(NamedTuple):
     """Targets of one sample (shapes below) or a batch (a leading B on every field)."""
 
     heatmap: torch.Tensor  # (n_cls, h, w) float32 in [0, 1], 1 at object centre cells
-    cell_index: torch.Tensor  # (M,) int64 row * w + col of each object, M = head.max_objects
-    offset: torch.Tensor  # (M, 2) float32 sub-cell offset (x, y) in cells
+    # Regression slots: M = head.max_objects centre slots, then TargetConfig.extra_slots
+    # window slots (module docstring).
+    cell_index: torch.Tensor  # (M,) int64 row * w + col where the slot's box is regressed
+    offset: torch.Tensor  # (M, 2) float32 offset (x, y) in cells from that cell to the centre
     z: torch.Tensor  # (M, 1) float32 metres
     log_size: torch.Tensor  # (M, 3) float32 log metres
     yaw: torch.Tensor  # (M, 2) float32 sin, cos
     labels: torch.Tensor  # (M,) int64 detection class
-    mask: torch.Tensor  # (M,) bool slot holds an object
+    mask: torch.Tensor  # (M,) bool slot holds an object's centre
+    weight: torch.Tensor  # (M,) float32 regression weight: 1 at centres, 0 in empty slots
     ignore: torch.Tensor  # (h, w) bool cells the heatmap loss skips (see the module docstring)
 
 
@@ -163,18 +191,82 @@ def build_targets(boxes: ArrayLike, labels: ArrayLike, config: ModelConfig,
     slots = config.head.max_objects
     chosen = index[:slots]
     count = chosen.numel()
+    cell_index = encoding.cell_index[chosen]
+    offset = encoding.offset[chosen]
+    owner = torch.arange(count)  # which chosen object each regression entry teaches
+    weight = torch.ones(count)
+    # Centre entries fill slots [0, count), window entries [slots, slots + E).
+    place = torch.arange(count)
+    if target_config.window_regression > 0 and count:
+        extra = window_entries(cell_index, radius[:count], config.head_hw,
+                               target_config.window_slots)
+        cell_index = torch.cat([cell_index, extra.cell_index])
+        offset = torch.cat([offset, offset[extra.owner] + extra.shift])
+        owner = torch.cat([owner, extra.owner])
+        weight = torch.cat([weight, target_config.window_regression * extra.gaussian])
+        place = torch.cat([place, slots + torch.arange(extra.owner.numel())])
+    total = slots + target_config.extra_slots
 
     def padded(values: torch.Tensor) -> torch.Tensor:
-        out = values.new_zeros((slots,) + tuple(values.shape[1:]))
-        out[:count] = values[chosen]
+        out = values.new_zeros((total,) + tuple(values.shape[1:]))
+        out[place] = values
         return out
 
-    mask = torch.zeros(slots, dtype=torch.bool)
-    mask[:count] = True
     return Targets(
-        heatmap=heatmap, cell_index=padded(encoding.cell_index), offset=padded(encoding.offset),
-        z=padded(encoding.z), log_size=padded(encoding.log_size), yaw=padded(encoding.yaw),
-        labels=padded(labels), mask=mask, ignore=ignore)
+        heatmap=heatmap, cell_index=padded(cell_index), offset=padded(offset),
+        z=padded(encoding.z[chosen][owner]), log_size=padded(encoding.log_size[chosen][owner]),
+        yaw=padded(encoding.yaw[chosen][owner]), labels=padded(labels[chosen][owner]),
+        mask=padded(torch.arange(owner.numel()) < count), weight=padded(weight),
+        ignore=ignore)
+
+
+class WindowEntries(NamedTuple):
+    """Regression entries at the non-centre cells of the objects' Gaussian windows, E each."""
+
+    cell_index: torch.Tensor  # (E,) int64 row * w + col
+    owner: torch.Tensor  # (E,) int64 index of the object (into the centres given)
+    shift: torch.Tensor  # (E, 2) float32 (centre col - col, centre row - row), cells
+    gaussian: torch.Tensor  # (E,) float32 the owner's Gaussian at the cell, in (0, 1)
+
+
+def window_entries(centre_cells: torch.Tensor, radii: torch.Tensor, head_hw: Sequence[int],
+                   limit: int) -> WindowEntries:
+    """Return the window regression entries of objects (module docstring).
+
+    Args:
+        centre_cells: (K,) int64 row * w + col of each object's centre cell.
+        radii: (K,) int64 Gaussian radius (cells) of each object, as in ``draw_heatmap``.
+        head_hw: (h, w) of the head grid.
+        limit: keep at most this many entries, the largest Gaussians first.
+    """
+    rows, cols = head_hw
+    centre_row = torch.div(centre_cells, cols, rounding_mode='floor')
+    centre_col = torch.remainder(centre_cells, cols)
+    owners, cells, shifts, values = [], [], [], []
+    for k in range(centre_cells.numel()):
+        r = int(radii[k])
+        step = torch.arange(-r, r + 1)
+        d_row, d_col = torch.meshgrid(step, step, indexing='ij')  # (2r+1, 2r+1) each
+        d_row, d_col = d_row.reshape(-1), d_col.reshape(-1)
+        row, col = centre_row[k] + d_row, centre_col[k] + d_col
+        sigma = (2 * r + 1) / 6
+        gaussian = torch.exp(-(d_row ** 2 + d_col ** 2).float() / (2 * sigma ** 2))
+        keep = ((d_row != 0) | (d_col != 0)) & (row >= 0) & (row < rows) & (col >= 0) & (
+            col < cols) & (gaussian >= torch.finfo(torch.float32).eps)
+        owners.append(torch.full((int(keep.sum()),), k, dtype=torch.int64))
+        cells.append((row * cols + col)[keep])
+        shifts.append(torch.stack([-d_col, -d_row], 1)[keep].float())
+        values.append(gaussian[keep])
+    owner, cell, shift, value = (torch.cat(owners), torch.cat(cells), torch.cat(shifts),
+                                 torch.cat(values))
+    # Per cell, the largest Gaussian teaches; centre cells teach their own object only.
+    order = torch.argsort(-value, stable=True)
+    first = np.unique(cell[order].numpy(), return_index=True)[1]
+    best = order[torch.as_tensor(first)]
+    best = best[~torch.isin(cell[best], centre_cells)]
+    best = best[torch.argsort(-value[best], stable=True)][:limit]
+    return WindowEntries(cell_index=cell[best], owner=owner[best], shift=shift[best],
+                         gaussian=value[best])
 
 
 def collate_targets(samples: Sequence[Targets]) -> Targets:

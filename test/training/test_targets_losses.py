@@ -115,6 +115,88 @@ def test_collate_adds_a_batch_dimension():
     assert batch.mask.sum(1).tolist() == [2, 1]
 
 
+def test_without_windows_every_slot_is_an_object_centre_of_weight_one():
+    targets = build_targets(BOXES, LABELS, CONFIG)
+    assert targets.weight.shape == (CONFIG.head.max_objects,)
+    torch.testing.assert_close(targets.weight, targets.mask.float())
+    with pytest.raises(ValueError, match='window_regression'):
+        TargetConfig(window_regression=-1.0)
+    with pytest.raises(ValueError, match='window_slots'):
+        TargetConfig(window_slots=0)
+
+
+def _decoded(targets, slots):
+    """Return the boxes (S, 7) that the targets' slots decode to."""
+    return regression_to_boxes(targets.cell_index[slots], targets.offset[slots],
+                               targets.z[slots], targets.log_size[slots], targets.yaw[slots],
+                               CONFIG)
+
+
+def test_window_regression_teaches_the_box_at_the_cells_around_each_centre():
+    window = TargetConfig(window_regression=0.5, window_slots=200)
+    targets = build_targets(BOXES, LABELS, CONFIG, window)
+    centres = CONFIG.head.max_objects
+    assert targets.weight.shape == (centres + 200,)
+    torch.testing.assert_close(build_targets(BOXES, LABELS, CONFIG).offset,
+                               targets.offset[:centres])  # the centre slots are unchanged
+    extra = torch.nonzero(targets.weight[centres:] > 0).squeeze(1) + centres
+    # Both objects have radius 2 (the minimum): 24 cells around each centre, none shared.
+    assert extra.numel() == 48 and not targets.mask[extra].any()
+    cells = targets.cell_index[extra]
+    assert cells.unique().numel() == 48
+    assert not torch.isin(cells, targets.cell_index[:2]).any()
+    cols = CONFIG.head_hw[1]
+    sigma = (2 * 2 + 1) / 6
+    for slot in extra.tolist():
+        owner = 0 if int(targets.labels[slot]) == 0 else 1
+        expected_box = torch.as_tensor(BOXES[owner])
+        box = _decoded(targets, torch.tensor([slot]))[0]
+        torch.testing.assert_close(box[:6], expected_box[:6], atol=1e-4, rtol=0)
+        assert math.cos(float(box[6] - expected_box[6])) == pytest.approx(1.0)
+        row, col = divmod(int(targets.cell_index[slot]), cols)
+        centre_row, centre_col = divmod(int(targets.cell_index[owner]), cols)
+        distance2 = (row - centre_row) ** 2 + (col - centre_col) ** 2
+        assert 1 <= max(abs(row - centre_row), abs(col - centre_col)) <= 2
+        assert float(targets.weight[slot]) == pytest.approx(
+            0.5 * math.exp(-distance2 / (2 * sigma ** 2)), rel=1e-5)
+
+
+def test_a_cell_in_two_windows_teaches_the_nearer_object():
+    two = np.array([[4.0, 0.0, -1.0, 0.6, 0.6, 1.7, 0.0], [6.2, 0.0, -1.0, 0.6, 0.6, 1.7, 0.0]],
+                   dtype=np.float32)  # 2.2 m apart: their windows overlap
+    targets = build_targets(two, np.array([2, 2]), CONFIG, TargetConfig(window_regression=1.0))
+    extra = torch.nonzero(targets.weight > 0).squeeze(1)[2:]
+    cells = targets.cell_index[extra]
+    assert cells.unique().numel() == cells.numel() < 48
+    boxes = _decoded(targets, extra)
+    cols = CONFIG.head_hw[1]
+    for slot, box in zip(extra.tolist(), boxes):
+        centre_x = CONFIG.grid.x_range_m[0] + (int(targets.cell_index[slot]) % cols + 0.5) * (
+            CONFIG.head_cell_size_m)
+        nearer = min(two[:, 0], key=lambda x: abs(x - centre_x))
+        assert abs(float(box[0]) - centre_x) <= abs(nearer - centre_x) + 1e-4
+    # A few slots keep the largest Gaussians: the first ring around the centres.
+    capped = build_targets(two, np.array([2, 2]), CONFIG,
+                           TargetConfig(window_regression=1.0, window_slots=4))
+    assert int((capped.weight > 0).sum()) == 2 + 4
+    assert float(capped.weight[CONFIG.head.max_objects:].min()) == pytest.approx(
+        math.exp(-1 / (2 * (5 / 6) ** 2)), rel=1e-5)
+
+
+def test_window_slots_count_in_the_regression_loss_with_their_weight():
+    window = TargetConfig(window_regression=0.5)
+    targets = collate_targets([build_targets(BOXES, LABELS, CONFIG, window)])
+    output = _output_from_targets(targets)
+    assert float(regression_loss(output, targets, LossWeights()).detach()) == pytest.approx(
+        0, abs=1e-6)
+    shifted = output._replace(z=output.z + 0.5)
+    # Every slot is off by 0.5 on z: sum of the weights * 0.5, over the 2 objects.
+    expected = 0.5 * float(targets.weight.sum()) / 2
+    assert expected > 0.5
+    assert float(regression_loss(shifted, targets, LossWeights()).detach()) == pytest.approx(
+        expected, rel=1e-5)
+
+
 def _output_from_targets(targets, semantic=None, camera_valid=None):
     """Return a NetworkOutput that predicts the targets' regression exactly."""
     batch = targets.heatmap.shape[0]
@@ -123,7 +205,7 @@ def _output_from_targets(targets, semantic=None, camera_valid=None):
     for name, channels in (('offset', 2), ('z', 1), ('log_size', 3), ('yaw', 2)):
         flat = torch.zeros(batch, channels, rows * cols)
         for b in range(batch):
-            slots = targets.mask[b]
+            slots = targets.weight[b] > 0
             flat[b][:, targets.cell_index[b][slots]] = getattr(targets, name)[b][slots].T
         maps[name] = flat.view(batch, channels, rows, cols).requires_grad_()
     zeros = torch.zeros(batch, dtype=torch.int64)

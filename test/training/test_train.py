@@ -206,10 +206,12 @@ def test_nearest_label_resize_keeps_ids_and_alignment():
     assert set(np.unique(resized)) <= set(range(12))
 
 
-def test_short_cpu_run_overfits_a_few_frames(tiny_root, tmp_path):
+@pytest.mark.parametrize('targets', [(), ('--override', 'target.window_regression=0.3')],
+                         ids=['centres', 'windows'])
+def test_short_cpu_run_overfits_a_few_frames(tiny_root, tmp_path, targets):
     # Four frames in one batch, no augmentation, 30 steps: the total loss must fall 3x.
     out = tmp_path / 'overfit'
-    _run_train('--out', str(out), '--override', f'data.root={tiny_root}',
+    _run_train('--out', str(out), '--override', f'data.root={tiny_root}', *targets,
                '--override', 'optim.epochs=30', '--override', 'optim.batch_size=4',
                '--override', 'optim.lr=0.01', '--override', 'optim.warmup_steps=3',
                '--override', 'deterministic=false',
@@ -222,6 +224,7 @@ def test_short_cpu_run_overfits_a_few_frames(tiny_root, tmp_path):
     first, last = history[0], history[-1]
     assert last['total'] < first['total'] / 3.0, (first, last)
     assert last['heatmap'] < first['heatmap'] / 2.0
+    assert last['regression'] < first['regression'] / 2.0
     assert last['semantic'] < first['semantic'] / 2.0
     assert (out / 'tensorboard').is_dir() and os.listdir(out / 'tensorboard')
 
