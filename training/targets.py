@@ -3,13 +3,14 @@
 Uses the network's own box encoding (``bev_perception.model.decode.boxes_to_regression``), so
 targets and decoding are exact inverses of each other.
 
-Window regression (``TargetConfig.window_regression``): besides its centre cell, each object
-may teach its box at the other cells of its Gaussian window, each weighted by the Gaussian
-there. The sub-cell offset of such a cell points from the cell to the true centre (it leaves
-[0, 1)), which the decoder reads as it reads any offset, so a heatmap peak that lands a cell
-or two beside the centre (the far end of a lorry, say) still gives the right box. A cell in
-two windows teaches the object whose Gaussian is larger there; no window entry is made on any
-object's centre cell. 0 (the default) keeps CenterPoint's centre-only regression.
+Footprint regression (``TargetConfig.footprint_regression``): besides its centre cell, each
+object may teach its box at every other head cell whose centre lies inside the box (in BEV),
+each with that weight. The offset of such a cell points from the cell to the true centre (it
+leaves [0, 1)), which the decoder reads as it reads any offset, so a heatmap peak that lands
+beside the centre (towards the end of a lorry that the sensor sees, say) still gives the right
+box. Long objects teach at many cells, people at none (a 0.96 m cell holds a person's centre
+only). A cell inside two boxes teaches the one whose centre is nearer; no footprint entry is
+made on any object's centre cell. 0 (the default) keeps CenterPoint's centre-only regression.
 
 Ignore regions (``TargetConfig.min_points``): a labelled object with fewer LiDAR points inside
 its box than that is neither a positive nor a negative. Its Gaussian window is marked in
@@ -36,23 +37,24 @@ class TargetConfig:
     gaussian_min_overlap: float = 0.1
     gaussian_min_radius: int = 2  # head cells
     min_points: int = 0  # objects with fewer LiDAR points in their box are ignore regions
-    # Weight of the regression at the other cells of each object's Gaussian window (times the
-    # Gaussian there; module docstring); 0: the centre cell only. Its entries fill
-    # ``window_slots`` slots after the ``head.max_objects`` centre slots.
-    window_regression: float = 0.0
-    window_slots: int = 1024
+    # Weight of the regression at the other head cells inside each object's box (module
+    # docstring); 0: the centre cell only. Its entries fill ``footprint_slots`` slots after the
+    # ``head.max_objects`` centre slots (the nearest cells to their centres first).
+    footprint_regression: float = 0.0
+    footprint_slots: int = 1024
 
     def __post_init__(self) -> None:
-        if not self.window_regression >= 0.0:
-            raise ValueError('TargetConfig.window_regression must be >= 0, got '
-                             f'{self.window_regression}')
-        if self.window_slots < 1:
-            raise ValueError(f'TargetConfig.window_slots must be >= 1, got {self.window_slots}')
+        if not self.footprint_regression >= 0.0:
+            raise ValueError('TargetConfig.footprint_regression must be >= 0, got '
+                             f'{self.footprint_regression}')
+        if self.footprint_slots < 1:
+            raise ValueError('TargetConfig.footprint_slots must be >= 1, got '
+                             f'{self.footprint_slots}')
 
     @property
     def extra_slots(self) -> int:
-        """Return how many window slots follow the centre slots (0 without windows)."""
-        return self.window_slots if self.window_regression > 0 else 0
+        """Return how many footprint slots follow the centre slots (0 without footprints)."""
+        return self.footprint_slots if self.footprint_regression > 0 else 0
 
 
 class Targets(NamedTuple):
@@ -60,7 +62,7 @@ class Targets(NamedTuple):
 
     heatmap: torch.Tensor  # (n_cls, h, w) float32 in [0, 1], 1 at object centre cells
     # Regression slots: M = head.max_objects centre slots, then TargetConfig.extra_slots
-    # window slots (module docstring).
+    # footprint slots (module docstring).
     cell_index: torch.Tensor  # (M,) int64 row * w + col where the slot's box is regressed
     offset: torch.Tensor  # (M, 2) float32 offset (x, y) in cells from that cell to the centre
     z: torch.Tensor  # (M, 1) float32 metres
@@ -195,15 +197,16 @@ def build_targets(boxes: ArrayLike, labels: ArrayLike, config: ModelConfig,
     offset = encoding.offset[chosen]
     owner = torch.arange(count)  # which chosen object each regression entry teaches
     weight = torch.ones(count)
-    # Centre entries fill slots [0, count), window entries [slots, slots + E).
+    # Centre entries fill slots [0, count), footprint entries [slots, slots + E).
     place = torch.arange(count)
-    if target_config.window_regression > 0 and count:
-        extra = window_entries(cell_index, radius[:count], config.head_hw,
-                               target_config.window_slots)
+    if target_config.footprint_regression > 0 and count:
+        extra = footprint_entries(boxes[chosen], cell_index, config,
+                                  target_config.footprint_slots)
         cell_index = torch.cat([cell_index, extra.cell_index])
         offset = torch.cat([offset, offset[extra.owner] + extra.shift])
         owner = torch.cat([owner, extra.owner])
-        weight = torch.cat([weight, target_config.window_regression * extra.gaussian])
+        weight = torch.cat([weight, torch.full((extra.owner.numel(),),
+                                               target_config.footprint_regression)])
         place = torch.cat([place, slots + torch.arange(extra.owner.numel())])
     total = slots + target_config.extra_slots
 
@@ -220,53 +223,55 @@ def build_targets(boxes: ArrayLike, labels: ArrayLike, config: ModelConfig,
         ignore=ignore)
 
 
-class WindowEntries(NamedTuple):
-    """Regression entries at the non-centre cells of the objects' Gaussian windows, E each."""
+class FootprintEntries(NamedTuple):
+    """Regression entries at the non-centre head cells inside the objects' boxes, E each."""
 
     cell_index: torch.Tensor  # (E,) int64 row * w + col
-    owner: torch.Tensor  # (E,) int64 index of the object (into the centres given)
+    owner: torch.Tensor  # (E,) int64 index of the object (into the boxes given)
     shift: torch.Tensor  # (E, 2) float32 (centre col - col, centre row - row), cells
-    gaussian: torch.Tensor  # (E,) float32 the owner's Gaussian at the cell, in (0, 1)
 
 
-def window_entries(centre_cells: torch.Tensor, radii: torch.Tensor, head_hw: Sequence[int],
-                   limit: int) -> WindowEntries:
-    """Return the window regression entries of objects (module docstring).
+def footprint_entries(boxes: torch.Tensor, centre_cells: torch.Tensor, config: ModelConfig,
+                      limit: int) -> FootprintEntries:
+    """Return the footprint regression entries of objects (module docstring).
 
     Args:
+        boxes: (K, 7) the objects' boxes in the model frame.
         centre_cells: (K,) int64 row * w + col of each object's centre cell.
-        radii: (K,) int64 Gaussian radius (cells) of each object, as in ``draw_heatmap``.
-        head_hw: (h, w) of the head grid.
-        limit: keep at most this many entries, the largest Gaussians first.
+        config: model config (head grid).
+        limit: keep at most this many entries, those nearest to their box centre first.
     """
-    rows, cols = head_hw
+    rows, cols = config.head_hw
+    cell = config.head_cell_size_m
+    x_min, y_min = config.grid.x_range_m[0], config.grid.y_range_m[0]
     centre_row = torch.div(centre_cells, cols, rounding_mode='floor')
     centre_col = torch.remainder(centre_cells, cols)
-    owners, cells, shifts, values = [], [], [], []
-    for k in range(centre_cells.numel()):
-        r = int(radii[k])
-        step = torch.arange(-r, r + 1)
-        d_row, d_col = torch.meshgrid(step, step, indexing='ij')  # (2r+1, 2r+1) each
-        d_row, d_col = d_row.reshape(-1), d_col.reshape(-1)
+    owners, cells, shifts, distances = [], [], [], []
+    for k, (x, y, _, length, width, _, yaw) in enumerate(boxes.double().tolist()):
+        reach = int(np.ceil(0.5 * np.hypot(length, width) / cell))  # cells to the far corner
+        step = torch.arange(-reach, reach + 1)
+        d_row, d_col = (d.reshape(-1) for d in torch.meshgrid(step, step, indexing='ij'))
         row, col = centre_row[k] + d_row, centre_col[k] + d_col
-        sigma = (2 * r + 1) / 6
-        gaussian = torch.exp(-(d_row ** 2 + d_col ** 2).float() / (2 * sigma ** 2))
-        keep = ((d_row != 0) | (d_col != 0)) & (row >= 0) & (row < rows) & (col >= 0) & (
-            col < cols) & (gaussian >= torch.finfo(torch.float32).eps)
+        dx = x_min + (col.double() + 0.5) * cell - x  # cell centre - box centre, metres
+        dy = y_min + (row.double() + 0.5) * cell - y
+        along = np.cos(yaw) * dx + np.sin(yaw) * dy
+        across = -np.sin(yaw) * dx + np.cos(yaw) * dy
+        keep = ((along.abs() <= length / 2) & (across.abs() <= width / 2)
+                & ((d_row != 0) | (d_col != 0)) & (row >= 0) & (row < rows) & (col >= 0)
+                & (col < cols))
         owners.append(torch.full((int(keep.sum()),), k, dtype=torch.int64))
         cells.append((row * cols + col)[keep])
         shifts.append(torch.stack([-d_col, -d_row], 1)[keep].float())
-        values.append(gaussian[keep])
-    owner, cell, shift, value = (torch.cat(owners), torch.cat(cells), torch.cat(shifts),
-                                 torch.cat(values))
-    # Per cell, the largest Gaussian teaches; centre cells teach their own object only.
-    order = torch.argsort(-value, stable=True)
-    first = np.unique(cell[order].numpy(), return_index=True)[1]
+        distances.append(torch.hypot(dx, dy)[keep])
+    owner, cell_index, shift, distance = (torch.cat(owners), torch.cat(cells),
+                                          torch.cat(shifts), torch.cat(distances))
+    # Per cell, the nearest centre teaches; centre cells teach their own object only.
+    order = torch.argsort(distance, stable=True)
+    first = np.unique(cell_index[order].numpy(), return_index=True)[1]
     best = order[torch.as_tensor(first)]
-    best = best[~torch.isin(cell[best], centre_cells)]
-    best = best[torch.argsort(-value[best], stable=True)][:limit]
-    return WindowEntries(cell_index=cell[best], owner=owner[best], shift=shift[best],
-                         gaussian=value[best])
+    best = best[~torch.isin(cell_index[best], centre_cells)]
+    best = best[torch.argsort(distance[best], stable=True)][:limit]
+    return FootprintEntries(cell_index=cell_index[best], owner=owner[best], shift=shift[best])
 
 
 def collate_targets(samples: Sequence[Targets]) -> Targets:

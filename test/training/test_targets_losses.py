@@ -115,14 +115,14 @@ def test_collate_adds_a_batch_dimension():
     assert batch.mask.sum(1).tolist() == [2, 1]
 
 
-def test_without_windows_every_slot_is_an_object_centre_of_weight_one():
+def test_without_footprints_every_slot_is_an_object_centre_of_weight_one():
     targets = build_targets(BOXES, LABELS, CONFIG)
     assert targets.weight.shape == (CONFIG.head.max_objects,)
     torch.testing.assert_close(targets.weight, targets.mask.float())
-    with pytest.raises(ValueError, match='window_regression'):
-        TargetConfig(window_regression=-1.0)
-    with pytest.raises(ValueError, match='window_slots'):
-        TargetConfig(window_slots=0)
+    with pytest.raises(ValueError, match='footprint_regression'):
+        TargetConfig(footprint_regression=-1.0)
+    with pytest.raises(ValueError, match='footprint_slots'):
+        TargetConfig(footprint_slots=0)
 
 
 def _decoded(targets, slots):
@@ -132,65 +132,76 @@ def _decoded(targets, slots):
                                CONFIG)
 
 
-def test_window_regression_teaches_the_box_at_the_cells_around_each_centre():
-    window = TargetConfig(window_regression=0.5, window_slots=200)
-    targets = build_targets(BOXES, LABELS, CONFIG, window)
+def _cell_centres(z):
+    """Return the centres (h * w, 3) of the head cells, in cell-index order, at height z."""
+    rows, cols = CONFIG.head_hw
+    cell = CONFIG.head_cell_size_m
+    row, col = np.divmod(np.arange(rows * cols), cols)
+    return np.stack([CONFIG.grid.x_range_m[0] + (col + 0.5) * cell,
+                     CONFIG.grid.y_range_m[0] + (row + 0.5) * cell,
+                     np.full(rows * cols, z)], 1)
+
+
+def test_footprint_regression_teaches_the_box_at_every_cell_inside_it():
+    footprint = TargetConfig(footprint_regression=0.2, footprint_slots=200)
+    targets = build_targets(BOXES, LABELS, CONFIG, footprint)
     centres = CONFIG.head.max_objects
     assert targets.weight.shape == (centres + 200,)
-    torch.testing.assert_close(build_targets(BOXES, LABELS, CONFIG).offset,
-                               targets.offset[:centres])  # the centre slots are unchanged
+    plain = build_targets(BOXES, LABELS, CONFIG)
+    for name in ('cell_index', 'offset', 'z', 'log_size', 'yaw', 'labels', 'mask'):
+        torch.testing.assert_close(getattr(targets, name)[:centres], getattr(plain, name))
     extra = torch.nonzero(targets.weight[centres:] > 0).squeeze(1) + centres
-    # Both objects have radius 2 (the minimum): 24 cells around each centre, none shared.
-    assert extra.numel() == 48 and not targets.mask[extra].any()
-    cells = targets.cell_index[extra]
-    assert cells.unique().numel() == 48
-    assert not torch.isin(cells, targets.cell_index[:2]).any()
-    cols = CONFIG.head_hw[1]
-    sigma = (2 * 2 + 1) / 6
-    for slot in extra.tolist():
-        owner = 0 if int(targets.labels[slot]) == 0 else 1
-        expected_box = torch.as_tensor(BOXES[owner])
-        box = _decoded(targets, torch.tensor([slot]))[0]
-        torch.testing.assert_close(box[:6], expected_box[:6], atol=1e-4, rtol=0)
-        assert math.cos(float(box[6] - expected_box[6])) == pytest.approx(1.0)
-        row, col = divmod(int(targets.cell_index[slot]), cols)
-        centre_row, centre_col = divmod(int(targets.cell_index[owner]), cols)
-        distance2 = (row - centre_row) ** 2 + (col - centre_col) ** 2
-        assert 1 <= max(abs(row - centre_row), abs(col - centre_col)) <= 2
-        assert float(targets.weight[slot]) == pytest.approx(
-            0.5 * math.exp(-distance2 / (2 * sigma ** 2)), rel=1e-5)
+    # The cells whose centres lie inside the car's box, its centre cell aside; none for the
+    # 0.6 m person (the 0.64 m cells hold only its centre).
+    inside = [index for index, point in enumerate(_cell_centres(BOXES[0, 2]))
+              if points_in_boxes(point[None], BOXES[:1])[0]]
+    assert len(inside) >= 10 and int(plain.cell_index[0]) in inside
+    assert sorted(targets.cell_index[extra].tolist()) == sorted(
+        set(inside) - {int(plain.cell_index[0])})
+    assert not targets.mask[extra].any() and (targets.labels[extra] == 0).all()
+    torch.testing.assert_close(targets.weight[extra], torch.full((len(extra),), 0.2))
+    boxes = _decoded(targets, extra)  # every entry gives the car's box back
+    torch.testing.assert_close(boxes[:, :6], torch.as_tensor(BOXES[:1, :6]).expand(
+        len(extra), 6), atol=1e-4, rtol=0)
+    assert np.allclose(np.cos(boxes[:, 6].numpy() - BOXES[0, 6]), 1.0)
 
 
-def test_a_cell_in_two_windows_teaches_the_nearer_object():
-    two = np.array([[4.0, 0.0, -1.0, 0.6, 0.6, 1.7, 0.0], [6.2, 0.0, -1.0, 0.6, 0.6, 1.7, 0.0]],
-                   dtype=np.float32)  # 2.2 m apart: their windows overlap
-    targets = build_targets(two, np.array([2, 2]), CONFIG, TargetConfig(window_regression=1.0))
+def test_a_cell_inside_two_boxes_teaches_the_nearer_centre_and_the_slots_cap():
+    two = np.array([[4.0, 0.0, -1.0, 4.0, 1.8, 1.5, 0.0], [6.6, 0.2, -1.0, 4.0, 1.8, 1.5, 0.0]],
+                   dtype=np.float32)  # overlapping by 1.4 m
+    targets = build_targets(two, np.array([0, 0]), CONFIG,
+                            TargetConfig(footprint_regression=1.0))
     extra = torch.nonzero(targets.weight > 0).squeeze(1)[2:]
     cells = targets.cell_index[extra]
-    assert cells.unique().numel() == cells.numel() < 48
-    boxes = _decoded(targets, extra)
-    cols = CONFIG.head_hw[1]
-    for slot, box in zip(extra.tolist(), boxes):
-        centre_x = CONFIG.grid.x_range_m[0] + (int(targets.cell_index[slot]) % cols + 0.5) * (
-            CONFIG.head_cell_size_m)
-        nearer = min(two[:, 0], key=lambda x: abs(x - centre_x))
-        assert abs(float(box[0]) - centre_x) <= abs(nearer - centre_x) + 1e-4
-    # A few slots keep the largest Gaussians: the first ring around the centres.
-    capped = build_targets(two, np.array([2, 2]), CONFIG,
-                           TargetConfig(window_regression=1.0, window_slots=4))
-    assert int((capped.weight > 0).sum()) == 2 + 4
-    assert float(capped.weight[CONFIG.head.max_objects:].min()) == pytest.approx(
-        math.exp(-1 / (2 * (5 / 6) ** 2)), rel=1e-5)
+    assert cells.unique().numel() == cells.numel()
+    points = _cell_centres(-1.0)[cells.numpy()]
+    in_first, in_second = ([points_in_boxes(point[None], box[None])[0] > 0 for point in points]
+                           for box in two)
+    assert np.logical_or(in_first, in_second).all()
+    assert np.logical_and(in_first, in_second).sum() >= 2  # the overlap holds cells
+    decoded = _decoded(targets, extra).numpy()
+    for point, box in zip(points, decoded):
+        nearer = min(two, key=lambda b: np.hypot(*(b[:2] - point[:2])))
+        assert np.allclose(box[:2], nearer[:2], atol=1e-4)
+    capped = build_targets(two, np.array([0, 0]), CONFIG,
+                           TargetConfig(footprint_regression=1.0, footprint_slots=4))
+    kept = capped.cell_index[CONFIG.head.max_objects:][capped.weight[
+        CONFIG.head.max_objects:] > 0]
+    assert kept.numel() == 4  # the cells nearest to their centres
+    distance = {int(c): float(np.hypot(*(_cell_centres(-1.0)[int(c), :2] - b[:2])))
+                for c, b in zip(cells, decoded)}
+    assert max(distance[int(c)] for c in kept) <= min(
+        d for c, d in distance.items() if c not in kept.tolist())
 
 
-def test_window_slots_count_in_the_regression_loss_with_their_weight():
-    window = TargetConfig(window_regression=0.5)
-    targets = collate_targets([build_targets(BOXES, LABELS, CONFIG, window)])
+def test_footprint_slots_count_in_the_regression_loss_with_their_weight():
+    footprint = TargetConfig(footprint_regression=0.5)
+    targets = collate_targets([build_targets(BOXES, LABELS, CONFIG, footprint)])
     output = _output_from_targets(targets)
     assert float(regression_loss(output, targets, LossWeights()).detach()) == pytest.approx(
         0, abs=1e-6)
     shifted = output._replace(z=output.z + 0.5)
-    # Every slot is off by 0.5 on z: sum of the weights * 0.5, over the 2 objects.
+    # Every slot is off by 0.5 on z: the weights' sum * 0.5, over the 2 objects.
     expected = 0.5 * float(targets.weight.sum()) / 2
     assert expected > 0.5
     assert float(regression_loss(shifted, targets, LossWeights()).detach()) == pytest.approx(

@@ -223,10 +223,10 @@ def test_autocast_is_float16_on_cuda_and_bfloat16_on_cpus_that_have_it():
 
 
 @pytest.mark.parametrize('targets', [
-    (), ('--override', 'target.window_regression=0.3'),
+    (), ('--override', 'target.footprint_regression=0.2'),
     pytest.param(('--override', 'optim.cpu_bf16=true'), marks=pytest.mark.skipif(
         not BF16_CPU, reason='this CPU has no native bfloat16'))],
-    ids=['centres', 'windows', 'cpu_bf16'])
+    ids=['centres', 'footprints', 'cpu_bf16'])
 def test_short_cpu_run_overfits_a_few_frames(tiny_root, tmp_path, targets):
     # Four frames in one batch, no augmentation, 30 steps: the total loss must fall 3x.
     out = tmp_path / 'overfit'
