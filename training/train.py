@@ -11,8 +11,7 @@ The YAML file is read into the typed ``TrainConfig`` (every key checked, unknown
 
 What happens: AdamW (no weight decay on biases and norm weights), linear warm-up then cosine
 decay per step (optionally restarted: ``optim.restart_epochs``), gradient clipping, AMP
-(float16 autocast + GradScaler) on CUDA, bfloat16 autocast on CPUs with native bfloat16 when
-``optim.cpu_bf16`` asks for it (``autocast_of``), consistent augmentation and camera dropout
+(float16 autocast + GradScaler) on CUDA only, consistent augmentation and camera dropout
 (``training.augment``), a tqdm bar and TensorBoard scalars on rank 0, and after every epoch a
 checkpoint written atomically (temporary file + ``os.replace``) holding model, optimiser,
 scheduler, scaler, epoch, step and the python / numpy / torch / CUDA random states as plain
@@ -126,9 +125,6 @@ class OptimConfig:
     restart_lr_ratio: float = 0.5
     grad_clip_norm: float = 10.0  # 0 disables clipping
     amp: bool = True  # float16 autocast + GradScaler, on CUDA only
-    # bfloat16 autocast on a CPU that computes bfloat16 natively (oneDNN: AVX512-BF16, AMX);
-    # float32 elsewhere. About 1.6x faster LiDAR-path steps on an AVX512-BF16 Xeon.
-    cpu_bf16: bool = False
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
@@ -603,12 +599,10 @@ def train(config: TrainConfig, output_dir: Optional[str] = None, resume: Optiona
                                   lr=config.optim.lr, betas=config.optim.betas)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, _schedule(config.optim, steps_per_epoch))
-    autocast = autocast_of(config.optim, process.device)
-    use_amp = autocast == ('cuda', torch.float16)
-    if process.is_main and autocast is None and (
-            config.optim.amp or (config.optim.cpu_bf16 and process.device.type == 'cpu')):
-        LOGGER.info('optim.amp needs CUDA and optim.cpu_bf16 a CPU with native bfloat16: '
-                    'training in float32 on %s', process.device)
+    use_amp = config.optim.amp and process.device.type == 'cuda'
+    if config.optim.amp and not use_amp and process.is_main:
+        LOGGER.info('optim.amp: mixed precision needs CUDA; training in float32 on %s',
+                    process.device)
     scaler = torch.amp.GradScaler('cuda', enabled=use_amp)
 
     start_epoch, step, train_seconds = 0, 0, 0.0
@@ -661,7 +655,7 @@ def train(config: TrainConfig, output_dir: Optional[str] = None, resume: Optiona
                         disable=not (process.is_main and show_progress), dynamic_ncols=True)
         for batch in bar:
             batch = batch.to(process.device)
-            losses, grad_norm = _train_step(network, optimizer, scaler, batch, config, autocast,
+            losses, grad_norm = _train_step(network, optimizer, scaler, batch, config, use_amp,
                                             semantic_only)
             scheduler.step()
             step += 1
@@ -738,39 +732,25 @@ def _use_schedule(scheduler: torch.optim.lr_scheduler.LambdaLR,
         group['lr'] = base_lr * schedule(scheduler.last_epoch)
 
 
-def autocast_of(optim: OptimConfig, device: torch.device
-                ) -> Optional[Tuple[str, torch.dtype]]:
-    """Return the (device type, dtype) of the training forward's autocast; None: float32."""
-    if device.type == 'cuda':
-        return ('cuda', torch.float16) if optim.amp else None
-    if device.type == 'cpu' and optim.cpu_bf16 and torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        return 'cpu', torch.bfloat16
-    return None
-
-
 def _train_step(network: torch.nn.Module, optimizer: torch.optim.Optimizer,
                 scaler: torch.amp.GradScaler, batch: Batch, config: TrainConfig,
-                autocast: Optional[Tuple[str, torch.dtype]], semantic_only: bool = False
-                ) -> Tuple[LossBreakdown, float]:
+                use_amp: bool, semantic_only: bool = False) -> Tuple[LossBreakdown, float]:
     """Run forward, loss, backward, clipping and the optimiser step on one batch.
-
-    ``autocast``: (device type, dtype) of the forward's autocast (``autocast_of``), None:
-    float32. The losses are computed in float32 either way.
 
     ``semantic_only``: the network (not DDP-wrapped) trains nothing the detection reads, so
     only the semantic path runs (``_semantic_losses``); the gradients are those of the whole
     forward.
     """
-    mixed = (torch.autocast(autocast[0], dtype=autocast[1]) if autocast is not None
-             else contextlib.nullcontext())
+    autocast = (torch.autocast('cuda', dtype=torch.float16) if use_amp
+                else contextlib.nullcontext())
     if semantic_only:
-        with mixed:
+        with autocast:
             losses = _semantic_losses(network, batch, config.loss)
         if losses is None:  # no image in the batch: nothing to train
             zero = torch.zeros((), device=batch.images.device)
             return LossBreakdown(zero, zero, zero, zero), 0.0
     else:
-        with mixed:
+        with autocast:
             output = network(batch.points, batch.images, batch.camera_valid,
                              camera_geometry=batch.camera_geometry)
         losses = multitask_loss(output, batch.targets, batch.semantic, config.loss)

@@ -20,9 +20,9 @@ from training.a2d2 import A2D2Dataset
 from training.augment import augment_sample, AugmentConfig, flip_left_right, Sample, wrap_yaw
 from training.data import collate_examples, FrameCache, resize_labels_nearest, TrainingDataset
 from training.train import (
-    _grown, _initial_state, _semantic_losses, _train_step, apply_override, autocast_of,
-    DETECTION_MODULES, frozen_modules, InitWeightsError, load_checkpoint, load_config, main,
-    OptimConfig, TrainConfig, WarmupCosine)
+    _grown, _initial_state, _semantic_losses, _train_step, apply_override, DETECTION_MODULES,
+    frozen_modules, InitWeightsError, load_checkpoint, load_config, main, OptimConfig,
+    TrainConfig, WarmupCosine)
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY_CONFIG = os.path.join(REPO, 'training', 'configs', 'tiny_test.yaml')
@@ -206,27 +206,8 @@ def test_nearest_label_resize_keeps_ids_and_alignment():
     assert set(np.unique(resized)) <= set(range(12))
 
 
-BF16_CPU = torch.ops.mkldnn._is_mkldnn_bf16_supported()
-
-
-def test_autocast_is_float16_on_cuda_and_bfloat16_on_cpus_that_have_it():
-    cpu, cuda = torch.device('cpu'), torch.device('cuda')
-    assert autocast_of(OptimConfig(), cpu) is None  # amp alone: CUDA only
-    assert autocast_of(OptimConfig(), cuda) == ('cuda', torch.float16)
-    assert autocast_of(OptimConfig(amp=False, cpu_bf16=True), cuda) is None
-    chosen = autocast_of(OptimConfig(cpu_bf16=True), cpu)
-    assert chosen == (('cpu', torch.bfloat16) if BF16_CPU else None)
-    if chosen is not None:
-        with torch.autocast(chosen[0], dtype=chosen[1]):
-            out = torch.nn.Conv2d(3, 4, 3)(torch.rand(1, 3, 8, 8))
-        assert out.dtype == torch.bfloat16
-
-
-@pytest.mark.parametrize('targets', [
-    (), ('--override', 'target.footprint_regression=0.2'),
-    pytest.param(('--override', 'optim.cpu_bf16=true'), marks=pytest.mark.skipif(
-        not BF16_CPU, reason='this CPU has no native bfloat16'))],
-    ids=['centres', 'footprints', 'cpu_bf16'])
+@pytest.mark.parametrize('targets', [(), ('--override', 'target.footprint_regression=0.2')],
+                         ids=['centres', 'footprints'])
 def test_short_cpu_run_overfits_a_few_frames(tiny_root, tmp_path, targets):
     # Four frames in one batch, no augmentation, 30 steps: the total loss must fall 3x.
     out = tmp_path / 'overfit'
@@ -495,7 +476,7 @@ def test_a_run_of_the_semantics_alone_steps_as_the_whole_forward(tiny_root, tmp_
             module.eval()
         optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
         scaler = torch.amp.GradScaler('cuda', enabled=False)
-        results.append(_train_step(model, optimizer, scaler, batch, config, None,
+        results.append(_train_step(model, optimizer, scaler, batch, config, False,
                                    semantic_only))
         updated.append(model.state_dict())
     (full, full_norm), (alone, alone_norm) = results
