@@ -243,28 +243,25 @@ def footprint_entries(boxes: torch.Tensor, centre_cells: torch.Tensor, config: M
     """
     rows, cols = config.head_hw
     cell = config.head_cell_size_m
-    x_min, y_min = config.grid.x_range_m[0], config.grid.y_range_m[0]
-    centre_row = torch.div(centre_cells, cols, rounding_mode='floor')
-    centre_col = torch.remainder(centre_cells, cols)
-    owners, cells, shifts, distances = [], [], [], []
-    for k, (x, y, _, length, width, _, yaw) in enumerate(boxes.double().tolist()):
-        reach = int(np.ceil(0.5 * np.hypot(length, width) / cell))  # cells to the far corner
-        step = torch.arange(-reach, reach + 1)
-        d_row, d_col = (d.reshape(-1) for d in torch.meshgrid(step, step, indexing='ij'))
-        row, col = centre_row[k] + d_row, centre_col[k] + d_col
-        dx = x_min + (col.double() + 0.5) * cell - x  # cell centre - box centre, metres
-        dy = y_min + (row.double() + 0.5) * cell - y
-        along = np.cos(yaw) * dx + np.sin(yaw) * dy
-        across = -np.sin(yaw) * dx + np.cos(yaw) * dy
-        keep = ((along.abs() <= length / 2) & (across.abs() <= width / 2)
-                & ((d_row != 0) | (d_col != 0)) & (row >= 0) & (row < rows) & (col >= 0)
-                & (col < cols))
-        owners.append(torch.full((int(keep.sum()),), k, dtype=torch.int64))
-        cells.append((row * cols + col)[keep])
-        shifts.append(torch.stack([-d_col, -d_row], 1)[keep].float())
-        distances.append(torch.hypot(dx, dy)[keep])
-    owner, cell_index, shift, distance = (torch.cat(owners), torch.cat(cells),
-                                          torch.cat(shifts), torch.cat(distances))
+    boxes = boxes.double()
+    # Every cell whose centre lies in a box is at most ``reach`` cells from the centre cell
+    # in each axis (half the box diagonal, plus the centre's half-cell play in its cell).
+    reach = int(np.ceil(float((0.5 * torch.hypot(boxes[:, 3], boxes[:, 4])).max()) / cell))
+    step = torch.arange(-reach, reach + 1)
+    d_row, d_col = (d.reshape(1, -1) for d in torch.meshgrid(step, step, indexing='ij'))
+    row = torch.div(centre_cells, cols, rounding_mode='floor')[:, None] + d_row  # (K, S)
+    col = torch.remainder(centre_cells, cols)[:, None] + d_col
+    dx = config.grid.x_range_m[0] + (col + 0.5) * cell - boxes[:, :1]  # cell - box centre, m
+    dy = config.grid.y_range_m[0] + (row + 0.5) * cell - boxes[:, 1:2]
+    cos_yaw, sin_yaw = torch.cos(boxes[:, 6:7]), torch.sin(boxes[:, 6:7])
+    along, across = cos_yaw * dx + sin_yaw * dy, -sin_yaw * dx + cos_yaw * dy
+    keep = ((along.abs() <= boxes[:, 3:4] / 2) & (across.abs() <= boxes[:, 4:5] / 2)
+            & ((d_row != 0) | (d_col != 0)) & (row >= 0) & (row < rows) & (col >= 0)
+            & (col < cols))  # (K, S)
+    owner = torch.nonzero(keep)[:, 0]  # object-major, then row-major: deterministic order
+    cell_index = (row * cols + col)[keep]
+    shift = torch.stack([-d_col.expand_as(keep)[keep], -d_row.expand_as(keep)[keep]], 1).float()
+    distance = torch.hypot(dx, dy)[keep]
     # Per cell, the nearest centre teaches; centre cells teach their own object only.
     order = torch.argsort(distance, stable=True)
     first = np.unique(cell_index[order].numpy(), return_index=True)[1]
