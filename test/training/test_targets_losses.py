@@ -191,7 +191,7 @@ def test_a_cell_inside_two_boxes_teaches_the_nearer_centre_and_the_slots_cap():
     distance = {int(c): float(np.hypot(*(_cell_centres(-1.0)[int(c), :2] - b[:2])))
                 for c, b in zip(cells, decoded)}
     assert max(distance[int(c)] for c in kept) <= min(
-        d for c, d in distance.items() if c not in kept.tolist())
+        d for c, d in distance.items() if c not in kept.tolist()) + 1e-6  # ties: either
 
 
 def test_footprint_slots_count_in_the_regression_loss_with_their_weight():
