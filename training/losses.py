@@ -79,8 +79,9 @@ def regression_loss(output: NetworkOutput, targets: Targets,
                     weights: LossWeights) -> torch.Tensor:
     """Return the weighted L1 over offset, z, log-size and yaw, averaged over objects.
 
-    Each slot counts with its ``Targets.weight`` (1 at object centres, the window weights of
-    ``TargetConfig.window_regression`` elsewhere); the sum is divided by the number of objects.
+    Each slot counts with its ``Targets.weight`` (1 at object centres,
+    ``TargetConfig.footprint_regression`` at the other cells inside a box); the sum is divided
+    by the number of objects.
     """
     weight = targets.weight.to(torch.float32)  # (B, M)
     num_objects = targets.mask.sum().clamp_min(1).to(torch.float32)

@@ -70,7 +70,9 @@ class Targets(NamedTuple):
     yaw: torch.Tensor  # (M, 2) float32 sin, cos
     labels: torch.Tensor  # (M,) int64 detection class
     mask: torch.Tensor  # (M,) bool slot holds an object's centre
-    weight: torch.Tensor  # (M,) float32 regression weight: 1 at centres, 0 in empty slots
+    # (M,) float32 regression weight: 1 at centres, footprint_regression in footprint slots,
+    # 0 in empty slots
+    weight: torch.Tensor
     ignore: torch.Tensor  # (h, w) bool cells the heatmap loss skips (see the module docstring)
 
 
