@@ -11,11 +11,13 @@ The YAML file is read into the typed ``TrainConfig`` (every key checked, unknown
 
 What happens: AdamW (no weight decay on biases and norm weights), linear warm-up then cosine
 decay per step (optionally restarted: ``optim.restart_epochs``), gradient clipping, AMP
-(float16 autocast + GradScaler) on CUDA only, consistent augmentation and camera dropout
-(``training.augment``), a tqdm bar and TensorBoard scalars on rank 0, and after every epoch a
-checkpoint written atomically (temporary file + ``os.replace``) holding model, optimiser,
-scheduler, scaler, epoch, step and the python / numpy / torch / CUDA random states as plain
-types and tensors, so ``torch.load(..., weights_only=True)`` reads it.
+(float16 autocast + GradScaler) on CUDA only, optionally an exponential moving average of the
+weights (``optim.ema_decay``: the checkpoint's model is then the average, ``training.averaging``),
+consistent augmentation and camera dropout (``training.augment``), a tqdm bar and TensorBoard
+scalars on rank 0, and after every epoch a checkpoint written atomically (temporary file +
+``os.replace``) holding model, optimiser, scheduler, scaler, epoch, step and the python /
+numpy / torch / CUDA random states as plain types and tensors, so ``torch.load(...,
+weights_only=True)`` reads it.
 ``--resume`` restores all of it and continues exactly where the run stopped: data order and
 augmentation are functions of (seed, epoch, index), so an interrupted run resumed at an epoch
 boundary equals an uninterrupted one (bit for bit in deterministic mode on the same machine
@@ -56,6 +58,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 import tqdm
 from training.a2d2 import A2D2Dataset, DEFAULT_CLASS_MAP, DEFAULT_VAL_SCENES
 from training.augment import AugmentConfig
+from training.averaging import WeightAverage
 from training.data import Batch, collate_examples, FrameCache, PreparedFrames, TrainingDataset
 from training.losses import LossBreakdown, LossWeights, multitask_loss, semantic_loss
 from training.settings import apply_override
@@ -66,6 +69,9 @@ LOGGER = logging.getLogger(__name__)
 
 #: Identifies training checkpoints (deployable weights are safetensors, see training.export).
 CHECKPOINT_FORMAT = 'bev_perception.train_checkpoint'
+#: With ``optim.ema_decay``, the checkpoint's ``model`` is the weight average (what evaluation
+#: and export read) and this key holds the weights the optimiser steps.
+TRAINED_MODEL = 'trained_model'
 CHECKPOINT_VERSION = 1
 
 #: Model presets selectable by name in the config.
@@ -125,6 +131,9 @@ class OptimConfig:
     restart_lr_ratio: float = 0.5
     grad_clip_norm: float = 10.0  # 0 disables clipping
     amp: bool = True  # float16 autocast + GradScaler, on CUDA only
+    # Exponential moving average of the weights (training.averaging), evaluated and exported
+    # instead of the last step's: the decay per step, 0 = off.
+    ema_decay: float = 0.0
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
@@ -138,6 +147,8 @@ class OptimConfig:
         if not 0 < self.restart_lr_ratio <= 1:
             raise ValueError(f'optim.restart_lr_ratio must be in (0, 1], got '
                              f'{self.restart_lr_ratio}')
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f'optim.ema_decay must be in [0, 1), got {self.ema_decay}')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -614,7 +625,7 @@ def train(config: TrainConfig, output_dir: Optional[str] = None, resume: Optiona
             raise ValueError(f'{path}: the checkpoint was trained with another model config')
         if state['train_config'] != config.to_dict() and process.is_main:
             LOGGER.warning('%s: resuming with a config that differs from the saved one', path)
-        model.load_state_dict(state['model'])
+        model.load_state_dict(state.get(TRAINED_MODEL, state['model']))
         optimizer.load_state_dict(state['optimizer'])
         scheduler.load_state_dict(state['scheduler'])
         # load_state_dict wrote the saved schedule's numbers into the scheduler's object
@@ -626,6 +637,10 @@ def train(config: TrainConfig, output_dir: Optional[str] = None, resume: Optiona
         set_rng_state(state['rng'])
         if process.is_main:
             LOGGER.info('resumed from %s at epoch %d, step %d', path, start_epoch, step)
+    average = (WeightAverage(model, config.optim.ema_decay, config.freeze)
+               if config.optim.ema_decay else None)  # starts from the (resumed) weights
+    if average is not None and resume is not None and TRAINED_MODEL in state:
+        average.load(state['model'], int(state['ema_updates']))
 
     network: torch.nn.Module = model
     if semantic_only and process.is_main:
@@ -658,6 +673,8 @@ def train(config: TrainConfig, output_dir: Optional[str] = None, resume: Optiona
             losses, grad_norm = _train_step(network, optimizer, scaler, batch, config, use_amp,
                                             semantic_only)
             scheduler.step()
+            if average is not None:
+                average.update(model)
             step += 1
             values = torch.stack([t.detach().double().cpu() for t in losses])
             sums += values
@@ -687,7 +704,8 @@ def train(config: TrainConfig, output_dir: Optional[str] = None, resume: Optiona
                     writer.add_scalar(f'epoch/{name}', record[name], epoch + 1)
             state = {
                 'format': CHECKPOINT_FORMAT, 'version': CHECKPOINT_VERSION,
-                'epoch': epoch + 1, 'step': step, 'model': model.state_dict(),
+                'epoch': epoch + 1, 'step': step,
+                'model': model.state_dict() if average is None else average.state_dict(model),
                 'optimizer': optimizer.state_dict(), 'scheduler': scheduler.state_dict(),
                 'scaler': scaler.state_dict(), 'rng': rng_state(),
                 'train_config': config.to_dict(), 'model_config': model_config.to_dict(),
@@ -695,6 +713,8 @@ def train(config: TrainConfig, output_dir: Optional[str] = None, resume: Optiona
                 'command': command or '', 'world_size': process.world_size,
                 'git_revision': revision,
             }
+            if average is not None:  # the optimiser's own weights, to resume from
+                state.update({TRAINED_MODEL: model.state_dict(), 'ema_updates': average.updates})
             epoch_path = os.path.join(checkpoint_dir, f'epoch_{epoch + 1:03d}.pt')
             save_checkpoint(epoch_path, state)
             save_checkpoint(last_path, state)

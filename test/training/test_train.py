@@ -22,7 +22,7 @@ from training.data import collate_examples, FrameCache, resize_labels_nearest, T
 from training.train import (
     _grown, _initial_state, _semantic_losses, _train_step, apply_override, DETECTION_MODULES,
     frozen_modules, InitWeightsError, load_checkpoint, load_config, main, OptimConfig,
-    TrainConfig, WarmupCosine)
+    TrainConfig, TRAINED_MODEL, WarmupCosine)
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY_CONFIG = os.path.join(REPO, 'training', 'configs', 'tiny_test.yaml')
@@ -240,8 +240,10 @@ def test_calibration_aware_model_trains_on_each_frames_calibration(tiny_root, tm
     assert all(math.isfinite(epoch['total']) for epoch in state['history'])
 
 
-def test_resume_continues_bit_identically(tiny_root, tmp_path):
-    common = ('--override', f'data.root={tiny_root}', '--override', 'optim.epochs=3')
+@pytest.mark.parametrize('averaged', [False, True], ids=['last-step', 'weight-average'])
+def test_resume_continues_bit_identically(tiny_root, tmp_path, averaged):
+    common = ('--override', f'data.root={tiny_root}', '--override', 'optim.epochs=3',
+              '--override', f'optim.ema_decay={0.9 if averaged else 0}')
     _run_train('--out', str(tmp_path / 'straight'), *common)
     _run_train('--out', str(tmp_path / 'broken'), '--stop-after-epoch', '1', *common)
     interrupted = _state(tmp_path / 'broken' / 'checkpoints' / 'last.pt')
@@ -261,6 +263,14 @@ def test_resume_continues_bit_identically(tiny_root, tmp_path):
     # The first epoch already moved the parameters, so the comparison is not vacuous.
     assert any(not torch.equal(value, interrupted['model'][name])
                for name, value in straight['model'].items())
+    if averaged:  # the optimiser's weights resumed too, and the average lags them
+        assert straight['ema_updates'] == resumed['ema_updates'] == 3 * 2
+        for name, value in straight[TRAINED_MODEL].items():
+            assert torch.equal(value, resumed[TRAINED_MODEL][name]), name
+        assert any(not torch.equal(value, straight[TRAINED_MODEL][name])
+                   for name, value in straight['model'].items())
+    else:
+        assert TRAINED_MODEL not in straight
 
 
 def test_a_finished_run_resumed_with_a_restart_equals_that_schedule_from_the_start(
@@ -320,14 +330,16 @@ def test_init_weights_start_the_run_and_a_mismatch_is_named(tiny_root, tmp_path)
     assert 'Traceback' not in completed.stderr
 
 
+@pytest.mark.parametrize('averaged', [False, True], ids=['last-step', 'weight-average'])
 def test_frozen_modules_keep_their_weights_statistics_and_lidar_only_outputs(tiny_root,
-                                                                             tmp_path):
+                                                                             tmp_path, averaged):
     weights = tmp_path / 'start.safetensors'
     start_model, config, start = _start_weights(weights, 6)
     frozen = ('pillar_net', 'backbone', 'detection_head')
     _run_train('--out', str(tmp_path / 'tuned'), '--override', f'data.root={tiny_root}',
                '--override', 'optim.epochs=1', '--override', f'init_weights={weights}',
-               '--override', f'freeze=[{",".join(frozen)}]')
+               '--override', f'freeze=[{",".join(frozen)}]',
+               '--override', f'optim.ema_decay={0.9 if averaged else 0}')
     tuned = _state(tmp_path / 'tuned' / 'checkpoints' / 'last.pt')['model']
     for name, value in tuned.items():  # parameters and BatchNorm statistics alike
         if name.split('.')[0] in frozen:
