@@ -76,7 +76,8 @@ bench: setup $(BENCH_STAMP)
 
 # Real-data evaluation of the shipped weights on ../shared/real-dev (beside the checkout):
 # KITTI LiDAR-only and fused (the extrinsic and intensity scale are training.evaluate's
-# KITTI defaults, see training/kitti.py) and the semantic head on the A2D2 camera frames.
+# KITTI defaults, see training/kitti.py) and the semantic head on the A2D2 camera frames; then
+# the KITTI scenes again with every 2nd / 4th laser ring: what a 32- and a 16-beam sensor sees.
 REAL_DEV ?= ../shared/real-dev
 .PHONY: eval-real
 eval-real: setup
@@ -90,6 +91,10 @@ eval-real: setup
 	$(RUN) python -m training.evaluate --weights bev_perception/weights/lite.safetensors \
 		--data $(REAL_DEV)/a2d2/camera_lidar_semantic --format a2d2 --semantic-only \
 		--out out/eval_real/a2d2_semantic_lite
+	for profile in default lite; do for step in 2 4; do \
+		$(RUN) python -m training.evaluate --weights bev_perception/weights/$$profile.safetensors \
+			--data $(REAL_DEV)/kitti --format kitti --kitti-ring-step $$step --no-renders \
+			--out out/eval_real/kitti_$${profile}_rings$$step || exit 1; done; done
 
 lint: setup
 	$(RUN) python -m pytest test/test_lint.py -q

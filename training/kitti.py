@@ -363,6 +363,41 @@ def read_velodyne(path: PathLike) -> np.ndarray:
     return raw.reshape(-1, 4).astype(np.float32)  # (N, 4)
 
 
+#: Lasers of KITTI's HDL-64E: one ring each per sweep.
+KITTI_LASERS = 64
+#: A ring ends where the azimuth (``laser_rings``) falls back by more than this (radians):
+#: within a ring it only grows, by about 0.003 rad per point.
+RING_START_DROP_RAD = 0.5
+#: How far before the first point's azimuth the other lasers' sweeps may start (radians).
+SEAM_MARGIN_RAD = 0.1
+
+
+def laser_rings(points: np.ndarray) -> np.ndarray:
+    """Return the (N,) int64 ring of each point of a KITTI velodyne file, in file order.
+
+    The files keep the HDL-64E's scan order: laser after laser, each one's sweep by
+    increasing azimuth (most of a turn, or the camera's view in files cropped to it), every
+    sweep starting near the same azimuth (within 6 degrees on the real-dev frames). The
+    azimuth is measured from the first point less ``SEAM_MARGIN_RAD``, so a new ring begins
+    where it falls back, to within the few points of a sweep that run past that seam. Ring 0
+    is the top laser's; a laser with no return in the file gets no ring, so later rings
+    count one lower (rings of the cropped real-dev frame 000134: 46).
+
+    Raises:
+        ValueError: more rings than the sensor has lasers: the points are not in scan order.
+    """
+    azimuth = np.arctan2(points[:, 1], points[:, 0])  # (N,)
+    if not len(azimuth):
+        return np.zeros(0, dtype=np.int64)
+    swept = np.mod(azimuth - azimuth[0] + SEAM_MARGIN_RAD, 2.0 * np.pi)
+    rings = np.concatenate([[0], np.cumsum(np.diff(swept) < -RING_START_DROP_RAD)])
+    if rings[-1] >= KITTI_LASERS:
+        raise ValueError(f"{rings[-1] + 1} laser rings found, more than the HDL-64E's "
+                         f'{KITTI_LASERS}: the points are not in the scan order of a KITTI '
+                         'velodyne file')
+    return rings.astype(np.int64)
+
+
 def image_size(path: PathLike) -> Tuple[int, int]:
     """Return (width, height) of an image file from its header."""
     try:
@@ -486,12 +521,18 @@ class KittiDataset(SkipReports):
         extrinsic: Velodyne -> model frame (default: ``KITTI_EXTRINSIC``).
         load_image: load image_2 (its size is read in any case, for the camera view).
         frame_ids: the frames to use (default: every velodyne file).
+        ring_step: keep every ``ring_step``-th laser ring (``laser_rings``) from the top: 2
+            and 4 give the clouds of a 32- and a 16-beam sensor of the same field of view
+            (1: all 64).
     """
 
     def __init__(self, root: PathLike, classes: Sequence[str],
                  class_map: Mapping[str, Optional[str]] = KITTI_CLASS_MAP,
                  extrinsic: SensorExtrinsic = KITTI_EXTRINSIC, load_image: bool = True,
-                 frame_ids: Optional[Sequence[str]] = None):
+                 frame_ids: Optional[Sequence[str]] = None, ring_step: int = 1):
+        if ring_step < 1:
+            raise ValueError(f'ring_step must be at least 1, got {ring_step}')
+        self.ring_step = ring_step
         self.root = split_folder(root)
         self.classes = tuple(classes)
         unknown_types = sorted(set(KITTI_TYPES) - set(class_map))
@@ -539,7 +580,13 @@ class KittiDataset(SkipReports):
         frame_id, paths = self._frames[index]
         calibration = read_calibration(paths['calib'])
         objects = read_labels(paths['label'])
-        points = self.extrinsic.points_to_model(read_velodyne(paths['velodyne']))
+        points = read_velodyne(paths['velodyne'])  # (N, 4)
+        if self.ring_step > 1:
+            try:
+                points = points[laser_rings(points) % self.ring_step == 0]
+            except ValueError as error:
+                raise CorruptFrameError(paths['velodyne'], str(error)) from None
+        points = self.extrinsic.points_to_model(points)
         image = read_image(paths['image']) if self.load_image else None
         size = (image.shape[1], image.shape[0]) if image is not None \
             else image_size(paths['image'])

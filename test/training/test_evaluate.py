@@ -332,6 +332,34 @@ def test_cli_evaluates_kitti_lidar_only_with_the_shipped_weights(kitti_root, tmp
             assert stream.read(8) == b'\x89PNG\r\n\x1a\n', name
 
 
+def test_cli_thins_kitti_to_a_sparser_sensor(kitti_root, tiny_root, tmp_path):
+    if not os.path.exists(SHIPPED_WEIGHTS):
+        pytest.skip(f'{SHIPPED_WEIGHTS} does not exist yet (run `make weights`)')
+    documents = {}
+    for step in (1, 4):
+        out = tmp_path / f'step{step}'
+        completed = subprocess.run(
+            [sys.executable, '-m', 'training.evaluate', '--weights', SHIPPED_WEIGHTS, '--data',
+             kitti_root, '--lidar-only', '--no-renders', '--out', str(out),
+             '--kitti-ring-step', str(step)],
+            cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert completed.returncode == 0, completed.stderr[-3000:]
+        with open(out / 'metrics.json', encoding='utf-8') as stream:
+            documents[step] = json.load(stream)
+    assert documents[4]['kitti_ring_step'] == 4
+    full, sparse = (documents[step]['detection']['lidar_only'] for step in (1, 4))
+    assert sparse['num_gt'] == full['num_gt']  # the same labelled objects
+    assert sparse['ap'] != full['ap']  # a quarter of the lasers: other detections
+    for data, step, message in ((tiny_root, 2, 'only KITTI velodyne files keep their laser'),
+                                (kitti_root, 0, '--kitti-ring-step must be >= 1, got 0')):
+        completed = subprocess.run(
+            [sys.executable, '-m', 'training.evaluate', '--weights', SHIPPED_WEIGHTS, '--data',
+             data, '--out', str(tmp_path / 'refused'), '--kitti-ring-step', str(step)],
+            cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert completed.returncode != 0 and message in completed.stderr
+        assert 'Traceback' not in completed.stderr
+
+
 # ----------------------------------------------------------------------------- semantic only
 
 

@@ -209,6 +209,56 @@ def test_camera_view_scope(frames):
 # ----------------------------------------------------------------------------- transforms
 
 
+def _raw_clouds():
+    folder = os.path.join(KITTI_ROOT, 'training', 'velodyne')
+    return {frame_id: kitti.read_velodyne(os.path.join(folder, f'{frame_id}.bin'))
+            for frame_id in FRAME_IDS}
+
+
+def test_laser_rings_run_from_the_top_laser_down(frames):
+    for frame_id, points in _raw_clouds().items():
+        rings = kitti.laser_rings(points)
+        assert rings[0] == 0 and np.all(np.diff(rings) >= 0), frame_id  # file order
+        # Four whole sweeps have all 64 rings; 000134 is cropped to the camera's view.
+        assert rings[-1] + 1 == (46 if frame_id == '000134' else kitti.KITTI_LASERS), frame_id
+        elevation = np.degrees(np.arctan2(points[:, 2], np.hypot(points[:, 0], points[:, 1])))
+        medians = [np.median(elevation[rings == ring]) for ring in range(rings[-1] + 1)]
+        assert np.all(np.diff(medians) < 0), frame_id  # each ring below the one before
+        assert medians[0] > 1.0 and medians[-1] < -13.0, frame_id  # HDL-64E: +2 .. -24.8 deg
+
+
+def test_a_ring_step_keeps_every_kth_laser(frames):
+    clouds = _raw_clouds()
+    sparse = kitti.KittiDataset(KITTI_ROOT, classes=CLASSES, load_image=False, ring_step=2)
+    for frame, thinned in zip(frames, (sparse[i] for i in range(len(sparse)))):
+        rings = kitti.laser_rings(clouds[frame.frame_id])
+        even = rings % 2 == 0
+        assert 0.35 < even.mean() < 0.65, frame.frame_id
+        np.testing.assert_array_equal(thinned.points, frame.points[even])
+        np.testing.assert_array_equal(thinned.boxes, frame.boxes)  # the labels stay
+    with pytest.raises(ValueError, match='ring_step must be at least 1'):
+        kitti.KittiDataset(KITTI_ROOT, classes=CLASSES, ring_step=0)
+
+
+def test_rings_of_a_written_sweep_and_points_out_of_order(tmp_path):
+    sweeps = []  # three lasers, each sweeping most of a turn from near the same azimuth
+    for start, elevation in ((0.4, 2.0), (0.33, -5.0), (0.45, -12.0)):
+        azimuth = np.linspace(start, start + 2 * math.pi - 0.2, 400)
+        sweeps.append(np.stack([20 * np.cos(azimuth), 20 * np.sin(azimuth),
+                                np.full(400, 20 * math.tan(math.radians(elevation))),
+                                np.full(400, 0.5)], 1))
+    cloud = np.concatenate(sweeps).astype(np.float32)
+    np.testing.assert_array_equal(kitti.laser_rings(cloud), np.repeat([0, 1, 2], 400))
+    assert kitti.laser_rings(cloud[:0]).shape == (0,)
+    shuffled = cloud[np.random.default_rng(0).permutation(len(cloud))]
+    with pytest.raises(ValueError, match='not in the scan order'):
+        kitti.laser_rings(shuffled)
+    training = write_frame(tmp_path, cloud=shuffled)
+    dataset = kitti.KittiDataset(training, classes=CLASSES, ring_step=2)
+    with pytest.raises(CorruptFrameError, match='000007.bin: .* not in the scan order'):
+        dataset[0]
+
+
 def test_extrinsic_moves_points_and_boxes_alike():
     extrinsic = kitti.SensorExtrinsic(translation_m=(1.0, -2.0, 0.5), rpy_rad=(0.0, 0.0, 0.4))
     box = np.array([[10.0, 3.0, -1.0, 4.0, 2.0, 1.5, 0.3]])
