@@ -240,6 +240,71 @@ def truck(rng: Rng, wb: WorldBuilder, label: str, kind: str = 'truck', details: 
     return mesh, size
 
 
+def platform_lorry(rng: Rng, wb: WorldBuilder, label: str) -> Tuple[MeshBuilder, Size]:
+    """Return a light lorry with a drop-side platform, its tailgate and its load.
+
+    As delivery and trade lorries look from behind: a cab, a platform 1.0-1.25 m up closed by
+    side boards and a tailgate 0.4-0.8 m high in their own light colours (``CARGO``, not
+    tinted with the facades), and most often a load standing above the boards: metal racks
+    (posts and rails), crates and boxes, or a small covered cargo box. Tail lights, bumper and
+    wheels as on the other vehicles. 5-8.5 m long, 2.7-3.6 m high with the load.
+    """
+    b = MeshBuilder()
+    glass = wb.material(label, GLASS, 0.08, transmit=0.6, texture=0.02)
+    length = clipped_normal(rng, 6.8, 0.9, 5.0, 8.5)
+    width = clipped_normal(rng, 2.35, 0.08, 2.1, 2.5)
+    half = length / 2
+    cab = wb.material(label, pick(rng, CAR_PAINTS), 0.5, texture=0.04)
+    cab_len = float(rng.uniform(1.7, 2.2))
+    cab_h = float(rng.uniform(2.4, 2.9))
+    b.box((half - cab_len, -width / 2, 0.45), (half, width / 2, cab_h * 0.55), cab)
+    b.prism(np.array([(half - cab_len, cab_h * 0.55), (half, cab_h * 0.55),
+                      (half - 0.15, cab_h), (half - cab_len, cab_h)]),
+            -width / 2, width / 2, cab, glass, strip_materials=[cab, glass, cab, cab])
+    chassis = wb.material(label, DARK_METAL, 0.15)
+    back = -half
+    front = half - cab_len - 0.15  # the platform's front wall, behind the cab
+    floor = float(rng.uniform(1.0, 1.25))
+    b.box((back, -0.45, 0.45), (front, 0.45, floor - 0.1), chassis)
+    boards = wb.material(label, pick(rng, CARGO), float(rng.uniform(0.4, 0.7)), texture=0.03,
+                         own_colour=True)
+    top = floor + float(rng.uniform(0.4, 0.8))
+    b.box((back, -width / 2, floor - 0.1), (front, width / 2, floor), chassis)  # the deck
+    b.box((back, -width / 2, floor), (back + 0.05, width / 2, top), boards)  # tailgate
+    b.box((front - 0.05, -width / 2, floor), (front, width / 2, cab_h), boards)  # headboard
+    for y in (-width / 2, width / 2 - 0.05):
+        b.box((back, y, floor), (front, y + 0.05, top), boards)
+    load = rng.random()
+    inner = width / 2 - 0.15
+    if load < 0.35:  # racks: posts and rails of bare metal
+        metal = wb.material(label, METAL, float(rng.uniform(0.4, 0.8)), texture=0.05)
+        rack_top = top + float(rng.uniform(0.6, 1.4))
+        for x0 in np.arange(back + 0.3, front - 0.5, float(rng.uniform(1.2, 2.0))):
+            x1 = min(x0 + 1.0, front - 0.2)
+            for x in (x0, x1):
+                for y in (-inner, inner - 0.06):
+                    b.box((x, y, floor), (x + 0.06, y + 0.06, rack_top), metal)
+            for z in (rack_top - 0.06, (floor + rack_top) / 2):
+                for y in (-inner, inner - 0.06):
+                    b.box((x0, y, z), (x1 + 0.06, y + 0.06, z + 0.06), metal)
+                b.box((x0, -inner, z), (x0 + 0.06, inner, z + 0.06), metal)
+    elif load < 0.7:  # crates and boxes
+        for _ in range(int(rng.integers(1, 5))):
+            size = rng.uniform((0.6, 0.6, 0.4), (1.4, 1.1, 1.3))
+            x = float(rng.uniform(back + 0.1, front - 0.1 - size[0]))
+            y = float(rng.uniform(-inner, inner - size[1]))
+            crate = wb.material(label, pick(rng, FACADES), float(rng.uniform(0.2, 0.6)))
+            b.box((x, y, floor), (x + size[0], y + size[1], floor + size[2]), crate)
+    elif load < 0.85:  # a covered box on the platform
+        cover = wb.material(label, pick(rng, CARGO), float(rng.uniform(0.3, 0.6)),
+                            own_colour=True)
+        roof = cab_h + float(rng.uniform(0.2, 0.7))
+        b.box((back + 0.1, -inner, floor), (front - 0.1, inner, roof), cover)
+    _lights(rng, b, wb, label, half, width, 0.7, 0.9, (0.4, 0.6))
+    _wheels(b, wb, label, (half - 1.2, -half + 1.6), width - 0.3, 0.42, 0.3)
+    return _finish(b)
+
+
 # ----------------------------------------------------------------------------- people
 
 

@@ -143,6 +143,10 @@ class SyntheticConfig:
     # Share of scenes whose grass verges and fields are dry (``cameras.DRY_GRASS``) whatever
     # the trees' season; 0 lets the verge take the foliage's colour as world 5 did.
     dry_verge_share: float = 0.0
+    # Share of the lorries drawn as light drop-side lorries with their load
+    # (``shapes.platform_lorry``), from a stream of their own as ``bare_tree_share``; 0 draws
+    # world 5's lorries.
+    platform_lorry_share: float = 0.0
 
 
 # ----------------------------------------------------------------------------- layout
@@ -344,13 +348,15 @@ class _Placer:
     def __init__(self, rng: np.random.Generator, scene_materials: WorldBuilder,
                  street: Street, vehicle_details: bool = False,
                  rail_label: str = shapes.WORLD5_GUARD_RAIL_LABEL,
-                 bare_trees: Optional[Tuple[np.random.Generator, float]] = None) -> None:
+                 bare_trees: Optional[Tuple[np.random.Generator, float]] = None,
+                 platform_lorries: Optional[Tuple[np.random.Generator, float]] = None) -> None:
         self.rng = rng
         self.materials = scene_materials
         self.street = street
         self.vehicle_details = vehicle_details
         self.rail_label = rail_label
         self.bare_trees = bare_trees  # (their own stream, share of the trees)
+        self.platform_lorries = platform_lorries  # (their own stream, share of the lorries)
         self.objects: List[SceneObject] = []
         self._footprints: List[np.ndarray] = []  # (4, 2) corners
         self._counts: Dict[str, int] = {}
@@ -385,7 +391,12 @@ class _Placer:
         build, box_class, base = shapes.ROAD_USERS[kind]
         details = ({'details': True} if self.vehicle_details and base in ('Car', 'Truck')
                    else {})
-        mesh, size = build(self.rng, self.materials, self.label(base), **details)
+        label = self.label(base)
+        mesh, size = build(self.rng, self.materials, label, **details)
+        if kind == 'truck' and self.platform_lorries is not None:
+            stream, share = self.platform_lorries  # world 5's lorry was drawn: rng goes on
+            if stream.random() < share:
+                mesh, size = shapes.platform_lorry(stream, self.materials, label)
         return self.put(mesh, size, x, y, yaw, speed, box_class, margin)
 
     def tree(self, rng: np.random.Generator, tall: bool = False) -> MeshBuilder:
@@ -498,6 +509,10 @@ def scene_name(seed: int, index: int) -> str:
     return _scene_name(seed, index, _scene_rng(seed, index))[0]
 
 
+#: Stream key of the platform lorries: past the frame streams (1 + frame index) of any drive.
+PLATFORM_LORRY_STREAM = 1000
+
+
 def build_scene(seed: int, index: int, frames: int,
                 config: SyntheticConfig = SyntheticConfig()) -> Scene:
     """Return scene ``index`` of the drives of ``seed`` (deterministic, independent of others)."""
@@ -509,9 +524,12 @@ def build_scene(seed: int, index: int, frames: int,
     # Bare trees and dry verges come from streams of their own (the rest keeps its draws).
     bare_trees = (None if not config.bare_tree_share else (np.random.default_rng(
         np.random.SeedSequence([seed, index, 4])), config.bare_tree_share))
+    platform_lorries = (None if not config.platform_lorry_share else (np.random.default_rng(
+        np.random.SeedSequence([seed, index, PLATFORM_LORRY_STREAM])),
+        config.platform_lorry_share))
     placer = _Placer(rng, materials, street, config.vehicle_details,
                      shapes.GUARD_RAIL_LABEL if config.delineators
-                     else shapes.WORLD5_GUARD_RAIL_LABEL, bare_trees)
+                     else shapes.WORLD5_GUARD_RAIL_LABEL, bare_trees, platform_lorries)
     ego_speed = float(rng.uniform(*config.ego_speed_mps)) if rng.random() < 0.85 else 0.0
     duration = frames * FRAME_PERIOD_US * 1e-6
     travel = ego_speed * duration

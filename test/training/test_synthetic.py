@@ -309,6 +309,24 @@ def test_bare_trees_keep_the_street_and_the_sky_shows_through_their_crowns():
     assert (lighter[:, 2] - lighter[:, 0]).mean() > (darker[:, 2] - darker[:, 0]).mean()
 
 
+def test_platform_lorries_replace_the_lorries_and_leave_the_street():
+    light = synthetic.SyntheticConfig(platform_lorry_share=1.0)
+    lorries = 0
+    for index in range(8):
+        plain, scene = (synthetic.build_scene(2, index, 1, c)
+                        for c in (synthetic.SyntheticConfig(), light))
+        assert repr(scene.street) == repr(plain.street)
+        assert repr(scene.lidar) == repr(plain.lidar) and scene.camera == plain.camera
+        for item in scene.objects:
+            if item.box_class == 'Truck':
+                lorries += 1
+                assert item.size_m[0] <= 8.6 and item.size_m[2] <= 3.8  # light lorries
+        shares = [synthetic.build_scene(2, index, 1, dataclasses.replace(light, **change))
+                  for change in ({'platform_lorry_share': 0.0},)]
+        assert [o.size_m for o in shares[0].objects] == [o.size_m for o in plain.objects]
+    assert lorries >= 2
+
+
 def test_a_dry_verge_changes_the_grass_colour_alone():
     dry = synthetic.SyntheticConfig(dry_verge_share=1.0, camera=CameraSetup())
     green = dataclasses.replace(dry, dry_verge_share=0.0)

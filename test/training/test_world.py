@@ -111,6 +111,32 @@ def test_lorries_with_details_carry_fleet_white_cargo():
     assert len(cargo) >= 4  # drawn from the cargo table, not the facades
 
 
+def test_platform_lorries_show_a_light_tailgate_and_their_load():
+    sizes, boards = [], set()
+    for seed in range(20):
+        builder = WorldBuilder()
+        mesh, size = shapes.platform_lorry(np.random.default_rng(seed), builder, 'Truck 1')
+        low, high = mesh.local_bounds()
+        np.testing.assert_allclose(high - low, size)
+        assert low[2] == pytest.approx(0.0)
+        sizes.append(size)
+        boards |= {m.albedo for m in builder.materials if m.own_colour}
+        if seed == 0:  # from behind at tailgate height, a ray meets the boards first
+            mesh.place(rotation_z(0.0), (20.0, 0.0, 0.0), 0, builder)
+            world = builder.build()
+            hit = world.cast(np.array([0.0, 0.0, 1.35]), np.array([[1.0, 0.0, 0.0]]))
+            material = world.materials[world.mesh.material[hit.face[0]]]
+            assert material.own_colour and material.albedo in shapes.CARGO
+            assert hit.distance[0] == pytest.approx(20.0 - size[0] / 2, abs=0.1)
+    lengths, widths, heights = np.array(sizes).T
+    assert 5.0 <= lengths.min() and lengths.max() <= 8.6
+    assert 2.1 <= widths.min() and widths.max() <= 2.6
+    assert 2.4 <= heights.min() and heights.max() <= 3.8
+    assert heights.std() > 0.1  # with and without a load above the boards
+    assert boards <= set(shapes.CARGO) and len(boards) >= 3
+    assert {m.label for m in builder.materials} == {'Truck 1'}
+
+
 def test_car_glass_lets_lidar_through_and_body_does_not():
     builder = WorldBuilder()
     mesh, (length, width, height) = shapes.car(np.random.default_rng(1), builder, 'Car 1')
